@@ -1,0 +1,521 @@
+"""The SpeculativeInference resource (specpilot.io/v1alpha1) as pydantic models.
+
+These models are the single source of the CRD schema (see `specpilot.api.crd`), of `specpilot
+validate`, and of the admission webhook, so a rule written here holds everywhere.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
+from pydantic.alias_generators import to_camel
+
+from specpilot.catalog import GPU_TYPES
+
+GROUP = "specpilot.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "SpeculativeInference"
+PLURAL = "speculativeinferences"
+SINGULAR = "speculativeinference"
+SHORT_NAMES = ("specinf",)
+
+DEFAULT_IMAGE = "vllm/vllm-openai:v0.33.0"
+MAX_DECISIONS = 20
+
+Duration = Annotated[
+    str,
+    Field(
+        pattern=r"^[0-9]+(ms|s|m|h)$",
+        max_length=16,
+        description="A duration such as 30s, 5m or 1h.",
+    ),
+]
+ModelId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=256,
+        pattern=r"^[A-Za-z0-9_./:-]+$",
+        description="A Hugging Face model id (org/name) or a path inside the container.",
+    ),
+]
+ResourceName = Annotated[
+    str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+]
+
+
+class SpecModel(BaseModel):
+    """Base of every spec model: camelCase on the wire, unknown fields are errors (typos)."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_attribute_docstrings=True,
+    )
+
+
+class Quantization(StrEnum):
+    NONE = "none"
+    FP8 = "fp8"
+    INT8 = "int8"
+    INT4 = "int4"
+    AWQ = "awq"
+    GPTQ = "gptq"
+    BITSANDBYTES = "bitsandbytes"
+
+
+class SpeculationMethod(StrEnum):
+    DRAFT_MODEL = "draft_model"
+    NGRAM = "ngram"
+    EAGLE = "eagle"
+    EAGLE3 = "eagle3"
+    MTP = "mtp"
+    SUFFIX = "suffix"
+    NONE = "none"
+
+
+class PolicyMode(StrEnum):
+    AUTO = "auto"
+    RECOMMEND = "recommend"
+    OFF = "off"
+
+
+class ArchitectureOverride(SpecModel):
+    """Architecture facts for a model that is not in specpilot's catalog (from its config.json)."""
+
+    layers: int = Field(ge=1, le=1024, description="num_hidden_layers.")
+    hidden_size: int = Field(ge=1, le=1_000_000, description="hidden_size.")
+    attention_heads: int = Field(ge=1, le=4096, description="num_attention_heads.")
+    kv_heads: int = Field(
+        ge=1, le=4096, description="num_key_value_heads (equal to attentionHeads without GQA)."
+    )
+    head_dim: int | None = Field(
+        default=None, ge=1, le=4096, description="head_dim; hiddenSize / attentionHeads if unset."
+    )
+    vocab_size: int = Field(ge=1, le=10_000_000, description="vocab_size.")
+    parameters_billions: float = Field(
+        gt=0, le=100_000, description="Parameter count in billions (8.03 for Llama-3.1-8B)."
+    )
+    family: str | None = Field(
+        default=None, max_length=64, description="Model family, for draft/target pairing checks."
+    )
+    tokenizer: str | None = Field(
+        default=None,
+        max_length=128,
+        description="Tokenizer identity; a draft must share it with its target.",
+    )
+    max_position_embeddings: int | None = Field(
+        default=None, ge=16, description="Longest context the model supports."
+    )
+
+
+class VLLMSpec(SpecModel):
+    """Which vLLM runs the model."""
+
+    image: str = Field(
+        default=DEFAULT_IMAGE,
+        min_length=1,
+        max_length=512,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$",
+        description="vLLM server image. Its tag names the vLLM version unless version is set.",
+    )
+    version: str | None = Field(
+        default=None,
+        pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$",
+        description="vLLM release the image contains (e.g. 0.33.0); wins over the image tag.",
+    )
+    extra_args: list[Annotated[str, Field(max_length=4096)]] = Field(
+        default_factory=list,
+        max_length=64,
+        description=(
+            "Additional vLLM server arguments, one list item per argument. Options specpilot "
+            "manages (parallelism, memory, speculation) are rejected: set the matching field."
+        ),
+    )
+    port: int = Field(default=8000, ge=1024, le=65535, description="Container port for the API.")
+
+
+class TargetSpec(SpecModel):
+    """The model that serves requests and verifies the draft's tokens."""
+
+    model: ModelId
+    quantization: Quantization = Field(
+        default=Quantization.NONE,
+        description=(
+            "Precision of the checkpoint's weights: none (the dtype decides), fp8 or int8 "
+            "(1 byte per parameter), int4, awq, gptq or bitsandbytes (half a byte)."
+        ),
+    )
+    dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] = Field(
+        default="auto", description="Activation and unquantized weight dtype (auto is bfloat16)."
+    )
+    tensor_parallel_size: int = Field(
+        default=1, ge=1, le=64, description="GPUs per pipeline stage."
+    )
+    pipeline_parallel_size: int = Field(default=1, ge=1, le=64, description="Pipeline stages.")
+    max_model_len: int | None = Field(
+        default=None,
+        ge=16,
+        le=10_485_760,
+        description="Longest sequence (prompt + output) served; the model's maximum if unset.",
+    )
+    kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] = Field(
+        default="auto", description="KV cache precision; fp8 halves the cache per token."
+    )
+    architecture: ArchitectureOverride | None = Field(
+        default=None, description="Architecture facts for models not in specpilot's catalog."
+    )
+
+
+class DraftSpec(SpecModel):
+    """The draft model (draft_model method) or draft head checkpoint (eagle, eagle3)."""
+
+    model: ModelId
+    quantization: Quantization = Field(
+        default=Quantization.NONE, description="Precision of the draft's weights."
+    )
+    tensor_parallel_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="Draft tensor parallelism; the target's if unset (vLLM V1 requires that).",
+    )
+    architecture: ArchitectureOverride | None = Field(
+        default=None, description="Architecture facts for drafts not in specpilot's catalog."
+    )
+
+
+class NgramSpec(SpecModel):
+    """Prompt lookup bounds for the ngram method: n-gram sizes matched against the prompt."""
+
+    prompt_lookup_min: int = Field(default=1, ge=1, le=64, description="Smallest n-gram.")
+    prompt_lookup_max: int = Field(default=4, ge=1, le=64, description="Largest n-gram.")
+
+
+class ScheduleStep(SpecModel):
+    """Speculative tokens for a range of batch sizes; 0 turns speculation off for that range."""
+
+    min_batch_size: int = Field(ge=1, le=1_000_000, description="First batch size (inclusive).")
+    max_batch_size: int = Field(ge=1, le=1_000_000, description="Last batch size (inclusive).")
+    num_speculative_tokens: int = Field(ge=0, le=32, description="Draft tokens in this range.")
+
+
+class SpeculationSpec(SpecModel):
+    """How tokens are proposed. These are vLLM start-up arguments: changing them restarts pods."""
+
+    method: SpeculationMethod = Field(
+        description=(
+            "draft_model (a smaller model of the same family), ngram (prompt lookup), eagle or "
+            "eagle3 (draft heads), mtp (the model's own multi-token-prediction layers), suffix "
+            "(suffix-tree lookup), or none."
+        )
+    )
+    draft: DraftSpec | None = Field(
+        default=None, description="Required for draft_model, eagle and eagle3."
+    )
+    num_speculative_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        le=32,
+        description="Draft tokens per step (k). Default: 5 for draft_model, ngram and suffix; "
+        "3 for eagle and eagle3; 1 for mtp.",
+    )
+    ngram: NgramSpec | None = Field(default=None, description="Bounds for the ngram method.")
+    schedule: list[ScheduleStep] | None = Field(
+        default=None,
+        max_length=32,
+        description="Per-batch-size k (vLLM releases with num_speculative_tokens_per_batch_size).",
+    )
+    acceptance_method: Literal["rejection_sampler", "typical_acceptance_sampler"] | None = Field(
+        default=None, description="V0 engine only (vLLM before 0.10.0)."
+    )
+    typical_acceptance_posterior_threshold: float | None = Field(
+        default=None, gt=0, lt=1, description="V0 typical acceptance sampler threshold."
+    )
+    typical_acceptance_posterior_alpha: float | None = Field(
+        default=None, gt=0, lt=1, description="V0 typical acceptance sampler alpha."
+    )
+    disable_by_batch_size: int | None = Field(
+        default=None,
+        ge=2,
+        le=1_000_000,
+        description="V0 engine only: turn speculation off at this many running requests.",
+    )
+
+
+GPU_TYPE_NAMES = [*GPU_TYPES, "custom"]
+
+
+def _known_gpu_type(name: str) -> str:
+    if name not in GPU_TYPE_NAMES:
+        raise ValueError(f"unknown GPU type {name!r}; use one of {', '.join(GPU_TYPE_NAMES)}")
+    return name
+
+
+class GPUSpec(SpecModel):
+    """The GPUs each replica gets."""
+
+    type: Annotated[str, AfterValidator(_known_gpu_type)] = Field(
+        description="GPU model from specpilot's catalog, or custom with memoryGB set.",
+        json_schema_extra={"enum": list[JsonValue](GPU_TYPE_NAMES)},
+    )
+    count: int = Field(ge=1, le=64, description="GPUs per replica; must equal TP x PP.")
+    memory_gb: float | None = Field(
+        default=None,
+        gt=0,
+        le=4096,
+        description="Memory per GPU in GB; required for type custom, overrides the catalog.",
+    )
+    memory_utilization: float | None = Field(
+        default=None,
+        gt=0,
+        le=0.99,
+        description="vLLM --gpu-memory-utilization: share of GPU memory vLLM may use "
+        "(the version's default, 0.9, if unset).",
+    )
+    overhead_gb: float | None = Field(
+        default=None,
+        ge=0,
+        le=4096,
+        description="Memory per GPU reserved for activations and non-torch allocations; "
+        "estimated from the model if unset (see docs/planner.md).",
+    )
+    resource_name: str = Field(
+        default="nvidia.com/gpu",
+        max_length=253,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$",
+        description="Extended resource requested for the GPUs.",
+    )
+    shm_size: str = Field(
+        default="16Gi",
+        pattern=r"^[0-9]+(Mi|Gi)$",
+        description="Size of the in-memory /dev/shm volume (NCCL needs it with TP > 1).",
+    )
+
+
+class PodOverrides(SpecModel):
+    """Kubernetes settings copied into the vLLM pods."""
+
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    affinity: dict[str, Any] | None = None
+    resources: dict[str, Any] | None = Field(
+        default=None,
+        description="CPU and memory requests/limits; GPUs come from spec.gpus.",
+    )
+    env: list[dict[str, Any]] = Field(default_factory=list)
+    volumes: list[dict[str, Any]] = Field(default_factory=list)
+    volume_mounts: list[dict[str, Any]] = Field(default_factory=list)
+    image_pull_secrets: list[dict[str, str]] = Field(default_factory=list)
+    service_account_name: str | None = Field(default=None, max_length=253)
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class Thresholds(SpecModel):
+    """Decision thresholds; the defaults are the decision framework's."""
+
+    disable_below_acceptance: float = Field(
+        default=0.50, ge=0, le=1, description="Acceptance below this is net-negative: disable."
+    )
+    review_below_acceptance: float = Field(
+        default=0.65,
+        ge=0,
+        le=1,
+        description="Between disableBelowAcceptance and this, decide on P99 TPOT against "
+        "the baseline.",
+    )
+    max_p99_tpot_regression: float = Field(
+        default=0.10,
+        ge=0,
+        le=10,
+        description="Allowed P99 TPOT regression against the baseline, as a fraction (0.10).",
+    )
+    quantization_acceptance_drop: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="Acceptance drop after a quantization change that steps the target back.",
+    )
+
+
+class Checkpoint(SpecModel):
+    """An alternative target checkpoint for the quantization ladder."""
+
+    model: ModelId
+    quantization: Quantization = Quantization.NONE
+
+
+class PolicySpec(SpecModel):
+    """How the control loop acts on metrics."""
+
+    mode: PolicyMode = Field(
+        default=PolicyMode.AUTO,
+        description="auto acts; recommend only reports (events and status); off does nothing.",
+    )
+    interval: Duration = Field(default="30s", description="Time between checks.")
+    window: Duration = Field(default="5m", description="PromQL rate window.")
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+    failure_limit: int = Field(
+        default=3, ge=1, le=100, description="Consecutive breaches before acting."
+    )
+    consecutive_success_limit: int = Field(
+        default=5, ge=1, le=100, description="Consecutive good checks before undoing an action."
+    )
+    cooldown: Duration = Field(default="10m", description="Least time between two restarts.")
+    quantization_ladder: list[Checkpoint] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Target checkpoints to step back to, most preferred first.",
+    )
+    control_replicas: int = Field(
+        default=0,
+        ge=0,
+        le=100,
+        description="Replicas run without speculation as a live baseline.",
+    )
+
+
+class SecretKeyRef(SpecModel):
+    name: ResourceName
+    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+
+
+class MonitoringSpec(SpecModel):
+    """Where the control loop reads metrics."""
+
+    prometheus_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        pattern=r"^https?://[^\s]+$",
+        description="Prometheus base URL (http or https).",
+    )
+    bearer_token_secret: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding a bearer token for Prometheus."
+    )
+    ca_bundle_secret: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding the CA bundle that signs Prometheus' cert."
+    )
+    pod_monitor: bool = Field(
+        default=False, description="Also create a PodMonitor (Prometheus Operator) for the pods."
+    )
+    scrape_interval: Duration = Field(default="15s", description="PodMonitor scrape interval.")
+
+
+class SpeculativeInferenceSpec(SpecModel):
+    """Desired state of a vLLM deployment with speculative decoding."""
+
+    vllm: VLLMSpec = Field(default_factory=VLLMSpec)
+    target: TargetSpec
+    speculation: SpeculationSpec | None = Field(
+        default=None, description="Speculative decoding; absent means none."
+    )
+    gpus: GPUSpec
+    replicas: int | None = Field(
+        default=None,
+        ge=0,
+        le=1000,
+        description="Serving replicas; unset leaves replicas to an autoscaler (HPA, KEDA).",
+    )
+    pod: PodOverrides = Field(default_factory=PodOverrides)
+    policy: PolicySpec = Field(default_factory=PolicySpec)
+    monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
+
+
+class StatusModel(BaseModel):
+    """Base of the status models: written by the operator, tolerant of fields it adds later."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="ignore",
+        use_attribute_docstrings=True,
+    )
+
+
+class Condition(StatusModel):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str = ""
+    message: str = ""
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+
+class PlanSummary(StatusModel):
+    verdict: Literal["fits", "tight", "does-not-fit"]
+    weights_gb_per_gpu: float
+    kv_cache_gb_per_gpu: float
+    max_concurrent_sequences: int
+    max_concurrent_sequences_without_speculation: int
+    draft_ratio: str | None = None
+    findings: list[str] = Field(default_factory=list, description="Finding codes.")
+
+
+class EffectiveConfiguration(StatusModel):
+    speculation: Literal["on", "off"]
+    method: str
+    target_model: str
+    target_quantization: str
+    checkpoint_index: int = Field(
+        default=0, description="0 is spec.target; n is spec.policy.quantizationLadder[n-1]."
+    )
+    num_speculative_tokens: int | None = None
+    vllm_version: str
+
+
+class LastMetrics(StatusModel):
+    sampled_at: str
+    acceptance_rate: float | None = None
+    mean_accepted_length: float | None = None
+    p50_tpot_ms: float | None = None
+    p99_tpot_ms: float | None = None
+    p99_ttft_ms: float | None = None
+    kv_cache_usage: float | None = None
+    requests_running: float | None = None
+
+
+class Decision(StatusModel):
+    time: str
+    action: str
+    reason: str
+
+
+class SpeculativeInferenceStatus(StatusModel):
+    phase: Literal["Pending", "Invalid", "Progressing", "Ready", "Degraded"] | None = None
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    plan: PlanSummary | None = None
+    effective: EffectiveConfiguration | None = None
+    last_metrics: LastMetrics | None = None
+    decisions: list[Decision] = Field(
+        default_factory=list,
+        max_length=MAX_DECISIONS,
+        description="Most recent control decisions, newest last.",
+    )
+
+
+class ObjectMeta(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(
+        min_length=1,
+        max_length=54,
+        pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$",
+        description="Lower-case DNS label of at most 54 characters (room for '-baseline').",
+    )
+    namespace: str | None = None
+
+
+class SpeculativeInference(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+    api_version: Literal["specpilot.io/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["SpeculativeInference"]
+    metadata: ObjectMeta
+    spec: SpeculativeInferenceSpec
+    status: SpeculativeInferenceStatus | None = None

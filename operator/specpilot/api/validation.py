@@ -1,0 +1,415 @@
+"""Parse a manifest into a SpeculativeInference and report every problem at once.
+
+Structural errors (types, enums, ranges, unknown fields) come from pydantic and are rewritten as
+findings that name the field and the fix. To still report cross-field problems in the same
+run, the offending fields are dropped and the rest is parsed again; a cross-field finding that
+rests on a dropped field is not reported (it would be about a value the user did not write).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from collections.abc import Iterator
+from itertools import pairwise
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+
+from specpilot.api.models import (
+    SpeculationMethod,
+    SpeculativeInference,
+    SpeculativeInferenceSpec,
+)
+from specpilot.findings import Finding, error, warning
+
+MANAGED_FLAGS = {
+    "--model": "spec.target.model",
+    "--tensor-parallel-size": "spec.target.tensorParallelSize",
+    "-tp": "spec.target.tensorParallelSize",
+    "--pipeline-parallel-size": "spec.target.pipelineParallelSize",
+    "-pp": "spec.target.pipelineParallelSize",
+    "--gpu-memory-utilization": "spec.gpus.memoryUtilization",
+    "--max-model-len": "spec.target.maxModelLen",
+    "--quantization": "spec.target.quantization",
+    "-q": "spec.target.quantization",
+    "--dtype": "spec.target.dtype",
+    "--kv-cache-dtype": "spec.target.kvCacheDtype",
+    "--port": "spec.vllm.port",
+    "--host": "spec.vllm.port",
+    "--speculative-config": "spec.speculation",
+    "--speculative-model": "spec.speculation.draft.model",
+    "--num-speculative-tokens": "spec.speculation.numSpeculativeTokens",
+    "--speculative-draft-tensor-parallel-size": "spec.speculation.draft.tensorParallelSize",
+    "--speculative-model-quantization": "spec.speculation.draft.quantization",
+    "--speculative-disable-by-batch-size": "spec.speculation.disableByBatchSize",
+    "--spec-decoding-acceptance-method": "spec.speculation.acceptanceMethod",
+    "--ngram-prompt-lookup-max": "spec.speculation.ngram.promptLookupMax",
+    "--ngram-prompt-lookup-min": "spec.speculation.ngram.promptLookupMin",
+}
+MANAGED_PREFIXES = ("--speculative-", "--typical-acceptance-sampler-")
+MAX_REPAIR_ROUNDS = 20
+
+
+class ParseResult(BaseModel):
+    resource: SpeculativeInference | None
+    """The parsed resource; None when the manifest had structural errors."""
+    findings: list[Finding]
+    repaired: SpeculativeInference | None = None
+    """The resource without its failing fields, for further checks; None if nothing was left."""
+    dropped: list[str] = []
+    """Fields removed to build `repaired`."""
+
+
+def dotted(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def parse(raw: Any) -> ParseResult:
+    """Validate a manifest (a dict from YAML) and run every cross-field check that can run."""
+    if not isinstance(raw, dict):
+        return ParseResult(
+            resource=None,
+            findings=[
+                error(
+                    "NotAnObject",
+                    "(document)",
+                    f"expected a SpeculativeInference mapping, got {type(raw).__name__}.",
+                    "give a YAML mapping with apiVersion, kind, metadata and spec.",
+                )
+            ],
+        )
+    structural: list[Finding] = []
+    dropped: list[str] = []
+    data = copy.deepcopy(raw)
+    for _ in range(MAX_REPAIR_ROUNDS):
+        try:
+            repaired = SpeculativeInference.model_validate(data)
+        except ValidationError as exc:
+            new = [_finding_from_error(e) for e in exc.errors()]
+            structural += [f for f in new if f.path not in dropped]
+            if not _drop_failed_fields(data, exc.errors(), dropped):
+                return ParseResult(resource=None, findings=_unique(structural))
+            continue
+        semantic = [f for f in cross_field_findings(repaired.spec) if not f.involves(dropped)]
+        return ParseResult(
+            resource=None if structural else repaired,
+            findings=_unique(structural + semantic),
+            repaired=repaired,
+            dropped=dropped,
+        )
+    return ParseResult(resource=None, findings=_unique(structural))
+
+
+def _unique(findings: list[Finding]) -> list[Finding]:
+    seen: set[tuple[str, str]] = set()
+    unique = []
+    for f in findings:
+        if (f.path, f.message) not in seen:
+            seen.add((f.path, f.message))
+            unique.append(f)
+    return unique
+
+
+def _drop_failed_fields(data: Any, errors: list[ErrorDetails], dropped: list[str]) -> bool:
+    """Remove each failing field (or the list holding it) so the rest can be checked."""
+    progress = False
+    for err in errors:
+        loc = _container_loc(err["loc"])
+        if err["type"] == "missing":
+            loc = loc[:-1]
+        if len(loc) < 2 or dotted(loc) in dropped:
+            continue
+        parent = data
+        for part in loc[:-1]:
+            parent = parent.get(part) if isinstance(parent, dict) else None
+        if isinstance(parent, dict) and loc[-1] in parent:
+            del parent[loc[-1]]
+            dropped.append(dotted(loc))
+            progress = True
+    return progress
+
+
+def _container_loc(loc: tuple[int | str, ...]) -> tuple[str, ...]:
+    """Cut a location at its first list index: whole lists are dropped, never single items."""
+    cut: list[str] = []
+    for part in loc:
+        if isinstance(part, int):
+            break
+        cut.append(part)
+    return tuple(cut)
+
+
+_FIXES = {
+    "missing": "add this required field.",
+    "int_type": "give a whole number.",
+    "int_parsing": "give a whole number.",
+    "int_from_float": "give a whole number.",
+    "float_type": "give a number.",
+    "float_parsing": "give a number.",
+    "bool_type": "give true or false.",
+    "bool_parsing": "give true or false.",
+    "string_type": "give a string (quote it in YAML).",
+    "list_type": "give a list.",
+    "dict_type": "give a mapping.",
+    "model_type": "give a mapping.",
+    "model_attributes_type": "give a mapping.",
+}
+
+
+def _finding_from_error(err: ErrorDetails) -> Finding:
+    path = dotted(err["loc"])
+    kind = err["type"]
+    ctx = err.get("ctx", {})
+    message = err["msg"][0].lower() + err["msg"][1:]
+    if kind == "extra_forbidden":
+        return error("UnknownField", path, "unknown field.", _unknown_field_fix(err["loc"]))
+    if kind in ("enum", "literal_error"):
+        fix = f"use one of {ctx.get('expected', 'the listed values')}."
+    elif kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        fix = "use a value in the allowed range."
+    elif kind in ("string_too_long", "too_long"):
+        fix = "shorten it."
+    elif kind in ("string_too_short", "too_short"):
+        fix = "give a value."
+    elif kind == "string_pattern_mismatch":
+        fix = _pattern_fix(err["loc"])
+    elif kind == "value_error":
+        message = str(ctx.get("error", message))
+        fix = "see the message."
+    else:
+        fix = _FIXES.get(kind, "correct the value.")
+    if kind != "missing":
+        message = f"{message} (got {_shown(err.get('input'))})."
+    return error("InvalidField", path, message, fix)
+
+
+def _pattern_fix(loc: tuple[int | str, ...]) -> str:
+    last = next((p for p in reversed(loc) if isinstance(p, str)), "")
+    hints = {
+        "name": "use lower-case letters, digits and '-', starting with a letter (max 54).",
+        "model": "use a Hugging Face id (org/name) or a path: letters, digits, . _ - / : only.",
+        "image": "use an image reference such as vllm/vllm-openai:v0.33.0.",
+        "version": "use a release number such as 0.33.0.",
+        "prometheusUrl": "use an http:// or https:// URL.",
+    }
+    return hints.get(last, "use a value of the documented form (see kubectl explain).")
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _unknown_field_fix(loc: tuple[int | str, ...]) -> str:
+    model: type[BaseModel] | None = SpeculativeInference
+    for part in loc[:-1]:
+        if model is None or isinstance(part, int):
+            continue
+        model = _field_model(model, part)
+    if model is None:
+        return "remove it."
+    known = [f.alias or n for n, f in model.model_fields.items()]
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+    if close:
+        return f"did you mean {close[0]}? Otherwise remove it."
+    return f"remove it (known fields: {', '.join(known)})."
+
+
+def _field_model(model: type[BaseModel], alias: str | int) -> type[BaseModel] | None:
+    for name, field in model.model_fields.items():
+        if alias in (name, field.alias):
+            for candidate in _types_in(field.annotation):
+                if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                    return candidate
+    return None
+
+
+def _types_in(annotation: Any) -> Iterator[Any]:
+    yield annotation
+    for arg in getattr(annotation, "__args__", ()):
+        yield from _types_in(arg)
+
+
+def cross_field_findings(spec: SpeculativeInferenceSpec) -> list[Finding]:
+    """Contradictions between fields that each are valid on their own."""
+    found: list[Finding] = []
+    tp, pp = spec.target.tensor_parallel_size, spec.target.pipeline_parallel_size
+    if spec.gpus.count != tp * pp:
+        found.append(
+            error(
+                "GPUCountMismatch",
+                "spec.gpus.count",
+                f"count is {spec.gpus.count} but tensorParallelSize {tp} x "
+                f"pipelineParallelSize {pp} needs {tp * pp} GPUs per replica.",
+                f"set spec.gpus.count to {tp * pp}, or change the parallelism.",
+                also=["spec.target.tensorParallelSize", "spec.target.pipelineParallelSize"],
+            )
+        )
+    if spec.gpus.type == "custom" and spec.gpus.memory_gb is None:
+        found.append(
+            error(
+                "CustomGPUNeedsMemory",
+                "spec.gpus.memoryGB",
+                "a custom GPU type has no known memory size.",
+                "set spec.gpus.memoryGB, or use a catalog GPU type.",
+                also=["spec.gpus.type"],
+            )
+        )
+    thresholds = spec.policy.thresholds
+    if thresholds.disable_below_acceptance > thresholds.review_below_acceptance:
+        found.append(
+            error(
+                "ThresholdsInverted",
+                "spec.policy.thresholds.reviewBelowAcceptance",
+                f"reviewBelowAcceptance {thresholds.review_below_acceptance} is below "
+                f"disableBelowAcceptance {thresholds.disable_below_acceptance}.",
+                "make reviewBelowAcceptance at least disableBelowAcceptance "
+                "(defaults 0.65 and 0.50).",
+                also=["spec.policy.thresholds.disableBelowAcceptance"],
+            )
+        )
+    found += _speculation_findings(spec)
+    found += _extra_args_findings(spec.vllm.extra_args)
+    if spec.monitoring.prometheus_url is None and spec.policy.mode != "off":
+        found.append(
+            warning(
+                "NoPrometheus",
+                "spec.monitoring.prometheusUrl",
+                "no Prometheus URL: the control loop cannot see acceptance or latency and will "
+                "hold speculation as configured.",
+                "set spec.monitoring.prometheusUrl, or set spec.policy.mode: off.",
+            )
+        )
+    return found
+
+
+_NEEDS_DRAFT = (SpeculationMethod.DRAFT_MODEL, SpeculationMethod.EAGLE, SpeculationMethod.EAGLE3)
+
+
+def _speculation_findings(spec: SpeculativeInferenceSpec) -> list[Finding]:
+    speculation = spec.speculation
+    if speculation is None:
+        return []
+    found: list[Finding] = []
+    method = speculation.method
+    if method in _NEEDS_DRAFT and speculation.draft is None:
+        found.append(
+            error(
+                "DraftRequired",
+                "spec.speculation.draft",
+                f"method {method.value} needs a draft checkpoint.",
+                "add spec.speculation.draft.model (for eagle/eagle3, the head's checkpoint).",
+                also=["spec.speculation.method"],
+            )
+        )
+    if method not in _NEEDS_DRAFT and speculation.draft is not None:
+        found.append(
+            error(
+                "DraftNotUsed",
+                "spec.speculation.draft",
+                f"method {method.value} uses no draft checkpoint.",
+                "remove spec.speculation.draft, or use method draft_model, eagle or eagle3.",
+                also=["spec.speculation.method"],
+            )
+        )
+    if speculation.ngram is not None and method is not SpeculationMethod.NGRAM:
+        found.append(
+            error(
+                "NgramNotUsed",
+                "spec.speculation.ngram",
+                f"n-gram bounds are set but the method is {method.value}.",
+                "remove spec.speculation.ngram, or use method ngram.",
+                also=["spec.speculation.method"],
+            )
+        )
+    ngram = speculation.ngram
+    if ngram is not None and ngram.prompt_lookup_min > ngram.prompt_lookup_max:
+        found.append(
+            error(
+                "NgramBoundsInverted",
+                "spec.speculation.ngram.promptLookupMin",
+                f"promptLookupMin {ngram.prompt_lookup_min} is above promptLookupMax "
+                f"{ngram.prompt_lookup_max}.",
+                "make promptLookupMin at most promptLookupMax.",
+                also=["spec.speculation.ngram.promptLookupMax"],
+            )
+        )
+    found += _schedule_findings(spec)
+    typical = (
+        speculation.typical_acceptance_posterior_threshold is not None
+        or speculation.typical_acceptance_posterior_alpha is not None
+    )
+    if typical and speculation.acceptance_method != "typical_acceptance_sampler":
+        found.append(
+            error(
+                "TypicalAcceptanceNotUsed",
+                "spec.speculation.acceptanceMethod",
+                "typical acceptance parameters are set but the acceptance method is not "
+                "typical_acceptance_sampler.",
+                "set acceptanceMethod: typical_acceptance_sampler, or remove the parameters.",
+            )
+        )
+    return found
+
+
+def _schedule_findings(spec: SpeculativeInferenceSpec) -> list[Finding]:
+    schedule = (spec.speculation.schedule if spec.speculation else None) or []
+    found: list[Finding] = []
+    for i, step in enumerate(schedule):
+        if step.min_batch_size > step.max_batch_size:
+            found.append(
+                error(
+                    "ScheduleRangeInverted",
+                    f"spec.speculation.schedule[{i}]",
+                    f"minBatchSize {step.min_batch_size} is above maxBatchSize "
+                    f"{step.max_batch_size}.",
+                    "make minBatchSize at most maxBatchSize.",
+                )
+            )
+    ordered = sorted(enumerate(schedule), key=lambda pair: pair[1].min_batch_size)
+    for (_, before), (j, after) in pairwise(ordered):
+        if after.min_batch_size <= before.max_batch_size:
+            found.append(
+                error(
+                    "ScheduleOverlap",
+                    f"spec.speculation.schedule[{j}]",
+                    f"batch sizes {after.min_batch_size}-{after.max_batch_size} overlap "
+                    f"{before.min_batch_size}-{before.max_batch_size}.",
+                    "give each batch size to exactly one schedule step.",
+                )
+            )
+    return found
+
+
+def _extra_args_findings(args: list[str]) -> list[Finding]:
+    found: list[Finding] = []
+    for i, arg in enumerate(args):
+        flag = arg.split("=", 1)[0]
+        owner = MANAGED_FLAGS.get(flag) or (
+            "spec.speculation" if flag.startswith(MANAGED_PREFIXES) else None
+        )
+        if owner:
+            found.append(
+                error(
+                    "ManagedFlagInExtraArgs",
+                    f"spec.vllm.extraArgs[{i}]",
+                    f"{flag} is set by specpilot from {owner}; passing it again would "
+                    "contradict the plan.",
+                    f"remove it from extraArgs and set {owner} instead.",
+                )
+            )
+        elif any(ord(c) < 32 for c in arg):
+            found.append(
+                error(
+                    "ControlCharacterInExtraArgs",
+                    f"spec.vllm.extraArgs[{i}]",
+                    "the argument holds a control character (newline, tab or NUL).",
+                    "give each argument as its own list item, without control characters.",
+                )
+            )
+    return found

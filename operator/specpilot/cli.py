@@ -1,0 +1,202 @@
+"""`specpilot`: plan, render and validate manifests before any cluster exists."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from typing import Any, NoReturn, TextIO
+
+import click
+import yaml
+
+from specpilot.api.crd import crd_yaml
+from specpilot.findings import Finding, errors
+from specpilot.planning.memory import MemoryPlan, ModelFootprint
+from specpilot.rendering.manifests import manifests
+from specpilot.review import Review, review
+
+EXIT_INVALID = 2
+
+
+@click.group()
+@click.version_option(package_name="specpilot")
+def main() -> None:
+    """Run vLLM with speculative decoding safely on Kubernetes."""
+
+
+def _documents(stream: TextIO) -> Iterator[Any]:
+    try:
+        docs = [d for d in yaml.safe_load_all(stream) if d is not None]
+    except yaml.YAMLError as exc:
+        _fail(f"{stream.name}: not valid YAML: {exc}")
+    if not docs:
+        _fail(f"{stream.name}: no YAML document found")
+    yield from docs
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(EXIT_INVALID)
+
+
+def _name(doc: Any) -> str:
+    meta = doc.get("metadata") if isinstance(doc, dict) else None
+    name = meta.get("name") if isinstance(meta, dict) else None
+    return f"SpeculativeInference {name}" if isinstance(name, str) else "document"
+
+
+def _print_findings(findings: list[Finding], err: bool = False) -> None:
+    width = max((len(f.code) for f in findings), default=0)
+    for f in findings:
+        click.echo(f"  {f.severity.value:<8} {f.code:<{width}}  {f}", err=err)
+
+
+def _report_errors(doc: Any, result: Review) -> None:
+    problems = errors(result.findings)
+    click.echo(f"{_name(doc)}: {len(problems)} error(s)", err=True)
+    _print_findings(problems, err=True)
+
+
+FILE_ARGUMENT = click.argument("file", type=click.File("r"))
+OUTPUT_OPTION = click.option(
+    "-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+
+
+@main.command()
+@FILE_ARGUMENT
+@OUTPUT_OPTION
+def validate(file: TextIO, output: str) -> None:
+    """Check manifests; report every problem with its field and fix (exit 2 if any error)."""
+    failed = False
+    reports = []
+    for doc in _documents(file):
+        result = review(doc)
+        failed |= not result.valid
+        reports.append(
+            {
+                "name": _name(doc),
+                "valid": result.valid,
+                "findings": [f.model_dump() for f in result.findings],
+            }
+        )
+        if output == "text":
+            status = "valid" if result.valid else "invalid"
+            click.echo(f"{_name(doc)}: {status}")
+            _print_findings(result.findings)
+    if output == "json":
+        click.echo(json.dumps(reports, indent=2))
+    sys.exit(EXIT_INVALID if failed else 0)
+
+
+@main.command()
+@FILE_ARGUMENT
+@OUTPUT_OPTION
+def plan(file: TextIO, output: str) -> None:
+    """Show the memory plan: weights, KV cache, concurrency, verdict (exit 2 if it cannot run)."""
+    failed = False
+    reports = []
+    for doc in _documents(file):
+        result = review(doc)
+        failed |= not result.valid
+        if output == "json":
+            reports.append(
+                {
+                    "name": _name(doc),
+                    "valid": result.valid,
+                    "plan": result.plan.model_dump(mode="json") if result.plan else None,
+                    "findings": [f.model_dump(mode="json") for f in result.findings],
+                }
+            )
+            continue
+        if result.plan is not None:
+            click.echo(format_plan(_name(doc), result.plan))
+        click.echo("Findings:" if result.findings else "Findings: none")
+        _print_findings(result.findings)
+        if not result.valid:
+            click.echo(f"\n{_name(doc)} cannot be deployed: fix the errors above.")
+    if output == "json":
+        click.echo(json.dumps(reports, indent=2))
+    sys.exit(EXIT_INVALID if failed else 0)
+
+
+@main.command()
+@FILE_ARGUMENT
+@click.option(
+    "--speculation",
+    type=click.Choice(["on", "off"]),
+    default="on",
+    show_default=True,
+    help="off renders the same resource without speculation (what the control loop applies).",
+)
+def render(file: TextIO, speculation: str) -> None:
+    """Print the Kubernetes manifests the operator would apply."""
+    rendered = []
+    for doc in _documents(file):
+        result = review(doc)
+        if result.resource is None:
+            _report_errors(doc, result)
+            sys.exit(EXIT_INVALID)
+        rendered += manifests(result.resource, result.version, speculation=speculation == "on")
+    click.echo(yaml.safe_dump_all(rendered, sort_keys=False, width=1000), nl=False)
+
+
+@main.command()
+def crd() -> None:
+    """Print the SpeculativeInference CustomResourceDefinition."""
+    click.echo(crd_yaml(), nl=False)
+
+
+def _gb(value: float) -> str:
+    return f"{value:8.1f} GB"
+
+
+def _model_row(role: str, model: ModelFootprint, gpus: int) -> str:
+    precision = "BF16/FP16" if model.quantization.value == "none" else model.quantization.upper()
+    return (
+        f"  {role:<7} {model.model}\n"
+        f"          {precision}, {model.parameters_billions:g}B parameters, TP "
+        f"{model.tensor_parallel_size}: {_gb(model.weights_gb_per_gpu)} per GPU, "
+        f"{_gb(model.weights_gb).strip()} in all"
+    )
+
+
+def format_plan(title: str, p: MemoryPlan) -> str:
+    """The framework's memory table for one replica, with the numbers behind the verdict."""
+    gpus = p.gpu_count
+    lines = [
+        f"{title}: vLLM {p.vllm_version} on {gpus} x {p.gpu_type} "
+        f"({p.gpu_memory_gb:g} GB each, memory utilization {p.memory_utilization:g})",
+        "",
+    ]
+    weights_per_gpu = 0.0
+    for role, model in (("target", p.target), ("draft", p.draft)):
+        if model is not None:
+            lines.append(_model_row(role, model, gpus))
+            weights_per_gpu += model.weights_gb_per_gpu
+    usable = p.gpu_memory_gb * p.memory_utilization
+    lines += [
+        "",
+        f"  {'':<34}{'per GPU':>11}",
+        f"  {'GPU memory':<34}{_gb(p.gpu_memory_gb)}",
+        f"  {'vLLM may use':<34}{_gb(usable)}",
+        f"  {'weights':<34}{_gb(weights_per_gpu)}",
+        f"  {'activations + non-torch (est.)':<34}{_gb(p.overhead_gb_per_gpu)}",
+        f"  {'KV cache':<34}{_gb(p.kv_cache_gb_per_gpu)}",
+        "",
+        f"  left after weights, all GPUs:       {p.left_after_weights_gb:.1f} GB",
+        f"  KV cache tokens per replica:        {p.kv_cache_tokens:,}"
+        f" ({p.kv_cache_tokens_without_speculation:,} without speculation)",
+    ]
+    if p.max_model_len:
+        lines.append(
+            f"  full-length sequences ({p.max_model_len:,} tokens): "
+            f"{p.max_concurrent_sequences} ({p.max_concurrent_sequences_without_speculation} "
+            "without speculation)"
+        )
+    if p.draft_ratio is not None:
+        lines.append(f"  draft:target size ratio:            1:{p.draft_ratio:.0f}")
+    verdict = {"fits": "fits", "tight": "fits, but tight", "does-not-fit": "DOES NOT FIT"}
+    lines += ["", f"Verdict: {verdict[p.verdict]}", ""]
+    return "\n".join(lines)

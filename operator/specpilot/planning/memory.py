@@ -1,0 +1,657 @@
+"""Memory math: weights, KV cache budget and concurrency per GPU, as vLLM will size them.
+
+vLLM sizes its KV cache as total memory x gpu_memory_utilization minus weights, the activation
+peak and non-torch memory. A draft's weights come one-for-one out of that cache and, on V1, its
+attention layers share the cache's pages, so every token costs target + draft bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from packaging.version import Version
+from pydantic import BaseModel
+
+from specpilot import vllm_versions
+from specpilot.api.models import (
+    ArchitectureOverride,
+    Quantization,
+    SpeculationMethod,
+    SpeculativeInferenceSpec,
+)
+from specpilot.catalog import GPU_TYPES, ModelArchitecture, lookup_model
+from specpilot.findings import Finding, Severity, error, info, warning
+
+GB = 1e9
+BYTES_PER_PARAMETER = {
+    Quantization.FP8: 1.0,
+    Quantization.INT8: 1.0,
+    Quantization.INT4: 0.5,
+    Quantization.AWQ: 0.5,
+    Quantization.GPTQ: 0.5,
+    Quantization.BITSANDBYTES: 0.5,
+}
+FULL_PRECISION_BYTES = {"float": 4.0, "float32": 4.0}
+"""Bytes per unquantized parameter by dtype; everything else (auto, bfloat16, half) is 2."""
+
+PROFILED_BATCH_TOKENS = 8192
+"""Tokens in vLLM's profiling forward pass (max_num_batched_tokens on datacenter GPUs)."""
+ACTIVATION_BYTES_PER_TOKEN_PER_HIDDEN = 18
+"""Peak live activation bytes per token per hidden unit in a BF16 decoder layer (QKV, MLP)."""
+PROFILED_SEQUENCES = 256
+NON_TORCH_GB = 1.0
+NCCL_GB = 0.5
+
+DRAFT_VRAM_SHARE_LIMIT = 0.15
+TARGET_VRAM_SHARE_LIMIT = 0.70
+LONG_CONTEXT_TOKENS = 32768
+TIGHT_CONCURRENCY = 8
+
+Verdict = Literal["fits", "tight", "does-not-fit"]
+
+
+class ModelFootprint(BaseModel):
+    model: str
+    quantization: Quantization
+    parameters_billions: float
+    tensor_parallel_size: int
+    weights_gb: float
+    weights_gb_per_gpu: float
+    kv_bytes_per_token_per_gpu: int
+
+
+class MemoryPlan(BaseModel):
+    verdict: Verdict
+    vllm_version: str
+    gpu_type: str
+    gpu_count: int
+    gpu_memory_gb: float
+    memory_utilization: float
+    target: ModelFootprint | None
+    draft: ModelFootprint | None
+    overhead_gb_per_gpu: float
+    left_after_weights_gb: float
+    """All GPUs' memory minus all weights: the framework's 'left for KV cache' before overheads."""
+    kv_cache_gb_per_gpu: float
+    kv_cache_tokens: int
+    kv_cache_tokens_without_speculation: int
+    max_model_len: int | None
+    max_concurrent_sequences: int
+    max_concurrent_sequences_without_speculation: int
+    draft_ratio: float | None
+    """Target parameters per draft parameter (9.0 means 1:9)."""
+    findings: list[Finding]
+
+
+def bytes_per_parameter(quantization: Quantization, dtype: str) -> float:
+    return BYTES_PER_PARAMETER.get(quantization, FULL_PRECISION_BYTES.get(dtype, 2.0))
+
+
+def resolve_architecture(
+    model: str, override: ArchitectureOverride | None
+) -> ModelArchitecture | None:
+    if override is None:
+        return lookup_model(model)
+    return ModelArchitecture(
+        layers=override.layers,
+        hidden_size=override.hidden_size,
+        attention_heads=override.attention_heads,
+        kv_heads=override.kv_heads,
+        head_dim=override.head_dim or override.hidden_size // override.attention_heads,
+        vocab_size=override.vocab_size,
+        parameters_billions=override.parameters_billions,
+        family=override.family,
+        tokenizer=override.tokenizer,
+        max_position_embeddings=override.max_position_embeddings,
+    )
+
+
+def kv_bytes_per_token_per_gpu(
+    arch: ModelArchitecture, tensor_parallel: int, pipeline_parallel: int, dtype_bytes: float
+) -> int:
+    layers_per_stage = math.ceil(arch.layers / pipeline_parallel)
+    kv_heads_per_gpu = max(1, arch.kv_heads // tensor_parallel)
+    return int(2 * layers_per_stage * kv_heads_per_gpu * arch.head_dim * dtype_bytes)
+
+
+def estimated_overhead_gb(arch: ModelArchitecture, tensor_parallel: int) -> float:
+    """Activation peak of vLLM's profiling pass plus non-torch memory, per GPU."""
+    activations = (
+        PROFILED_BATCH_TOKENS * arch.hidden_size * ACTIVATION_BYTES_PER_TOKEN_PER_HIDDEN
+    ) / tensor_parallel
+    logits = PROFILED_SEQUENCES * arch.vocab_size * 4
+    nccl = NCCL_GB if tensor_parallel > 1 else 0.0
+    return NON_TORCH_GB + nccl + (activations + logits) / GB
+
+
+def _draft_head_estimate(target: ModelArchitecture) -> ModelArchitecture:
+    """EAGLE/MTP heads not in the catalog: one decoder layer of the target's shape plus fusion."""
+    per_layer = target.parameters_billions / target.layers
+    return ModelArchitecture(
+        layers=1,
+        hidden_size=target.hidden_size,
+        attention_heads=target.attention_heads,
+        kv_heads=target.kv_heads,
+        head_dim=target.head_dim,
+        vocab_size=target.vocab_size,
+        parameters_billions=round(1.5 * per_layer, 3),
+        family=target.family,
+        tokenizer=target.tokenizer,
+        max_position_embeddings=target.max_position_embeddings,
+    )
+
+
+def _kv_dtype_bytes(spec: SpeculativeInferenceSpec) -> float:
+    if spec.target.kv_cache_dtype != "auto":
+        return 1.0
+    return FULL_PRECISION_BYTES.get(spec.target.dtype, 2.0)
+
+
+class _Draft(BaseModel):
+    model: str
+    arch: ModelArchitecture
+    quantization: Quantization
+    tensor_parallel_size: int
+    estimated: bool
+
+
+def _resolve_draft(
+    spec: SpeculativeInferenceSpec, target: ModelArchitecture, findings: list[Finding]
+) -> _Draft | None:
+    speculation = spec.speculation
+    if speculation is None or speculation.method in (
+        SpeculationMethod.NONE,
+        SpeculationMethod.NGRAM,
+        SpeculationMethod.SUFFIX,
+    ):
+        return None
+    draft = speculation.draft
+    model = draft.model if draft else spec.target.model
+    tp = (draft.tensor_parallel_size if draft else None) or spec.target.tensor_parallel_size
+    quantization = draft.quantization if draft else spec.target.quantization
+    arch = resolve_architecture(model, draft.architecture) if draft else None
+    if arch is not None:
+        return _Draft(
+            model=model,
+            arch=arch,
+            quantization=quantization,
+            tensor_parallel_size=tp,
+            estimated=False,
+        )
+    if speculation.method is SpeculationMethod.DRAFT_MODEL:
+        findings.append(
+            error(
+                "UnknownDraftModel",
+                "spec.speculation.draft.model",
+                f"{model} is not in specpilot's model catalog, so its memory cannot be planned.",
+                "add spec.speculation.draft.architecture with the facts from its config.json.",
+            )
+        )
+        return None
+    estimate = _draft_head_estimate(target)
+    findings.append(
+        info(
+            "DraftHeadEstimated",
+            "spec.speculation.draft.model",
+            f"{model} is not in the catalog; its {speculation.method.value} head is estimated "
+            f"as one target-shaped layer ({estimate.parameters_billions:.2f}B parameters).",
+        )
+    )
+    return _Draft(
+        model=model,
+        arch=estimate,
+        quantization=quantization,
+        tensor_parallel_size=tp,
+        estimated=True,
+    )
+
+
+def _footprint(
+    model: str,
+    arch: ModelArchitecture,
+    quantization: Quantization,
+    dtype: str,
+    tensor_parallel: int,
+    pipeline_parallel: int,
+    kv_dtype_bytes: float,
+) -> ModelFootprint:
+    weights_gb = arch.parameters_billions * bytes_per_parameter(quantization, dtype)
+    return ModelFootprint(
+        model=model,
+        quantization=quantization,
+        parameters_billions=arch.parameters_billions,
+        tensor_parallel_size=tensor_parallel,
+        weights_gb=weights_gb,
+        weights_gb_per_gpu=weights_gb / (tensor_parallel * pipeline_parallel),
+        kv_bytes_per_token_per_gpu=kv_bytes_per_token_per_gpu(
+            arch, tensor_parallel, pipeline_parallel, kv_dtype_bytes
+        ),
+    )
+
+
+def plan(spec: SpeculativeInferenceSpec, version: Version) -> MemoryPlan:
+    """Plan one replica's memory; every problem is a finding, never an exception."""
+    findings: list[Finding] = []
+    gpus = spec.gpus
+    gpu_memory = gpus.memory_gb or (GPU_TYPES[gpus.type].memory_gb if gpus.type in GPU_TYPES else 0)
+    utilization = gpus.memory_utilization or vllm_versions.default_gpu_memory_utilization(version)
+    tp, pp = spec.target.tensor_parallel_size, spec.target.pipeline_parallel_size
+    gpu_count = tp * pp
+    kv_bytes = _kv_dtype_bytes(spec)
+
+    target_arch = resolve_architecture(spec.target.model, spec.target.architecture)
+    if target_arch is None:
+        findings.append(
+            error(
+                "UnknownTargetModel",
+                "spec.target.model",
+                f"{spec.target.model} is not in specpilot's model catalog, "
+                "so its memory cannot be planned.",
+                "add spec.target.architecture with the facts from its config.json.",
+            )
+        )
+        return _unplannable(spec, version, gpu_memory, utilization, findings)
+
+    target = _footprint(
+        spec.target.model,
+        target_arch,
+        spec.target.quantization,
+        spec.target.dtype,
+        tp,
+        pp,
+        kv_bytes,
+    )
+    draft_info = _resolve_draft(spec, target_arch, findings)
+    draft = (
+        _footprint(
+            draft_info.model,
+            draft_info.arch,
+            draft_info.quantization,
+            spec.target.dtype,
+            draft_info.tensor_parallel_size,
+            1,
+            kv_bytes,
+        )
+        if draft_info
+        else None
+    )
+    draft_weights = draft.weights_gb_per_gpu if draft else 0.0
+    draft_kv = draft.kv_bytes_per_token_per_gpu if draft else 0
+    overhead = (
+        gpus.overhead_gb if gpus.overhead_gb is not None else estimated_overhead_gb(target_arch, tp)
+    )
+    usable = gpu_memory * utilization
+    kv_gb = usable - target.weights_gb_per_gpu - draft_weights - overhead
+    tokens = _tokens(kv_gb, target.kv_bytes_per_token_per_gpu + draft_kv)
+    tokens_plain = _tokens(kv_gb + draft_weights, target.kv_bytes_per_token_per_gpu)
+    max_model_len = spec.target.max_model_len or target_arch.max_position_embeddings
+    concurrency = tokens // max_model_len if max_model_len else 0
+    concurrency_plain = tokens_plain // max_model_len if max_model_len else 0
+    ratio = (
+        target_arch.parameters_billions / draft_info.arch.parameters_billions
+        if draft_info
+        and spec.speculation
+        and spec.speculation.method is SpeculationMethod.DRAFT_MODEL
+        else None
+    )
+
+    findings += _memory_findings(
+        spec,
+        version,
+        gpu_memory,
+        usable,
+        target,
+        draft,
+        overhead,
+        kv_gb,
+        tokens,
+        max_model_len,
+        concurrency,
+        concurrency_plain,
+    )
+    findings += _model_findings(spec, target_arch, draft_info, max_model_len, ratio)
+
+    return MemoryPlan(
+        verdict=_verdict(findings, concurrency),
+        vllm_version=str(version),
+        gpu_type=gpus.type,
+        gpu_count=gpu_count,
+        gpu_memory_gb=gpu_memory,
+        memory_utilization=utilization,
+        target=target,
+        draft=draft,
+        overhead_gb_per_gpu=overhead,
+        left_after_weights_gb=gpu_memory * gpu_count
+        - target.weights_gb
+        - (draft.weights_gb if draft else 0.0),
+        kv_cache_gb_per_gpu=kv_gb,
+        kv_cache_tokens=tokens,
+        kv_cache_tokens_without_speculation=tokens_plain,
+        max_model_len=max_model_len,
+        max_concurrent_sequences=concurrency,
+        max_concurrent_sequences_without_speculation=concurrency_plain,
+        draft_ratio=ratio,
+        findings=findings,
+    )
+
+
+def _tokens(kv_gb: float, bytes_per_token: int) -> int:
+    return max(0, int(kv_gb * GB // bytes_per_token)) if bytes_per_token else 0
+
+
+def _unplannable(
+    spec: SpeculativeInferenceSpec,
+    version: Version,
+    gpu_memory: float,
+    utilization: float,
+    findings: list[Finding],
+) -> MemoryPlan:
+    return MemoryPlan(
+        verdict="does-not-fit",
+        vllm_version=str(version),
+        gpu_type=spec.gpus.type,
+        gpu_count=spec.target.tensor_parallel_size * spec.target.pipeline_parallel_size,
+        gpu_memory_gb=gpu_memory,
+        memory_utilization=utilization,
+        target=None,
+        draft=None,
+        overhead_gb_per_gpu=0.0,
+        left_after_weights_gb=0.0,
+        kv_cache_gb_per_gpu=0.0,
+        kv_cache_tokens=0,
+        kv_cache_tokens_without_speculation=0,
+        max_model_len=spec.target.max_model_len,
+        max_concurrent_sequences=0,
+        max_concurrent_sequences_without_speculation=0,
+        draft_ratio=None,
+        findings=findings,
+    )
+
+
+def _verdict(findings: list[Finding], concurrency: int) -> Verdict:
+    if any(f.severity is Severity.ERROR for f in findings):
+        return "does-not-fit"
+    if concurrency < TIGHT_CONCURRENCY or any(f.code in _TIGHT_CODES for f in findings):
+        return "tight"
+    return "fits"
+
+
+_TIGHT_CODES = {"DraftVRAMShareHigh", "TargetVRAMShareHigh", "V0DraftWeightsUnprofiled"}
+
+
+def _memory_findings(
+    spec: SpeculativeInferenceSpec,
+    version: Version,
+    gpu_memory: float,
+    usable: float,
+    target: ModelFootprint,
+    draft: ModelFootprint | None,
+    overhead: float,
+    kv_gb: float,
+    tokens: int,
+    max_model_len: int | None,
+    concurrency: int,
+    concurrency_plain: int,
+) -> list[Finding]:
+    found: list[Finding] = []
+    weights = target.weights_gb_per_gpu + (draft.weights_gb_per_gpu if draft else 0.0)
+    draft_part = f" + draft {draft.weights_gb_per_gpu:.1f} GB" if draft else ""
+    if kv_gb <= 0:
+        found.append(
+            error(
+                "WeightsExceedMemory",
+                "spec.gpus",
+                f"weights need {weights:.1f} GB per GPU (target {target.weights_gb_per_gpu:.1f} GB"
+                f"{draft_part}) plus {overhead:.1f} GB overhead, but vLLM may use only "
+                f"{usable:.1f} GB of each {gpu_memory:.0f} GB GPU: nothing is left for the "
+                f"KV cache ({kv_gb:.1f} GB).",
+                "quantize the target (spec.target.quantization: int8) or the draft, add GPUs "
+                "(spec.target.tensorParallelSize and spec.gpus.count), or choose a larger GPU.",
+            )
+        )
+    elif max_model_len is not None and tokens < max_model_len:
+        found.append(
+            error(
+                "KVCacheBelowMaxModelLen",
+                "spec.target.maxModelLen",
+                f"the KV cache holds {tokens} tokens per replica ({kv_gb:.1f} GB per GPU), fewer "
+                f"than one sequence of maxModelLen {max_model_len}: vLLM refuses to start.",
+                f"set spec.target.maxModelLen to at most {tokens}, or free memory for the cache.",
+            )
+        )
+    elif max_model_len is not None and concurrency < TIGHT_CONCURRENCY:
+        found.append(
+            warning(
+                "LowConcurrency",
+                "spec.target.maxModelLen",
+                f"the KV cache ({kv_gb:.1f} GB per GPU, {tokens} tokens) holds only "
+                f"{concurrency} full-length sequences of {max_model_len} tokens.",
+                "lower spec.target.maxModelLen, use spec.target.kvCacheDtype: fp8, or add GPUs.",
+            )
+        )
+    if draft is None:
+        return found
+    draft_share = draft.weights_gb_per_gpu / gpu_memory if gpu_memory else 0.0
+    if draft_share > DRAFT_VRAM_SHARE_LIMIT:
+        found.append(
+            warning(
+                "DraftVRAMShareHigh",
+                "spec.speculation.draft",
+                f"the draft takes {draft.weights_gb_per_gpu:.1f} GB per GPU, {draft_share:.0%} of "
+                f"GPU memory (rule of thumb: at most {DRAFT_VRAM_SHARE_LIMIT:.0%}).",
+                "quantize the draft (spec.speculation.draft.quantization: int8) or pick a smaller "
+                "one.",
+            )
+        )
+    target_share = target.weights_gb_per_gpu / gpu_memory if gpu_memory else 0.0
+    if target_share > TARGET_VRAM_SHARE_LIMIT:
+        found.append(
+            warning(
+                "TargetVRAMShareHigh",
+                "spec.target",
+                f"the target already uses {target_share:.0%} of GPU memory, so a draft comes "
+                "straight out of the KV cache and cuts concurrency.",
+                "quantize the target or add GPUs before adding a draft.",
+            )
+        )
+    if concurrency_plain > concurrency:
+        found.append(
+            info(
+                "DraftCostsConcurrency",
+                "spec.speculation",
+                f"the draft's weights and KV layers cut full-length concurrency from "
+                f"{concurrency_plain} to {concurrency} sequences per replica.",
+            )
+        )
+    if vllm_versions.supports(version, vllm_versions.Feature.V0_ENGINE) and (
+        spec.speculation is not None
+        and spec.speculation.method in (SpeculationMethod.DRAFT_MODEL, SpeculationMethod.EAGLE)
+    ):
+        safer = max(0.05, round((usable - draft.weights_gb_per_gpu) / gpu_memory, 2))
+        found.append(
+            warning(
+                "V0DraftWeightsUnprofiled",
+                "spec.gpus.memoryUtilization",
+                f"vLLM {version} (V0 engine) does not count the draft's "
+                f"{draft.weights_gb_per_gpu:.1f} GB per GPU when sizing the KV cache "
+                "(vllm#9995): the pods can run out of memory under load.",
+                f"set spec.gpus.memoryUtilization to {safer} so the draft fits in the margin.",
+            )
+        )
+    return found
+
+
+def _model_findings(
+    spec: SpeculativeInferenceSpec,
+    target: ModelArchitecture,
+    draft: _Draft | None,
+    max_model_len: int | None,
+    ratio: float | None,
+) -> list[Finding]:
+    found: list[Finding] = []
+    tp = spec.target.tensor_parallel_size
+    if target.attention_heads % tp:
+        found.append(
+            error(
+                "HeadsNotDivisibleByTP",
+                "spec.target.tensorParallelSize",
+                f"{spec.target.model} has {target.attention_heads} attention heads, which "
+                f"{tp} GPUs cannot split evenly; vLLM refuses to start.",
+                f"use a tensorParallelSize that divides {target.attention_heads} "
+                f"(e.g. {_divisor_near(target.attention_heads, tp)}).",
+            )
+        )
+    if max_model_len is None:
+        found.append(
+            error(
+                "MaxModelLenUnknown",
+                "spec.target.maxModelLen",
+                "the model's maximum context is unknown, so the KV cache cannot be checked.",
+                "set spec.target.maxModelLen or spec.target.architecture.maxPositionEmbeddings.",
+            )
+        )
+    elif target.max_position_embeddings and max_model_len > target.max_position_embeddings:
+        found.append(
+            error(
+                "MaxModelLenAboveModel",
+                "spec.target.maxModelLen",
+                f"maxModelLen {max_model_len} exceeds the {target.max_position_embeddings} "
+                f"tokens {spec.target.model} supports; vLLM refuses it.",
+                f"set spec.target.maxModelLen to at most {target.max_position_embeddings}.",
+            )
+        )
+    speculating = spec.speculation is not None and spec.speculation.method is not (
+        SpeculationMethod.NONE
+    )
+    if speculating and max_model_len and max_model_len >= LONG_CONTEXT_TOKENS:
+        found.append(
+            warning(
+                "LongContextSpeculation",
+                "spec.target.maxModelLen",
+                f"maxModelLen {max_model_len} is long-context serving (32K+), where "
+                "speculation usually costs more KV cache than it saves in latency.",
+                "leave speculation off for long-context deployments, or lower maxModelLen.",
+            )
+        )
+    if speculating and spec.target.quantization in (
+        Quantization.INT4,
+        Quantization.AWQ,
+        Quantization.GPTQ,
+        Quantization.BITSANDBYTES,
+    ):
+        found.append(
+            warning(
+                "Int4TargetLowersAcceptance",
+                "spec.target.quantization",
+                f"a 4-bit target ({spec.target.quantization.value}) shifts its distribution away "
+                "from what the draft learned; expect a real acceptance penalty.",
+                "prefer an int8 or fp8 target, and list it in spec.policy.quantizationLadder.",
+            )
+        )
+    if draft is not None and spec.speculation is not None:
+        if spec.speculation.method is SpeculationMethod.DRAFT_MODEL:
+            found += _draft_pairing(spec, target, draft, ratio)
+        if draft.arch.attention_heads % draft.tensor_parallel_size:
+            found.append(
+                error(
+                    "DraftHeadsNotDivisibleByTP",
+                    "spec.speculation.draft.tensorParallelSize",
+                    f"the draft has {draft.arch.attention_heads} attention heads, which "
+                    f"{draft.tensor_parallel_size} GPUs cannot split evenly.",
+                    f"use a draft tensor parallel size that divides {draft.arch.attention_heads}.",
+                )
+            )
+    return found
+
+
+def _draft_pairing(
+    spec: SpeculativeInferenceSpec,
+    target: ModelArchitecture,
+    draft: _Draft,
+    ratio: float | None,
+) -> list[Finding]:
+    found: list[Finding] = []
+    path = "spec.speculation.draft.model"
+    if draft.arch.parameters_billions >= target.parameters_billions:
+        found.append(
+            error(
+                "DraftNotSmaller",
+                path,
+                f"the draft ({draft.arch.parameters_billions:g}B parameters) is not smaller "
+                f"than the target ({target.parameters_billions:g}B): it cannot save time.",
+                "pick a draft of the same family about 1/8 to 1/12 of the target's size.",
+            )
+        )
+        return found
+    if draft.arch.tokenizer and target.tokenizer and draft.arch.tokenizer != target.tokenizer:
+        found.append(
+            error(
+                "DraftTokenizerMismatch",
+                path,
+                f"the draft uses the {draft.arch.tokenizer} tokenizer and the target the "
+                f"{target.tokenizer} one: the target cannot verify the draft's tokens.",
+                "pick a draft with the target's tokenizer (same family).",
+            )
+        )
+    elif draft.arch.vocab_size != target.vocab_size:
+        found.append(
+            warning(
+                "DraftVocabSizeMismatch",
+                path,
+                f"draft and target share a tokenizer but their embedding tables differ "
+                f"({draft.arch.vocab_size} vs {target.vocab_size} rows); vLLM's V1 draft_model "
+                "path requires equal vocabularies.",
+                "pick a draft whose config.json vocab_size equals the target's.",
+            )
+        )
+    if draft.arch.family and target.family and draft.arch.family != target.family:
+        found.append(
+            warning(
+                "DraftFamilyMismatch",
+                path,
+                f"the draft is a {draft.arch.family} model and the target a {target.family} "
+                "one; drafts trained on another distribution are accepted less often.",
+                "prefer a draft from the target's family; quantize it before changing family.",
+            )
+        )
+    if ratio is not None:
+        found.append(_ratio_finding(ratio))
+    return found
+
+
+RATIO_TOO_LARGE = 5.0
+RATIO_SWEET_SPOT = 15.0
+RATIO_WEAK = 55.0
+
+
+def _ratio_finding(ratio: float) -> Finding:
+    path = "spec.speculation.draft.model"
+    text = f"draft:target size ratio is 1:{ratio:.0f}"
+    if ratio < RATIO_TOO_LARGE:
+        return warning(
+            "DraftTooLarge",
+            path,
+            f"{text}; a draft this large costs almost as much per step as it saves.",
+            "use a draft about 1/8 to 1/12 of the target's size.",
+        )
+    if ratio <= RATIO_SWEET_SPOT:
+        return info("DraftRatioGood", path, f"{text}, near the 1:8 to 1:12 sweet spot.")
+    if ratio <= RATIO_WEAK:
+        return warning(
+            "DraftRatioWeak",
+            path,
+            f"{text}; drafts this small are accepted noticeably less often.",
+            "measure acceptance at production temperature before relying on it.",
+        )
+    return warning(
+        "DraftRatioTooSmall",
+        path,
+        f"{text}; a draft this small diverges from the target too often.",
+        "use a draft about 1/8 to 1/12 of the target's size.",
+    )
+
+
+def _divisor_near(n: int, wanted: int) -> int:
+    divisors = [d for d in range(1, n + 1) if n % d == 0]
+    return min(divisors, key=lambda d: (abs(d - wanted), d))

@@ -1,0 +1,171 @@
+"""Which vLLM release a resource runs, and what that release cannot do with it."""
+
+from __future__ import annotations
+
+from packaging.version import Version
+
+from specpilot.api.models import SpeculationMethod, SpeculativeInferenceSpec
+from specpilot.findings import Finding, error, warning
+from specpilot.vllm_versions import (
+    NEWEST_VERIFIED,
+    OLDEST_SUPPORTED,
+    Feature,
+    availability,
+    parse_version,
+    supports,
+    version_from_image,
+)
+
+METHOD_FEATURES = {
+    SpeculationMethod.DRAFT_MODEL: Feature.METHOD_DRAFT_MODEL,
+    SpeculationMethod.NGRAM: Feature.METHOD_NGRAM,
+    SpeculationMethod.EAGLE: Feature.METHOD_EAGLE,
+    SpeculationMethod.EAGLE3: Feature.METHOD_EAGLE3,
+    SpeculationMethod.MTP: Feature.METHOD_MTP,
+    SpeculationMethod.SUFFIX: Feature.METHOD_SUFFIX,
+}
+_PIN_FIX = "or pin another release with spec.vllm.image (and spec.vllm.version)."
+
+
+def resolve_version(spec: SpeculativeInferenceSpec) -> tuple[Version | None, list[Finding]]:
+    """The explicit version wins; otherwise the image tag must name a release."""
+    if spec.vllm.version is not None:
+        version = parse_version(spec.vllm.version)
+    else:
+        version = version_from_image(spec.vllm.image)
+        if version is None:
+            return None, [
+                error(
+                    "VLLMVersionUnknown",
+                    "spec.vllm.version",
+                    f"the image {spec.vllm.image} does not name a vLLM release in its tag, and "
+                    "the flags differ between releases.",
+                    "set spec.vllm.version to the release inside the image (e.g. 0.33.0).",
+                    also=["spec.vllm.image"],
+                )
+            ]
+    assert version is not None  # the field's pattern admits only release numbers
+    if version < OLDEST_SUPPORTED:
+        return version, [
+            error(
+                "VLLMVersionUnsupported",
+                "spec.vllm.version",
+                f"vLLM {version} is older than {OLDEST_SUPPORTED}, the oldest release specpilot "
+                "renders.",
+                f"use vLLM {OLDEST_SUPPORTED} or later in spec.vllm.image.",
+                also=["spec.vllm.image"],
+            )
+        ]
+    if version.release[:2] > NEWEST_VERIFIED.release[:2]:
+        return version, [
+            warning(
+                "VLLMVersionUnverified",
+                "spec.vllm.version",
+                f"vLLM {version} is newer than {NEWEST_VERIFIED}, the newest release specpilot's "
+                f"command lines were verified against; it renders as for {NEWEST_VERIFIED}.",
+                "check the pods start, and report any flag vLLM rejects.",
+            )
+        ]
+    return version, []
+
+
+def compatibility_findings(spec: SpeculativeInferenceSpec, version: Version) -> list[Finding]:
+    """What this vLLM release cannot do with the resource, each naming version and field."""
+    speculation = spec.speculation
+    if speculation is None or speculation.method is SpeculationMethod.NONE:
+        return []
+    found: list[Finding] = []
+    also = ["spec.vllm.version", "spec.vllm.image"]
+    method = speculation.method
+    feature = METHOD_FEATURES[method]
+    if not supports(version, feature):
+        found.append(
+            error(
+                "MethodUnsupportedByVersion",
+                "spec.speculation.method",
+                f"vLLM {version} cannot run method {method.value} (it exists in "
+                f"{availability(feature)}).",
+                f"choose another method, {_PIN_FIX}",
+                also=also,
+            )
+        )
+    v0 = supports(version, Feature.V0_ENGINE)
+    if speculation.acceptance_method == "typical_acceptance_sampler" and not supports(
+        version, Feature.TYPICAL_ACCEPTANCE_SAMPLER
+    ):
+        found.append(
+            error(
+                "TypicalAcceptanceRemoved",
+                "spec.speculation.acceptanceMethod",
+                f"vLLM {version} has no typical acceptance sampler (removed with the V0 engine "
+                f"in 0.10.0; it exists in {availability(Feature.TYPICAL_ACCEPTANCE_SAMPLER)}).",
+                f"remove acceptanceMethod and its parameters (rejection sampling), {_PIN_FIX}",
+                also=also,
+            )
+        )
+    if speculation.disable_by_batch_size is not None and not supports(
+        version, Feature.DISABLE_BY_BATCH_SIZE
+    ):
+        replacement = (
+            "use spec.speculation.schedule with numSpeculativeTokens 0 for large batches"
+            if supports(version, Feature.PER_BATCH_SIZE_SCHEDULE)
+            else "remove it (the control loop turns speculation off under load)"
+        )
+        found.append(
+            error(
+                "DisableByBatchSizeRemoved",
+                "spec.speculation.disableByBatchSize",
+                f"vLLM {version} cannot disable speculation by batch size (removed in 0.10.0 "
+                "with the V0 engine).",
+                f"{replacement}, {_PIN_FIX}",
+                also=also,
+            )
+        )
+    if speculation.schedule and not supports(version, Feature.PER_BATCH_SIZE_SCHEDULE):
+        found.append(
+            error(
+                "ScheduleUnsupportedByVersion",
+                "spec.speculation.schedule",
+                f"vLLM {version} has no per-batch-size schedule "
+                f"(num_speculative_tokens_per_batch_size exists in "
+                f"{availability(Feature.PER_BATCH_SIZE_SCHEDULE)}).",
+                f"remove spec.speculation.schedule, {_PIN_FIX}",
+                also=also,
+            )
+        )
+    draft = speculation.draft
+    target_tp = spec.target.tensor_parallel_size
+    if draft is not None and draft.tensor_parallel_size not in (None, target_tp):
+        if not v0:
+            found.append(
+                error(
+                    "DraftTensorParallelUnsupported",
+                    "spec.speculation.draft.tensorParallelSize",
+                    f"vLLM {version} (V1 engine) runs the draft with the target's tensor "
+                    f"parallelism ({target_tp}); {draft.tensor_parallel_size} fails when the GPU "
+                    "workers start.",
+                    f"remove spec.speculation.draft.tensorParallelSize or set it to {target_tp}.",
+                    also=[*also, "spec.target.tensorParallelSize"],
+                )
+            )
+        elif draft.tensor_parallel_size != 1:
+            found.append(
+                error(
+                    "DraftTensorParallelUnsupported",
+                    "spec.speculation.draft.tensorParallelSize",
+                    f"vLLM {version} runs a draft on 1 GPU or on the target's "
+                    f"{target_tp}, not on {draft.tensor_parallel_size}.",
+                    f"set spec.speculation.draft.tensorParallelSize to 1 or {target_tp}.",
+                    also=[*also, "spec.target.tensorParallelSize"],
+                )
+            )
+    if spec.target.pipeline_parallel_size > 1 and not v0:
+        found.append(
+            warning(
+                "SpeculationWithPipelineParallel",
+                "spec.target.pipelineParallelSize",
+                f"vLLM {version} speculation with pipeline parallelism is not supported by every "
+                "method; prefer tensor parallelism.",
+            )
+        )
+    return found

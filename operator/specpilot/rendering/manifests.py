@@ -1,0 +1,147 @@
+"""Kubernetes objects for a resource: vLLM Deployments, the Service and an optional PodMonitor.
+
+Pure: the same resource and version always give the same objects. Owner references are added by
+the operator when it applies them, since only the live object has a uid.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any, Literal
+
+import yaml
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from packaging.version import Version
+
+from specpilot.api.models import SpeculativeInference, SpeculativeInferenceSpec
+from specpilot.rendering.args import COMMAND, is_speculating, server_args
+
+Manifest = dict[str, Any]
+Role = Literal["server", "baseline"]
+
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_RESOURCE = "specpilot.io/resource"
+"""Ties pods to their SpeculativeInference; Prometheus queries group by it."""
+LABEL_ROLE = "specpilot.io/role"
+LABEL_SPECULATION = "specpilot.io/speculation"
+ANNOTATION_VLLM_VERSION = "specpilot.io/vllm-version"
+FIELD_MANAGER = "specpilot"
+SHM_MOUNT = "/dev/shm"
+
+
+@cache
+def _templates() -> Environment:
+    return Environment(
+        loader=PackageLoader("specpilot", "rendering/templates"),
+        undefined=StrictUndefined,
+        autoescape=False,  # YAML, not HTML; every value is JSON-encoded by the templates
+        keep_trailing_newline=True,
+    )
+
+
+def _render(template: str, **values: Any) -> Manifest:
+    text = _templates().get_template(template).render(**values)
+    manifest: Manifest = yaml.safe_load(text)
+    return manifest
+
+
+def without_speculation(spec: SpeculativeInferenceSpec) -> SpeculativeInferenceSpec:
+    """The same resource serving without speculation: the control loop's 'off' and baselines."""
+    return spec.model_copy(update={"speculation": None})
+
+
+def deployment_name(resource_name: str, role: Role) -> str:
+    return resource_name if role == "server" else f"{resource_name}-baseline"
+
+
+def common_labels(resource_name: str) -> dict[str, str]:
+    return {
+        LABEL_NAME: "vllm",
+        LABEL_INSTANCE: resource_name,
+        LABEL_MANAGED_BY: "specpilot",
+        LABEL_RESOURCE: resource_name,
+    }
+
+
+def deployment(
+    resource: SpeculativeInference,
+    spec: SpeculativeInferenceSpec,
+    version: Version,
+    role: Role = "server",
+    replicas: int | None = None,
+) -> Manifest:
+    """One Deployment running `spec` (pass `without_speculation(...)` for the off variant)."""
+    name = resource.metadata.name
+    pod = spec.pod
+    speculation = "on" if is_speculating(spec) else "off"
+    selector = {LABEL_RESOURCE: name, LABEL_ROLE: role}
+    labels = {**common_labels(name), LABEL_COMPONENT: role, **selector}
+    gpu_resource = spec.gpus.resource_name
+    resources = dict(pod.resources or {})
+    for section in ("limits", "requests"):
+        resources[section] = {**resources.get(section, {}), gpu_resource: spec.gpus.count}
+    return _render(
+        "deployment.yaml.j2",
+        name=deployment_name(name, role),
+        namespace=resource.metadata.namespace or "default",
+        labels=labels,
+        annotations={},
+        replicas=replicas,
+        selector=selector,
+        pod_labels={**pod.labels, **labels, LABEL_SPECULATION: speculation},
+        pod_annotations={**pod.annotations, ANNOTATION_VLLM_VERSION: str(version)},
+        pod=pod,
+        image=spec.vllm.image,
+        command=COMMAND,
+        args=server_args(spec, version),
+        port=spec.vllm.port,
+        resources=resources,
+        volume_mounts=[{"name": "dshm", "mountPath": SHM_MOUNT}, *pod.volume_mounts],
+        volumes=[
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.gpus.shm_size}},
+            *pod.volumes,
+        ],
+    )
+
+
+def service(resource: SpeculativeInference) -> Manifest:
+    name = resource.metadata.name
+    return _render(
+        "service.yaml.j2",
+        name=name,
+        namespace=resource.metadata.namespace or "default",
+        labels=common_labels(name),
+        selector={LABEL_RESOURCE: name},
+        port=resource.spec.vllm.port,
+    )
+
+
+def pod_monitor(resource: SpeculativeInference) -> Manifest:
+    name = resource.metadata.name
+    return _render(
+        "podmonitor.yaml.j2",
+        name=name,
+        namespace=resource.metadata.namespace or "default",
+        labels=common_labels(name),
+        selector={LABEL_RESOURCE: name},
+        interval=resource.spec.monitoring.scrape_interval,
+    )
+
+
+def manifests(
+    resource: SpeculativeInference, version: Version, speculation: bool = True
+) -> list[Manifest]:
+    """Everything the operator applies for a valid resource, in apply order."""
+    spec = resource.spec if speculation else without_speculation(resource.spec)
+    objects = [deployment(resource, spec, version, "server", spec.replicas)]
+    control = spec.policy.control_replicas
+    if control > 0:
+        baseline_spec = without_speculation(spec)
+        objects.append(deployment(resource, baseline_spec, version, "baseline", control))
+    objects.append(service(resource))
+    if spec.monitoring.pod_monitor:
+        objects.append(pod_monitor(resource))
+    return objects

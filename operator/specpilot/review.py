@@ -1,0 +1,75 @@
+"""One verdict on a manifest: parse, cross-field checks, vLLM release, memory plan.
+
+`specpilot validate`, `specpilot plan`, `specpilot render` and the admission webhook all call
+`review`, so each gives the same answer for the same manifest.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from packaging.version import Version
+from pydantic import BaseModel
+
+from specpilot.api.models import SpeculativeInference
+from specpilot.api.validation import parse
+from specpilot.findings import Finding, InvalidResourceError, Severity, errors, related
+from specpilot.planning.memory import MemoryPlan, plan
+from specpilot.rendering.compat import compatibility_findings, resolve_version
+from specpilot.rendering.manifests import Manifest, manifests
+
+MEMORY_INPUTS = ("spec.target", "spec.speculation", "spec.gpus", "spec.vllm")
+
+
+class Review(BaseModel):
+    resource: SpeculativeInference | None
+    """The resource, when it has no errors at all."""
+    vllm_version: str | None
+    plan: MemoryPlan | None
+    findings: list[Finding]
+
+    @property
+    def valid(self) -> bool:
+        return self.resource is not None
+
+    @property
+    def version(self) -> Version:
+        if self.vllm_version is None:
+            raise InvalidResourceError(errors(self.findings))
+        return Version(self.vllm_version)
+
+
+def review(raw: Any) -> Review:
+    parsed = parse(raw)
+    findings = list(parsed.findings)
+    resource = parsed.repaired
+    if resource is None:
+        return Review(resource=None, vllm_version=None, plan=None, findings=findings)
+
+    def keep(new: list[Finding]) -> list[Finding]:
+        return [f for f in new if not f.involves(parsed.dropped)]
+
+    spec = resource.spec
+    version, version_findings = resolve_version(spec)
+    findings += keep(version_findings)
+    memory_plan = None
+    if version is not None and not errors(version_findings):
+        findings += keep(compatibility_findings(spec, version))
+        if not any(related(d, m) for d in parsed.dropped for m in MEMORY_INPUTS):
+            memory_plan = plan(spec, version)
+            findings += keep(memory_plan.findings)
+    has_errors = any(f.severity is Severity.ERROR for f in findings)
+    return Review(
+        resource=None if has_errors else resource,
+        vllm_version=str(version) if version else None,
+        plan=memory_plan,
+        findings=findings,
+    )
+
+
+def render(raw: Any, speculation: bool = True) -> list[Manifest]:
+    """Manifests for a valid resource; raises InvalidResourceError with every error otherwise."""
+    result = review(raw)
+    if result.resource is None:
+        raise InvalidResourceError(errors(result.findings))
+    return manifests(result.resource, result.version, speculation=speculation)

@@ -1,0 +1,112 @@
+"""What each vLLM release can do: the one table the renderer, simulator and metric queries share.
+
+Boundaries come from vLLM's source at the release tags (see docs/vllm-versions.md for the evidence).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+from packaging.version import InvalidVersion, Version
+
+OLDEST_SUPPORTED = Version("0.6.0")
+NEWEST_VERIFIED = Version("0.33.0")
+
+
+class Feature(StrEnum):
+    LEGACY_SPECULATIVE_FLAGS = "per-flag speculative decoding options (--speculative-model, ...)"
+    SPECULATIVE_CONFIG_JSON = "--speculative-config JSON"
+    V0_ENGINE = "the V0 engine"
+    TYPICAL_ACCEPTANCE_SAMPLER = "the typical acceptance sampler"
+    DISABLE_BY_BATCH_SIZE = "disabling speculation by batch size"
+    METHOD_DRAFT_MODEL = "method draft_model"
+    METHOD_NGRAM = "method ngram"
+    METHOD_EAGLE = "method eagle"
+    METHOD_EAGLE3 = "method eagle3"
+    METHOD_MTP = "method mtp"
+    METHOD_SUFFIX = "method suffix"
+    PER_BATCH_SIZE_SCHEDULE = "num_speculative_tokens_per_batch_size"
+    KV_CACHE_USAGE_METRIC = "vllm:kv_cache_usage_perc"
+    SPLIT_TPOT_METRICS = "vllm:request_time_per_output_token_seconds"
+    OLD_TPOT_METRIC = "vllm:time_per_output_token_seconds"
+
+
+@dataclass(frozen=True)
+class Span:
+    """A half-open range of releases [since, until); None means unbounded."""
+
+    since: Version | None = None
+    until: Version | None = None
+
+    def __contains__(self, version: Version) -> bool:
+        return (self.since is None or version >= self.since) and (
+            self.until is None or version < self.until
+        )
+
+    def describe(self) -> str:
+        if self.since is None and self.until is None:
+            return "all releases"
+        if self.since is None:
+            return f"releases before {self.until}"
+        if self.until is None:
+            return f"{self.since} and later"
+        return f"{self.since} up to (not including) {self.until}"
+
+
+def _span(since: str | None = None, until: str | None = None) -> Span:
+    return Span(Version(since) if since else None, Version(until) if until else None)
+
+
+FEATURES: dict[Feature, tuple[Span, ...]] = {
+    Feature.LEGACY_SPECULATIVE_FLAGS: (_span(until="0.8.3"),),
+    Feature.SPECULATIVE_CONFIG_JSON: (_span("0.8.0"),),
+    Feature.V0_ENGINE: (_span(until="0.10.0"),),
+    Feature.TYPICAL_ACCEPTANCE_SAMPLER: (_span(until="0.10.0"),),
+    Feature.DISABLE_BY_BATCH_SIZE: (_span(until="0.10.0"),),
+    Feature.METHOD_DRAFT_MODEL: (_span(until="0.10.0"), _span("0.14.0")),
+    Feature.METHOD_NGRAM: (_span(),),
+    Feature.METHOD_EAGLE: (_span(),),
+    Feature.METHOD_EAGLE3: (_span("0.9.0"),),
+    Feature.METHOD_MTP: (_span("0.9.0"),),
+    Feature.METHOD_SUFFIX: (_span("0.11.1"),),
+    Feature.PER_BATCH_SIZE_SCHEDULE: (_span("0.16.0"),),
+    Feature.KV_CACHE_USAGE_METRIC: (_span("0.9.2"),),
+    Feature.SPLIT_TPOT_METRICS: (_span("0.11.0"),),
+    Feature.OLD_TPOT_METRIC: (_span(until="0.12.0"),),
+}
+
+
+def supports(version: Version, feature: Feature) -> bool:
+    return any(version in span for span in FEATURES[feature])
+
+
+def availability(feature: Feature) -> str:
+    """Plain words for where a feature exists, for error messages."""
+    return " and ".join(span.describe() for span in FEATURES[feature])
+
+
+def default_gpu_memory_utilization(version: Version) -> float:
+    del version  # every released version so far defaults to 0.9
+    return 0.9
+
+
+_TAG_VERSION = re.compile(r"^v?(\d+\.\d+\.\d+)(?:[-+.].*)?$")
+
+
+def version_from_image(image: str) -> Version | None:
+    """The vLLM release named by an image tag such as vllm/vllm-openai:v0.8.2, if it names one."""
+    reference = image.split("@", 1)[0]
+    last_segment = reference.rsplit("/", 1)[-1]
+    if ":" not in last_segment:
+        return None
+    match = _TAG_VERSION.match(last_segment.rsplit(":", 1)[1])
+    return parse_version(match.group(1)) if match else None
+
+
+def parse_version(text: str) -> Version | None:
+    try:
+        return Version(text)
+    except InvalidVersion:
+        return None
