@@ -11,6 +11,7 @@ import click
 import yaml
 
 from specpilot.api.crd import crd_yaml
+from specpilot.api.reference import markdown_reference
 from specpilot.findings import Finding, errors
 from specpilot.planning.memory import MemoryPlan, ModelFootprint
 from specpilot.rendering.manifests import manifests
@@ -143,9 +144,17 @@ def render(file: TextIO, speculation: str) -> None:
 
 
 @main.command()
-def crd() -> None:
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["yaml", "markdown"]),
+    default="yaml",
+    show_default=True,
+    help="markdown prints the field reference (docs/resource.md).",
+)
+def crd(output_format: str) -> None:
     """Print the SpeculativeInference CustomResourceDefinition."""
-    click.echo(crd_yaml(), nl=False)
+    click.echo(crd_yaml() if output_format == "yaml" else markdown_reference(), nl=False)
 
 
 def _gb(value: float) -> str:

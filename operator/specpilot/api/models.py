@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
 from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
 
 from specpilot.catalog import GPU_TYPES
 
@@ -252,7 +253,11 @@ GPU_TYPE_NAMES = [*GPU_TYPES, "custom"]
 
 def _known_gpu_type(name: str) -> str:
     if name not in GPU_TYPE_NAMES:
-        raise ValueError(f"unknown GPU type {name!r}; use one of {', '.join(GPU_TYPE_NAMES)}")
+        raise PydanticCustomError(
+            "unknown_gpu_type",
+            "Unknown GPU type",
+            {"fix": f"use one of {', '.join(GPU_TYPES)}, or custom with memoryGB set."},
+        )
     return name
 
 
@@ -266,6 +271,7 @@ class GPUSpec(SpecModel):
     count: int = Field(ge=1, le=64, description="GPUs per replica; must equal TP x PP.")
     memory_gb: float | None = Field(
         default=None,
+        alias="memoryGB",
         gt=0,
         le=4096,
         description="Memory per GPU in GB; required for type custom, overrides the catalog.",
@@ -279,6 +285,7 @@ class GPUSpec(SpecModel):
     )
     overhead_gb: float | None = Field(
         default=None,
+        alias="overheadGB",
         ge=0,
         le=4096,
         description="Memory per GPU reserved for activations and non-torch allocations; "
@@ -301,19 +308,27 @@ class PodOverrides(SpecModel):
     """Kubernetes settings copied into the vLLM pods."""
 
     node_selector: dict[str, str] = Field(default_factory=dict)
+    """Node labels the pods must run on (e.g. a GPU product label)."""
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    """Tolerations, e.g. for tainted GPU nodes."""
     affinity: dict[str, Any] | None = None
-    resources: dict[str, Any] | None = Field(
-        default=None,
-        description="CPU and memory requests/limits; GPUs come from spec.gpus.",
-    )
+    """Pod affinity and anti-affinity rules."""
+    resources: dict[str, Any] | None = None
+    """CPU and memory requests/limits; GPUs come from spec.gpus."""
     env: list[dict[str, Any]] = Field(default_factory=list)
+    """Extra environment variables for the vLLM container (e.g. HF_TOKEN from a Secret)."""
     volumes: list[dict[str, Any]] = Field(default_factory=list)
+    """Extra pod volumes (e.g. a model cache)."""
     volume_mounts: list[dict[str, Any]] = Field(default_factory=list)
+    """Mounts of those volumes into the vLLM container."""
     image_pull_secrets: list[dict[str, str]] = Field(default_factory=list)
+    """Secrets for pulling the vLLM image."""
     service_account_name: str | None = Field(default=None, max_length=253)
+    """ServiceAccount the vLLM pods run as."""
     labels: dict[str, str] = Field(default_factory=dict)
+    """Extra pod labels (specpilot's own labels win on conflict)."""
     annotations: dict[str, str] = Field(default_factory=dict)
+    """Extra pod annotations."""
 
 
 class Thresholds(SpecModel):
@@ -381,6 +396,8 @@ class PolicySpec(SpecModel):
 
 
 class SecretKeyRef(SpecModel):
+    """A key in a Secret in the resource's namespace."""
+
     name: ResourceName
     key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
 
@@ -438,6 +455,8 @@ class StatusModel(BaseModel):
 
 
 class Condition(StatusModel):
+    """A Kubernetes-style condition (Ready, Planned, SpeculationActive, ...)."""
+
     type: str
     status: Literal["True", "False", "Unknown"]
     reason: str = ""
@@ -447,9 +466,11 @@ class Condition(StatusModel):
 
 
 class PlanSummary(StatusModel):
+    """The memory plan the pods were rendered from."""
+
     verdict: Literal["fits", "tight", "does-not-fit"]
-    weights_gb_per_gpu: float
-    kv_cache_gb_per_gpu: float
+    weights_gb_per_gpu: float = Field(alias="weightsGBPerGPU")
+    kv_cache_gb_per_gpu: float = Field(alias="kvCacheGBPerGPU")
     max_concurrent_sequences: int
     max_concurrent_sequences_without_speculation: int
     draft_ratio: str | None = None
@@ -457,6 +478,8 @@ class PlanSummary(StatusModel):
 
 
 class EffectiveConfiguration(StatusModel):
+    """What the running pods do, which can differ from spec after a control decision."""
+
     speculation: Literal["on", "off"]
     method: str
     target_model: str
@@ -469,6 +492,8 @@ class EffectiveConfiguration(StatusModel):
 
 
 class LastMetrics(StatusModel):
+    """The control loop's latest reading from Prometheus."""
+
     sampled_at: str
     acceptance_rate: float | None = None
     mean_accepted_length: float | None = None
@@ -480,12 +505,16 @@ class LastMetrics(StatusModel):
 
 
 class Decision(StatusModel):
+    """One control decision, with the numbers behind it."""
+
     time: str
     action: str
     reason: str
 
 
 class SpeculativeInferenceStatus(StatusModel):
+    """Observed state, written only by the operator."""
+
     phase: Literal["Pending", "Invalid", "Progressing", "Ready", "Degraded"] | None = None
     observed_generation: int | None = None
     conditions: list[Condition] = Field(default_factory=list)

@@ -18,6 +18,8 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from specpilot.api.models import (
+    API_VERSION,
+    KIND,
     SpeculationMethod,
     SpeculativeInference,
     SpeculativeInferenceSpec,
@@ -115,22 +117,40 @@ def _unique(findings: list[Finding]) -> list[Finding]:
     return unique
 
 
+PLACEHOLDERS: dict[str, Any] = {
+    "apiVersion": API_VERSION,
+    "kind": KIND,
+    "metadata": {"name": "placeholder"},
+    "metadata.name": "placeholder",
+    "spec.target": {"model": "placeholder"},
+    "spec.target.model": "placeholder",
+    "spec.gpus": {"type": "custom", "count": 1},
+    "spec.gpus.type": "custom",
+    "spec.gpus.count": 1,
+    "spec.speculation.method": "none",
+}
+"""Stand-ins for required fields that failed, so the remaining fields can still be checked."""
+
+
 def _drop_failed_fields(data: Any, errors: list[ErrorDetails], dropped: list[str]) -> bool:
-    """Remove each failing field (or the list holding it) so the rest can be checked."""
+    """Remove each failing field (or the list holding it), or stand in for a required one."""
     progress = False
     for err in errors:
         loc = _container_loc(err["loc"])
-        if err["type"] == "missing":
-            loc = loc[:-1]
-        if len(loc) < 2 or dotted(loc) in dropped:
-            continue
+        path = dotted(loc)
         parent = data
         for part in loc[:-1]:
             parent = parent.get(part) if isinstance(parent, dict) else None
-        if isinstance(parent, dict) and loc[-1] in parent:
+        if not isinstance(parent, dict) or not loc:
+            continue
+        if path in PLACEHOLDERS and parent.get(loc[-1]) != PLACEHOLDERS[path]:
+            parent[loc[-1]] = copy.deepcopy(PLACEHOLDERS[path])
+        elif err["type"] != "missing" and loc[-1] in parent and path not in PLACEHOLDERS:
             del parent[loc[-1]]
-            dropped.append(dotted(loc))
-            progress = True
+        else:
+            continue
+        dropped.append(path)
+        progress = True
     return progress
 
 
@@ -144,6 +164,12 @@ def _container_loc(loc: tuple[int | str, ...]) -> tuple[str, ...]:
     return tuple(cut)
 
 
+_RANGE_WORDS = {
+    "greater_than_equal": "of at least",
+    "greater_than": "above",
+    "less_than_equal": "of at most",
+    "less_than": "below",
+}
 _FIXES = {
     "missing": "add this required field.",
     "int_type": "give a whole number.",
@@ -170,17 +196,17 @@ def _finding_from_error(err: ErrorDetails) -> Finding:
         return error("UnknownField", path, "unknown field.", _unknown_field_fix(err["loc"]))
     if kind in ("enum", "literal_error"):
         fix = f"use one of {ctx.get('expected', 'the listed values')}."
-    elif kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
-        fix = "use a value in the allowed range."
+    elif kind in _RANGE_WORDS:
+        bound = next(iter(ctx.values()), "the bound")
+        fix = f"use a value {_RANGE_WORDS[kind]} {bound}."
     elif kind in ("string_too_long", "too_long"):
         fix = "shorten it."
     elif kind in ("string_too_short", "too_short"):
         fix = "give a value."
     elif kind == "string_pattern_mismatch":
         fix = _pattern_fix(err["loc"])
-    elif kind == "value_error":
-        message = str(ctx.get("error", message))
-        fix = "see the message."
+    elif "fix" in ctx:
+        fix = str(ctx["fix"])
     else:
         fix = _FIXES.get(kind, "correct the value.")
     if kind != "missing":

@@ -6,6 +6,8 @@ the operator when it applies them, since only the live object has a uid.
 
 from __future__ import annotations
 
+import json
+import re
 from functools import cache
 from typing import Any, Literal
 
@@ -32,14 +34,33 @@ FIELD_MANAGER = "specpilot"
 SHM_MOUNT = "/dev/shm"
 
 
+_SURROGATE_PAIR = re.compile(r"(?<!\\)((?:\\\\)*)\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})")
+
+
+def yaml_scalar(value: Any) -> str:
+    """JSON text that YAML reads back exactly: ASCII only, with astral characters as \\U escapes.
+
+    JSON writes them as surrogate pairs, which YAML parsers decode into two broken characters.
+    """
+
+    def astral(match: re.Match[str]) -> str:
+        high, low = int(match.group(2), 16), int(match.group(3), 16)
+        code_point = 0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00)
+        return f"{match.group(1)}\\U{code_point:08x}"
+
+    return _SURROGATE_PAIR.sub(astral, json.dumps(value, ensure_ascii=True))
+
+
 @cache
 def _templates() -> Environment:
-    return Environment(
+    env = Environment(
         loader=PackageLoader("specpilot", "rendering/templates"),
         undefined=StrictUndefined,
-        autoescape=False,  # YAML, not HTML; every value is JSON-encoded by the templates
+        autoescape=False,  # YAML, not HTML; every value is encoded by the tojson filter
         keep_trailing_newline=True,
     )
+    env.filters["tojson"] = yaml_scalar
+    return env
 
 
 def _render(template: str, **values: Any) -> Manifest:
@@ -88,7 +109,6 @@ def deployment(
         name=deployment_name(name, role),
         namespace=resource.metadata.namespace or "default",
         labels=labels,
-        annotations={},
         replicas=replicas,
         selector=selector,
         pod_labels={**pod.labels, **labels, LABEL_SPECULATION: speculation},

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The README's test command: lint, type-check, check generated files, and run every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+export PATH="$PWD/.venv/bin:$PATH"
+
+echo "== ruff"
+ruff check .
+ruff format --check .
+echo "== mypy (strict)"
+mypy
+echo "== crds/ up to date"
+specpilot crd | diff -u crds/specpilot.io_speculativeinferences.yaml - \
+  || { echo "crds/ is stale: run specpilot crd > crds/specpilot.io_speculativeinferences.yaml"; exit 1; }
+specpilot crd --format markdown | diff -u docs/resource.md - \
+  || { echo "docs/resource.md is stale: run specpilot crd --format markdown > docs/resource.md"; exit 1; }
+
+echo "== pytest"
+pytest "$@"
