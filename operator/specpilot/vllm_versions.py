@@ -1,6 +1,7 @@
 """What each vLLM release can do: the one table the renderer, simulator and metric queries share.
 
-Boundaries come from vLLM's source at the release tags (see docs/vllm-versions.md for the evidence).
+Boundaries come from the source vLLM shipped in each release's wheel (docs/vllm-versions.md has the
+evidence, file by file).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ class Feature(StrEnum):
     METHOD_MTP = "method mtp"
     METHOD_SUFFIX = "method suffix"
     PER_BATCH_SIZE_SCHEDULE = "num_speculative_tokens_per_batch_size"
+    EAGLE_NAME_DETECTION = "method detection that overrides an explicit eagle method"
+    DRAFT_TP_MUST_EQUAL_TARGET = "the V1 draft_model rule that draft TP equals target TP"
+    SPEC_DECODE_NUM_DRAFTS_METRIC = "vllm:spec_decode_num_drafts_total"
     KV_CACHE_USAGE_METRIC = "vllm:kv_cache_usage_perc"
     SPLIT_TPOT_METRICS = "vllm:request_time_per_output_token_seconds"
     OLD_TPOT_METRIC = "vllm:time_per_output_token_seconds"
@@ -61,17 +65,20 @@ def _span(since: str | None = None, until: str | None = None) -> Span:
 
 FEATURES: dict[Feature, tuple[Span, ...]] = {
     Feature.LEGACY_SPECULATIVE_FLAGS: (_span(until="0.8.3"),),
-    Feature.SPECULATIVE_CONFIG_JSON: (_span("0.8.0"),),
+    Feature.SPECULATIVE_CONFIG_JSON: (_span("0.8.2"),),
     Feature.V0_ENGINE: (_span(until="0.10.0"),),
     Feature.TYPICAL_ACCEPTANCE_SAMPLER: (_span(until="0.10.0"),),
     Feature.DISABLE_BY_BATCH_SIZE: (_span(until="0.10.0"),),
-    Feature.METHOD_DRAFT_MODEL: (_span(until="0.10.0"), _span("0.14.0")),
+    Feature.METHOD_DRAFT_MODEL: (_span(until="0.10.0"), _span("0.15.0")),
     Feature.METHOD_NGRAM: (_span(),),
     Feature.METHOD_EAGLE: (_span(),),
-    Feature.METHOD_EAGLE3: (_span("0.9.0"),),
-    Feature.METHOD_MTP: (_span("0.9.0"),),
+    Feature.METHOD_EAGLE3: (_span("0.8.5"),),
+    Feature.METHOD_MTP: (_span("0.11.0"),),
     Feature.METHOD_SUFFIX: (_span("0.11.1"),),
-    Feature.PER_BATCH_SIZE_SCHEDULE: (_span("0.16.0"),),
+    Feature.PER_BATCH_SIZE_SCHEDULE: (_span("0.24.0"),),
+    Feature.EAGLE_NAME_DETECTION: (_span("0.8.2", "0.8.5"),),
+    Feature.DRAFT_TP_MUST_EQUAL_TARGET: (_span("0.15.0"),),
+    Feature.SPEC_DECODE_NUM_DRAFTS_METRIC: (_span("0.8.5"),),
     Feature.KV_CACHE_USAGE_METRIC: (_span("0.9.2"),),
     Feature.SPLIT_TPOT_METRICS: (_span("0.11.0"),),
     Feature.OLD_TPOT_METRIC: (_span(until="0.12.0"),),
@@ -88,8 +95,7 @@ def availability(feature: Feature) -> str:
 
 
 def default_gpu_memory_utilization(version: Version) -> float:
-    del version  # every released version so far defaults to 0.9
-    return 0.9
+    return 0.92 if version >= Version("0.20.0") else 0.9
 
 
 _TAG_VERSION = re.compile(r"^v?(\d+\.\d+\.\d+)(?:[-+.].*)?$")

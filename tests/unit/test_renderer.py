@@ -36,7 +36,7 @@ def test_current_vllm_gets_one_speculative_config_json() -> None:
     args = c["args"]
     assert args[0] == "meta-llama/Llama-3.1-70B-Instruct"
     assert flag(args, "--tensor-parallel-size") == "2"
-    assert flag(args, "--gpu-memory-utilization") == "0.9"
+    assert flag(args, "--gpu-memory-utilization") == "0.92"  # the 0.20.0+ default
     assert flag(args, "--max-model-len") == "8192"
     config = json.loads(flag(args, "--speculative-config"))
     assert config == {
@@ -173,8 +173,49 @@ def test_version_refusals_name_the_version_and_field(
     assert version in finding.message
 
 
-def test_draft_model_works_again_on_newer_v1() -> None:
-    assert review(manifest(vllm={"image": "vllm/vllm-openai:v0.14.0"})).valid
+def test_draft_model_works_again_from_0_15() -> None:
+    assert review(manifest(vllm={"image": "vllm/vllm-openai:v0.15.0"})).valid
+    assert not review(manifest(vllm={"image": "vllm/vllm-openai:v0.14.1"})).valid
+    assert review(manifest(vllm={"image": "vllm/vllm-openai:v0.9.2"})).valid  # V0 fallback
+
+
+def test_memory_utilization_default_follows_the_release() -> None:
+    old = container(manifest(vllm={"image": "vllm/vllm-openai:v0.19.1"}))["args"]
+    new = container(manifest(vllm={"image": "vllm/vllm-openai:v0.20.0"}))["args"]
+    assert flag(old, "--gpu-memory-utilization") == "0.9"
+    assert flag(new, "--gpu-memory-utilization") == "0.92"
+
+
+def test_draft_tp_of_one_is_fine_on_v0_and_for_eagle() -> None:
+    v0 = manifest(
+        vllm={"image": "vllm/vllm-openai:v0.9.2"},
+        speculation={
+            "method": "draft_model",
+            "draft": {"model": "meta-llama/Llama-3.1-8B-Instruct", "tensorParallelSize": 1},
+        },
+    )
+    assert review(v0).valid
+    eagle = manifest(
+        speculation={
+            "method": "eagle3",
+            "draft": {"model": "yuhuili/EAGLE3-LLaMA3.3-Instruct-70B", "tensorParallelSize": 1},
+        }
+    )
+    assert review(eagle).valid
+    three = manifest(
+        speculation={
+            "method": "eagle3",
+            "draft": {"model": "yuhuili/EAGLE3-LLaMA3.3-Instruct-70B", "tensorParallelSize": 4},
+        },
+        target={
+            "model": "meta-llama/Llama-3.1-70B-Instruct",
+            "quantization": "int8",
+            "tensorParallelSize": 8,
+            "maxModelLen": 8192,
+        },
+        gpus={"type": "H100-80GB", "count": 8},
+    )
+    assert not review(three).valid
 
 
 def test_per_batch_size_schedule_on_current_vllm() -> None:

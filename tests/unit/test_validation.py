@@ -146,6 +146,46 @@ def test_unknown_method_lists_the_methods() -> None:
             "ThresholdsInverted",
         ),
         ("gpus", {"type": "custom", "count": 2}, "spec.gpus.memoryGB", "CustomGPUNeedsMemory"),
+        (
+            "speculation",
+            {
+                "method": "ngram",
+                "numSpeculativeTokens": 3,
+                "schedule": [{"minBatchSize": 1, "maxBatchSize": 8, "numSpeculativeTokens": 4}],
+            },
+            "spec.speculation.schedule[0].numSpeculativeTokens",
+            "ScheduleAboveNumSpeculativeTokens",
+        ),
+        (
+            "speculation",
+            {
+                "method": "ngram",
+                "schedule": [{"minBatchSize": 2, "maxBatchSize": 8, "numSpeculativeTokens": 4}],
+            },
+            "spec.speculation.schedule",
+            "ScheduleMustStartAtOne",
+        ),
+        (
+            "speculation",
+            {
+                "method": "ngram",
+                "schedule": [
+                    {"minBatchSize": 1, "maxBatchSize": 8, "numSpeculativeTokens": 4},
+                    {"minBatchSize": 8, "maxBatchSize": 64, "numSpeculativeTokens": 2},
+                ],
+            },
+            "spec.speculation.schedule[1]",
+            "ScheduleOverlap",
+        ),
+        (
+            "speculation",
+            {
+                "method": "ngram",
+                "schedule": [{"minBatchSize": 9, "maxBatchSize": 8, "numSpeculativeTokens": 4}],
+            },
+            "spec.speculation.schedule[0]",
+            "ScheduleRangeInverted",
+        ),
         ("vllm", {"image": "vllm/vllm-openai:latest"}, "spec.vllm.version", "VLLMVersionUnknown"),
         (
             "vllm",

@@ -79,6 +79,16 @@ class SpeculationMethod(StrEnum):
     NONE = "none"
 
 
+DEFAULT_SPECULATIVE_TOKENS = {
+    SpeculationMethod.DRAFT_MODEL: 5,
+    SpeculationMethod.NGRAM: 5,
+    SpeculationMethod.SUFFIX: 24,
+    SpeculationMethod.EAGLE: 3,
+    SpeculationMethod.EAGLE3: 3,
+    SpeculationMethod.MTP: 1,
+}
+
+
 class PolicyMode(StrEnum):
     AUTO = "auto"
     RECOMMEND = "recommend"
@@ -222,14 +232,16 @@ class SpeculationSpec(SpecModel):
         default=None,
         ge=1,
         le=32,
-        description="Draft tokens per step (k). Default: 5 for draft_model, ngram and suffix; "
-        "3 for eagle and eagle3; 1 for mtp.",
+        description="Draft tokens per step (k), the most any schedule step may use. Default: 5 "
+        "for draft_model and ngram, 3 for eagle and eagle3, 1 for mtp, 24 for suffix (vLLM's).",
     )
     ngram: NgramSpec | None = Field(default=None, description="Bounds for the ngram method.")
     schedule: list[ScheduleStep] | None = Field(
         default=None,
+        min_length=1,
         max_length=32,
-        description="Per-batch-size k (vLLM releases with num_speculative_tokens_per_batch_size).",
+        description="Per-batch-size k (vLLM 0.24.0+): non-overlapping ranges, the first starting "
+        "at batch size 1; gaps keep the previous step's k.",
     )
     acceptance_method: Literal["rejection_sampler", "typical_acceptance_sampler"] | None = Field(
         default=None, description="V0 engine only (vLLM before 0.10.0)."
@@ -246,6 +258,10 @@ class SpeculationSpec(SpecModel):
         le=1_000_000,
         description="V0 engine only: turn speculation off at this many running requests.",
     )
+
+    @property
+    def effective_num_speculative_tokens(self) -> int:
+        return self.num_speculative_tokens or DEFAULT_SPECULATIVE_TOKENS.get(self.method, 0)
 
 
 GPU_TYPE_NAMES = [*GPU_TYPES, "custom"]

@@ -397,6 +397,30 @@ def _schedule_findings(spec: SpeculativeInferenceSpec) -> list[Finding]:
                     "make minBatchSize at most maxBatchSize.",
                 )
             )
+    if schedule and min(step.min_batch_size for step in schedule) != 1:
+        found.append(
+            error(
+                "ScheduleMustStartAtOne",
+                "spec.speculation.schedule",
+                "no schedule step covers batch size 1; vLLM requires the first range to start "
+                "at 1.",
+                "make the first step's minBatchSize 1.",
+            )
+        )
+    most = spec.speculation.effective_num_speculative_tokens if spec.speculation else 0
+    for i, step in enumerate(schedule):
+        if step.num_speculative_tokens > most:
+            found.append(
+                error(
+                    "ScheduleAboveNumSpeculativeTokens",
+                    f"spec.speculation.schedule[{i}].numSpeculativeTokens",
+                    f"the step asks for {step.num_speculative_tokens} draft tokens but "
+                    f"numSpeculativeTokens is {most}; vLLM silently caps it.",
+                    f"raise spec.speculation.numSpeculativeTokens to at least "
+                    f"{step.num_speculative_tokens}, or lower the step.",
+                    also=["spec.speculation.numSpeculativeTokens"],
+                )
+            )
     ordered = sorted(enumerate(schedule), key=lambda pair: pair[1].min_batch_size)
     for (_, before), (j, after) in pairwise(ordered):
         if after.min_batch_size <= before.max_batch_size:

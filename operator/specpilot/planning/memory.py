@@ -596,12 +596,12 @@ def _draft_pairing(
         )
     elif draft.arch.vocab_size != target.vocab_size:
         found.append(
-            warning(
+            error(
                 "DraftVocabSizeMismatch",
                 path,
                 f"draft and target share a tokenizer but their embedding tables differ "
-                f"({draft.arch.vocab_size} vs {target.vocab_size} rows); vLLM's V1 draft_model "
-                "path requires equal vocabularies.",
+                f"({draft.arch.vocab_size} vs {target.vocab_size} rows); vLLM requires equal "
+                "vocab_size for a draft model.",
                 "pick a draft whose config.json vocab_size equals the target's.",
             )
         )

@@ -21,20 +21,8 @@ from specpilot.api.models import (
 from specpilot.vllm_versions import Feature, default_gpu_memory_utilization, supports
 
 COMMAND = ["vllm", "serve"]
-DEFAULT_SPECULATIVE_TOKENS = {
-    SpeculationMethod.DRAFT_MODEL: 5,
-    SpeculationMethod.NGRAM: 5,
-    SpeculationMethod.SUFFIX: 5,
-    SpeculationMethod.EAGLE: 3,
-    SpeculationMethod.EAGLE3: 3,
-    SpeculationMethod.MTP: 1,
-}
 ON_THE_FLY_QUANTIZATION = {Quantization.FP8: "fp8", Quantization.BITSANDBYTES: "bitsandbytes"}
 """Quantizations vLLM must be told about; the others are detected from the checkpoint's config."""
-
-
-def speculative_tokens(speculation: SpeculationSpec) -> int:
-    return speculation.num_speculative_tokens or DEFAULT_SPECULATIVE_TOKENS[speculation.method]
 
 
 def is_speculating(spec: SpeculativeInferenceSpec) -> bool:
@@ -87,7 +75,7 @@ def speculative_config(
     method = speculation.method
     config: dict[str, Any] = {
         "method": method.value,
-        "num_speculative_tokens": speculative_tokens(speculation),
+        "num_speculative_tokens": speculation.effective_num_speculative_tokens,
     }
     if speculation.draft is not None:
         config["model"] = speculation.draft.model
@@ -146,7 +134,7 @@ def _legacy_speculation_flags(
                 "--speculative-model-quantization",
                 ON_THE_FLY_QUANTIZATION[speculation.draft.quantization],
             ]
-    flags += ["--num-speculative-tokens", str(speculative_tokens(speculation))]
+    flags += ["--num-speculative-tokens", str(speculation.effective_num_speculative_tokens)]
     if speculation.acceptance_method is not None:
         flags += ["--spec-decoding-acceptance-method", speculation.acceptance_method]
     if speculation.typical_acceptance_posterior_threshold is not None:

@@ -133,32 +133,7 @@ def compatibility_findings(spec: SpeculativeInferenceSpec, version: Version) -> 
                 also=also,
             )
         )
-    draft = speculation.draft
-    target_tp = spec.target.tensor_parallel_size
-    if draft is not None and draft.tensor_parallel_size not in (None, target_tp):
-        if not v0:
-            found.append(
-                error(
-                    "DraftTensorParallelUnsupported",
-                    "spec.speculation.draft.tensorParallelSize",
-                    f"vLLM {version} (V1 engine) runs the draft with the target's tensor "
-                    f"parallelism ({target_tp}); {draft.tensor_parallel_size} fails when the GPU "
-                    "workers start.",
-                    f"remove spec.speculation.draft.tensorParallelSize or set it to {target_tp}.",
-                    also=[*also, "spec.target.tensorParallelSize"],
-                )
-            )
-        elif draft.tensor_parallel_size != 1:
-            found.append(
-                error(
-                    "DraftTensorParallelUnsupported",
-                    "spec.speculation.draft.tensorParallelSize",
-                    f"vLLM {version} runs a draft on 1 GPU or on the target's "
-                    f"{target_tp}, not on {draft.tensor_parallel_size}.",
-                    f"set spec.speculation.draft.tensorParallelSize to 1 or {target_tp}.",
-                    also=[*also, "spec.target.tensorParallelSize"],
-                )
-            )
+    found += _draft_findings(spec, version)
     if spec.target.pipeline_parallel_size > 1 and not v0:
         found.append(
             warning(
@@ -166,6 +141,60 @@ def compatibility_findings(spec: SpeculativeInferenceSpec, version: Version) -> 
                 "spec.target.pipelineParallelSize",
                 f"vLLM {version} speculation with pipeline parallelism is not supported by every "
                 "method; prefer tensor parallelism.",
+            )
+        )
+    return found
+
+
+def _draft_findings(spec: SpeculativeInferenceSpec, version: Version) -> list[Finding]:
+    assert spec.speculation is not None
+    draft = spec.speculation.draft
+    if draft is None:
+        return []
+    found: list[Finding] = []
+    also = ["spec.vllm.version", "spec.vllm.image", "spec.target.tensorParallelSize"]
+    target_tp = spec.target.tensor_parallel_size
+    draft_tp = draft.tensor_parallel_size
+    method = spec.speculation.method
+    if draft_tp not in (None, 1, target_tp):
+        found.append(
+            error(
+                "DraftTensorParallelUnsupported",
+                "spec.speculation.draft.tensorParallelSize",
+                f"vLLM runs a draft on 1 GPU or on the target's {target_tp}, not on {draft_tp}.",
+                f"set spec.speculation.draft.tensorParallelSize to 1 or {target_tp}, or remove it.",
+                also=also,
+            )
+        )
+    elif (
+        draft_tp not in (None, target_tp)
+        and method is SpeculationMethod.DRAFT_MODEL
+        and supports(version, Feature.DRAFT_TP_MUST_EQUAL_TARGET)
+    ):
+        found.append(
+            error(
+                "DraftTensorParallelUnsupported",
+                "spec.speculation.draft.tensorParallelSize",
+                f"vLLM {version} runs a draft_model draft only with the target's tensor "
+                f"parallelism ({target_tp}); {draft_tp} passes config checks but fails when the "
+                "GPU workers start.",
+                f"remove spec.speculation.draft.tensorParallelSize or set it to {target_tp}.",
+                also=also,
+            )
+        )
+    if (
+        method is SpeculationMethod.EAGLE
+        and supports(version, Feature.EAGLE_NAME_DETECTION)
+        and "eagle-" not in draft.model.lower()
+    ):
+        found.append(
+            error(
+                "EagleNotDetected",
+                "spec.speculation.draft.model",
+                f"vLLM {version} decides the method from the draft's name and treats "
+                f"{draft.model} as a draft_model, since it lacks 'eagle-'.",
+                f"use a checkpoint path containing 'eagle-', {_PIN_FIX}",
+                also=["spec.vllm.version", "spec.vllm.image"],
             )
         )
     return found
