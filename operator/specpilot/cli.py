@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 import click
@@ -155,6 +156,97 @@ def render(file: TextIO, speculation: str) -> None:
 def crd(output_format: str) -> None:
     """Print the SpeculativeInference CustomResourceDefinition."""
     click.echo(crd_yaml() if output_format == "yaml" else markdown_reference(), nl=False)
+
+
+@main.command("run")
+@click.option(
+    "-n",
+    "--namespace",
+    "namespaces",
+    multiple=True,
+    help="Watch only these namespaces (repeatable); cluster-wide if none.",
+)
+@click.option(
+    "--standalone",
+    is_flag=True,
+    help="No peering: for a single replica (no KopfPeering object needed).",
+)
+@click.option(
+    "--peering",
+    default="specpilot",
+    show_default=True,
+    help="KopfPeering object used to keep one replica active.",
+)
+@click.option(
+    "--priority",
+    type=int,
+    default=None,
+    help="Peering priority (random if unset, so one replica wins).",
+)
+@click.option(
+    "--liveness",
+    default="http://0.0.0.0:8080/healthz",
+    show_default=True,
+    help="Liveness endpoint URL ('' to disable).",
+)
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=9100,
+    show_default=True,
+    help="Port for the operator's Prometheus metrics (0 to disable).",
+)
+@click.option(
+    "--webhook-port",
+    type=int,
+    default=None,
+    help="Serve the validating admission webhook on this port.",
+)
+@click.option("--webhook-address", default="0.0.0.0", show_default=True)
+@click.option(
+    "--webhook-host", default=None, help="Host name or IP the API server uses to reach the webhook."
+)
+@click.option("--webhook-cert", type=click.Path(path_type=Path), default=None)
+@click.option("--webhook-key", type=click.Path(path_type=Path), default=None)
+@click.option(
+    "--manage-webhook/--no-manage-webhook",
+    default=True,
+    show_default=True,
+    help="Create/patch the ValidatingWebhookConfiguration 'specpilot.io'.",
+)
+def run_operator(
+    namespaces: tuple[str, ...],
+    standalone: bool,
+    peering: str,
+    priority: int | None,
+    liveness: str,
+    metrics_port: int,
+    webhook_port: int | None,
+    webhook_address: str,
+    webhook_host: str | None,
+    webhook_cert: Path | None,
+    webhook_key: Path | None,
+    manage_webhook: bool,
+) -> None:
+    """Run the operator (reconciles SpeculativeInference resources)."""
+    from specpilot.adapters.runner import RunOptions, run
+
+    run(
+        RunOptions(
+            namespaces=list(namespaces),
+            standalone=standalone,
+            peering=peering,
+            priority=priority,
+            liveness=liveness or None,
+            metrics_port=metrics_port or None,
+            webhook_port=webhook_port,
+            webhook_address=webhook_address,
+            webhook_host=webhook_host,
+            webhook_cert=webhook_cert,
+            webhook_key=webhook_key,
+            manage_webhook=manage_webhook,
+        )
+    )
 
 
 def _gb(value: float) -> str:

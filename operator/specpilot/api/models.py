@@ -542,6 +542,10 @@ class SpeculativeInferenceStatus(StatusModel):
         max_length=MAX_DECISIONS,
         description="Most recent control decisions, newest last.",
     )
+    kopf: dict[str, Any] | None = Field(
+        default=None,
+        description="Handler bookkeeping of the operator framework (kopf); not for users.",
+    )
 
 
 class ObjectMeta(BaseModel):

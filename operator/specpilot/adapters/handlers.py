@@ -1,0 +1,146 @@
+"""kopf handlers: each fetches what it needs, calls the pure core, and writes the result.
+
+Reconciling is level-based: create, update and resume all run the same function on the whole
+resource, and an event on an owned Deployment (drift, rollout progress) runs it for the owner.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import logging
+from collections.abc import Mapping
+from typing import Any, cast
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+
+from specpilot import reconcile
+from specpilot.adapters import telemetry
+from specpilot.adapters.kube import ApplyError, KubeWriter, status_changed
+from specpilot.api.models import GROUP, PLURAL, VERSION
+from specpilot.findings import Severity
+from specpilot.rendering.manifests import LABEL_MANAGED_BY, LABEL_RESOURCE
+from specpilot.review import review
+
+RESOURCE = (GROUP, VERSION, PLURAL)
+STATUS_CONFLICT_RETRIES = 3
+logger = logging.getLogger(__name__)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def run_reconcile(body: Mapping[str, Any], writer: KubeWriter, trigger: str) -> bool:
+    """Apply what the resource asks for and record the outcome; False if anything failed."""
+    raw = copy.deepcopy(dict(body))
+    with telemetry.RECONCILE_SECONDS.time():
+        wanted = reconcile.desired(raw)
+        observed = reconcile.Observed()
+        applied_events = []
+        for obj in wanted.objects:
+            try:
+                applied, changed = writer.apply(obj, raw)
+            except ApplyError as exc:
+                telemetry.APPLY_ERRORS.labels(kind=obj["kind"]).inc()
+                observed.apply_errors.append(str(exc))
+                continue
+            if applied["kind"] == "Deployment":
+                observed.deployments.append(applied)
+            if changed:
+                reason = "DriftCorrected" if trigger == "drift" else "Applied"
+                applied_events.append(
+                    reconcile.Event(
+                        type="Normal",
+                        reason=reason,
+                        message=f"{applied['kind']} {applied['metadata']['name']} "
+                        f"{'restored to the spec' if reason == 'DriftCorrected' else 'applied'}",
+                    )
+                )
+        status, events = reconcile.observe(raw, wanted, observed, _now())
+        if status_changed(raw.get("status"), status):
+            writer.patch_status(raw, status)
+        for event in applied_events + events:
+            kopf.event(
+                kopf.Body(cast(kopf.RawBody, raw)),
+                type=event.type,
+                reason=event.reason,
+                message=event.message,
+            )
+    ok = not observed.apply_errors
+    telemetry.RECONCILES.labels(trigger=trigger, result="ok" if ok else "error").inc()
+    return ok
+
+
+@kopf.on.resume(*RESOURCE)
+@kopf.on.create(*RESOURCE)
+@kopf.on.update(*RESOURCE)
+def reconcile_resource(body: kopf.Body, memo: kopf.Memo, reason: str, **_: Any) -> None:
+    _track(body)
+    if not run_reconcile(body, memo.writer, trigger=str(reason)):
+        raise kopf.TemporaryError("some objects could not be applied (see Degraded)", delay=30)
+
+
+@kopf.on.event(
+    "apps",
+    "v1",
+    "deployments",
+    labels={LABEL_MANAGED_BY: "specpilot", LABEL_RESOURCE: kopf.PRESENT},
+)
+def owned_deployment_changed(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """An owned Deployment changed: restore drift and refresh the owner's Ready condition."""
+    if type is None or type == "DELETED":
+        return  # the initial listing (resume handles it) or our owner is going away
+    namespace = body["metadata"]["namespace"]
+    name = body["metadata"]["labels"][LABEL_RESOURCE]
+    for _attempt in range(STATUS_CONFLICT_RETRIES):
+        owner = memo.writer.get_resource(namespace, name)
+        if owner is None:
+            return
+        try:
+            run_reconcile(owner, memo.writer, trigger="drift")
+            return
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            logger.info("status of %s/%s changed meanwhile; reconciling again", namespace, name)
+
+
+@kopf.on.delete(*RESOURCE, optional=True)
+def forget_resource(body: kopf.Body, **_: Any) -> None:
+    _MANAGED.pop(body["metadata"]["uid"], None)
+    _update_gauges()
+
+
+_MANAGED: dict[str, bool] = {}
+"""uid -> whether the resource is valid, for the operator's gauges."""
+
+
+def _track(body: kopf.Body) -> None:
+    _MANAGED[body["metadata"]["uid"]] = review(dict(body)).valid
+    _update_gauges()
+
+
+def _update_gauges() -> None:
+    telemetry.RESOURCES_MANAGED.set(len(_MANAGED))
+    telemetry.INVALID_RESOURCES.set(sum(1 for valid in _MANAGED.values() if not valid))
+
+
+@kopf.on.validate(*RESOURCE, id="validate")
+def validate(body: kopf.Body, warnings: list[str], **_: Any) -> None:
+    """Admission: the same verdict and messages as `specpilot validate`."""
+    result = review(dict(body))
+    for finding in result.findings:
+        if finding.severity is Severity.WARNING:
+            warnings.append(str(finding))
+    if result.plan is not None and result.plan.verdict == "tight":
+        warnings.append(
+            f"plan is tight: {result.plan.max_concurrent_sequences} full-length sequences per "
+            "replica"
+        )
+    problems = [f for f in result.findings if f.severity is Severity.ERROR]
+    if problems:
+        raise kopf.AdmissionError(
+            f"{len(problems)} error(s): " + " | ".join(str(f) for f in problems), code=422
+        )

@@ -1,0 +1,128 @@
+"""Kubernetes I/O for the operator: server-side apply of owned objects and status writes.
+
+Translation only: what to apply and what status to write is decided in `specpilot.reconcile`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.exceptions import ResourceNotFoundError
+
+from specpilot.api.models import GROUP, PLURAL, VERSION
+from specpilot.rendering.manifests import FIELD_MANAGER, Manifest
+
+logger = logging.getLogger(__name__)
+
+
+class ApplyError(Exception):
+    """An object could not be applied; the message names the object and the API's answer."""
+
+
+def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
+    """A controller reference, so deleting the resource deletes its objects (via the GC)."""
+    return {
+        "apiVersion": owner["apiVersion"],
+        "kind": owner["kind"],
+        "name": owner["metadata"]["name"],
+        "uid": owner["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def describe_api_error(exc: ApiException, action: str) -> str:
+    """One line an SRE can act on; a 403 names the verb and resource that RBAC refused."""
+    reason = exc.reason or ""
+    detail = ""
+    if exc.body:
+        try:
+            import json
+
+            detail = json.loads(exc.body).get("message", "")
+        except ValueError:
+            detail = str(exc.body)[:300]
+    if exc.status == 403:
+        return f"{action}: forbidden by RBAC ({detail or reason}); grant this permission"
+    return f"{action}: HTTP {exc.status} {reason}: {detail}".rstrip(": ")
+
+
+class KubeWriter:
+    def __init__(self, api_client: k8s.ApiClient) -> None:
+        self._dynamic = DynamicClient(api_client)
+        self._custom = k8s.CustomObjectsApi(api_client)
+
+    def apply(self, obj: Manifest, owner: Mapping[str, Any]) -> tuple[Manifest, bool]:
+        """Server-side apply under the `specpilot` field manager; returns (object, changed)."""
+        body = {**obj, "metadata": {**obj["metadata"], "ownerReferences": [owner_reference(owner)]}}
+        meta = body["metadata"]
+        what = f"apply {body['kind']} {meta['namespace']}/{meta['name']}"
+        try:
+            resource = self._dynamic.resources.get(
+                api_version=body["apiVersion"], kind=body["kind"]
+            )
+        except ResourceNotFoundError as exc:
+            raise ApplyError(f"{what}: the API server does not serve {body['kind']}") from exc
+        try:
+            before = self._existing_version(resource, meta["name"], meta["namespace"])
+            applied = resource.server_side_apply(
+                body=body,
+                name=meta["name"],
+                namespace=meta["namespace"],
+                field_manager=FIELD_MANAGER,
+                force_conflicts=True,
+            ).to_dict()
+        except ApiException as exc:
+            raise ApplyError(describe_api_error(exc, what)) from exc
+        return applied, applied["metadata"]["resourceVersion"] != before
+
+    def _existing_version(self, resource: Any, name: str, namespace: str) -> str | None:
+        try:
+            existing = resource.get(name=name, namespace=namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        version: str = existing.metadata.resourceVersion
+        return version
+
+    def get_resource(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            body: dict[str, Any] = self._custom.get_namespaced_custom_object(  # type: ignore[assignment]
+                GROUP, VERSION, namespace, PLURAL, name
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return body
+
+    def patch_status(self, body: Mapping[str, Any], status: dict[str, Any]) -> None:
+        """Write status; the resourceVersion precondition turns a stale write into a 409."""
+        meta = body["metadata"]
+        patch = {
+            "metadata": {"resourceVersion": meta["resourceVersion"]},
+            "status": _with_removals(body.get("status") or {}, status),
+        }
+        self._custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], patch
+        )
+
+
+def _with_removals(before: Mapping[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """A merge patch from `before` to `after` for specpilot's keys (kopf's own are left alone)."""
+    patch: dict[str, Any] = dict(after)
+    for key in before:
+        if key not in after and key != "kopf":
+            patch[key] = None
+    return patch
+
+
+def status_changed(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> bool:
+    mine = {k: v for k, v in (before or {}).items() if k != "kopf"}
+    return mine != dict(after)

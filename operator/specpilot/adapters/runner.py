@@ -1,0 +1,107 @@
+"""`specpilot run`: operator settings and start-up (kopf), with the reasons for each setting."""
+
+from __future__ import annotations
+
+import logging
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import kopf
+import prometheus_client
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from pydantic import BaseModel
+
+from specpilot.adapters import handlers  # noqa: F401  (importing registers the kopf handlers)
+from specpilot.adapters.kube import KubeWriter
+from specpilot.adapters.webhook import self_signed_certificate
+
+WEBHOOK_CONFIGURATION = "specpilot.io"
+logger = logging.getLogger(__name__)
+
+
+class RunOptions(BaseModel):
+    namespaces: list[str] = []
+    """Empty means cluster-wide."""
+    standalone: bool = False
+    peering: str = "specpilot"
+    priority: int | None = None
+    liveness: str | None = "http://0.0.0.0:8080/healthz"
+    metrics_address: str = "0.0.0.0"
+    metrics_port: int | None = 9100
+    webhook_port: int | None = None
+    webhook_address: str = "0.0.0.0"
+    webhook_host: str | None = None
+    webhook_cert: Path | None = None
+    webhook_key: Path | None = None
+    manage_webhook: bool = True
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    options: RunOptions = memo.options
+    settings.posting.reporting_component = "specpilot"
+    # Handler progress and the last-handled spec live in status, never in the user's metadata,
+    # so GitOps tools see no drift on the objects they own.
+    settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
+    settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(
+        field="status.kopf.lastHandledConfiguration"
+    )
+    # Watches can go silent without closing (kopf issues #204, #585): ask the server to end
+    # each watch after 5 minutes, and give up on the client side shortly after.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 30
+    settings.networking.request_timeout = 60
+    if options.webhook_port is not None:
+        settings.admission.server = _webhook_server(options)
+        settings.admission.managed = WEBHOOK_CONFIGURATION if options.manage_webhook else None
+    memo.writer = KubeWriter(_api_client())
+    if options.metrics_port is not None:
+        prometheus_client.start_http_server(options.metrics_port, addr=options.metrics_address)
+
+
+def _api_client() -> k8s.ApiClient:
+    configuration = k8s.Configuration()
+    try:
+        k8s_config.load_incluster_config(client_configuration=configuration)
+    except k8s_config.ConfigException:
+        k8s_config.load_kube_config(client_configuration=configuration)
+    return k8s.ApiClient(configuration)
+
+
+def _webhook_server(options: RunOptions) -> kopf.WebhookServer:
+    host = options.webhook_host or options.webhook_address
+    cert, key = options.webhook_cert, options.webhook_key
+    cadata = None
+    if cert is None or key is None:
+        directory = Path(tempfile.mkdtemp(prefix="specpilot-webhook-"))
+        cert, key, cadata = self_signed_certificate([host], directory)
+    elif cert.exists():
+        cadata = cert.read_bytes()
+    return kopf.WebhookServer(
+        addr=options.webhook_address,
+        port=options.webhook_port,
+        host=host,
+        certfile=str(cert),
+        pkeyfile=str(key),
+        cadata=cadata,
+    )
+
+
+def run(options: RunOptions) -> None:
+    # With peering, the replica with the highest priority works and the others pause; a random
+    # priority per process makes that one replica (kopf has no lease-based election).
+    priority = options.priority if options.priority is not None else random.randint(1, 10**6)
+    kopf.configure(verbose=False)
+    kopf.run(
+        clusterwide=not options.namespaces,
+        namespaces=options.namespaces,
+        standalone=options.standalone,
+        peering_name=None if options.standalone else options.peering,
+        priority=priority,
+        liveness_endpoint=options.liveness,
+        memo=kopf.Memo(options=options),
+    )

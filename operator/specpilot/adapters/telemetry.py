@@ -1,0 +1,25 @@
+"""The operator's own Prometheus metrics (not vLLM's): reconciles, durations, errors, resources."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RECONCILES = Counter(
+    "specpilot_reconciles_total",
+    "Reconciles of SpeculativeInference resources, by trigger and result.",
+    ["trigger", "result"],
+)
+RECONCILE_SECONDS = Histogram(
+    "specpilot_reconcile_duration_seconds",
+    "Wall time of one reconcile (validate, plan, render, apply, status).",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+APPLY_ERRORS = Counter(
+    "specpilot_apply_errors_total", "Objects the API server refused to apply.", ["kind"]
+)
+RESOURCES_MANAGED = Gauge(
+    "specpilot_resources_managed", "SpeculativeInference resources this operator manages."
+)
+INVALID_RESOURCES = Gauge(
+    "specpilot_resources_invalid", "Managed resources whose spec is invalid (nothing applied)."
+)

@@ -1,0 +1,286 @@
+"""What the operator should make true for one resource: pure functions, no Kubernetes client.
+
+`desired` turns a resource body into the objects to apply. `observe` turns what the API server
+reported back (applied objects, errors) into the status to write and the Events that explain each
+transition. The kopf handlers only fetch, call these, and write the results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from specpilot.api.models import (
+    Condition,
+    EffectiveConfiguration,
+    PlanSummary,
+    SpeculativeInferenceStatus,
+)
+from specpilot.findings import Finding, Severity, errors
+from specpilot.rendering.args import is_speculating
+from specpilot.rendering.manifests import Manifest, manifests
+from specpilot.review import Review, review
+
+CONDITION_TYPES = (
+    "Ready",
+    "Invalid",
+    "Planned",
+    "SpeculationActive",
+    "MetricsAvailable",
+    "Degraded",
+)
+MAX_MESSAGE = 1024
+
+
+class Event(BaseModel):
+    type: Literal["Normal", "Warning"]
+    reason: str
+    """Stable CamelCase reason, documented in docs/runbook.md."""
+    message: str
+
+
+class Desired(BaseModel):
+    review: Review
+    objects: list[Manifest]
+    speculation: bool
+    """Whether the server pods speculate."""
+
+
+class Observed(BaseModel):
+    """What applying the objects produced."""
+
+    deployments: list[Manifest] = []
+    """The server (and baseline) Deployments as the API server returned them."""
+    apply_errors: list[str] = []
+
+
+def desired(body: Mapping[str, Any]) -> Desired:
+    """The objects for a resource; none at all if anything about it is invalid."""
+    result = review(dict(body))
+    if result.resource is None:
+        return Desired(review=result, objects=[], speculation=False)
+    speculation = is_speculating(result.resource.spec)
+    objects = manifests(result.resource, result.version, speculation=speculation)
+    return Desired(review=result, objects=objects, speculation=speculation)
+
+
+def _condition(
+    ctype: str, status: bool | None, reason: str, message: str, generation: int | None
+) -> Condition:
+    value: Literal["True", "False", "Unknown"] = (
+        "Unknown" if status is None else ("True" if status else "False")
+    )
+    return Condition(
+        type=ctype,
+        status=value,
+        reason=reason,
+        message=message[:MAX_MESSAGE],
+        observed_generation=generation,
+    )
+
+
+def _summary(findings: list[Finding], severity: Severity | None = None) -> str:
+    chosen = [f for f in findings if severity is None or f.severity is severity]
+    return "; ".join(str(f) for f in chosen)
+
+
+def _ready(deployments: list[Manifest]) -> tuple[bool, str]:
+    waiting = []
+    for d in deployments:
+        wanted = d.get("spec", {}).get("replicas", 1)
+        status = d.get("status") or {}
+        available = status.get("availableReplicas", 0) or 0
+        updated = status.get("updatedReplicas", 0) or 0
+        current = status.get("observedGeneration") == d["metadata"].get("generation")
+        if not (current and available >= wanted and updated >= wanted):
+            waiting.append(f"{d['metadata']['name']} {available}/{wanted} available")
+    return not waiting, ", ".join(waiting)
+
+
+def observe(
+    body: Mapping[str, Any], wanted: Desired, observed: Observed, now: str
+) -> tuple[dict[str, Any], list[Event]]:
+    """The status to write and the Events for every condition that changed."""
+    generation = body.get("metadata", {}).get("generation")
+    previous = SpeculativeInferenceStatus.model_validate(body.get("status") or {})
+    result = wanted.review
+    plan = result.plan
+    conditions: list[Condition]
+    effective = previous.effective
+    if result.resource is None:
+        problems = errors(result.findings)
+        first = problems[0].code if problems else "Invalid"
+        planned_reason = "DoesNotFit" if plan and plan.verdict == "does-not-fit" else "Invalid"
+        conditions = [
+            _condition("Invalid", True, first, _summary(problems), generation),
+            _condition(
+                "Ready", False, "InvalidSpec", "the spec has errors; nothing applied", generation
+            ),
+            _condition("Planned", False, planned_reason, _summary(problems), generation),
+            _condition("Degraded", False, "InvalidSpec", "", generation),
+        ]
+        phase = "Invalid"
+    else:
+        spec = result.resource.spec
+        assert plan is not None  # a valid resource always has a plan
+        ready, waiting = _ready(observed.deployments)
+        degraded = bool(observed.apply_errors)
+        planned_reason = "PlanTight" if plan.verdict == "tight" else "PlanFits"
+        plan_message = (
+            f"{plan.verdict}: {plan.kv_cache_gb_per_gpu:.1f} GB KV cache per GPU, "
+            f"{plan.max_concurrent_sequences} full-length sequences per replica"
+        )
+        warnings = _summary(plan.findings + result.findings, Severity.WARNING)
+        speculating = wanted.speculation
+        spec_reason = (
+            "SpeculationOn"
+            if speculating
+            else ("SpeculationOffBySpec" if not is_speculating(spec) else "SpeculationOffByPolicy")
+        )
+        conditions = [
+            _condition("Invalid", False, "Valid", "", generation),
+            _condition(
+                "Planned",
+                True,
+                planned_reason,
+                plan_message + (f"; {warnings}" if warnings else ""),
+                generation,
+            ),
+            _condition(
+                "SpeculationActive",
+                speculating,
+                spec_reason,
+                _speculation_message(result, speculating),
+                generation,
+            ),
+            _condition(
+                "Ready",
+                ready and not degraded,
+                "DeploymentsReady" if ready else "DeploymentsProgressing",
+                "all replicas available" if ready else f"waiting: {waiting}",
+                generation,
+            ),
+            _condition(
+                "Degraded",
+                degraded,
+                "ApplyFailed" if degraded else "AsExpected",
+                "; ".join(observed.apply_errors),
+                generation,
+            ),
+        ]
+        phase = "Degraded" if degraded else ("Ready" if ready else "Progressing")
+        effective = EffectiveConfiguration(
+            speculation="on" if speculating else "off",
+            method=spec.speculation.method.value if spec.speculation else "none",
+            target_model=spec.target.model,
+            target_quantization=spec.target.quantization.value,
+            checkpoint_index=previous.effective.checkpoint_index if previous.effective else 0,
+            num_speculative_tokens=(
+                spec.speculation.effective_num_speculative_tokens
+                if spec.speculation and speculating
+                else None
+            ),
+            vllm_version=str(result.version),
+        )
+    metrics = next((c for c in previous.conditions if c.type == "MetricsAvailable"), None)
+    conditions.append(
+        metrics
+        or _condition(
+            "MetricsAvailable",
+            None,
+            "NotYetRead",
+            "the control loop has not read metrics yet",
+            generation,
+        )
+    )
+    conditions = _keep_transition_times(previous.conditions, conditions, now)
+    status = SpeculativeInferenceStatus(
+        phase=phase,
+        observed_generation=generation,
+        conditions=conditions,
+        plan=_plan_summary(result) if plan else None,
+        effective=effective,
+        last_metrics=previous.last_metrics,
+        decisions=previous.decisions,
+    )
+    events = transition_events(previous.conditions, conditions)
+    return status.model_dump(by_alias=True, exclude_none=True), events
+
+
+def _speculation_message(result: Review, speculating: bool) -> str:
+    spec = result.resource.spec if result.resource else None
+    if spec is None or spec.speculation is None or not is_speculating(spec):
+        return "speculation is not configured"
+    method = spec.speculation.method.value
+    if speculating:
+        return f"{method}, k={spec.speculation.effective_num_speculative_tokens}"
+    return f"{method} is configured but the control loop turned it off (see status.decisions)"
+
+
+def _plan_summary(result: Review) -> PlanSummary:
+    plan = result.plan
+    assert plan is not None
+    return PlanSummary(
+        verdict=plan.verdict,
+        weights_gb_per_gpu=round(
+            (plan.target.weights_gb_per_gpu if plan.target else 0)
+            + (plan.draft.weights_gb_per_gpu if plan.draft else 0),
+            2,
+        ),
+        kv_cache_gb_per_gpu=round(plan.kv_cache_gb_per_gpu, 2),
+        max_concurrent_sequences=plan.max_concurrent_sequences,
+        max_concurrent_sequences_without_speculation=(
+            plan.max_concurrent_sequences_without_speculation
+        ),
+        draft_ratio=f"1:{plan.draft_ratio:.0f}" if plan.draft_ratio else None,
+        findings=[f.code for f in result.findings if f.severity is not Severity.INFO],
+    )
+
+
+def _keep_transition_times(
+    before: list[Condition], after: list[Condition], now: str
+) -> list[Condition]:
+    """A condition's lastTransitionTime moves only when its status does."""
+    old = {c.type: c for c in before}
+    kept = []
+    for condition in after:
+        prior = old.get(condition.type)
+        unchanged = prior is not None and prior.status == condition.status
+        time = prior.last_transition_time if unchanged and prior else now
+        kept.append(condition.model_copy(update={"last_transition_time": time}))
+    return kept
+
+
+_EVENTS: dict[tuple[str, str], Literal["Normal", "Warning"]] = {
+    ("Invalid", "True"): "Warning",
+    ("Planned", "True"): "Normal",
+    ("Planned", "False"): "Warning",
+    ("SpeculationActive", "True"): "Normal",
+    ("SpeculationActive", "False"): "Normal",
+    ("Ready", "True"): "Normal",
+    ("Degraded", "True"): "Warning",
+    ("Degraded", "False"): "Normal",
+}
+
+
+def transition_events(before: list[Condition], after: list[Condition]) -> list[Event]:
+    """One Event per condition whose status or reason changed; the reason is the condition's."""
+    old = {c.type: c for c in before}
+    events = []
+    for condition in after:
+        prior = old.get(condition.type)
+        if prior is not None and (prior.status, prior.reason) == (
+            condition.status,
+            condition.reason,
+        ):
+            continue
+        kind = _EVENTS.get((condition.type, condition.status))
+        if kind is None or (condition.type == "Degraded" and prior is None):
+            continue
+        message = condition.message or f"{condition.type} is {condition.status}"
+        if condition.type == "Planned" and kind == "Normal" and condition.reason == "PlanTight":
+            kind = "Warning"
+        events.append(Event(type=kind, reason=condition.reason, message=message[:MAX_MESSAGE]))
+    return events
