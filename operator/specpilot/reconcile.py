@@ -277,8 +277,10 @@ def transition_events(before: list[Condition], after: list[Condition]) -> list[E
         ):
             continue
         kind = _EVENTS.get((condition.type, condition.status))
-        if kind is None or (condition.type == "Degraded" and prior is None):
-            continue
+        if kind is None or (
+            prior is None and (condition.type, condition.status) == ("Degraded", "False")
+        ):
+            continue  # "not degraded" is news only after having been degraded
         message = condition.message or f"{condition.type} is {condition.status}"
         if condition.type == "Planned" and kind == "Normal" and condition.reason == "PlanTight":
             kind = "Warning"

@@ -1,0 +1,138 @@
+"""The pure reconcile core: objects, conditions with observedGeneration, and transition events."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from specpilot import reconcile
+from specpilot.reconcile import Observed
+from tests.conftest import manifest
+
+NOW, LATER = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"
+
+
+def body(**spec: Any) -> dict[str, Any]:
+    doc = manifest(**spec)
+    doc["metadata"].update(uid="u-1", generation=3, resourceVersion="10")
+    return doc
+
+
+def ready_deployment(obj: dict[str, Any], available: int = 1) -> dict[str, Any]:
+    applied = copy.deepcopy(obj)
+    applied["metadata"]["generation"] = 1
+    applied["status"] = {
+        "observedGeneration": 1,
+        "availableReplicas": available,
+        "updatedReplicas": available,
+    }
+    return applied
+
+
+def conditions(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in status["conditions"]}
+
+
+def test_valid_resource_renders_objects_and_reports_progress() -> None:
+    b = body()
+    wanted = reconcile.desired(b)
+    assert [o["kind"] for o in wanted.objects] == ["Deployment", "Service"]
+    status, events = reconcile.observe(b, wanted, Observed(deployments=[wanted.objects[0]]), NOW)
+    c = conditions(status)
+    assert status["phase"] == "Progressing"
+    assert status["observedGeneration"] == 3
+    assert all(cond["observedGeneration"] == 3 for cond in status["conditions"])
+    assert c["Planned"]["status"] == "True"
+    assert c["Planned"]["reason"] == "PlanFits"
+    assert c["SpeculationActive"]["status"] == "True"
+    assert c["Ready"]["status"] == "False"
+    assert c["Invalid"]["status"] == "False"
+    assert c["MetricsAvailable"]["status"] == "Unknown"
+    assert status["effective"]["speculation"] == "on"
+    assert status["plan"]["verdict"] == "fits"
+    assert {e.reason for e in events} == {"PlanFits", "SpeculationOn"}
+
+
+def test_ready_when_every_deployment_is_available() -> None:
+    b = body()
+    wanted = reconcile.desired(b)
+    observed = Observed(deployments=[ready_deployment(wanted.objects[0])])
+    status, events = reconcile.observe(b, wanted, observed, NOW)
+    assert status["phase"] == "Ready"
+    assert conditions(status)["Ready"]["status"] == "True"
+    assert "DeploymentsReady" in {e.reason for e in events}
+
+
+def test_invalid_resource_applies_nothing_and_warns() -> None:
+    b = body(gpus={"type": "H100-80GB", "count": 3})
+    wanted = reconcile.desired(b)
+    assert wanted.objects == []
+    status, events = reconcile.observe(b, wanted, Observed(), NOW)
+    c = conditions(status)
+    assert status["phase"] == "Invalid"
+    assert c["Invalid"]["status"] == "True"
+    assert c["Invalid"]["reason"] == "GPUCountMismatch"
+    assert "spec.gpus.count" in c["Invalid"]["message"]
+    warning = next(e for e in events if e.reason == "GPUCountMismatch")
+    assert warning.type == "Warning"
+
+
+def test_apply_errors_degrade() -> None:
+    b = body()
+    wanted = reconcile.desired(b)
+    status, events = reconcile.observe(
+        b, wanted, Observed(apply_errors=["apply Service x/y: forbidden by RBAC"]), NOW
+    )
+    assert status["phase"] == "Degraded"
+    assert conditions(status)["Degraded"]["status"] == "True"
+    assert any(e.reason == "ApplyFailed" and e.type == "Warning" for e in events)
+
+
+def test_second_pass_emits_nothing_and_keeps_transition_times() -> None:
+    b = body()
+    wanted = reconcile.desired(b)
+    observed = Observed(deployments=[ready_deployment(wanted.objects[0])])
+    first, _ = reconcile.observe(b, wanted, observed, NOW)
+    b["status"] = first
+    second, events = reconcile.observe(b, reconcile.desired(b), observed, LATER)
+    assert events == []
+    assert second == first  # nothing to write either
+    assert all(c["lastTransitionTime"] == NOW for c in second["conditions"])
+
+
+def test_transition_moves_only_the_changed_condition() -> None:
+    b = body()
+    wanted = reconcile.desired(b)
+    first, _ = reconcile.observe(b, wanted, Observed(deployments=[wanted.objects[0]]), NOW)
+    b["status"] = first
+    ready = Observed(deployments=[ready_deployment(wanted.objects[0])])
+    second, events = reconcile.observe(b, wanted, ready, LATER)
+    c = conditions(second)
+    assert c["Ready"]["lastTransitionTime"] == LATER
+    assert c["Planned"]["lastTransitionTime"] == NOW
+    assert [e.reason for e in events] == ["DeploymentsReady"]
+
+
+def test_becoming_invalid_keeps_decisions_and_warns() -> None:
+    b = body()
+    b["status"] = {"decisions": [{"time": NOW, "action": "disable", "reason": "acceptance 0.4"}]}
+    b["spec"]["speculation"] = {"method": "draft_model"}  # draft missing
+    status, events = reconcile.observe(b, reconcile.desired(b), Observed(), LATER)
+    assert status["decisions"][0]["action"] == "disable"
+    assert any(e.type == "Warning" and e.reason == "DraftRequired" for e in events)
+
+
+def test_tight_plan_is_a_warning_event() -> None:
+    b = body(
+        target={
+            "model": "meta-llama/Llama-3.1-70B-Instruct",
+            "quantization": "int8",
+            "tensorParallelSize": 2,
+            "maxModelLen": 32768,
+        }
+    )
+    wanted = reconcile.desired(b)
+    status, events = reconcile.observe(b, wanted, Observed(), NOW)
+    assert status["plan"]["verdict"] == "tight"
+    tight = next(e for e in events if e.reason == "PlanTight")
+    assert tight.type == "Warning"
