@@ -16,5 +16,12 @@ specpilot crd | diff -u crds/specpilot.io_speculativeinferences.yaml - \
 specpilot crd --format markdown | diff -u docs/resource.md - \
   || { echo "docs/resource.md is stale: run specpilot crd --format markdown > docs/resource.md"; exit 1; }
 
+echo "== real kube-apiserver + etcd for the integration tests (built once, cached)"
+if ! command -v kubectl >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq kubernetes-client >/dev/null
+fi
+KUBEBUILDER_ASSETS=$(bash scripts/kube-assets.sh | tail -n 1)
+export KUBEBUILDER_ASSETS
+
 echo "== pytest"
 pytest "$@"

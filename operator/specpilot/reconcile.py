@@ -87,6 +87,8 @@ def _summary(findings: list[Finding], severity: Severity | None = None) -> str:
 
 
 def _ready(deployments: list[Manifest]) -> tuple[bool, str]:
+    if not deployments:
+        return False, "no Deployment applied yet"
     waiting = []
     for d in deployments:
         wanted = d.get("spec", {}).get("replicas", 1)
@@ -155,18 +157,12 @@ def observe(
                 _speculation_message(result, speculating),
                 generation,
             ),
-            _condition(
-                "Ready",
-                ready and not degraded,
-                "DeploymentsReady" if ready else "DeploymentsProgressing",
-                "all replicas available" if ready else f"waiting: {waiting}",
-                generation,
-            ),
+            _ready_condition(ready, waiting, observed.apply_errors, generation),
             _condition(
                 "Degraded",
                 degraded,
                 "ApplyFailed" if degraded else "AsExpected",
-                "; ".join(observed.apply_errors),
+                "; ".join(observed.apply_errors) or "all objects applied",
                 generation,
             ),
         ]
@@ -207,6 +203,16 @@ def observe(
     )
     events = transition_events(previous.conditions, conditions)
     return status.model_dump(by_alias=True, exclude_none=True), events
+
+
+def _ready_condition(
+    ready: bool, waiting: str, apply_errors: list[str], generation: int | None
+) -> Condition:
+    if apply_errors:
+        return _condition("Ready", False, "ApplyFailed", "see the Degraded condition", generation)
+    if ready:
+        return _condition("Ready", True, "DeploymentsReady", "all replicas available", generation)
+    return _condition("Ready", False, "DeploymentsProgressing", f"waiting: {waiting}", generation)
 
 
 def _speculation_message(result: Review, speculating: bool) -> str:

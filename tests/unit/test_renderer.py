@@ -251,8 +251,8 @@ def test_deployment_shape() -> None:
     c = pod["containers"][0]
     assert d["metadata"]["namespace"] == "inference"
     assert d["spec"]["replicas"] == 1
-    assert c["resources"]["limits"]["nvidia.com/gpu"] == 2
-    assert c["resources"]["requests"] == {"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": 2}
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert c["resources"]["requests"] == {"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": "2"}
     assert {"name": "dshm", "mountPath": "/dev/shm"} in c["volumeMounts"]
     assert c["readinessProbe"]["httpGet"]["path"] == "/health"
     assert c["livenessProbe"]["httpGet"]["path"] == "/health"

@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 import datetime
 import logging
+import threading
+from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -32,10 +34,15 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+_LOCKS: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+"""One reconcile at a time per resource: the resource's and its Deployment's handlers race."""
+
+
 def run_reconcile(body: Mapping[str, Any], writer: KubeWriter, trigger: str) -> bool:
     """Apply what the resource asks for and record the outcome; False if anything failed."""
     raw = copy.deepcopy(dict(body))
-    with telemetry.RECONCILE_SECONDS.time():
+    key = (raw["metadata"]["namespace"], raw["metadata"]["name"])
+    with _LOCKS[key], telemetry.RECONCILE_SECONDS.time():
         wanted = reconcile.desired(raw)
         observed = reconcile.Observed()
         applied_events = []
@@ -48,14 +55,14 @@ def run_reconcile(body: Mapping[str, Any], writer: KubeWriter, trigger: str) -> 
                 continue
             if applied["kind"] == "Deployment":
                 observed.deployments.append(applied)
-            if changed:
-                reason = "DriftCorrected" if trigger == "drift" else "Applied"
+            if changed is not None:
+                drift = trigger == "drift" and changed == "updated"
                 applied_events.append(
                     reconcile.Event(
                         type="Normal",
-                        reason=reason,
+                        reason="DriftCorrected" if drift else "Applied",
                         message=f"{applied['kind']} {applied['metadata']['name']} "
-                        f"{'restored to the spec' if reason == 'DriftCorrected' else 'applied'}",
+                        f"{'restored to the spec' if drift else changed}",
                     )
                 )
         status, events = reconcile.observe(raw, wanted, observed, _now())
@@ -127,9 +134,11 @@ def _update_gauges() -> None:
     telemetry.INVALID_RESOURCES.set(sum(1 for valid in _MANAGED.values() if not valid))
 
 
-@kopf.on.validate(*RESOURCE, id="validate")
 def validate(body: kopf.Body, warnings: list[str], **_: Any) -> None:
-    """Admission: the same verdict and messages as `specpilot validate`."""
+    """Admission: the same verdict and messages as `specpilot validate`.
+
+    Registered by `specpilot run --webhook-port` only: kopf requires a server for it.
+    """
     result = review(dict(body))
     for finding in result.findings:
         if finding.severity is Severity.WARNING:

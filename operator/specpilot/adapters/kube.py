@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
@@ -18,6 +18,9 @@ from specpilot.api.models import GROUP, PLURAL, VERSION
 from specpilot.rendering.manifests import FIELD_MANAGER, Manifest
 
 logger = logging.getLogger(__name__)
+
+
+Change = Literal["created", "updated"] | None
 
 
 class ApplyError(Exception):
@@ -57,8 +60,8 @@ class KubeWriter:
         self._dynamic = DynamicClient(api_client)
         self._custom = k8s.CustomObjectsApi(api_client)
 
-    def apply(self, obj: Manifest, owner: Mapping[str, Any]) -> tuple[Manifest, bool]:
-        """Server-side apply under the `specpilot` field manager; returns (object, changed)."""
+    def apply(self, obj: Manifest, owner: Mapping[str, Any]) -> tuple[Manifest, Change]:
+        """Server-side apply under the `specpilot` field manager; says what it changed."""
         body = {**obj, "metadata": {**obj["metadata"], "ownerReferences": [owner_reference(owner)]}}
         meta = body["metadata"]
         what = f"apply {body['kind']} {meta['namespace']}/{meta['name']}"
@@ -79,7 +82,9 @@ class KubeWriter:
             ).to_dict()
         except ApiException as exc:
             raise ApplyError(describe_api_error(exc, what)) from exc
-        return applied, applied["metadata"]["resourceVersion"] != before
+        if before is None:
+            return applied, "created"
+        return applied, "updated" if applied["metadata"]["resourceVersion"] != before else None
 
     def _existing_version(self, resource: Any, name: str, namespace: str) -> str | None:
         try:
@@ -110,7 +115,13 @@ class KubeWriter:
             "status": _with_removals(body.get("status") or {}, status),
         }
         self._custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], patch
+            GROUP,
+            VERSION,
+            meta["namespace"],
+            PLURAL,
+            meta["name"],
+            patch,
+            field_manager=FIELD_MANAGER,
         )
 
 

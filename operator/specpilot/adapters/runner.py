@@ -14,7 +14,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from pydantic import BaseModel
 
-from specpilot.adapters import handlers  # noqa: F401  (importing registers the kopf handlers)
+from specpilot.adapters import handlers  # importing registers the reconcile handlers
 from specpilot.adapters.kube import KubeWriter
 from specpilot.adapters.webhook import self_signed_certificate
 
@@ -55,6 +55,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
+    # No runtime scanning of CRDs and namespaces: it needs cluster-wide list/watch on both,
+    # which least privilege does not grant. Install the CRD before starting the operator.
+    settings.scanning.disabled = True
     if options.webhook_port is not None:
         settings.admission.server = _webhook_server(options)
         settings.admission.managed = WEBHOOK_CONFIGURATION if options.manage_webhook else None
@@ -95,6 +98,8 @@ def run(options: RunOptions) -> None:
     # With peering, the replica with the highest priority works and the others pause; a random
     # priority per process makes that one replica (kopf has no lease-based election).
     priority = options.priority if options.priority is not None else random.randint(1, 10**6)
+    if options.webhook_port is not None:
+        kopf.on.validate(*handlers.RESOURCE, id="validate")(handlers.validate)
     kopf.configure(verbose=False)
     kopf.run(
         clusterwide=not options.namespaces,

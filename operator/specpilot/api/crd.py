@@ -124,8 +124,17 @@ def _schema_of(model: type[SpeculativeInferenceSpec | SpeculativeInferenceStatus
     return structural(raw, raw.get("$defs", {}))
 
 
+def _without_defaults(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _without_defaults(v) for k, v in node.items() if k != "default"}
+    if isinstance(node, list):
+        return [_without_defaults(v) for v in node]
+    return node
+
+
 def _status_schema() -> JSONSchema:
-    schema = _schema_of(SpeculativeInferenceStatus)
+    """Only the operator writes status, so it carries no defaults (1.20 rejects '' there)."""
+    schema: JSONSchema = _without_defaults(_schema_of(SpeculativeInferenceStatus))
     conditions = schema["properties"]["conditions"]
     conditions["x-kubernetes-list-type"] = "map"
     conditions["x-kubernetes-list-map-keys"] = ["type"]

@@ -103,7 +103,8 @@ def deployment(
     gpu_resource = spec.gpus.resource_name
     resources = dict(pod.resources or {})
     for section in ("limits", "requests"):
-        resources[section] = {**resources.get(section, {}), gpu_resource: spec.gpus.count}
+        # Quantities are strings: server-side apply rejects a bare number for them.
+        resources[section] = {**resources.get(section, {}), gpu_resource: str(spec.gpus.count)}
     return _render(
         "deployment.yaml.j2",
         name=deployment_name(name, role),

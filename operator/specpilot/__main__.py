@@ -1,0 +1,5 @@
+"""`python -m specpilot` is the `specpilot` command."""
+
+from specpilot.cli import main
+
+main()
