@@ -332,3 +332,35 @@ def _service_account_kubeconfig(
         )
     )
     return path
+
+
+def test_peering_keeps_one_replica_active_and_fails_over(
+    api: k8s.ApiClient, control_plane: ControlPlane, namespace: str
+) -> None:
+    control_plane.kubectl(
+        "apply",
+        "-n",
+        namespace,
+        "-f",
+        "-",
+        input=json.dumps(
+            {
+                "apiVersion": "kopf.dev/v1",
+                "kind": "KopfPeering",
+                "metadata": {"name": "specpilot", "namespace": namespace},
+            }
+        ),
+    )
+    leader = OperatorProcess(control_plane.kubeconfig, "-n", namespace, "--priority", "200")
+    standby = OperatorProcess(control_plane.kubeconfig, "-n", namespace, "--priority", "100")
+    with leader, standby:
+        # With mandatory peering, kopf starts paused and resumes only when no higher peer lives.
+        wait_for(lambda: "Resuming operations" in leader.output(), what=leader.output)
+        name = create(api, example(EXAMPLE, namespace))["metadata"]["name"]
+        wait_for(lambda: reconciled(api, namespace, name), what=leader.output)
+        assert "Resuming operations" not in standby.output()
+        assert "reconcile_resource" not in standby.output()
+        leader.stop()
+        wait_for(lambda: "Resuming operations" in standby.output(), timeout=90, what=standby.output)
+        patch_spec(api, namespace, name, {"replicas": 2})
+        wait_for(lambda: deployment(api, namespace, name).spec.replicas == 2, what=standby.output)
