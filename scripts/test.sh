@@ -23,5 +23,10 @@ fi
 KUBEBUILDER_ASSETS=$(bash scripts/kube-assets.sh | tail -n 1)
 export KUBEBUILDER_ASSETS
 
+echo "== real vLLM releases for the fidelity tests (CPU-only virtualenvs, built once, cached)"
+for version in 0.33.0 0.11.0 0.8.2; do
+  bash scripts/vllm-fidelity-env.sh "$version" >/dev/null
+done
+
 echo "== pytest"
 pytest "$@"

@@ -80,12 +80,28 @@ def run_reconcile(body: Mapping[str, Any], writer: KubeWriter, trigger: str) -> 
     return ok
 
 
+def reconcile_latest(namespace: str, name: str, writer: KubeWriter, trigger: str) -> bool:
+    """Reconcile the stored resource; a conflicting write meanwhile (409) means: read, redo."""
+    for _attempt in range(STATUS_CONFLICT_RETRIES):
+        body = writer.get_resource(namespace, name)
+        if body is None:
+            return True  # deleted meanwhile
+        try:
+            return run_reconcile(body, writer, trigger)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            logger.info("%s/%s changed during the reconcile; reconciling again", namespace, name)
+    raise kopf.TemporaryError("the resource kept changing during reconciles", delay=5)
+
+
 @kopf.on.resume(*RESOURCE)
 @kopf.on.create(*RESOURCE)
 @kopf.on.update(*RESOURCE)
 def reconcile_resource(body: kopf.Body, memo: kopf.Memo, reason: str, **_: Any) -> None:
     _track(body)
-    if not run_reconcile(body, memo.writer, trigger=str(reason)):
+    meta = body["metadata"]
+    if not reconcile_latest(meta["namespace"], meta["name"], memo.writer, trigger=str(reason)):
         raise kopf.TemporaryError("some objects could not be applied (see Degraded)", delay=30)
 
 
@@ -99,19 +115,8 @@ def owned_deployment_changed(body: kopf.Body, type: str | None, memo: kopf.Memo,
     """An owned Deployment changed: restore drift and refresh the owner's Ready condition."""
     if type is None or type == "DELETED":
         return  # the initial listing (resume handles it) or our owner is going away
-    namespace = body["metadata"]["namespace"]
-    name = body["metadata"]["labels"][LABEL_RESOURCE]
-    for _attempt in range(STATUS_CONFLICT_RETRIES):
-        owner = memo.writer.get_resource(namespace, name)
-        if owner is None:
-            return
-        try:
-            run_reconcile(owner, memo.writer, trigger="drift")
-            return
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-            logger.info("status of %s/%s changed meanwhile; reconciling again", namespace, name)
+    meta = body["metadata"]
+    reconcile_latest(meta["namespace"], meta["labels"][LABEL_RESOURCE], memo.writer, "drift")
 
 
 @kopf.on.delete(*RESOURCE, optional=True)

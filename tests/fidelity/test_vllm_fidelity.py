@@ -1,0 +1,314 @@
+"""Rendered command lines against the real vLLM parser and engine-config validation (CPU, offline).
+
+Two directions: everything specpilot renders for a release is accepted by that release, and what
+specpilot refuses is refused by vLLM too (or, where vLLM accepts it at config time, fails when the
+GPU workers start, which is documented per case). scripts/vllm-fidelity-env.sh builds and caches
+one virtualenv per release; tests/fidelity/README.md explains the harness.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+from packaging.version import Version
+
+from specpilot.api.models import SpeculativeInferenceSpec
+from specpilot.findings import Severity
+from specpilot.rendering.args import server_args
+from specpilot.review import render, review
+from tests.conftest import BASE_MANIFEST, EXAMPLES, REPO, load_example
+
+pytestmark = pytest.mark.fidelity
+
+HERE = Path(__file__).parent
+VERSIONS = ["0.33.0", "0.11.0", "0.8.2"]
+LLAMA_8B = "meta-llama/Llama-3.1-8B-Instruct"
+LLAMA_70B = "meta-llama/Llama-3.1-70B-Instruct"
+
+
+@cache
+def vllm_python(version: str) -> str:
+    result = subprocess.run(
+        ["bash", str(REPO / "scripts" / "vllm-fidelity-env.sh"), version],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=1800,
+    )
+    assert result.returncode == 0, f"building the vLLM {version} env failed:\n{result.stderr}"
+    return result.stdout.strip().splitlines()[-1]
+
+
+def run_vllm(version: str, cases: list[dict[str, Any]], tmp: Path) -> dict[str, dict[str, Any]]:
+    path = tmp / f"cases-{version}.json"
+    path.write_text(json.dumps(cases))
+    result = subprocess.run(
+        [vllm_python(version), str(HERE / "check_args.py"), str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=900,
+        cwd=REPO,
+    )
+    assert result.stdout.strip(), f"check_args.py printed nothing:\n{result.stderr[-3000:]}"
+    return {r["name"]: r for r in json.loads(result.stdout)}
+
+
+def resource(**spec: Any) -> dict[str, Any]:
+    doc = copy.deepcopy(BASE_MANIFEST)
+    doc["spec"].update(spec)
+    return doc
+
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "eagle-8b": {
+        "target": {"model": LLAMA_8B, "maxModelLen": 8192},
+        "speculation": {
+            "method": "eagle",
+            "draft": {"model": "yuhuili/EAGLE-LLaMA3.1-Instruct-8B"},
+        },
+        "gpus": {"type": "H100-80GB", "count": 1},
+    },
+    "awq-70b-ngram": {
+        "target": {
+            "model": "hugging-quants/Meta-Llama-3.1-70B-Instruct-AWQ-INT4",
+            "quantization": "awq",
+            "maxModelLen": 8192,
+        },
+        "speculation": {"method": "ngram", "numSpeculativeTokens": 3},
+        "gpus": {"type": "H100-80GB", "count": 1},
+    },
+    "mistral-ngram-half": {
+        "target": {
+            "model": "mistralai/Mistral-7B-Instruct-v0.3",
+            "maxModelLen": 16384,
+            "dtype": "half",
+        },
+        "speculation": {"method": "ngram", "ngram": {"promptLookupMin": 2, "promptLookupMax": 5}},
+        "gpus": {"type": "L40S-48GB", "count": 1},
+    },
+    "qwen72b-draft-7b-tp4": {
+        "target": {
+            "model": "Qwen/Qwen2.5-72B-Instruct",
+            "tensorParallelSize": 4,
+            "maxModelLen": 8192,
+        },
+        "speculation": {
+            "method": "draft_model",
+            "draft": {"model": "Qwen/Qwen2.5-7B-Instruct"},
+            "numSpeculativeTokens": 4,
+        },
+        "gpus": {"type": "H100-80GB", "count": 4},
+    },
+    "405b-tp8-ngram-fp8-kv": {
+        "target": {
+            "model": "meta-llama/Llama-3.1-405B-Instruct",
+            "quantization": "int8",
+            "tensorParallelSize": 8,
+            "maxModelLen": 8192,
+            "kvCacheDtype": "fp8",
+        },
+        "speculation": {"method": "ngram"},
+        "gpus": {"type": "H200-141GB", "count": 8},
+    },
+    "8b-schedule": {
+        "target": {"model": LLAMA_8B, "maxModelLen": 8192},
+        "speculation": {
+            "method": "ngram",
+            "numSpeculativeTokens": 5,
+            "schedule": [
+                {"minBatchSize": 1, "maxBatchSize": 16, "numSpeculativeTokens": 5},
+                {"minBatchSize": 17, "maxBatchSize": 64, "numSpeculativeTokens": 2},
+                {"minBatchSize": 65, "maxBatchSize": 4096, "numSpeculativeTokens": 0},
+            ],
+        },
+        "gpus": {"type": "H100-80GB", "count": 1},
+    },
+    "8b-no-speculation": {
+        "target": {"model": LLAMA_8B, "maxModelLen": 32768, "dtype": "bfloat16"},
+        "speculation": None,
+        "gpus": {"type": "A100-80GB", "count": 1, "memoryUtilization": 0.85},
+    },
+}
+CPU_ONLY_REJECTIONS = {("0.11.0", "405b-tp8-ngram-fp8-kv")}
+"""vLLM 0.11.0's CPU backend refuses an fp8 KV cache that a GPU accepts (see the README)."""
+
+
+def rendered_cases(version: str) -> list[dict[str, Any]]:
+    """Every example and variant that specpilot renders for `version`, both on and off."""
+    docs = {f"example-{p.stem}": load_example(p) for p in EXAMPLES}
+    docs |= {name: resource(**spec) for name, spec in VARIANTS.items()}
+    cases = []
+    for name, doc in docs.items():
+        if (version, name) in CPU_ONLY_REJECTIONS:
+            continue
+        doc = copy.deepcopy(doc)
+        doc["spec"].setdefault("vllm", {})["image"] = f"vllm/vllm-openai:v{version}"
+        if not review(doc).valid:
+            continue  # refused for this release: covered by the refusal cases below
+        for speculation in (True, False):
+            container = render(doc, speculation=speculation)[0]["spec"]["template"]["spec"][
+                "containers"
+            ][0]
+            assert container["command"] == ["vllm", "serve"]
+            cases.append(
+                {
+                    "name": f"{name}-{'on' if speculation else 'off'}",
+                    "argv": container["args"],
+                    "expect": "pass",
+                }
+            )
+    return cases
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_everything_specpilot_renders_is_accepted_by_vllm(version: str, tmp_path: Path) -> None:
+    cases = rendered_cases(version)
+    assert len(cases) >= 8, "too few cases render for this version to mean anything"
+    results = run_vllm(version, cases, tmp_path)
+    failures = {n: r["error"] for n, r in results.items() if not r["ok"]}
+    assert not failures, json.dumps(failures, indent=1)[:4000]
+    assert set(results) == {c["name"] for c in cases}
+
+
+def _args_as_if(doc: dict[str, Any], render_as: str) -> list[str]:
+    """What a renderer that ignored specpilot's refusals would pass (as for `render_as`)."""
+    spec = SpeculativeInferenceSpec.model_validate(doc["spec"])
+    return server_args(spec, Version(render_as))
+
+
+def _refused(doc: dict[str, Any], version: str, code: str) -> None:
+    doc = copy.deepcopy(doc)
+    doc["spec"]["vllm"] = {"image": f"vllm/vllm-openai:v{version}"}
+    codes = {f.code for f in review(doc).findings if f.severity is Severity.ERROR}
+    assert code in codes, f"specpilot does not refuse this ({codes})"
+
+
+REFUSALS: list[tuple[str, str, str, dict[str, Any], str, str]] = [
+    # (case, vLLM release, specpilot's code, resource spec, render as, vLLM's verdict)
+    (
+        "draft-model-on-0.11",
+        "0.11.0",
+        "MethodUnsupportedByVersion",
+        {},
+        "0.33.0",
+        "fail:not supported",
+    ),
+    (
+        "vocab-mismatch-qwen",
+        "0.33.0",
+        "DraftVocabSizeMismatch",
+        {
+            "target": {"model": "Qwen/Qwen2.5-7B-Instruct", "maxModelLen": 8192},
+            "speculation": {
+                "method": "draft_model",
+                "draft": {"model": "Qwen/Qwen2.5-0.5B-Instruct"},
+            },
+            "gpus": {"type": "H100-80GB", "count": 1},
+        },
+        "0.33.0",
+        "fail:vocab",
+    ),
+    (
+        "typical-acceptance-on-0.33",
+        "0.33.0",
+        "TypicalAcceptanceRemoved",
+        {
+            "speculation": {
+                "method": "draft_model",
+                "draft": {"model": LLAMA_8B},
+                "acceptanceMethod": "typical_acceptance_sampler",
+            }
+        },
+        "0.9.2",
+        "fail:acceptance_method",
+    ),
+    (
+        "disable-by-batch-size-on-0.33",
+        "0.33.0",
+        "DisableByBatchSizeRemoved",
+        {
+            "speculation": {
+                "method": "draft_model",
+                "draft": {"model": LLAMA_8B},
+                "disableByBatchSize": 32,
+            }
+        },
+        "0.9.2",
+        "fail:disable_by_batch_size",
+    ),
+    ("legacy-flags-on-0.33", "0.33.0", "", {}, "0.8.2", "fail:--speculative-model"),
+    (
+        "heads-not-divisible-tp3",
+        "0.33.0",
+        "HeadsNotDivisibleByTP",
+        {
+            "target": {
+                "model": LLAMA_70B,
+                "quantization": "int8",
+                "tensorParallelSize": 3,
+                "maxModelLen": 8192,
+            },
+            "speculation": None,
+            "gpus": {"type": "H100-80GB", "count": 3},
+        },
+        "0.33.0",
+        "fail:divisible",
+    ),
+    (
+        "max-model-len-above-model",
+        "0.33.0",
+        "MaxModelLenAboveModel",
+        {
+            "target": {"model": LLAMA_8B, "maxModelLen": 200000},
+            "speculation": None,
+            "gpus": {"type": "H200-141GB", "count": 1},
+        },
+        "0.33.0",
+        "fail:max_model_len",
+    ),
+    # vLLM's config accepts a draft TP of 1 under target TP 2; its GPU workers then refuse it
+    # ("draft_tensor_parallel_size and tensor_parallel_size must be the same"), which cannot
+    # run here: specpilot refuses it up front.
+    (
+        "draft-tp1-under-tp2",
+        "0.33.0",
+        "DraftTensorParallelUnsupported",
+        {
+            "speculation": {
+                "method": "draft_model",
+                "draft": {"model": LLAMA_8B, "tensorParallelSize": 1},
+            }
+        },
+        "0.33.0",
+        "pass",
+    ),
+]
+
+
+def test_what_specpilot_refuses_vllm_refuses_too(tmp_path: Path) -> None:
+    by_version: dict[str, list[dict[str, Any]]] = {}
+    verdicts = {}
+    for name, version, code, spec, render_as, verdict in REFUSALS:
+        doc = resource(**spec)
+        if code:
+            _refused(doc, version, code)
+        case = {"name": name, "argv": _args_as_if(doc, render_as)}
+        by_version.setdefault(version, []).append(case)
+        verdicts[name] = verdict
+    for version, cases in by_version.items():
+        results = run_vllm(version, cases, tmp_path)
+        for name, result in results.items():
+            verdict = verdicts[name]
+            if verdict == "pass":
+                assert result["ok"], f"{name}: {result['error']}"
+                continue
+            assert not result["ok"], f"{name}: vLLM {version} accepted it"
+            needle = verdict.removeprefix("fail:").lower()
+            assert needle in (result["error"] or "").lower(), f"{name}: {result['error']}"
