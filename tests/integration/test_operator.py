@@ -214,7 +214,9 @@ def test_restart_resumes_without_new_applies_or_lost_status(
         assert deployment(api, namespace, name).metadata.resource_version == version
         assert body["status"]["conditions"] == first["status"]["conditions"]
         assert event_reasons(api, namespace, name) == events_before
-        assert "specpilot_reconciles_total" in again.metrics()
+        metrics = again.metrics()
+        assert 'specpilot_reconciles_total{result="ok",trigger="resume"}' in metrics
+        assert "specpilot_resources_managed 1.0" in metrics
 
 
 def test_webhook_rejects_invalid_resources_and_warns_on_tight_plans(

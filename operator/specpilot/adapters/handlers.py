@@ -34,6 +34,20 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+_MANAGED: dict[str, bool] = {}
+"""uid -> whether the resource is valid, for the operator's gauges."""
+
+
+def _track(uid: str, valid: bool) -> None:
+    _MANAGED[uid] = valid
+    _update_gauges()
+
+
+def _update_gauges() -> None:
+    telemetry.RESOURCES_MANAGED.set(len(_MANAGED))
+    telemetry.INVALID_RESOURCES.set(sum(1 for valid in _MANAGED.values() if not valid))
+
+
 _LOCKS: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
 """One reconcile at a time per resource: the resource's and its Deployment's handlers race."""
 
@@ -44,6 +58,7 @@ def run_reconcile(body: Mapping[str, Any], writer: KubeWriter, trigger: str) -> 
     key = (raw["metadata"]["namespace"], raw["metadata"]["name"])
     with _LOCKS[key], telemetry.RECONCILE_SECONDS.time():
         wanted = reconcile.desired(raw)
+        _track(raw["metadata"]["uid"], wanted.review.valid)
         observed = reconcile.Observed()
         applied_events = []
         for obj in wanted.objects:
@@ -99,7 +114,6 @@ def reconcile_latest(namespace: str, name: str, writer: KubeWriter, trigger: str
 @kopf.on.create(*RESOURCE)
 @kopf.on.update(*RESOURCE)
 def reconcile_resource(body: kopf.Body, memo: kopf.Memo, reason: str, **_: Any) -> None:
-    _track(body)
     meta = body["metadata"]
     if not reconcile_latest(meta["namespace"], meta["name"], memo.writer, trigger=str(reason)):
         raise kopf.TemporaryError("some objects could not be applied (see Degraded)", delay=30)
@@ -123,20 +137,6 @@ def owned_deployment_changed(body: kopf.Body, type: str | None, memo: kopf.Memo,
 def forget_resource(body: kopf.Body, **_: Any) -> None:
     _MANAGED.pop(body["metadata"]["uid"], None)
     _update_gauges()
-
-
-_MANAGED: dict[str, bool] = {}
-"""uid -> whether the resource is valid, for the operator's gauges."""
-
-
-def _track(body: kopf.Body) -> None:
-    _MANAGED[body["metadata"]["uid"]] = review(dict(body)).valid
-    _update_gauges()
-
-
-def _update_gauges() -> None:
-    telemetry.RESOURCES_MANAGED.set(len(_MANAGED))
-    telemetry.INVALID_RESOURCES.set(sum(1 for valid in _MANAGED.values() if not valid))
 
 
 def validate(body: kopf.Body, warnings: list[str], **_: Any) -> None:

@@ -68,20 +68,21 @@ class MemoryPlan(BaseModel):
     gpu_count: int
     gpu_memory_gb: float
     memory_utilization: float
-    target: ModelFootprint | None
-    draft: ModelFootprint | None
-    overhead_gb_per_gpu: float
-    left_after_weights_gb: float
-    """All GPUs' memory minus all weights: the framework's 'left for KV cache' before overheads."""
-    kv_cache_gb_per_gpu: float
-    kv_cache_tokens: int
-    kv_cache_tokens_without_speculation: int
     max_model_len: int | None
-    max_concurrent_sequences: int
-    max_concurrent_sequences_without_speculation: int
-    draft_ratio: float | None
-    """Target parameters per draft parameter (9.0 means 1:9)."""
     findings: list[Finding]
+    target: ModelFootprint | None = None
+    """None when the target's architecture is unknown (nothing else can be planned)."""
+    draft: ModelFootprint | None = None
+    overhead_gb_per_gpu: float = 0.0
+    left_after_weights_gb: float = 0.0
+    """All GPUs' memory minus all weights: the framework's 'left for KV cache' before overheads."""
+    kv_cache_gb_per_gpu: float = 0.0
+    kv_cache_tokens: int = 0
+    kv_cache_tokens_without_speculation: int = 0
+    max_concurrent_sequences: int = 0
+    max_concurrent_sequences_without_speculation: int = 0
+    draft_ratio: float | None = None
+    """Target parameters per draft parameter (9.0 means 1:9)."""
 
 
 def bytes_per_parameter(quantization: Quantization, dtype: str) -> float:
@@ -251,7 +252,16 @@ def plan(spec: SpeculativeInferenceSpec, version: Version) -> MemoryPlan:
                 "add spec.target.architecture with the facts from its config.json.",
             )
         )
-        return _unplannable(spec, version, gpu_memory, utilization, findings)
+        return MemoryPlan(
+            verdict="does-not-fit",
+            vllm_version=str(version),
+            gpu_type=gpus.type,
+            gpu_count=gpu_count,
+            gpu_memory_gb=gpu_memory,
+            memory_utilization=utilization,
+            max_model_len=spec.target.max_model_len,
+            findings=findings,
+        )
 
     target = _footprint(
         spec.target.model,
@@ -338,35 +348,6 @@ def plan(spec: SpeculativeInferenceSpec, version: Version) -> MemoryPlan:
 
 def _tokens(kv_gb: float, bytes_per_token: int) -> int:
     return max(0, int(kv_gb * GB // bytes_per_token)) if bytes_per_token else 0
-
-
-def _unplannable(
-    spec: SpeculativeInferenceSpec,
-    version: Version,
-    gpu_memory: float,
-    utilization: float,
-    findings: list[Finding],
-) -> MemoryPlan:
-    return MemoryPlan(
-        verdict="does-not-fit",
-        vllm_version=str(version),
-        gpu_type=spec.gpus.type,
-        gpu_count=spec.target.tensor_parallel_size * spec.target.pipeline_parallel_size,
-        gpu_memory_gb=gpu_memory,
-        memory_utilization=utilization,
-        target=None,
-        draft=None,
-        overhead_gb_per_gpu=0.0,
-        left_after_weights_gb=0.0,
-        kv_cache_gb_per_gpu=0.0,
-        kv_cache_tokens=0,
-        kv_cache_tokens_without_speculation=0,
-        max_model_len=spec.target.max_model_len,
-        max_concurrent_sequences=0,
-        max_concurrent_sequences_without_speculation=0,
-        draft_ratio=None,
-        findings=findings,
-    )
 
 
 def _verdict(findings: list[Finding], concurrency: int) -> Verdict:

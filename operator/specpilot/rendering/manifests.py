@@ -128,27 +128,26 @@ def deployment(
     )
 
 
-def service(resource: SpeculativeInference) -> Manifest:
+def _for_resource(template: str, resource: SpeculativeInference, **values: Any) -> Manifest:
+    """An object named after the resource that selects all of its pods."""
     name = resource.metadata.name
     return _render(
-        "service.yaml.j2",
+        template,
         name=name,
         namespace=resource.metadata.namespace or "default",
         labels=common_labels(name),
         selector={LABEL_RESOURCE: name},
-        port=resource.spec.vllm.port,
+        **values,
     )
 
 
+def service(resource: SpeculativeInference) -> Manifest:
+    return _for_resource("service.yaml.j2", resource, port=resource.spec.vllm.port)
+
+
 def pod_monitor(resource: SpeculativeInference) -> Manifest:
-    name = resource.metadata.name
-    return _render(
-        "podmonitor.yaml.j2",
-        name=name,
-        namespace=resource.metadata.namespace or "default",
-        labels=common_labels(name),
-        selector={LABEL_RESOURCE: name},
-        interval=resource.spec.monitoring.scrape_interval,
+    return _for_resource(
+        "podmonitor.yaml.j2", resource, interval=resource.spec.monitoring.scrape_interval
     )
 
 
