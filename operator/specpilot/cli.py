@@ -249,6 +249,23 @@ def run_operator(
     )
 
 
+@main.group()
+def sim() -> None:
+    """The vLLM stand-in: simulated servers for clusters and tests without GPUs."""
+
+
+@sim.command(
+    "serve",
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+)
+@click.argument("vllm_args", nargs=-1, type=click.UNPROCESSED)
+def sim_serve(vllm_args: tuple[str, ...]) -> None:
+    """Serve like `vllm serve MODEL [flags]` (settings: SPECPILOT_SIM_* variables)."""
+    from specpilot.sim.serve import main as serve
+
+    sys.exit(serve(list(vllm_args)))
+
+
 def _gb(value: float) -> str:
     return f"{value:8.1f} GB"
 

@@ -1,0 +1,1 @@
+"""The vLLM stand-in: a calibrated speculative-decoding simulator that speaks vLLM's API."""

@@ -1,0 +1,258 @@
+"""A continuous-batching engine loop, with the planner's KV cache and the physics' step times.
+
+Time runs `time_scale` times faster than the wall clock: every duration the engine reports (to
+clients and in metrics) is simulated time, so a scaled run looks like a real one, only shorter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+from collections import deque
+from dataclasses import dataclass, field
+
+from packaging.version import Version
+
+from specpilot.api.models import SpeculationMethod, SpeculativeInferenceSpec
+from specpilot.catalog import GPU_TYPES, lookup_model
+from specpilot.findings import Severity
+from specpilot.planning.memory import MemoryPlan, ModelFootprint, plan
+from specpilot.sim import physics
+from specpilot.sim.metrics import VLLMMetrics
+from specpilot.sim.vllm_args import ServerConfig, SimArgsError
+
+WORDS = ("the", "model", "answers", "with", "a", "short", "and", "useful", "sentence", "here")
+
+
+@dataclass
+class Request:
+    prompt_tokens: int
+    max_tokens: int
+    temperature: float
+    echo: float
+    arrival: float
+    stream: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
+    generated: int = 0
+    prefilled: bool = False
+    first_token_at: float | None = None
+    finished_at: float | None = None
+
+    @property
+    def context(self) -> int:
+        return self.prompt_tokens + self.generated
+
+
+def _cost(footprint: ModelFootprint, layers: int) -> physics.ModelCost:
+    return physics.ModelCost(
+        parameters=footprint.parameters_billions * 1e9,
+        weight_bytes_per_gpu=footprint.weights_gb_per_gpu * 1e9,
+        kv_bytes_per_token_per_gpu=footprint.kv_bytes_per_token_per_gpu,
+        layers=layers,
+        tensor_parallel=footprint.tensor_parallel_size,
+    )
+
+
+def plan_for(config: ServerConfig) -> MemoryPlan:
+    """The planner's view of this server: what real vLLM would have for its KV cache."""
+    speculation = None
+    if config.speculation is not None:
+        s = config.speculation
+        speculation = {
+            "method": s.method.value,
+            "numSpeculativeTokens": s.num_speculative_tokens,
+            **(
+                {
+                    "draft": {
+                        "model": s.draft_model,
+                        **(
+                            {"tensorParallelSize": s.draft_tensor_parallel_size}
+                            if s.draft_tensor_parallel_size
+                            else {}
+                        ),
+                    }
+                }
+                if s.draft_model
+                else {}
+            ),
+        }
+    tp, pp = config.tensor_parallel_size, config.pipeline_parallel_size
+    spec = SpeculativeInferenceSpec.model_validate(
+        {
+            "target": {
+                "model": config.model,
+                "quantization": config.quantization.value,
+                "tensorParallelSize": tp,
+                "pipelineParallelSize": pp,
+                "maxModelLen": config.max_model_len,
+                "kvCacheDtype": "auto" if config.kv_cache_dtype == "auto" else "fp8",
+            },
+            "speculation": speculation,
+            "gpus": {
+                "type": config.gpu,
+                "count": tp * pp,
+                "memoryUtilization": config.gpu_memory_utilization,
+            },
+        }
+    )
+    return plan(spec, Version(config.vllm_version))
+
+
+class Engine:
+    def __init__(self, config: ServerConfig, time_scale: float = 1.0, seed: int = 0) -> None:
+        target = lookup_model(config.model)
+        if target is None:
+            raise SimArgsError(f"the simulator has no architecture for {config.model}")
+        memory = plan_for(config)
+        blocking = [f for f in memory.findings if f.severity is Severity.ERROR]
+        if blocking or memory.target is None:
+            raise SimArgsError("vLLM would not start: " + "; ".join(str(f) for f in blocking))
+        self.config = config
+        self.plan = memory
+        self.time_scale = time_scale
+        self.rng = random.Random(seed)
+        self.max_model_len = memory.max_model_len or 0
+        self.capacity = memory.kv_cache_tokens
+        self.hw = physics.Hardware(GPU_TYPES[config.gpu], config.tensor_parallel_size)
+        self.target = _cost(memory.target, target.layers)
+        speculation = config.speculation
+        self.k = speculation.num_speculative_tokens if speculation else 0
+        self.method = speculation.method if speculation else SpeculationMethod.NONE
+        draft_arch = (
+            lookup_model(speculation.draft_model)
+            if speculation and speculation.draft_model
+            else None
+        )
+        self.draft = (
+            _cost(memory.draft, draft_arch.layers if draft_arch else 1) if memory.draft else None
+        )
+        self.acceptance = physics.acceptance_model(
+            self.method, target, draft_arch, config.quantization
+        )
+        self.metrics = VLLMMetrics(config.served_model_name, Version(config.vllm_version), self.k)
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self._wake = asyncio.Event()
+        self._start = 0.0
+        self._words = itertools.cycle(WORDS)
+
+    def now(self) -> float:
+        """Simulated seconds since the engine started."""
+        return (asyncio.get_running_loop().time() - self._start) * self.time_scale
+
+    def submit(
+        self, prompt_tokens: int, max_tokens: int, temperature: float, echo: float
+    ) -> Request:
+        request = Request(prompt_tokens, max_tokens, temperature, echo, arrival=self.now())
+        self.waiting.append(request)
+        self.metrics.waiting.labels(**self.metrics.labels).set(len(self.waiting))
+        self._wake.set()
+        return request
+
+    async def run(self) -> None:
+        self._start = asyncio.get_running_loop().time()
+        while True:
+            self._admit()
+            if not self.running:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            seconds = self._step_seconds()
+            await asyncio.sleep(seconds / self.time_scale)
+            self._advance(seconds)
+
+    def _kv_used(self) -> int:
+        return sum(r.context for r in self.running)
+
+    def _admit(self) -> None:
+        used = self._kv_used()
+        while (
+            self.waiting
+            and len(self.running) < self.config.max_num_seqs
+            and used + self.waiting[0].context + 1 <= self.capacity
+        ):
+            request = self.waiting.popleft()
+            self.running.append(request)
+            used += request.context
+        self._publish_gauges()
+
+    def _publish_gauges(self) -> None:
+        m = self.metrics
+        m.running.labels(**m.labels).set(len(self.running))
+        m.waiting.labels(**m.labels).set(len(self.waiting))
+        m.kv_usage.labels(**m.labels).set(min(1.0, self._kv_used() / max(1, self.capacity)))
+
+    def _step_seconds(self) -> float:
+        decoding = [r for r in self.running if r.prefilled]
+        prefill = sum(r.context for r in self.running if not r.prefilled)
+        batch = len(decoding)
+        context = sum(r.context for r in decoding)
+        per_request = self.k + 1 if self.k else 1
+        seconds = physics.STEP_OVERHEAD_S + self.target.step_seconds(
+            self.hw,
+            batch * per_request + min(prefill, self.config.max_num_batched_tokens),
+            context,
+        )
+        if batch and self.k:
+            if self.draft is not None:
+                one = self.draft.step_seconds(self.hw, batch, context)
+                seconds += self.k * (one + physics.PROPOSER_OVERHEAD_S)
+            else:
+                seconds += batch * physics.NGRAM_LOOKUP_S_PER_REQUEST
+        return seconds
+
+    def _advance(self, step: float) -> None:
+        now = self.now()
+        m, lab = self.metrics, self.metrics.labels
+        accepted_counts = []
+        for request in list(self.running):
+            if not request.prefilled:
+                request.prefilled = True
+                if request.first_token_at is None:  # not a recompute after preemption
+                    request.first_token_at = now
+                    m.prompt_tokens.labels(**lab).inc(request.prompt_tokens)
+                    m.ttft.labels(**lab).observe(now - request.arrival)
+                    self._emit(request, 1, now)
+                continue
+            tokens = 1
+            if self.k:
+                rate = self.acceptance.rate(request.temperature, request.echo)
+                alpha = physics.per_token_alpha(rate, self.k)
+                accepted = physics.sample_accepted(alpha, self.k, self.rng)
+                accepted_counts.append(accepted)
+                tokens = accepted + 1
+            self._emit(request, tokens, now)
+            if m.itl is not None:
+                m.itl.labels(**lab).observe(step)
+            if m.old_tpot is not None:
+                m.old_tpot.labels(**lab).observe(step / tokens)
+        m.record_step(len(accepted_counts), self.k, accepted_counts)
+        self._preempt_if_full()
+        self._publish_gauges()
+
+    def _emit(self, request: Request, tokens: int, now: float) -> None:
+        tokens = min(tokens, request.max_tokens - request.generated)
+        request.generated += tokens
+        self.metrics.generation_tokens.labels(**self.metrics.labels).inc(tokens)
+        text = "".join(" " + next(self._words) for _ in range(tokens))
+        request.stream.put_nowait(text)
+        if request.generated >= request.max_tokens:
+            self._finish(request, now)
+
+    def _finish(self, request: Request, now: float) -> None:
+        m, lab = self.metrics, self.metrics.labels
+        request.finished_at = now
+        self.running.remove(request)
+        request.stream.put_nowait(None)
+        m.e2e.labels(**lab).observe(now - request.arrival)
+        if m.request_tpot is not None and request.generated > 1 and request.first_token_at:
+            m.request_tpot.labels(**lab).observe(
+                (now - request.first_token_at) / (request.generated - 1)
+            )
+
+    def _preempt_if_full(self) -> None:
+        """Out of KV blocks: the newest request goes back to waiting and recomputes later."""
+        while self.running and self._kv_used() > self.capacity:
+            victim = self.running.pop()
+            victim.prefilled = False
+            self.waiting.appendleft(victim)

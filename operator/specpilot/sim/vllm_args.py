@@ -1,0 +1,220 @@
+"""vLLM's `serve` command line, as the simulator understands it.
+
+The simulator starts from exactly the arguments specpilot renders for a pod, so it accepts the
+flags vLLM has for the emulated release and, like vLLM, refuses unknown ones. What vLLM's flags
+do not say (the GPU model, the checkpoint's precision when not on the command line) comes from
+the environment: SPECPILOT_SIM_GPU, SPECPILOT_SIM_QUANTIZATION, SPECPILOT_SIM_VLLM_VERSION.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from packaging.version import Version
+from pydantic import BaseModel
+
+from specpilot.api.models import Quantization, SpeculationMethod
+from specpilot.vllm_versions import NEWEST_VERIFIED, Feature, supports
+
+DEFAULT_GPU = "H100-80GB"
+
+
+class SimArgsError(Exception):
+    """Arguments vLLM itself would refuse; the message is in vLLM's words where it has them."""
+
+
+class Speculation(BaseModel):
+    method: SpeculationMethod
+    draft_model: str | None = None
+    num_speculative_tokens: int
+    draft_tensor_parallel_size: int | None = None
+    prompt_lookup_max: int | None = None
+    prompt_lookup_min: int | None = None
+
+
+class ServerConfig(BaseModel):
+    model: str
+    served_model_name: str
+    host: str
+    port: int
+    tensor_parallel_size: int
+    pipeline_parallel_size: int
+    gpu_memory_utilization: float | None
+    max_model_len: int | None
+    dtype: str
+    kv_cache_dtype: str
+    quantization: Quantization
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    speculation: Speculation | None
+    vllm_version: str
+    gpu: str
+
+
+_COMMON = [
+    ("--host", str, "0.0.0.0"),
+    ("--port", int, 8000),
+    ("--tensor-parallel-size", int, 1),
+    ("--pipeline-parallel-size", int, 1),
+    ("--gpu-memory-utilization", float, None),
+    ("--max-model-len", str, None),
+    ("--dtype", str, "auto"),
+    ("--kv-cache-dtype", str, "auto"),
+    ("--quantization", str, None),
+    ("--load-format", str, "auto"),
+    ("--served-model-name", str, None),
+    ("--max-num-seqs", int, 256),
+    ("--max-num-batched-tokens", int, 8192),
+    ("--seed", int, 0),
+    ("--swap-space", float, 4),
+    ("--block-size", int, 16),
+    ("--download-dir", str, None),
+    ("--revision", str, None),
+    ("--tokenizer", str, None),
+    ("--trust-remote-code", None, False),
+    ("--enforce-eager", None, False),
+    ("--enable-prefix-caching", None, False),
+    ("--disable-log-requests", None, False),
+    ("--disable-log-stats", None, False),
+]
+_LEGACY = [
+    ("--speculative-model", str, None),
+    ("--num-speculative-tokens", int, None),
+    ("--speculative-draft-tensor-parallel-size", int, None),
+    ("--speculative-model-quantization", str, None),
+    ("--ngram-prompt-lookup-max", int, None),
+    ("--ngram-prompt-lookup-min", int, None),
+    ("--spec-decoding-acceptance-method", str, None),
+    ("--typical-acceptance-sampler-posterior-threshold", float, None),
+    ("--typical-acceptance-sampler-posterior-alpha", float, None),
+    ("--speculative-disable-by-batch-size", int, None),
+    ("--use-v2-block-manager", None, False),
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse exits; the simulator reports instead
+        raise SimArgsError(f"vllm: error: {message}")
+
+
+def _parser(version: Version) -> _Parser:
+    parser = _Parser(prog="vllm serve", add_help=False, allow_abbrev=False)
+    parser.add_argument("model")
+    flags = list(_COMMON)
+    if supports(version, Feature.LEGACY_SPECULATIVE_FLAGS):
+        flags += _LEGACY
+    if supports(version, Feature.SPECULATIVE_CONFIG_JSON):
+        flags.append(("--speculative-config", str, None))
+    for flag, kind, default in flags:
+        if kind is None:
+            parser.add_argument(flag, action="store_true", default=default)
+        else:
+            parser.add_argument(flag, type=kind, default=default)
+    return parser
+
+
+def _max_model_len(text: str | None) -> int | None:
+    """vLLM's human-readable lengths: 32k = 32000, 32K = 32768 (newer releases)."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"(\d+)([kKmM]?)", text)
+    if not match:
+        raise SimArgsError(f"vllm: error: argument --max-model-len: invalid value {text!r}")
+    value, suffix = int(match.group(1)), match.group(2)
+    scale = {"": 1, "k": 1000, "K": 1024, "m": 10**6, "M": 2**20}[suffix]
+    return value * scale
+
+
+def _quantization(flag: str | None, model: str, env: Mapping[str, str]) -> Quantization:
+    """The checkpoint's precision: the environment, the flag, or what the name says."""
+    if env.get("SPECPILOT_SIM_QUANTIZATION"):
+        return Quantization(env["SPECPILOT_SIM_QUANTIZATION"])
+    name = (flag or "") + " " + model.lower()
+    for needle, quantization in (
+        ("awq", Quantization.AWQ),
+        ("gptq", Quantization.GPTQ),
+        ("bitsandbytes", Quantization.BITSANDBYTES),
+        ("fp8", Quantization.FP8),
+        ("w8a8", Quantization.INT8),
+        ("int8", Quantization.INT8),
+        ("int4", Quantization.INT4),
+    ):
+        if needle in name:
+            return quantization
+    return Quantization.NONE
+
+
+def _speculation(args: argparse.Namespace) -> Speculation | None:
+    config = getattr(args, "speculative_config", None)
+    if config:
+        try:
+            data = json.loads(config)
+        except ValueError as exc:
+            raise SimArgsError(f"vllm: error: --speculative-config is not JSON: {exc}") from exc
+        if "tensor_parallel_size" in data:
+            raise SimArgsError(
+                "'tensor_parallel_size' is not a valid argument in the speculative_config."
+            )
+        method = data.get("method") or "draft_model"
+        return Speculation(
+            method=SpeculationMethod(method.replace("deepseek_mtp", "mtp")),
+            draft_model=data.get("model"),
+            num_speculative_tokens=data.get("num_speculative_tokens", 1),
+            draft_tensor_parallel_size=data.get("draft_tensor_parallel_size"),
+            prompt_lookup_max=data.get("prompt_lookup_max"),
+            prompt_lookup_min=data.get("prompt_lookup_min"),
+        )
+    draft = getattr(args, "speculative_model", None)
+    if draft is None:
+        return None
+    if args.num_speculative_tokens is None:
+        raise SimArgsError("num_speculative_tokens must be provided with speculative_model")
+    ngram = draft == "[ngram]"
+    return Speculation(
+        method=SpeculationMethod.NGRAM
+        if ngram
+        else (
+            SpeculationMethod.EAGLE if "eagle-" in draft.lower() else SpeculationMethod.DRAFT_MODEL
+        ),
+        draft_model=None if ngram else draft,
+        num_speculative_tokens=args.num_speculative_tokens,
+        draft_tensor_parallel_size=args.speculative_draft_tensor_parallel_size,
+        prompt_lookup_max=args.ngram_prompt_lookup_max,
+        prompt_lookup_min=args.ngram_prompt_lookup_min,
+    )
+
+
+def parse(argv: Sequence[str], env: Mapping[str, str]) -> ServerConfig:
+    """The server configuration for `vllm serve ARGV` in the emulated vLLM release."""
+    version = _emulated_version(argv, env)
+    args = _parser(version).parse_args(list(argv))
+    return ServerConfig(
+        model=args.model,
+        served_model_name=args.served_model_name or args.model,
+        host=args.host,
+        port=args.port,
+        tensor_parallel_size=args.tensor_parallel_size,
+        pipeline_parallel_size=args.pipeline_parallel_size,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        max_model_len=_max_model_len(args.max_model_len),
+        dtype=args.dtype,
+        kv_cache_dtype=args.kv_cache_dtype,
+        quantization=_quantization(args.quantization, args.model, env),
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        speculation=_speculation(args),
+        vllm_version=str(version),
+        gpu=env.get("SPECPILOT_SIM_GPU") or DEFAULT_GPU,
+    )
+
+
+def _emulated_version(argv: Sequence[str], env: Mapping[str, str]) -> Version:
+    """SPECPILOT_SIM_VLLM_VERSION, else 0.8.2 for legacy flags, else the newest verified."""
+    if env.get("SPECPILOT_SIM_VLLM_VERSION"):
+        return Version(env["SPECPILOT_SIM_VLLM_VERSION"])
+    legacy = any(a.split("=", 1)[0] == "--speculative-model" for a in argv)
+    return Version("0.8.2") if legacy else NEWEST_VERIFIED
