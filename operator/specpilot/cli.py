@@ -266,6 +266,19 @@ def sim_serve(vllm_args: tuple[str, ...]) -> None:
     sys.exit(serve(list(vllm_args)))
 
 
+@main.command(
+    "podrunner",
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+    add_help_option=False,
+)
+@click.argument("options", nargs=-1, type=click.UNPROCESSED)
+def podrunner_command(options: tuple[str, ...]) -> None:
+    """Run specpilot's Deployments as local simulator processes (test API servers)."""
+    from specpilot.sim.podrunner import podrunner
+
+    podrunner.main(args=list(options), prog_name="specpilot podrunner")
+
+
 def _gb(value: float) -> str:
     return f"{value:8.1f} GB"
 

@@ -30,6 +30,8 @@ LABEL_RESOURCE = "specpilot.io/resource"
 LABEL_ROLE = "specpilot.io/role"
 LABEL_SPECULATION = "specpilot.io/speculation"
 ANNOTATION_VLLM_VERSION = "specpilot.io/vllm-version"
+ANNOTATION_GPU_TYPE = "specpilot.io/gpu-type"
+ANNOTATION_TARGET_QUANTIZATION = "specpilot.io/target-quantization"
 FIELD_MANAGER = "specpilot"
 SHM_MOUNT = "/dev/shm"
 
@@ -113,7 +115,12 @@ def deployment(
         replicas=replicas,
         selector=selector,
         pod_labels={**pod.labels, **labels, LABEL_SPECULATION: speculation},
-        pod_annotations={**pod.annotations, ANNOTATION_VLLM_VERSION: str(version)},
+        pod_annotations={
+            **pod.annotations,
+            ANNOTATION_VLLM_VERSION: str(version),
+            ANNOTATION_GPU_TYPE: spec.gpus.type,
+            ANNOTATION_TARGET_QUANTIZATION: spec.target.quantization.value,
+        },
         pod=pod,
         image=spec.vllm.image,
         command=COMMAND,

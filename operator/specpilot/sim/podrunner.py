@@ -1,0 +1,965 @@
+# mypy: disallow-untyped-calls=False
+"""`specpilot podrunner`: run the pods of specpilot's Deployments as local processes.
+
+The test control plane (docs/control-plane.md) has no kubelet and no deployment controller, so a
+Deployment never gets pods and its status stays empty. The pod runner plays both roles, for
+Deployments labelled `app.kubernetes.io/managed-by=specpilot` only: one process per replica that
+runs the container's vLLM arguments through the simulator on loopback, readiness from
+`GET /health`, the Deployment status the deployment controller would write, and a Prometheus
+file_sd list of the ready replicas. See docs/podrunner.md.
+
+The functions up to `PodRunner` are pure (desired pods, argument rewrite, environment, rollout
+step, status, service discovery). `PodRunner` does the I/O: watch threads keep a store of
+Deployments, and one loop owns every child process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import http.client
+import json
+import logging
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+import click
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.watch.watch import iter_resp_lines
+
+from specpilot.rendering.manifests import (
+    ANNOTATION_GPU_TYPE,
+    ANNOTATION_TARGET_QUANTIZATION,
+    ANNOTATION_VLLM_VERSION,
+    LABEL_MANAGED_BY,
+    Manifest,
+)
+
+logger = logging.getLogger(__name__)
+
+SELECTOR = f"{LABEL_MANAGED_BY}=specpilot"
+SIMULATOR_ENV_FROM_ANNOTATIONS = {
+    ANNOTATION_GPU_TYPE: "SPECPILOT_SIM_GPU",
+    ANNOTATION_TARGET_QUANTIZATION: "SPECPILOT_SIM_QUANTIZATION",
+    ANNOTATION_VLLM_VERSION: "SPECPILOT_SIM_VLLM_VERSION",
+}
+"""What vLLM's flags do not say but the simulator needs, from the pod template's annotations."""
+ENV_TIME_SCALE = "SPECPILOT_SIM_TIME_SCALE"
+ENV_POD_NAME = "SPECPILOT_POD_NAME"
+LOOPBACK = "127.0.0.1"
+DEFAULT_COMMAND = (sys.executable, "-m", "specpilot.sim", "serve")
+FIELD_MANAGER = "specpilot-podrunner"
+
+TICK_SECONDS = 0.5
+PROBE_TIMEOUT_SECONDS = 1.0
+READINESS_FAILURE_THRESHOLD = 3
+"""Consecutive failed probes before a ready pod turns unready (the template's readinessProbe)."""
+BACKOFF_INITIAL_SECONDS = 1.0
+BACKOFF_MAX_SECONDS = 30.0
+BACKOFF_RESET_SECONDS = 60.0
+"""A process that ran this long before exiting restarts after the initial delay again."""
+WATCH_TIMEOUT_SECONDS = 20
+DEFAULT_GRACE_SECONDS = 10.0
+STATUS_TIMEOUT_SECONDS = 10
+
+Key = tuple[str, str]
+"""(namespace, name) of a Deployment."""
+
+
+# --- Pure part: what should run, and what the Deployment status says about it ------------------
+
+
+def _without_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_none(v) for v in value]
+    return value
+
+
+def template_hash(template: Mapping[str, Any]) -> str:
+    """8 hex digits that change whenever the pod template does (the pod-template-hash role).
+
+    Null values are dropped first: the API sends `creationTimestamp: null`, which must not count
+    as a change between a listed and a watched copy.
+    """
+    canonical = json.dumps(_without_none(template), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:8]
+
+
+def desired_replicas(deployment: Manifest) -> int:
+    replicas = (deployment.get("spec") or {}).get("replicas")
+    return 1 if replicas is None else int(replicas)
+
+
+@dataclass(frozen=True)
+class PodTemplate:
+    """What every replica of one pod template runs; only the pod name and port differ."""
+
+    namespace: str
+    deployment: str
+    hash: str
+    args: tuple[str, ...]
+    env: Mapping[str, str]
+    """Container env literals, GPU type and time scale (not os.environ, not the pod name)."""
+    labels: Mapping[str, str]
+
+
+def pod_template(deployment: Manifest, time_scale: float = 1.0) -> PodTemplate:
+    """The current template of a Deployment, read from its first (single) container."""
+    meta = deployment["metadata"]
+    template = (deployment.get("spec") or {}).get("template") or {}
+    template_meta = template.get("metadata") or {}
+    containers = (template.get("spec") or {}).get("containers") or [{}]
+    container = containers[0]
+    env = {
+        str(e["name"]): str(e.get("value") or "")
+        for e in container.get("env") or []
+        if e.get("valueFrom") is None  # secrets and field refs have no local meaning
+    }
+    annotations = template_meta.get("annotations") or {}
+    for annotation, variable in SIMULATOR_ENV_FROM_ANNOTATIONS.items():
+        if annotations.get(annotation):
+            env[variable] = str(annotations[annotation])
+    env[ENV_TIME_SCALE] = f"{time_scale:g}"
+    return PodTemplate(
+        namespace=meta.get("namespace") or "default",
+        deployment=meta["name"],
+        hash=template_hash(template),
+        args=tuple(str(a) for a in container.get("args") or []),
+        env=env,
+        labels={str(k): str(v) for k, v in (template_meta.get("labels") or {}).items()},
+    )
+
+
+def pod_name(deployment: str, hash_: str, index: int) -> str:
+    return f"{deployment}-{hash_}-{index}"
+
+
+def rewrite_args(args: Sequence[str], port: int, host: str = LOOPBACK) -> list[str]:
+    """The container args with --host and --port pointing at this replica's loopback port.
+
+    Every other argument is kept as is, in order. Both `--flag value` and `--flag=value` forms are
+    rewritten; a missing flag is appended, since vLLM's defaults (0.0.0.0:8000) would collide.
+    """
+    wanted = {"--host": host, "--port": str(port)}
+    seen: set[str] = set()
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        flag, eq, _ = arg.partition("=")
+        if flag in wanted and flag not in seen:
+            seen.add(flag)
+            if eq:
+                out.append(f"{flag}={wanted[flag]}")
+                i += 1
+            else:
+                out += [flag, wanted[flag]]
+                i += 2
+            continue
+        out.append(arg)
+        i += 1
+    for flag, value in wanted.items():
+        if flag not in seen:
+            out += [flag, value]
+    return out
+
+
+def pod_command(prefix: Sequence[str], args: Sequence[str], port: int) -> list[str]:
+    return [*prefix, *rewrite_args(args, port)]
+
+
+def pod_env(base: Mapping[str, str], template: PodTemplate, name: str) -> dict[str, str]:
+    """The runner's environment, then the container's literals, then the simulator settings."""
+    return {**base, **template.env, ENV_POD_NAME: name}
+
+
+@dataclass(frozen=True)
+class PodState:
+    """A pod as the rollout and status logic see it."""
+
+    name: str
+    template_hash: str
+    index: int
+    ready: bool
+
+
+@dataclass(frozen=True)
+class RolloutStep:
+    start: int
+    """How many pods of the current template to start."""
+    stop: tuple[str, ...]
+    """Names of the pods to stop."""
+
+
+def rollout_step(current_hash: str, replicas: int, pods: Sequence[PodState]) -> RolloutStep:
+    """One step toward `replicas` ready pods of the current template (maxSurge 1, maxUnavailable 0).
+
+    Old-template pods that are not ready serve nothing and stop at once; ready ones stay until
+    as many new pods are ready. While old pods remain, at most one extra pod exists; otherwise
+    missing pods all start at once. Extra pods of the current template stop unready first, then
+    the highest index.
+    """
+    new = sorted((p for p in pods if p.template_hash == current_hash), key=lambda p: p.index)
+    old = sorted((p for p in pods if p.template_hash != current_hash), key=lambda p: p.name)
+    ready_new = sum(1 for p in new if p.ready)
+    keep_old = [p for p in old if p.ready][: max(0, replicas - ready_new)]
+    kept = {p.name for p in keep_old}
+    stop = [p.name for p in old if p.name not in kept]
+    excess = sorted(new, key=lambda p: (p.ready, -p.index))[: max(0, len(new) - replicas)]
+    stop += [p.name for p in excess]
+    new_left = len(new) - len(excess)
+    surge = 1 if keep_old else 0
+    start = max(0, min(replicas - new_left, replicas + surge - new_left - len(keep_old)))
+    return RolloutStep(start=start, stop=tuple(stop))
+
+
+def _scaled(value: int | str, total: int, round_up: bool) -> int:
+    if isinstance(value, str) and value.endswith("%"):
+        product = int(value[:-1]) * total
+        return -(-product // 100) if round_up else product // 100
+    return int(value)
+
+
+def max_unavailable(deployment: Manifest, replicas: int) -> int:
+    """As the deployment controller resolves it: 25% rounded down by default, 0 for Recreate."""
+    strategy = (deployment.get("spec") or {}).get("strategy") or {}
+    if strategy.get("type", "RollingUpdate") != "RollingUpdate" or replicas == 0:
+        return 0
+    rolling = strategy.get("rollingUpdate") or {}
+    surge = _scaled(rolling.get("maxSurge", "25%"), replicas, round_up=True)
+    unavailable = _scaled(rolling.get("maxUnavailable", "25%"), replicas, round_up=False)
+    if surge == 0 and unavailable == 0:
+        unavailable = 1
+    return min(unavailable, replicas)
+
+
+def _condition(
+    previous: Mapping[str, Any] | None,
+    ctype: str,
+    status: bool,
+    reason: str,
+    message: str,
+    now: str,
+) -> dict[str, Any]:
+    """A condition that keeps its timestamps while nothing about it changes (no needless writes)."""
+    value = "True" if status else "False"
+    prev = previous or {}
+    same_status = prev.get("status") == value
+    unchanged = same_status and prev.get("reason") == reason and prev.get("message") == message
+    return {
+        "type": ctype,
+        "status": value,
+        "lastUpdateTime": prev.get("lastUpdateTime", now) if unchanged else now,
+        "lastTransitionTime": prev.get("lastTransitionTime", now) if same_status else now,
+        "reason": reason,
+        "message": message,
+    }
+
+
+def deployment_status(deployment: Manifest, pods: Sequence[PodState], now: str) -> dict[str, Any]:
+    """The status the deployment controller would write for these pods.
+
+    Simplified: pods are available as soon as they are ready (no minReadySeconds), and the
+    Progressing condition never turns False (no progressDeadlineSeconds).
+    """
+    desired = desired_replicas(deployment)
+    current = template_hash((deployment.get("spec") or {}).get("template") or {})
+    total = len(pods)
+    updated = sum(1 for p in pods if p.template_hash == current)
+    ready = sum(1 for p in pods if p.ready)
+    replica_set = f'ReplicaSet "{deployment["metadata"]["name"]}-{current}"'
+    previous = {c.get("type"): c for c in (deployment.get("status") or {}).get("conditions") or []}
+    if ready >= desired - max_unavailable(deployment, desired):
+        available = (True, "MinimumReplicasAvailable", "Deployment has minimum availability.")
+    else:
+        available = (
+            False,
+            "MinimumReplicasUnavailable",
+            "Deployment does not have minimum availability.",
+        )
+    if updated == desired and total == desired and ready == desired:
+        progressing = (
+            True,
+            "NewReplicaSetAvailable",
+            f"{replica_set} has successfully progressed.",
+        )
+    else:
+        progressing = (True, "ReplicaSetUpdated", f"{replica_set} is progressing.")
+    return {
+        "observedGeneration": int(deployment["metadata"].get("generation") or 0),
+        "replicas": total,
+        "updatedReplicas": updated,
+        "readyReplicas": ready,
+        "availableReplicas": ready,
+        "unavailableReplicas": max(max(desired, total) - ready, 0),
+        "conditions": [
+            _condition(previous.get("Available"), "Available", *available, now),
+            _condition(previous.get("Progressing"), "Progressing", *progressing, now),
+        ],
+    }
+
+
+def status_differs(observed: Mapping[str, Any], computed: Mapping[str, Any]) -> bool:
+    """Whether `computed` must be written; the API server omits zero counts, so 0 == absent."""
+    for key, value in computed.items():
+        if key == "conditions":
+            have = {c.get("type"): c for c in observed.get("conditions") or []}
+            if set(have) != {c["type"] for c in value}:
+                return True
+            if any(have[c["type"]].get(k) != v for c in value for k, v in c.items()):
+                return True
+        elif (observed.get(key) or 0) != value:
+            return True
+    return False
+
+
+_INVALID_LABEL_CHARS = re.compile(r"[^a-zA-Z0-9_]")
+
+
+def prometheus_label(key: str) -> str:
+    """A label key as a Prometheus label name: app.kubernetes.io/name -> app_kubernetes_io_name."""
+    name = _INVALID_LABEL_CHARS.sub("_", key)
+    return f"_{name}" if not name or name[0].isdigit() else name
+
+
+@dataclass(frozen=True)
+class Target:
+    """A ready replica that Prometheus should scrape."""
+
+    namespace: str
+    deployment: str
+    pod: str
+    port: int
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+def service_discovery(targets: Iterable[Target]) -> list[dict[str, Any]]:
+    """Prometheus file_sd content: one group per ready replica, with the pod's labels."""
+    groups = []
+    for t in sorted(targets, key=lambda t: (t.namespace, t.pod)):
+        labels = {"namespace": t.namespace, "pod": t.pod, "deployment": t.deployment}
+        for key, value in sorted(t.labels.items()):
+            labels.setdefault(prometheus_label(key), value)
+        groups.append({"targets": [f"{LOOPBACK}:{t.port}"], "labels": labels})
+    return groups
+
+
+def restart_delay(previous: float, ran_seconds: float) -> float:
+    """CrashLoopBackOff, shortened: 1 s doubling to 30 s; reset after a minute of running."""
+    if previous <= 0 or ran_seconds >= BACKOFF_RESET_SECONDS:
+        return BACKOFF_INITIAL_SECONDS
+    return min(previous * 2, BACKOFF_MAX_SECONDS)
+
+
+# --- I/O: child processes, probes, the Kubernetes API, the SD file ----------------------------
+
+
+def _load_prctl() -> Any:
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl() if sys.platform == "linux" else None  # looked up before any fork
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask Linux to SIGTERM the child when the runner's spawning thread dies without cleanup."""
+    if _PRCTL is not None:
+        with contextlib.suppress(Exception):
+            _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+
+
+def _healthy(port: int) -> bool:
+    """GET /health on loopback (http.client: no proxy settings apply)."""
+    connection = http.client.HTTPConnection(LOOPBACK, port, timeout=PROBE_TIMEOUT_SECONDS)
+    try:
+        connection.request("GET", "/health")
+        return connection.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        connection.close()
+
+
+def _signal(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    """Signal the child's process group (it leads its own session), so helpers go too."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        process.send_signal(sig)
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write through a temporary file and rename, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def new_api_client(kubeconfig: str | Path | None = None) -> Any:
+    """A client from `kubeconfig`, else $KUBECONFIG (read now, not at import), else ~/.kube."""
+    path = str(kubeconfig) if kubeconfig else os.environ.get("KUBECONFIG") or None
+    return k8s_config.new_client_from_config(config_file=path)
+
+
+@dataclass
+class _Pod:
+    """One replica's process and its probe and restart bookkeeping (owned by the loop thread)."""
+
+    template: PodTemplate
+    name: str
+    index: int
+    port: int
+    command: list[str]
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    ready: bool = False
+    probe_failures: int = 0
+    restarts: int = 0
+    started_at: float = 0.0
+    backoff: float = 0.0
+    restart_at: float = 0.0
+    stop_deadline: float = 0.0
+
+    def state(self) -> PodState:
+        return PodState(self.name, self.template.hash, self.index, self.ready)
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    """A snapshot of one pod, for logs and tests."""
+
+    namespace: str
+    deployment: str
+    name: str
+    template_hash: str
+    port: int
+    pid: int | None
+    ready: bool
+    restarts: int
+    command: tuple[str, ...]
+    log_path: Path
+
+
+class PodRunner:
+    """Kubelet + deployment controller for specpilot's Deployments, with local processes.
+
+    `run()` blocks until `stop()` (the CLI calls it in the main thread); as a context manager it
+    runs in a background thread. Either way, children are started by that one thread, which
+    lives until they are stopped: PR_SET_PDEATHSIG fires when the spawning *thread* ends.
+    """
+
+    def __init__(
+        self,
+        namespaces: Sequence[str] = (),
+        *,
+        time_scale: float = 1.0,
+        sd_file: Path | None = None,
+        log_dir: Path | None = None,
+        command: Sequence[str] | None = None,
+        kubeconfig: str | Path | None = None,
+        api_client: Any = None,
+        grace_seconds: float = DEFAULT_GRACE_SECONDS,
+        tick_seconds: float = TICK_SECONDS,
+    ) -> None:
+        self.namespaces = sorted(set(namespaces))
+        self.time_scale = time_scale
+        self.sd_file = sd_file
+        self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="specpilot-podrunner-"))
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.command = list(command or DEFAULT_COMMAND)
+        self.grace_seconds = grace_seconds
+        self.tick_seconds = tick_seconds
+        self._owns_client = api_client is None
+        self._api = api_client if api_client is not None else new_api_client(kubeconfig)
+        self._apps = k8s.AppsV1Api(self._api)
+        self._store: dict[Key, Manifest] = {}
+        self._store_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._pods: dict[Key, list[_Pod]] = {}
+        self._terminating: list[_Pod] = []
+        self._snapshot: tuple[PodInfo, ...] = ()
+        self._sd_text: str | None = None
+        self._thread: threading.Thread | None = None
+        self._responses: set[Any] = set()
+        """Open watch responses (urllib3), shut down by `stop()`."""
+        self._responses_lock = threading.Lock()
+        self._probes = ThreadPoolExecutor(max_workers=8, thread_name_prefix="podrunner-probe")
+
+    # Lifecycle ---------------------------------------------------------------------------------
+
+    def __enter__(self) -> PodRunner:
+        self._thread = threading.Thread(target=self.run, name="podrunner", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+        if self._thread is not None:
+            self._thread.join()
+
+    def stop(self) -> None:
+        """Ask `run()` to stop every child and return (safe from signal handlers and threads)."""
+        self._stopping.set()
+        self._wake.set()
+        with self._responses_lock:
+            responses = list(self._responses)
+        for response in responses:  # wake the watch threads blocked in a read
+            with contextlib.suppress(Exception):
+                response.shutdown()
+
+    def pods(self) -> tuple[PodInfo, ...]:
+        """The pods as of the end of the last loop iteration."""
+        return self._snapshot
+
+    def run(self) -> None:
+        """Watch and reconcile until `stop()`; then stop every child (SIGTERM, then SIGKILL)."""
+        logger.info(
+            "pod runner: %s, logs in %s, service discovery file %s",
+            "namespaces " + ", ".join(self.namespaces) if self.namespaces else "all namespaces",
+            self.log_dir,
+            self.sd_file or "(none)",
+        )
+        scopes: list[str | None] = [*self.namespaces] or [None]
+        for namespace in scopes:
+            threading.Thread(
+                target=self._watch,
+                args=(namespace,),
+                name=f"podrunner-watch-{namespace or 'all'}",
+                daemon=True,  # stop() shuts its open watch down; it ends on its own
+            ).start()
+        try:
+            self._write_sd([])  # Prometheus may read the file before any replica is ready
+            while not self._stopping.is_set():
+                self._wake.clear()
+                try:
+                    self._tick(time.monotonic())
+                except Exception:
+                    logger.exception("pod runner: loop iteration failed")
+                self._wake.wait(self.tick_seconds)
+        finally:
+            self._shutdown()
+
+    # Watching ----------------------------------------------------------------------------------
+
+    def _watch(self, namespace: str | None) -> None:
+        """List, then watch from that version; on any error wait and list again."""
+        list_fn: Callable[..., Any] = self._apps.list_deployment_for_all_namespaces
+        scope: dict[str, Any] = {}
+        if namespace is not None:
+            list_fn, scope = self._apps.list_namespaced_deployment, {"namespace": namespace}
+        delay = 1.0
+        while not self._stopping.is_set():
+            try:
+                response: Any = list_fn(
+                    **scope, label_selector=SELECTOR, _preload_content=False, _request_timeout=30
+                )
+                body = json.loads(response.data)
+                response.release_conn()
+                self._replace(namespace, body.get("items") or [])
+                version = body["metadata"]["resourceVersion"]
+                delay = 1.0
+                while not self._stopping.is_set():
+                    version = self._watch_once(list_fn, scope, version)
+            except Exception as exc:
+                if self._stopping.is_set():
+                    return
+                logger.warning(
+                    "pod runner: watching Deployments in %s failed (%s); listing again in %.0fs",
+                    namespace or "all namespaces",
+                    exc,
+                    delay,
+                )
+                self._stopping.wait(delay)
+                delay = min(delay * 2, 30.0)
+
+    def _watch_once(self, list_fn: Callable[..., Any], scope: dict[str, Any], version: str) -> str:
+        """One watch request (ends after WATCH_TIMEOUT_SECONDS); returns the last version seen.
+
+        The response is registered so that `stop()` can shut its socket down at once; with the
+        client's `Watch`, a stopped runner would keep each connection open until it times out.
+        """
+        response: Any = list_fn(
+            **scope,
+            label_selector=SELECTOR,
+            watch=True,
+            resource_version=version,
+            timeout_seconds=WATCH_TIMEOUT_SECONDS,
+            _preload_content=False,
+            _request_timeout=(10, WATCH_TIMEOUT_SECONDS + 15),
+        )
+        with self._responses_lock:
+            self._responses.add(response)
+        try:
+            if self._stopping.is_set():
+                return version
+            for line in iter_resp_lines(response):
+                event = json.loads(line)
+                obj = event.get("object") or {}
+                if event.get("type") == "ERROR":  # e.g. 410 Gone: the version is too old
+                    raise ApiException(status=obj.get("code"), reason=obj.get("message"))
+                version = (obj.get("metadata") or {}).get("resourceVersion", version)
+                self._observe(event["type"], obj)
+            return version
+        finally:
+            with self._responses_lock:
+                self._responses.discard(response)
+            with contextlib.suppress(Exception):
+                response.release_conn()
+
+    def _replace(self, namespace: str | None, items: list[Manifest]) -> None:
+        listed = {(d["metadata"]["namespace"], d["metadata"]["name"]): d for d in items}
+        with self._store_lock:
+            for key in [k for k in self._store if namespace is None or k[0] == namespace]:
+                if key not in listed:
+                    del self._store[key]
+            self._store.update(listed)
+        self._wake.set()
+
+    def _observe(self, kind: str, obj: Manifest) -> None:
+        meta = obj.get("metadata") or {}
+        if "name" not in meta:  # BOOKMARK
+            return
+        key = (meta["namespace"], meta["name"])
+        with self._store_lock:
+            if kind == "DELETED":
+                self._store.pop(key, None)
+            elif kind in ("ADDED", "MODIFIED"):
+                self._store[key] = obj
+        self._wake.set()
+
+    # The loop ----------------------------------------------------------------------------------
+
+    def _tick(self, now: float) -> None:
+        with self._store_lock:
+            deployments = dict(self._store)
+        self._reap(now)
+        for key in [k for k in self._pods if k not in deployments]:
+            logger.info("pod runner: Deployment %s/%s is gone; stopping its pods", *key)
+            for pod in self._pods.pop(key):
+                self._stop_pod(pod, now)
+        for pods in self._pods.values():
+            for pod in pods:
+                self._supervise(pod, now)
+        self._probe([p for pods in self._pods.values() for p in pods if p.process is not None])
+        for key, deployment in sorted(deployments.items()):
+            try:
+                self._sync(key, deployment, now)
+            except Exception:
+                logger.exception("pod runner: Deployment %s/%s failed to sync", *key)
+        ready = [p for pods in self._pods.values() for p in pods if p.ready]
+        self._write_sd(
+            Target(p.template.namespace, p.template.deployment, p.name, p.port, p.template.labels)
+            for p in ready
+        )
+        self._publish()
+
+    def _sync(self, key: Key, deployment: Manifest, now: float) -> None:
+        template = pod_template(deployment, self.time_scale)
+        pods = self._pods.setdefault(key, [])
+        step = rollout_step(template.hash, desired_replicas(deployment), [p.state() for p in pods])
+        for pod in [p for p in pods if p.name in step.stop]:
+            pods.remove(pod)
+            self._stop_pod(pod, now)
+        used = {p.index for p in pods if p.template.hash == template.hash}
+        for _ in range(step.start):
+            index = next(i for i in range(len(used) + 1) if i not in used)
+            used.add(index)
+            pods.append(self._new_pod(template, index, now))
+        self._write_status(key, deployment, [p.state() for p in pods])
+
+    def _new_pod(self, template: PodTemplate, index: int, now: float) -> _Pod:
+        name = pod_name(template.deployment, template.hash, index)
+        port = self._free_port()
+        pod = _Pod(
+            template=template,
+            name=name,
+            index=index,
+            port=port,
+            command=pod_command(self.command, template.args, port),
+            env=pod_env(os.environ, template, name),
+            log_path=self.log_dir / f"{template.namespace}_{name}.log",
+        )
+        self._spawn(pod, now)
+        return pod
+
+    def _free_port(self) -> int:
+        """A free loopback port that no pod of ours holds (including ones still stopping)."""
+        taken = {p.port for pods in self._pods.values() for p in pods}
+        taken |= {p.port for p in self._terminating}
+        for _ in range(100):
+            with socket.socket() as s:
+                s.bind((LOOPBACK, 0))
+                port: int = s.getsockname()[1]
+            if port not in taken:
+                return port
+        raise RuntimeError("no free loopback port")
+
+    def _spawn(self, pod: _Pod, now: float) -> None:
+        pod.ready, pod.probe_failures, pod.started_at = False, 0, now
+        with pod.log_path.open("ab") as log:
+            log.write(f"--- {_now()} start #{pod.restarts}: {shlex.join(pod.command)}\n".encode())
+            log.flush()
+            try:
+                pod.process = subprocess.Popen(
+                    pod.command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=pod.env,
+                    start_new_session=True,  # Ctrl-C reaches the runner only; it stops children
+                    preexec_fn=_die_with_parent if _PRCTL is not None else None,
+                )
+            except OSError as exc:
+                log.write(f"--- cannot start: {exc}\n".encode())
+                logger.warning("pod runner: cannot start pod %s: %s", pod.name, exc)
+                pod.process = None
+                pod.backoff = restart_delay(pod.backoff, 0.0)
+                pod.restart_at = now + pod.backoff
+                return
+        logger.info(
+            "pod runner: started pod %s/%s on %s:%d (pid %d)",
+            pod.template.namespace,
+            pod.name,
+            LOOPBACK,
+            pod.port,
+            pod.process.pid,
+        )
+
+    def _supervise(self, pod: _Pod, now: float) -> None:
+        """Notice an exited process (not ready; restart later) and restart it when due."""
+        if pod.process is not None:
+            code = pod.process.poll()
+            if code is None:
+                return
+            pod.process, pod.ready = None, False
+            pod.backoff = restart_delay(pod.backoff, now - pod.started_at)
+            pod.restart_at = now + pod.backoff
+            logger.warning(
+                "pod runner: pod %s/%s exited with code %s; restarting in %.0fs (log: %s)",
+                pod.template.namespace,
+                pod.name,
+                code,
+                pod.backoff,
+                pod.log_path,
+            )
+        elif now >= pod.restart_at:
+            pod.restarts += 1
+            self._spawn(pod, now)
+
+    def _probe(self, pods: list[_Pod]) -> None:
+        results = list(self._probes.map(lambda p: _healthy(p.port), pods))
+        for pod, ok in zip(pods, results, strict=True):
+            if pod.process is None or pod.process.poll() is not None:
+                continue  # exited during the probe; _supervise handles it next time
+            if ok:
+                if not pod.ready:
+                    logger.info("pod runner: pod %s/%s ready", pod.template.namespace, pod.name)
+                pod.ready, pod.probe_failures = True, 0
+                continue
+            pod.probe_failures += 1
+            if pod.ready and pod.probe_failures >= READINESS_FAILURE_THRESHOLD:
+                pod.ready = False
+                logger.warning("pod runner: pod %s/%s not ready", pod.template.namespace, pod.name)
+
+    def _stop_pod(self, pod: _Pod, now: float) -> None:
+        pod.ready = False
+        if pod.process is None or pod.process.poll() is not None:
+            return
+        logger.info("pod runner: stopping pod %s/%s", pod.template.namespace, pod.name)
+        _signal(pod.process, signal.SIGTERM)
+        pod.stop_deadline = now + self.grace_seconds
+        self._terminating.append(pod)
+
+    def _reap(self, now: float) -> None:
+        for pod in list(self._terminating):
+            assert pod.process is not None
+            if pod.process.poll() is not None:
+                self._terminating.remove(pod)
+            elif now >= pod.stop_deadline:
+                logger.warning("pod runner: pod %s did not stop; killing it", pod.name)
+                _signal(pod.process, signal.SIGKILL)
+
+    def _shutdown(self) -> None:
+        """Stop every child: SIGTERM all at once, SIGKILL what is left after the grace period."""
+        running = [p for pods in self._pods.values() for p in pods] + self._terminating
+        processes = [p.process for p in running if p.process is not None]
+        for process in processes:
+            _signal(process, signal.SIGTERM)
+        deadline = time.monotonic() + self.grace_seconds
+        for process in processes:
+            try:
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal(process, signal.SIGKILL)
+                process.wait()
+        self._pods.clear()
+        self._terminating.clear()
+        self._snapshot = ()
+        with contextlib.suppress(OSError):
+            self._write_sd([])
+        self._probes.shutdown(wait=False)
+        if self._owns_client:
+            with contextlib.suppress(Exception):
+                self._api.close()
+        logger.info("pod runner: stopped %d process(es)", len(processes))
+
+    def _publish(self) -> None:
+        self._snapshot = tuple(
+            PodInfo(
+                namespace=p.template.namespace,
+                deployment=p.template.deployment,
+                name=p.name,
+                template_hash=p.template.hash,
+                port=p.port,
+                pid=p.process.pid if p.process is not None else None,
+                ready=p.ready,
+                restarts=p.restarts,
+                command=tuple(p.command),
+                log_path=p.log_path,
+            )
+            for pods in self._pods.values()
+            for p in pods
+        )
+
+    # Outputs -----------------------------------------------------------------------------------
+
+    def _write_status(self, key: Key, deployment: Manifest, pods: list[PodState]) -> None:
+        status = deployment_status(deployment, pods, _now())
+        if not status_differs(deployment.get("status") or {}, status):
+            return
+        namespace, name = key
+        try:
+            response: Any = self._apps.patch_namespaced_deployment_status(
+                name,
+                namespace,
+                {"status": status},
+                field_manager=FIELD_MANAGER,
+                # A dict body would otherwise go out as a JSON patch (the client's first choice).
+                _content_type="application/merge-patch+json",
+                _preload_content=False,
+                _request_timeout=STATUS_TIMEOUT_SECONDS,
+            )
+            written: Manifest = json.loads(response.data)
+            response.release_conn()
+        except ApiException as exc:
+            if exc.status != 404:  # 404: deleted meanwhile; the watch will say so
+                logger.warning("pod runner: status of %s/%s: HTTP %s", namespace, name, exc.status)
+            return
+        except Exception as exc:
+            logger.warning("pod runner: status of %s/%s: %s", namespace, name, exc)
+            return
+        with self._store_lock:
+            stored = self._store.get(key)
+            version = deployment["metadata"].get("resourceVersion")
+            if stored is not None and stored["metadata"].get("resourceVersion") == version:
+                self._store[key] = written  # until the watch brings it, so we don't write twice
+
+    def _write_sd(self, targets: Iterable[Target]) -> None:
+        if self.sd_file is None:
+            return
+        text = json.dumps(service_discovery(targets), indent=2) + "\n"
+        if text != self._sd_text:
+            write_atomically(self.sd_file, text)
+            self._sd_text = text
+
+
+# --- The command ------------------------------------------------------------------------------
+
+
+@click.command("podrunner")
+@click.option(
+    "-n",
+    "--namespace",
+    "namespaces",
+    multiple=True,
+    help="Run the Deployments of these namespaces only (repeatable); all namespaces if none.",
+)
+@click.option(
+    "--time-scale",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="SPECPILOT_SIM_TIME_SCALE for every replica.",
+)
+@click.option(
+    "--sd-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Keep a Prometheus file_sd JSON file listing every ready replica.",
+)
+@click.option(
+    "--log-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder for per-pod log files (default: a new temporary folder).",
+)
+@click.option(
+    "--command",
+    "command",
+    default=None,
+    help="Command prefix for each replica, split like a shell; the rewritten vLLM args follow. "
+    "Default: the running Python with -m specpilot.sim serve.",
+)
+def podrunner(
+    namespaces: tuple[str, ...],
+    time_scale: float,
+    sd_file: Path | None,
+    log_dir: Path | None,
+    command: str | None,
+) -> None:
+    """Run specpilot's Deployments as local simulator processes (a test cluster's kubelet)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    runner = PodRunner(
+        namespaces,
+        time_scale=time_scale,
+        sd_file=sd_file,
+        log_dir=log_dir,
+        command=shlex.split(command) if command else None,
+    )
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        runner.stop()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    runner.run()

@@ -1,0 +1,407 @@
+"""The pod runner on a real API server: a process per replica, status, service discovery, rollout.
+
+Children are a stand-in (a tiny HTTP server written to the test's folder) that records its argv
+and environment, so the tests check exactly what the runner would hand to `specpilot.sim serve`.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client as k8s
+
+from specpilot.review import render
+from specpilot.sim.podrunner import (
+    ANNOTATION_GPU_TYPE,
+    PodRunner,
+    PodState,
+    deployment_status,
+    prometheus_label,
+    rewrite_args,
+    rollout_step,
+    status_differs,
+    template_hash,
+)
+from tests.integration.conftest import example
+from tests.integration.controlplane import ControlPlane
+from tests.integration.operator_process import wait_for
+
+pytestmark = pytest.mark.integration
+
+EXAMPLE = "eagle3-single-h100.yaml"
+
+STANDIN = """\
+import http.server, json, os, sys
+from pathlib import Path
+
+out, argv = Path(sys.argv[1]), sys.argv[2:]
+env = {k: v for k, v in os.environ.items() if k.startswith(("SPECPILOT_", "STANDIN_"))}
+name = f"{env['SPECPILOT_POD_NAME']}.{os.getpid()}"
+(out / f"{name}.tmp").write_text(json.dumps({"argv": argv, "pid": os.getpid(), "env": env}))
+(out / f"{name}.tmp").replace(out / f"{name}.json")
+if (out / "crash").exists():
+    sys.exit(3)
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = {"/health": b"", "/metrics": b"standin_up 1\\n"}.get(self.path)
+        self.send_response(404 if body is None else 200)
+        self.end_headers()
+        self.wfile.write(body or b"")
+
+    def log_message(self, *args):
+        pass
+
+
+host, port = argv[argv.index("--host") + 1], int(argv[argv.index("--port") + 1])
+http.server.ThreadingHTTPServer((host, port), Handler).serve_forever()
+"""
+
+
+@dataclass
+class Harness:
+    api: k8s.ApiClient
+    namespace: str
+    records: Path
+    sd_file: Path
+    command: list[str]
+
+    def record(self, pid: int) -> dict[str, Any]:
+        found = list(self.records.glob(f"*.{pid}.json"))
+        assert found, f"no record for pid {pid}"
+        loaded: dict[str, Any] = json.loads(found[0].read_text())
+        return loaded
+
+    def targets(self) -> list[dict[str, Any]]:
+        groups: list[dict[str, Any]] = json.loads(self.sd_file.read_text())
+        return groups
+
+
+@pytest.fixture
+def harness(
+    tmp_path: Path, api: k8s.ApiClient, namespace: str, control_plane: ControlPlane
+) -> Harness:
+    standin = tmp_path / "standin.py"
+    standin.write_text(STANDIN)
+    records = tmp_path / "records"
+    records.mkdir()
+    command = [sys.executable, str(standin), str(records)]
+    return Harness(api, namespace, records, tmp_path / "sd" / "targets.json", command)
+
+
+@pytest.fixture
+def runner(harness: Harness, control_plane: ControlPlane, tmp_path: Path) -> Iterator[PodRunner]:
+    with PodRunner(
+        [harness.namespace],
+        time_scale=5,
+        sd_file=harness.sd_file,
+        log_dir=tmp_path / "logs",
+        command=harness.command,
+        kubeconfig=control_plane.kubeconfig,
+        grace_seconds=5,
+        tick_seconds=0.2,
+    ) as pod_runner:
+        yield pod_runner
+
+
+def apps(harness: Harness) -> Any:
+    """The apps/v1 API, untyped: the tests read the objects loosely."""
+    return k8s.AppsV1Api(harness.api)
+
+
+def create(harness: Harness, replicas: int) -> dict[str, Any]:
+    """The example's rendered Deployment, with a GPU annotation and env entries to pass on."""
+    body: dict[str, Any] = render(example(EXAMPLE, harness.namespace, replicas=replicas))[0]
+    template = body["spec"]["template"]
+    template["metadata"]["annotations"][ANNOTATION_GPU_TYPE] = "A100-80GB"
+    template["spec"]["containers"][0]["env"] = [
+        {"name": "STANDIN_LITERAL", "value": "x"},
+        {"name": "STANDIN_SECRET", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+    ]
+    apps(harness).create_namespaced_deployment(harness.namespace, body)
+    return body
+
+
+def rolled_out(harness: Harness, name: str, replicas: int) -> Any:
+    """The Deployment once its status says `replicas` updated, ready pods of this generation."""
+    d = apps(harness).read_namespaced_deployment(name, harness.namespace)
+    s = d.status
+    counts = (s.replicas or 0, s.updated_replicas or 0, s.ready_replicas or 0)
+    current = s.observed_generation == d.metadata.generation
+    return d if current and counts == (replicas, replicas, replicas) else None
+
+
+def conditions(deployment: Any) -> dict[str, tuple[str, str]]:
+    return {c.type: (c.status, c.reason) for c in deployment.status.conditions or []}
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def get(host: str, port: int, path: str) -> bytes:
+    """A GET that ignores proxy settings, as Prometheus on loopback would."""
+    connection = http.client.HTTPConnection(host, port, timeout=5)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        assert response.status == 200
+        return response.read()
+    finally:
+        connection.close()
+
+
+def expected_args(args: list[str], port: int) -> list[str]:
+    out = list(args)
+    out[args.index("--host") + 1] = "127.0.0.1"
+    out[args.index("--port") + 1] = str(port)
+    return out
+
+
+def test_replicas_run_report_status_roll_out_and_scale_to_zero(
+    harness: Harness, runner: PodRunner
+) -> None:
+    body = create(harness, replicas=2)
+    name = body["metadata"]["name"]
+    args = body["spec"]["template"]["spec"]["containers"][0]["args"]
+    d = wait_for(lambda: rolled_out(harness, name, 2), what="2 ready replicas")
+    assert d.status.available_replicas == 2
+    assert not d.status.unavailable_replicas
+    assert conditions(d) == {
+        "Available": ("True", "MinimumReplicasAvailable"),
+        "Progressing": ("True", "NewReplicaSetAvailable"),
+    }
+
+    pods = runner.pods()
+    assert len(pods) == 2
+    assert all(p.ready for p in pods)
+    assert len({p.port for p in pods}) == 2
+    first_hash = pods[0].template_hash
+    assert sorted(p.name for p in pods) == [f"{name}-{first_hash}-0", f"{name}-{first_hash}-1"]
+    assert re.fullmatch("[0-9a-f]{8}", first_hash)
+    for pod in pods:
+        assert pod.pid is not None
+        record = harness.record(pod.pid)
+        assert record["argv"] == expected_args(args, pod.port)
+        assert pod.command == (*harness.command, *record["argv"])
+        expected_env = {
+            "SPECPILOT_POD_NAME": pod.name,
+            "SPECPILOT_SIM_TIME_SCALE": "5",
+            "SPECPILOT_SIM_GPU": "A100-80GB",
+            "STANDIN_LITERAL": "x",
+        }
+        assert {k: record["env"].get(k) for k in expected_env} == expected_env
+        assert "STANDIN_SECRET" not in record["env"]  # valueFrom is ignored
+
+    wait_for(lambda: len(harness.targets()) == 2, what="both replicas in the SD file")
+    groups = harness.targets()
+    by_pod = {p.name: p for p in pods}
+    for group in groups:
+        labels = group["labels"]
+        pod = by_pod[labels["pod"]]
+        assert group["targets"] == [f"127.0.0.1:{pod.port}"]
+        assert labels["namespace"] == harness.namespace
+        assert labels["deployment"] == name
+        assert labels["specpilot_io_resource"] == name
+        assert labels["app_kubernetes_io_name"] == "vllm"
+        assert labels["specpilot_io_speculation"] == "on"
+        assert b"standin_up 1" in get("127.0.0.1", pod.port, "/metrics")
+
+    # A template change replaces every pod (one new ready pod, then one old one stopped).
+    new_args = [
+        "0.9" if a == "0.92" and args[i - 1] == "--gpu-memory-utilization" else a
+        for i, a in enumerate(args)
+    ]
+    assert new_args != args
+    apps(harness).patch_namespaced_deployment(
+        name,
+        harness.namespace,
+        {"spec": {"template": {"spec": {"containers": [{"name": "vllm", "args": new_args}]}}}},
+        _content_type="application/strategic-merge-patch+json",
+    )
+    d = wait_for(
+        lambda: (d2 := rolled_out(harness, name, 2)) and d2.metadata.generation == 2 and d2,
+        what="the rollout",
+    )
+    assert conditions(d)["Progressing"] == ("True", "NewReplicaSetAvailable")
+    rolled = runner.pods()
+    assert len(rolled) == 2
+    assert {p.template_hash for p in rolled} == {template_hash(_template(harness, name))}
+    assert first_hash not in {p.template_hash for p in rolled}
+    for pod in rolled:
+        assert pod.pid is not None
+        assert harness.record(pod.pid)["argv"] == expected_args(new_args, pod.port)
+    wait_for(lambda: not any(alive(p.pid) for p in pods if p.pid), what="old pods to stop")
+
+    apps(harness).patch_namespaced_deployment_scale(
+        name, harness.namespace, {"spec": {"replicas": 0}},
+        _content_type="application/merge-patch+json",
+    )  # fmt: skip
+    d = wait_for(
+        lambda: (d2 := rolled_out(harness, name, 0)) and d2.metadata.generation == 3 and d2,
+        what="scale to 0",
+    )
+    assert runner.pods() == ()
+    wait_for(lambda: not any(alive(p.pid) for p in rolled if p.pid), what="pods to stop")
+    assert harness.targets() == []
+
+
+def _template(harness: Harness, name: str) -> dict[str, Any]:
+    response = apps(harness).read_namespaced_deployment(
+        name, harness.namespace, _preload_content=False
+    )
+    template: dict[str, Any] = json.loads(response.data)["spec"]["template"]
+    return template
+
+
+def test_crashing_replica_backs_off_and_deleted_deployment_stops(
+    harness: Harness, runner: PodRunner
+) -> None:
+    name = create(harness, replicas=1)["metadata"]["name"]
+    wait_for(lambda: rolled_out(harness, name, 1), what="a ready replica")
+    (first,) = runner.pods()
+    assert first.pid is not None
+
+    (harness.records / "crash").touch()  # every restart now exits at once
+    os.kill(first.pid, signal.SIGKILL)
+
+    def crash_looping() -> Any:
+        (pod,) = runner.pods()
+        d = apps(harness).read_namespaced_deployment(name, harness.namespace)
+        unready = not pod.ready and not d.status.ready_replicas
+        return pod.restarts >= 2 and unready and d
+
+    d = wait_for(crash_looping, what="a crash loop")
+    assert conditions(d)["Available"] == ("False", "MinimumReplicasUnavailable")
+    assert d.status.unavailable_replicas == 1
+    assert d.status.replicas == 1  # a crash-looping pod still exists
+    assert harness.targets() == []
+
+    (harness.records / "crash").unlink()
+    wait_for(lambda: rolled_out(harness, name, 1), timeout=30, what="recovery")
+    (pod,) = runner.pods()
+    assert pod.name == first.name  # restarted in place, like a container
+    assert pod.port == first.port
+    assert pod.restarts >= 2
+    assert pod.log_path.read_text().count(" start #") == pod.restarts + 1
+
+    apps(harness).delete_namespaced_deployment(name, harness.namespace)
+    wait_for(lambda: runner.pods() == (), what="pods of the deleted Deployment to stop")
+    pid = pod.pid
+    assert pid is not None
+    wait_for(lambda: not alive(pid), what="the process to end")
+    assert harness.targets() == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_command_stops_children_when_it_ends(
+    harness: Harness, control_plane: ControlPlane, tmp_path: Path, sig: signal.Signals
+) -> None:
+    """SIGTERM: a clean stop. SIGKILL: PR_SET_PDEATHSIG still takes the children down."""
+    command = [
+        sys.executable,
+        "-c",
+        "from specpilot.sim.podrunner import podrunner; podrunner()",
+        "--namespace", harness.namespace,
+        "--command", shlex.join(harness.command),
+        "--sd-file", str(harness.sd_file),
+        "--log-dir", str(tmp_path / "logs"),
+        "--time-scale", "2",
+    ]  # fmt: skip
+    log = tmp_path / "podrunner.log"
+    env = {**os.environ, "KUBECONFIG": str(control_plane.kubeconfig)}
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        name = create(harness, replicas=1)["metadata"]["name"]
+        wait_for(lambda: rolled_out(harness, name, 1), what=log.read_text)
+        (group,) = harness.targets()
+        child = int(next(harness.records.glob("*.json")).name.split(".")[-2])
+        assert harness.record(child)["env"]["SPECPILOT_SIM_TIME_SCALE"] == "2"
+        assert group["labels"]["pod"] == harness.record(child)["env"]["SPECPILOT_POD_NAME"]
+        process.send_signal(sig)
+        code = process.wait(timeout=15)
+        assert code == (0 if sig == signal.SIGTERM else -signal.SIGKILL), log.read_text()
+        wait_for(lambda: not alive(child), timeout=10, what="the child to end")
+        if sig == signal.SIGTERM:
+            assert harness.targets() == []
+            assert "stopped 1 process(es)" in log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+# Pure parts (no server) --------------------------------------------------------------------------
+
+
+def test_rewrite_args_keeps_everything_but_host_and_port() -> None:
+    args = ["m", "--host", "0.0.0.0", "--max-model-len", "8", "--port=8000", "--port", "9"]
+    assert rewrite_args(args, 1234) == [
+        "m", "--host", "127.0.0.1", "--max-model-len", "8", "--port=1234", "--port", "9",
+    ]  # fmt: skip
+    assert rewrite_args(["m"], 5) == ["m", "--host", "127.0.0.1", "--port", "5"]
+
+
+def test_rollout_surges_one_pod_and_keeps_ready_old_pods_until_replaced() -> None:
+    def pod(name: str, h: str, index: int, ready: bool) -> PodState:
+        return PodState(name, h, index, ready)
+
+    old = [pod("a-0", "a", 0, True), pod("a-1", "a", 1, True)]
+    assert rollout_step("b", 2, old).start == 1
+    assert rollout_step("b", 2, old).stop == ()
+    step = rollout_step("b", 2, [*old, pod("b-0", "b", 0, True)])
+    assert (step.start, step.stop) == (1, ("a-1",))
+    step = rollout_step("b", 2, [old[0], pod("b-0", "b", 0, True), pod("b-1", "b", 1, False)])
+    assert (step.start, step.stop) == (0, ())
+    step = rollout_step("b", 2, [pod("a-0", "a", 0, False), pod("b-0", "b", 0, False)])
+    assert (step.start, step.stop) == (1, ("a-0",))
+    step = rollout_step("b", 1, [pod("b-0", "b", 0, True), pod("b-1", "b", 1, False)])
+    assert (step.start, step.stop) == (0, ("b-1",))
+    assert rollout_step("b", 3, []).start == 3
+    assert rollout_step("b", 0, old).stop == ("a-0", "a-1")
+
+
+def test_status_is_written_only_when_it_changes() -> None:
+    deployment: dict[str, Any] = {
+        "metadata": {"name": "d", "generation": 4},
+        "spec": {"replicas": 2, "template": {"metadata": {"labels": {"a": "b"}}}},
+    }
+    h = template_hash(deployment["spec"]["template"])
+    pods = [PodState("p0", h, 0, True), PodState("p1", "old", 0, True)]
+    status = deployment_status(deployment, pods, "2024-01-01T00:00:00Z")
+    assert status["observedGeneration"] == 4
+    assert (status["replicas"], status["updatedReplicas"], status["readyReplicas"]) == (2, 1, 2)
+    assert [c["reason"] for c in status["conditions"]] == [
+        "MinimumReplicasAvailable",
+        "ReplicaSetUpdated",
+    ]
+    # The API server drops zero counts; timestamps are kept while a condition stays the same.
+    stored = {k: v for k, v in status.items() if v != 0}
+    assert not status_differs(stored, status)
+    later = deployment_status({**deployment, "status": stored}, pods, "2030-01-01T00:00:00Z")
+    assert later == status
+    assert status_differs(stored, deployment_status({**deployment, "status": stored}, [], "x"))
+
+
+def test_prometheus_label_names() -> None:
+    assert prometheus_label("specpilot.io/resource") == "specpilot_io_resource"
+    assert prometheus_label("app.kubernetes.io/name") == "app_kubernetes_io_name"
+    assert prometheus_label("9lives") == "_9lives"
