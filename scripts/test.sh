@@ -22,6 +22,9 @@ if ! command -v kubectl >/dev/null; then
 fi
 KUBEBUILDER_ASSETS=$(bash scripts/kube-assets.sh | tail -n 1)
 export KUBEBUILDER_ASSETS
+echo "== Prometheus (Debian package, unpacked into the cache)"
+PROMETHEUS_BIN_DIR=$(bash scripts/prometheus-assets.sh | tail -n 1)
+export PROMETHEUS_BIN_DIR
 
 echo "== real vLLM releases for the fidelity tests (CPU-only virtualenvs, built once, cached)"
 for version in 0.33.0 0.11.0 0.8.2; do

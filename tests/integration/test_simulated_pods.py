@@ -4,6 +4,7 @@ the Deployment's own args, and the metrics the control loop will query are serve
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from pathlib import Path
 
@@ -73,3 +74,60 @@ def test_rendered_deployment_runs_as_simulated_vllm(
             metrics = response.read().decode()
     assert 'vllm:spec_decode_num_draft_tokens_total{engine="0"' in metrics
     assert "vllm:kv_cache_usage_perc" in metrics  # vLLM 0.33.0, from the pod's annotation
+
+
+RESOURCE = "namespace, specpilot_io_resource"
+ACCEPTANCE = (
+    f"sum by ({RESOURCE}) (rate(vllm:spec_decode_num_accepted_tokens_total[30s])) / "
+    f"(sum by ({RESOURCE}) (rate(vllm:spec_decode_num_draft_tokens_total[30s])) > 0)"
+)
+P99_TPOT = (
+    "histogram_quantile(0.99, sum by (le, namespace, specpilot_io_resource) "
+    "(rate(vllm:request_time_per_output_token_seconds_bucket[30s])))"
+)
+
+
+def test_prometheus_scrapes_simulated_pods_and_answers_the_control_loops_queries(
+    api: k8s.ApiClient, control_plane: ControlPlane, namespace: str, tmp_path: Path
+) -> None:
+    from tests.integration.prometheus import Prometheus
+
+    doc = example("eagle3-single-h100.yaml", namespace)
+    deployment = render(doc)[0]
+    model = deployment["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    sd_file = tmp_path / "targets.json"
+    with (
+        PodRunner(
+            [namespace],
+            time_scale=20,
+            sd_file=sd_file,
+            log_dir=tmp_path / "logs",
+            kubeconfig=control_plane.kubeconfig,
+            tick_seconds=0.2,
+        ),
+        Prometheus(sd_file) as prometheus,
+    ):
+        k8s.AppsV1Api(api).create_namespaced_deployment(namespace, deployment)
+        wait_for(lambda: sd_file.exists() and json.loads(sd_file.read_text()), timeout=60)
+        target = json.loads(sd_file.read_text())[0]["targets"][0]
+        wait_for(lambda: prometheus.query("up == 1"), timeout=30, what="the first scrape")
+        for _ in range(20):
+            request = urllib.request.Request(
+                f"http://{target}/v1/completions",
+                data=json.dumps(
+                    {"model": model, "prompt": "summarise this", "max_tokens": 64, "temperature": 0}
+                ).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            urllib.request.urlopen(request, timeout=30).close()
+            time.sleep(0.2)  # spread over several scrapes, so rate() sees the counters rise
+        acceptance = wait_for(
+            lambda: prometheus.query(ACCEPTANCE), timeout=30, what="the acceptance query"
+        )
+        tpot = wait_for(lambda: prometheus.query(P99_TPOT), timeout=30, what="P99 TPOT")
+    assert acceptance[0]["metric"] == {
+        "namespace": namespace,
+        "specpilot_io_resource": "llama-8b-eagle3",
+    }
+    assert 0.5 < float(acceptance[0]["value"][1]) < 0.97  # EAGLE-3 at temperature 0
+    assert 0.001 < float(tpot[0]["value"][1]) < 0.1  # seconds per token, simulated time

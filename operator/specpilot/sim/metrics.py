@@ -161,6 +161,18 @@ class VLLMMetrics:
         )
         self._draft_total = 0
         self._accepted_total = 0
+        self._create_series(speculative_tokens)
+
+    def _create_series(self, speculative_tokens: int) -> None:
+        """Every series exists from the start at zero, as in vLLM, so rate() sees the first rise."""
+        for family in vars(self).values():
+            if isinstance(family, Counter | Gauge | Histogram) and family is not (
+                self.accepted_per_position
+            ):
+                family.labels(**self.labels)
+        if self.accepted_per_position is not None:
+            for position in range(speculative_tokens):
+                self.accepted_per_position.labels(**self.labels, position=str(position))
 
     def record_step(self, requests: int, proposed: int, accepted: list[int]) -> None:
         """A verification step: `requests` drafts of `proposed` tokens, `accepted` per request."""

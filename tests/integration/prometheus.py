@@ -1,0 +1,101 @@
+"""A real Prometheus (Debian's 2.42) on loopback for tests, scraping file-discovered targets."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.integration.controlplane import REPO
+from tests.integration.operator_process import free_port, wait_for
+
+
+def prometheus_bin() -> Path:
+    result = subprocess.run(
+        ["bash", str(REPO / "scripts" / "prometheus-assets.sh")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
+class Prometheus:
+    """Scrapes every target listed in `sd_file` each second; stops and cleans up on exit."""
+
+    def __init__(self, sd_file: Path, scrape_interval: str = "1s") -> None:
+        self.port = free_port()
+        self.workdir = Path(tempfile.mkdtemp(prefix="specpilot-prometheus-"))
+        self.config = self.workdir / "prometheus.yml"
+        self.config.write_text(
+            yaml.safe_dump(
+                {
+                    "global": {
+                        "scrape_interval": scrape_interval,
+                        "evaluation_interval": scrape_interval,
+                    },
+                    "scrape_configs": [
+                        {
+                            "job_name": "vllm",
+                            "file_sd_configs": [
+                                {"files": [str(sd_file)], "refresh_interval": "1s"}
+                            ],
+                        }
+                    ],
+                }
+            )
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Prometheus:
+        log = (self.workdir / "prometheus.log").open("wb")
+        self.process = subprocess.Popen(
+            [
+                str(prometheus_bin() / "prometheus"),
+                f"--config.file={self.config}",
+                f"--storage.tsdb.path={self.workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for(
+            self._ready,
+            timeout=30,
+            what=lambda: (self.workdir / "prometheus.log").read_text(errors="replace"),
+        )
+        return self
+
+    def _ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode(
+            {"query": promql, "time": f"{time.time():.3f}"}
+        )
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body = json.load(response)
+        assert body["status"] == "success", body
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=20)
