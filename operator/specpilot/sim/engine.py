@@ -21,8 +21,18 @@ from specpilot.planning.memory import MemoryPlan, ModelFootprint, plan
 from specpilot.sim import physics
 from specpilot.sim.metrics import VLLMMetrics
 from specpilot.sim.vllm_args import ServerConfig, SimArgsError
+from specpilot.vllm_versions import Feature, supports
 
 WORDS = ("the", "model", "answers", "with", "a", "short", "and", "useful", "sentence", "here")
+
+
+@dataclass(frozen=True)
+class Arrival:
+    at: float
+    prompt_tokens: int
+    max_tokens: int
+    temperature: float = 0.0
+    echo: float = 0.3
 
 
 @dataclass
@@ -129,7 +139,9 @@ class Engine:
         self.acceptance = physics.acceptance_model(
             self.method, target, draft_arch, config.quantization
         )
-        self.metrics = VLLMMetrics(config.served_model_name, Version(config.vllm_version), self.k)
+        version = Version(config.vllm_version)
+        self.v0 = supports(version, Feature.V0_ENGINE)
+        self.metrics = VLLMMetrics(config.served_model_name, version, self.k)
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self._wake = asyncio.Event()
@@ -141,9 +153,16 @@ class Engine:
         return (asyncio.get_running_loop().time() - self._start) * self.time_scale
 
     def submit(
-        self, prompt_tokens: int, max_tokens: int, temperature: float, echo: float
+        self,
+        prompt_tokens: int,
+        max_tokens: int,
+        temperature: float,
+        echo: float,
+        at: float | None = None,
     ) -> Request:
-        request = Request(prompt_tokens, max_tokens, temperature, echo, arrival=self.now())
+        """Queue a request; `at` is its arrival in simulated time (now, when serving HTTP)."""
+        arrival = self.now() if at is None else at
+        request = Request(prompt_tokens, max_tokens, temperature, echo, arrival=arrival)
         self.waiting.append(request)
         self.metrics.waiting.labels(**self.metrics.labels).set(len(self.waiting))
         self._wake.set()
@@ -159,7 +178,33 @@ class Engine:
                 continue
             seconds = self._step_seconds()
             await asyncio.sleep(seconds / self.time_scale)
-            self._advance(seconds)
+            self._advance(seconds, self.now())
+
+    def simulate(self, arrivals: list[Arrival]) -> list[Request]:
+        """Play arrivals in simulated time only (discrete events, no sleeping, deterministic).
+
+        The HTTP server runs the same steps against the wall clock; this mode is for calibration
+        and benchmarks, where a simulated hour should take seconds and never depend on load.
+        """
+        pending = deque(sorted(arrivals, key=lambda a: a.at))
+        requests: list[Request] = []
+        clock = 0.0
+        while pending or self.waiting or self.running:
+            while pending and pending[0].at <= clock:
+                a = pending.popleft()
+                requests.append(
+                    self.submit(a.prompt_tokens, a.max_tokens, a.temperature, a.echo, at=a.at)
+                )
+            self._admit()
+            if not self.running:
+                if not pending:
+                    break  # waiting requests that can never fit: vLLM would reject them too
+                clock = pending[0].at
+                continue
+            step = self._step_seconds()
+            clock += step
+            self._advance(step, clock)
+        return requests
 
     def _kv_used(self) -> int:
         return sum(r.context for r in self.running)
@@ -188,21 +233,26 @@ class Engine:
         batch = len(decoding)
         context = sum(r.context for r in decoding)
         per_request = self.k + 1 if self.k else 1
+        expansion = per_request if self.v0 else 1  # V0 scored each position as a sequence
         seconds = physics.STEP_OVERHEAD_S + self.target.step_seconds(
             self.hw,
             batch * per_request + min(prefill, self.config.max_num_batched_tokens),
-            context,
+            context * expansion,
         )
         if batch and self.k:
+            if self.v0:
+                seconds += physics.V0_VERIFY_OVERHEAD_S
             if self.draft is not None:
                 one = self.draft.step_seconds(self.hw, batch, context)
-                seconds += self.k * (one + physics.PROPOSER_OVERHEAD_S)
+                overhead = (
+                    physics.V0_PROPOSER_OVERHEAD_S if self.v0 else (physics.PROPOSER_OVERHEAD_S)
+                )
+                seconds += self.k * (one + overhead)
             else:
                 seconds += batch * physics.NGRAM_LOOKUP_S_PER_REQUEST
         return seconds
 
-    def _advance(self, step: float) -> None:
-        now = self.now()
+    def _advance(self, step: float, now: float) -> None:
         m, lab = self.metrics, self.metrics.labels
         accepted_counts = []
         for request in list(self.running):

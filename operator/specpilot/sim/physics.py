@@ -26,7 +26,12 @@ STEP_OVERHEAD_S = 0.002
 ALLREDUCE_S = 12e-6
 """One tensor-parallel all-reduce (two per layer)."""
 PROPOSER_OVERHEAD_S = 0.0004
-"""Per draft forward pass: launches and bookkeeping beyond its roofline time."""
+"""Per draft forward pass: launches and bookkeeping beyond its roofline time (V1)."""
+V0_PROPOSER_OVERHEAD_S = 0.0015
+"""The same on the V0 engine (vLLM < 0.10), whose proposer ran through the Python worker."""
+V0_VERIFY_OVERHEAD_S = 0.003
+"""V0's scorer and rejection sampler per speculative step. V0 also scored by batch expansion:
+each of the k+1 positions was a sequence of its own, re-reading that request's KV cache."""
 NGRAM_LOOKUP_S_PER_REQUEST = 0.00002
 """CPU prompt lookup for one request (n-gram and suffix methods)."""
 
@@ -78,7 +83,7 @@ class ModelCost:
     tensor_parallel: int
 
     def step_seconds(self, hw: Hardware, tokens: int, context_tokens: int) -> float:
-        """One forward pass over `tokens` new tokens attending to `context_tokens` cached ones."""
+        """One forward pass over `tokens` new tokens reading `context_tokens` cached ones."""
         memory = (
             self.weight_bytes_per_gpu + context_tokens * self.kv_bytes_per_token_per_gpu
         ) / hw.bandwidth
