@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
-import ctypes
 import json
 import os
 import secrets
@@ -43,6 +41,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from specpilot.processes import die_with_parent
 
 REPO = Path(__file__).resolve().parents[2]
 ASSETS_SCRIPT = REPO / "scripts" / "kube-assets.sh"
@@ -123,24 +123,6 @@ def _free_ports(count: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
-
-
-def _load_prctl() -> Any:
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _load_prctl() if sys.platform == "linux" else None  # looked up before any fork
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Ask Linux to SIGTERM the child if the Python process dies without cleaning up."""
-    if _PRCTL is not None:
-        with contextlib.suppress(Exception):
-            _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
 
 def _remove_stale_workdirs(root: Path) -> None:
@@ -365,7 +347,7 @@ class ControlPlane:
                 cwd=self._dir,
                 env=env,
                 start_new_session=True,  # Ctrl-C in a terminal reaches us, not the children
-                preexec_fn=_die_with_parent if _PRCTL is not None else None,
+                preexec_fn=die_with_parent,
             )
         self._procs[name] = proc
         return proc

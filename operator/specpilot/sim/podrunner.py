@@ -16,7 +16,6 @@ Deployments, and one loop owns every child process.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import http.client
 import json
@@ -45,6 +44,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
+from specpilot.processes import die_with_parent
 from specpilot.rendering.manifests import (
     ANNOTATION_GPU_TYPE,
     ANNOTATION_TARGET_QUANTIZATION,
@@ -372,24 +372,6 @@ def restart_delay(previous: float, ran_seconds: float) -> float:
 
 
 # --- I/O: child processes, probes, the Kubernetes API, the SD file ----------------------------
-
-
-def _load_prctl() -> Any:
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _load_prctl() if sys.platform == "linux" else None  # looked up before any fork
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Ask Linux to SIGTERM the child when the runner's spawning thread dies without cleanup."""
-    if _PRCTL is not None:
-        with contextlib.suppress(Exception):
-            _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
 
 def _healthy(port: int) -> bool:
@@ -747,7 +729,7 @@ class PodRunner:
                     stderr=subprocess.STDOUT,
                     env=pod.env,
                     start_new_session=True,  # Ctrl-C reaches the runner only; it stops children
-                    preexec_fn=_die_with_parent if _PRCTL is not None else None,
+                    preexec_fn=die_with_parent,
                 )
             except OSError as exc:
                 log.write(f"--- cannot start: {exc}\n".encode())
