@@ -206,16 +206,14 @@ def test_restart_resumes_without_new_applies_or_lost_status(
     version = deployment(api, namespace, name).metadata.resource_version
     events_before = event_reasons(api, namespace, name)
     with OperatorProcess(control_plane.kubeconfig, "--standalone", "-n", namespace) as again:
-        wait_for(
-            lambda: "resum" in again.output().lower() or "succeeded" in again.output(),
-            what="the resume handler",
+        resumed = 'specpilot_reconciles_total{result="ok",trigger="resume"} 1.0'
+        metrics = wait_for(
+            lambda: resumed in again.metrics() and again.metrics(), what=again.output
         )
         body = wait_for(lambda: reconciled(api, namespace, name))
         assert deployment(api, namespace, name).metadata.resource_version == version
         assert body["status"]["conditions"] == first["status"]["conditions"]
         assert event_reasons(api, namespace, name) == events_before
-        metrics = again.metrics()
-        assert 'specpilot_reconciles_total{result="ok",trigger="resume"}' in metrics
         assert "specpilot_resources_managed 1.0" in metrics
 
 
