@@ -279,6 +279,15 @@ def podrunner_command(options: tuple[str, ...]) -> None:
     podrunner.main(args=list(options), prog_name="specpilot podrunner")
 
 
+@main.command("loadgen", context_settings={"ignore_unknown_options": True}, add_help_option=False)
+@click.argument("options", nargs=-1, type=click.UNPROCESSED)
+def loadgen_command(options: tuple[str, ...]) -> None:
+    """Open-loop load from a QPS trace; client-side TTFT/TPOT percentiles."""
+    from specpilot.sim.loadgen import loadgen
+
+    loadgen.main(args=list(options), prog_name="specpilot loadgen")
+
+
 def _gb(value: float) -> str:
     return f"{value:8.1f} GB"
 
