@@ -21,8 +21,9 @@ def test_draft_model_speedup_at_qps_1_and_slowdown_at_saturation() -> None:
     assert speedup(bench.DRAFT, bench.SHAREGPT, 24.0) <= 0.85  # published 1/1.4 = 0.71x
 
 
-def test_ngram_speedup_at_qps_1() -> None:
+def test_ngram_speedup_at_qps_1_and_slowdown_at_saturation() -> None:
     assert 2.3 <= speedup(bench.NGRAM, bench.CNN_DM, 1.0) <= 3.2  # published 2.8x
+    assert speedup(bench.NGRAM, bench.CNN_DM, 14.0) <= 0.8  # published 1/1.8 = 0.56x
 
 
 @pytest.mark.parametrize(

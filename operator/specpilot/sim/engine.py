@@ -249,7 +249,12 @@ class Engine:
                 )
                 seconds += self.k * (one + overhead)
             else:
-                seconds += batch * physics.NGRAM_LOOKUP_S_PER_REQUEST
+                lookup = (
+                    physics.V0_NGRAM_LOOKUP_S_PER_REQUEST
+                    if self.v0
+                    else (physics.NGRAM_LOOKUP_S_PER_REQUEST)
+                )
+                seconds += batch * lookup
         return seconds
 
     def _advance(self, step: float, now: float) -> None:

@@ -33,7 +33,9 @@ V0_VERIFY_OVERHEAD_S = 0.003
 """V0's scorer and rejection sampler per speculative step. V0 also scored by batch expansion:
 each of the k+1 positions was a sequence of its own, re-reading that request's KV cache."""
 NGRAM_LOOKUP_S_PER_REQUEST = 0.00002
-"""CPU prompt lookup for one request (n-gram and suffix methods)."""
+"""CPU prompt lookup for one request (n-gram and suffix methods, V1)."""
+V0_NGRAM_LOOKUP_S_PER_REQUEST = 0.0004
+"""V0's n-gram proposer looped over sequences in Python with GPU tensor ops for each one."""
 
 # Acceptance at temperature 0 for a same-family draft near the 1:8-1:12 sweet spot, and the
 # framework's temperature curve for such a pair (0.81, 0.71, 0.52, 0.38 at T = 0, 0.4, 0.8, 1.0).
