@@ -1,0 +1,291 @@
+"""The control policy: whether speculation is paying, as a pure state machine.
+
+Input: the latest signals for one resource, the state carried in its status, its policy spec and
+the time. Output: one decision (keep, hold, disable, enable, step quantization) with a reason
+that holds the numbers, and the next state. Acting on the decision is the adapters' job; the
+thresholds are the decision framework's (docs/policy.md).
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from enum import StrEnum
+
+from pydantic import BaseModel
+
+from specpilot.api.models import PolicyMode, PolicySpec
+
+RE_ENABLE_LOAD_MARGIN = 0.8
+"""Re-enable only once load stays below this share of the load at which speculation stopped."""
+ACCEPTANCE_DRIFT = 0.10
+"""Warn when acceptance falls this far below what was measured at rollout."""
+STALE_AFTER_INTERVALS = 3
+
+
+class Action(StrEnum):
+    KEEP = "keep"
+    HOLD = "hold"
+    DISABLE = "disable-speculation"
+    ENABLE = "enable-speculation"
+    STEP_QUANTIZATION = "step-quantization"
+
+
+class Signals(BaseModel):
+    """One reading for one resource; None where Prometheus had no value."""
+
+    sampled_at: datetime.datetime
+    acceptance: float | None = None
+    p50_tpot: float | None = None
+    p99_tpot: float | None = None
+    baseline_p50_tpot: float | None = None
+    baseline_p99_tpot: float | None = None
+    load: float | None = None
+    """Requests running per replica (or QPS): what speculation's payoff depends on."""
+    error: str | None = None
+    """Why the reading failed (Prometheus unreachable, bad answer)."""
+
+
+class PolicyState(BaseModel):
+    """What the policy remembers between checks; stored in status so restarts neither forget
+    nor repeat."""
+
+    speculation_on: bool = True
+    breaches: int = 0
+    successes: int = 0
+    last_change: datetime.datetime | None = None
+    crossover_load: float | None = None
+    """The load at which speculation stopped paying."""
+    rollout_acceptance: float | None = None
+    """Acceptance first measured after speculation was (re)enabled."""
+    checkpoint_index: int = 0
+    pre_change_acceptance: float | None = None
+    """Acceptance before the last quantization change, to compare against."""
+
+
+class Decision(BaseModel):
+    action: Action
+    reason: str
+    state: PolicyState
+    warnings: list[str] = []
+    acted: bool = False
+    """False in recommend mode, where the decision is only reported."""
+
+
+def seconds(duration: str) -> float:
+    match = re.fullmatch(r"(\d+)(ms|s|m|h)", duration)
+    if match is None:
+        raise ValueError(f"not a duration: {duration!r}")
+    value, unit = int(match.group(1)), match.group(2)
+    return value * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
+
+
+def _fmt(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "n/a"
+    return f"{value * 1000:.1f} ms" if unit == "ms" else f"{value:.2f}"
+
+
+def decide(
+    signals: Signals, state: PolicyState, policy: PolicySpec, now: datetime.datetime
+) -> Decision:
+    if policy.mode is PolicyMode.OFF:
+        return Decision(action=Action.KEEP, reason="policy mode is off", state=state)
+    problem = _unusable(signals, policy, now, state)
+    if problem is not None:
+        return Decision(action=Action.HOLD, reason=f"holding: {problem}", state=state)
+    if state.speculation_on:
+        decision = _while_on(signals, state, policy, now)
+    else:
+        decision = _while_off(signals, state, policy, now)
+    if policy.mode is PolicyMode.RECOMMEND and decision.action not in (Action.KEEP, Action.HOLD):
+        return Decision(
+            action=decision.action,
+            reason=f"recommend mode, not acting: {decision.reason}",
+            state=state.model_copy(
+                update={"breaches": decision.state.breaches, "successes": decision.state.successes}
+            ),
+            warnings=decision.warnings,
+            acted=False,
+        )
+    return decision
+
+
+def _unusable(
+    signals: Signals, policy: PolicySpec, now: datetime.datetime, state: PolicyState
+) -> str | None:
+    if signals.error:
+        return f"metrics unavailable ({signals.error})"
+    age = (now - signals.sampled_at).total_seconds()
+    if age > STALE_AFTER_INTERVALS * seconds(policy.interval):
+        return f"metrics are stale ({age:.0f}s old)"
+    if state.speculation_on and signals.acceptance is None:
+        return "no acceptance rate yet (no speculative traffic in the window)"
+    return None
+
+
+def _cooled_down(state: PolicyState, policy: PolicySpec, now: datetime.datetime) -> bool:
+    if state.last_change is None:
+        return True
+    return (now - state.last_change).total_seconds() >= seconds(policy.cooldown)
+
+
+def _while_on(
+    signals: Signals, state: PolicyState, policy: PolicySpec, now: datetime.datetime
+) -> Decision:
+    t = policy.thresholds
+    acceptance = signals.acceptance
+    assert acceptance is not None  # _unusable holds otherwise
+    warnings = _warnings(signals, state)
+    breach = _breach(signals, policy)
+    quantization_drop = (
+        state.pre_change_acceptance is not None
+        and acceptance < state.pre_change_acceptance - t.quantization_acceptance_drop
+        and state.checkpoint_index < len(policy.quantization_ladder)
+    )
+    if breach is None and not quantization_drop:
+        rollout = state.rollout_acceptance if state.rollout_acceptance is not None else acceptance
+        return Decision(
+            action=Action.KEEP,
+            reason=f"speculation pays: acceptance {_fmt(acceptance)}",
+            state=state.model_copy(update={"breaches": 0, "rollout_acceptance": rollout}),
+            warnings=warnings,
+        )
+    breaches = state.breaches + 1
+    counted = state.model_copy(update={"breaches": breaches, "successes": 0})
+    reason = breach or (
+        f"acceptance {_fmt(acceptance)} fell more than {t.quantization_acceptance_drop:.2f} "
+        f"below {_fmt(state.pre_change_acceptance)} measured before the quantization change"
+    )
+    if breaches < policy.failure_limit or not _cooled_down(state, policy, now):
+        waiting = (
+            "cooldown"
+            if breaches >= policy.failure_limit
+            else f"{breaches}/{policy.failure_limit} checks"
+        )
+        return Decision(
+            action=Action.KEEP, reason=f"{reason} ({waiting})", state=counted, warnings=warnings
+        )
+    span = breaches * seconds(policy.interval)
+    if quantization_drop and breach is None:
+        return Decision(
+            action=Action.STEP_QUANTIZATION,
+            reason=f"{reason} for {breaches} checks over {span:.0f}s; stepping the target to "
+            f"{policy.quantization_ladder[state.checkpoint_index].model}",
+            state=counted.model_copy(
+                update={
+                    "breaches": 0,
+                    "last_change": now,
+                    "checkpoint_index": state.checkpoint_index + 1,
+                    "pre_change_acceptance": None,
+                    "rollout_acceptance": None,
+                }
+            ),
+            warnings=warnings,
+            acted=True,
+        )
+    return Decision(
+        action=Action.DISABLE,
+        reason=f"{reason} for {breaches} checks over {span:.0f}s; speculation disabled",
+        state=counted.model_copy(
+            update={
+                "speculation_on": False,
+                "breaches": 0,
+                "last_change": now,
+                "crossover_load": signals.load,
+                "rollout_acceptance": None,
+            }
+        ),
+        warnings=warnings,
+        acted=True,
+    )
+
+
+def _breach(signals: Signals, policy: PolicySpec) -> str | None:
+    """Why speculation is not paying, or None."""
+    t = policy.thresholds
+    acceptance = signals.acceptance
+    assert acceptance is not None
+    regression = _p99_regression(signals)
+    if acceptance < t.disable_below_acceptance:
+        return f"acceptance {_fmt(acceptance)} < {t.disable_below_acceptance:.2f}"
+    if regression is not None and regression > t.max_p99_tpot_regression:
+        return (
+            f"P99 TPOT {_fmt(signals.p99_tpot, 'ms')} is {regression:.0%} above the "
+            f"baseline's {_fmt(signals.baseline_p99_tpot, 'ms')} at acceptance "
+            f"{_fmt(acceptance)}"
+        )
+    return None
+
+
+def _p99_regression(signals: Signals) -> float | None:
+    if signals.p99_tpot is None or not signals.baseline_p99_tpot:
+        return None
+    return signals.p99_tpot / signals.baseline_p99_tpot - 1
+
+
+def _warnings(signals: Signals, state: PolicyState) -> list[str]:
+    warnings = []
+    if (
+        signals.p50_tpot is not None
+        and signals.baseline_p50_tpot
+        and signals.p99_tpot is not None
+        and signals.baseline_p99_tpot
+        and signals.p50_tpot < signals.baseline_p50_tpot
+        and signals.p99_tpot > signals.baseline_p99_tpot
+    ):
+        warnings.append(
+            f"mixed workload: P50 TPOT improves ({_fmt(signals.p50_tpot, 'ms')} vs "
+            f"{_fmt(signals.baseline_p50_tpot, 'ms')}) while P99 regresses "
+            f"({_fmt(signals.p99_tpot, 'ms')} vs {_fmt(signals.baseline_p99_tpot, 'ms')})"
+        )
+    if (
+        signals.acceptance is not None
+        and state.rollout_acceptance is not None
+        and signals.acceptance < state.rollout_acceptance - ACCEPTANCE_DRIFT
+    ):
+        warnings.append(
+            f"acceptance drift: {_fmt(signals.acceptance)} vs {_fmt(state.rollout_acceptance)} "
+            "at rollout"
+        )
+    return warnings
+
+
+def _while_off(
+    signals: Signals, state: PolicyState, policy: PolicySpec, now: datetime.datetime
+) -> Decision:
+    crossover = state.crossover_load
+    if crossover is None or signals.load is None:
+        return Decision(
+            action=Action.KEEP, reason="speculation off; no load reading to compare", state=state
+        )
+    ceiling = crossover * RE_ENABLE_LOAD_MARGIN
+    if signals.load >= ceiling:
+        return Decision(
+            action=Action.KEEP,
+            reason=f"speculation off: load {signals.load:.1f} is not below {ceiling:.1f} "
+            f"({RE_ENABLE_LOAD_MARGIN:.0%} of the {crossover:.1f} where it stopped paying)",
+            state=state.model_copy(update={"successes": 0}),
+        )
+    successes = state.successes + 1
+    counted = state.model_copy(update={"successes": successes})
+    if successes < policy.consecutive_success_limit or not _cooled_down(state, policy, now):
+        waiting = (
+            "cooldown"
+            if successes >= policy.consecutive_success_limit
+            else f"{successes}/{policy.consecutive_success_limit} checks"
+        )
+        return Decision(
+            action=Action.KEEP,
+            reason=f"load {signals.load:.1f} below {ceiling:.1f} ({waiting})",
+            state=counted,
+        )
+    return Decision(
+        action=Action.ENABLE,
+        reason=f"load {signals.load:.1f} stayed below {ceiling:.1f} for {successes} checks; "
+        "speculation re-enabled",
+        state=counted.model_copy(
+            update={"speculation_on": True, "successes": 0, "last_change": now}
+        ),
+        acted=True,
+    )

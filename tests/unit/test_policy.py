@@ -1,0 +1,166 @@
+"""The control policy as a pure state machine: thresholds, hysteresis, cooldown, modes, holds."""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from specpilot.api.models import PolicySpec
+from specpilot.policy import Action, PolicyState, Signals, decide
+
+T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+
+
+def policy(**fields: Any) -> PolicySpec:
+    return PolicySpec.model_validate({"interval": "30s", "cooldown": "10m", **fields})
+
+
+def signals(at: datetime.datetime, **fields: Any) -> Signals:
+    return Signals(sampled_at=at, **fields)
+
+
+def run(
+    readings: list[dict[str, Any]],
+    spec: PolicySpec | None = None,
+    state: PolicyState | None = None,
+    step: float = 30.0,
+) -> list[Any]:
+    spec = spec or policy()
+    state = state or PolicyState()
+    out = []
+    for i, fields in enumerate(readings):
+        now = T0 + datetime.timedelta(seconds=step * i)
+        decision = decide(signals(now, **fields), state, spec, now)
+        state = decision.state
+        out.append(decision)
+    return out
+
+
+def test_low_acceptance_disables_after_failure_limit_checks() -> None:
+    decisions = run([{"acceptance": 0.41, "load": 40}] * 3)
+    assert [d.action for d in decisions] == [Action.KEEP, Action.KEEP, Action.DISABLE]
+    assert "acceptance 0.41 < 0.50 for 3 checks over 90s; speculation disabled" in (
+        decisions[-1].reason
+    )
+    assert decisions[-1].state.speculation_on is False
+    assert decisions[-1].state.crossover_load == 40
+
+
+def test_a_good_check_resets_the_breach_count() -> None:
+    good, bad = {"acceptance": 0.8}, {"acceptance": 0.3}
+    decisions = run([bad, bad, good, bad, bad, good])
+    assert all(d.action is Action.KEEP for d in decisions)
+
+
+def test_review_band_decides_on_p99_against_the_baseline() -> None:
+    fine = {"acceptance": 0.58, "p99_tpot": 0.030, "baseline_p99_tpot": 0.029}
+    worse = {"acceptance": 0.58, "p99_tpot": 0.040, "baseline_p99_tpot": 0.029}
+    assert all(d.action is Action.KEEP for d in run([fine] * 5))
+    decisions = run([worse] * 3)
+    assert decisions[-1].action is Action.DISABLE
+    assert "38% above the baseline's 29.0 ms" in decisions[-1].reason
+
+
+def test_mixed_workload_warning() -> None:
+    decision = run(
+        [
+            {
+                "acceptance": 0.7,
+                "p50_tpot": 0.010,
+                "baseline_p50_tpot": 0.016,
+                "p99_tpot": 0.031,
+                "baseline_p99_tpot": 0.030,
+            }
+        ]
+    )[0]
+    assert decision.action is Action.KEEP
+    assert any("mixed workload" in w for w in decision.warnings)
+
+
+def test_re_enable_after_load_stays_below_the_crossover_for_the_success_window() -> None:
+    off = PolicyState(speculation_on=False, crossover_load=40, last_change=T0)
+    spec = policy(consecutiveSuccessLimit=3)
+    busy = {"load": 35}  # above 80% of 40
+    quiet = {"load": 10}
+    start = T0 + datetime.timedelta(minutes=20)
+    state = off
+    actions = []
+    for i, reading in enumerate([quiet, busy, quiet, quiet, quiet]):
+        now = start + datetime.timedelta(seconds=30 * i)
+        decision = decide(signals(now, **reading), state, spec, now)
+        state = decision.state
+        actions.append(decision.action)
+    assert actions == [Action.KEEP] * 4 + [Action.ENABLE]
+    assert state.speculation_on is True
+
+
+def test_cooldown_blocks_a_second_restart() -> None:
+    state = PolicyState(speculation_on=False, crossover_load=40, last_change=T0)
+    decisions = run([{"load": 1}] * 8, spec=policy(consecutiveSuccessLimit=2), state=state)
+    # 10 minutes of cooldown after T0: 8 checks at 30 s intervals cover only 3.5 minutes.
+    assert all(d.action is Action.KEEP for d in decisions)
+    assert "cooldown" in decisions[-1].reason
+
+
+def test_missing_or_stale_metrics_hold_and_never_count() -> None:
+    state = PolicyState(breaches=2)
+    now = T0
+    failed = decide(signals(now, error="connection refused"), state, policy(), now)
+    assert failed.action is Action.HOLD
+    assert "connection refused" in failed.reason
+    assert failed.state == state
+    stale = decide(
+        signals(now - datetime.timedelta(minutes=5), acceptance=0.1), state, policy(), now
+    )
+    assert stale.action is Action.HOLD
+    assert "stale" in stale.reason
+    empty = decide(signals(now), state, policy(), now)
+    assert empty.action is Action.HOLD
+
+
+def test_recommend_mode_reports_without_acting() -> None:
+    decisions = run([{"acceptance": 0.3}] * 3, spec=policy(mode="recommend"))
+    assert decisions[-1].action is Action.DISABLE
+    assert decisions[-1].acted is False
+    assert decisions[-1].state.speculation_on is True
+    assert decisions[-1].reason.startswith("recommend mode, not acting")
+
+
+def test_off_mode_does_nothing() -> None:
+    assert run([{"acceptance": 0.1}] * 5, spec=policy(mode="off"))[-1].action is Action.KEEP
+
+
+def test_quantization_acceptance_drop_steps_back_along_the_ladder() -> None:
+    spec = policy(quantizationLadder=[{"model": "org/llama-70b-int8", "quantization": "int8"}])
+    state = PolicyState(pre_change_acceptance=0.74, checkpoint_index=0)
+    decisions = run([{"acceptance": 0.66}] * 3, spec=spec, state=state)
+    assert decisions[-1].action is Action.STEP_QUANTIZATION
+    assert "org/llama-70b-int8" in decisions[-1].reason
+    assert decisions[-1].state.checkpoint_index == 1
+
+
+def test_acceptance_drift_warning() -> None:
+    decision = run([{"acceptance": 0.62}], state=PolicyState(rollout_acceptance=0.8))[0]
+    assert any("acceptance drift" in w for w in decision.warnings)
+
+
+@given(
+    readings=st.lists(
+        st.fixed_dictionaries(
+            {
+                "acceptance": st.one_of(st.none(), st.floats(0, 1)),
+                "load": st.one_of(st.none(), st.floats(0, 100)),
+                "error": st.one_of(st.none(), st.just("timeout")),
+            }
+        ),
+        max_size=40,
+    )
+)
+def test_never_more_than_one_change_per_cooldown(readings: list[dict[str, Any]]) -> None:
+    decisions = run(readings)
+    changes = [i for i, d in enumerate(decisions) if d.acted]
+    assert all(b - a >= 20 for a, b in itertools.pairwise(changes))  # 10 min / 30 s
