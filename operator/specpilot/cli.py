@@ -214,6 +214,25 @@ def crd(output_format: str) -> None:
     show_default=True,
     help="Create/patch the ValidatingWebhookConfiguration 'specpilot.io'.",
 )
+@click.option(
+    "--prometheus-url",
+    envvar="SPECPILOT_PROMETHEUS_URL",
+    default=None,
+    help="Prometheus for resources without spec.monitoring.prometheusUrl "
+    "[env SPECPILOT_PROMETHEUS_URL].",
+)
+@click.option(
+    "--prometheus-token-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="File holding a bearer token for that Prometheus.",
+)
+@click.option(
+    "--prometheus-ca-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="CA bundle (PEM) that signs that Prometheus' certificate.",
+)
 def run_operator(
     namespaces: tuple[str, ...],
     standalone: bool,
@@ -227,8 +246,13 @@ def run_operator(
     webhook_cert: Path | None,
     webhook_key: Path | None,
     manage_webhook: bool,
+    prometheus_url: str | None,
+    prometheus_token_file: Path | None,
+    prometheus_ca_file: Path | None,
 ) -> None:
-    """Run the operator (reconciles SpeculativeInference resources)."""
+    """Run the operator (reconciles SpeculativeInference resources; the control loop reads
+    Prometheus and turns speculation off and on)."""
+    from specpilot.adapters.control_loop import DefaultPrometheus
     from specpilot.adapters.runner import RunOptions, run
 
     run(
@@ -245,6 +269,11 @@ def run_operator(
             webhook_cert=webhook_cert,
             webhook_key=webhook_key,
             manage_webhook=manage_webhook,
+            prometheus=DefaultPrometheus(
+                url=prometheus_url,
+                bearer_token_file=prometheus_token_file,
+                ca_file=prometheus_ca_file,
+            ),
         )
     )
 

@@ -14,7 +14,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel
 
-from specpilot.api.models import PolicyMode, PolicySpec
+from specpilot.api.models import PolicyMode, PolicySpec, PolicyState
 
 RE_ENABLE_LOAD_MARGIN = 0.8
 """Re-enable only once load stays below this share of the load at which speculation stopped."""
@@ -46,30 +46,28 @@ class Signals(BaseModel):
     """Why the reading failed (Prometheus unreachable, bad answer)."""
 
 
-class PolicyState(BaseModel):
-    """What the policy remembers between checks; stored in status so restarts neither forget
-    nor repeat."""
-
-    speculation_on: bool = True
-    breaches: int = 0
-    successes: int = 0
-    last_change: datetime.datetime | None = None
-    crossover_load: float | None = None
-    """The load at which speculation stopped paying."""
-    rollout_acceptance: float | None = None
-    """Acceptance first measured after speculation was (re)enabled."""
-    checkpoint_index: int = 0
-    pre_change_acceptance: float | None = None
-    """Acceptance before the last quantization change, to compare against."""
+class PolicyWarning(BaseModel):
+    code: str
+    """Stable CamelCase, used as the Event reason."""
+    message: str
 
 
 class Decision(BaseModel):
     action: Action
     reason: str
     state: PolicyState
-    warnings: list[str] = []
+    warnings: list[PolicyWarning] = []
     acted: bool = False
     """False in recommend mode, where the decision is only reported."""
+    evidence: str = ""
+    """The numbers behind an action, without what was done about them."""
+
+
+_ADVICE = {
+    Action.DISABLE: "disable speculation",
+    Action.ENABLE: "re-enable speculation",
+    Action.STEP_QUANTIZATION: "step the target back along the quantization ladder",
+}
 
 
 def seconds(duration: str) -> float:
@@ -101,7 +99,8 @@ def decide(
     if policy.mode is PolicyMode.RECOMMEND and decision.action not in (Action.KEEP, Action.HOLD):
         return Decision(
             action=decision.action,
-            reason=f"recommend mode, not acting: {decision.reason}",
+            reason=f"recommend mode, not acting: would {_ADVICE[decision.action]}: "
+            f"{decision.evidence}",
             state=state.model_copy(
                 update={"breaches": decision.state.breaches, "successes": decision.state.successes}
             ),
@@ -167,11 +166,13 @@ def _while_on(
             action=Action.KEEP, reason=f"{reason} ({waiting})", state=counted, warnings=warnings
         )
     span = breaches * seconds(policy.interval)
+    evidence = f"{reason} for {breaches} checks over {span:.0f}s"
     if quantization_drop and breach is None:
         return Decision(
             action=Action.STEP_QUANTIZATION,
-            reason=f"{reason} for {breaches} checks over {span:.0f}s; stepping the target to "
+            reason=f"{evidence}; stepping the target to "
             f"{policy.quantization_ladder[state.checkpoint_index].model}",
+            evidence=evidence,
             state=counted.model_copy(
                 update={
                     "breaches": 0,
@@ -186,7 +187,8 @@ def _while_on(
         )
     return Decision(
         action=Action.DISABLE,
-        reason=f"{reason} for {breaches} checks over {span:.0f}s; speculation disabled",
+        reason=f"{evidence}; speculation disabled",
+        evidence=evidence,
         state=counted.model_copy(
             update={
                 "speculation_on": False,
@@ -224,7 +226,7 @@ def _p99_regression(signals: Signals) -> float | None:
     return signals.p99_tpot / signals.baseline_p99_tpot - 1
 
 
-def _warnings(signals: Signals, state: PolicyState) -> list[str]:
+def _warnings(signals: Signals, state: PolicyState) -> list[PolicyWarning]:
     warnings = []
     if (
         signals.p50_tpot is not None
@@ -235,9 +237,12 @@ def _warnings(signals: Signals, state: PolicyState) -> list[str]:
         and signals.p99_tpot > signals.baseline_p99_tpot
     ):
         warnings.append(
-            f"mixed workload: P50 TPOT improves ({_fmt(signals.p50_tpot, 'ms')} vs "
-            f"{_fmt(signals.baseline_p50_tpot, 'ms')}) while P99 regresses "
-            f"({_fmt(signals.p99_tpot, 'ms')} vs {_fmt(signals.baseline_p99_tpot, 'ms')})"
+            PolicyWarning(
+                code="MixedWorkload",
+                message=f"mixed workload: P50 TPOT improves ({_fmt(signals.p50_tpot, 'ms')} vs "
+                f"{_fmt(signals.baseline_p50_tpot, 'ms')}) while P99 regresses "
+                f"({_fmt(signals.p99_tpot, 'ms')} vs {_fmt(signals.baseline_p99_tpot, 'ms')})",
+            )
         )
     if (
         signals.acceptance is not None
@@ -245,8 +250,11 @@ def _warnings(signals: Signals, state: PolicyState) -> list[str]:
         and signals.acceptance < state.rollout_acceptance - ACCEPTANCE_DRIFT
     ):
         warnings.append(
-            f"acceptance drift: {_fmt(signals.acceptance)} vs {_fmt(state.rollout_acceptance)} "
-            "at rollout"
+            PolicyWarning(
+                code="AcceptanceDrift",
+                message=f"acceptance drift: {_fmt(signals.acceptance)} vs "
+                f"{_fmt(state.rollout_acceptance)} at rollout",
+            )
         )
     return warnings
 
@@ -280,10 +288,11 @@ def _while_off(
             reason=f"load {signals.load:.1f} below {ceiling:.1f} ({waiting})",
             state=counted,
         )
+    evidence = f"load {signals.load:.1f} stayed below {ceiling:.1f} for {successes} checks"
     return Decision(
         action=Action.ENABLE,
-        reason=f"load {signals.load:.1f} stayed below {ceiling:.1f} for {successes} checks; "
-        "speculation re-enabled",
+        reason=f"{evidence}; speculation re-enabled",
+        evidence=evidence,
         state=counted.model_copy(
             update={"speculation_on": True, "successes": 0, "last_change": now}
         ),

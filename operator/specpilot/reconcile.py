@@ -18,6 +18,7 @@ from specpilot.api.models import (
     PlanSummary,
     SpeculativeInferenceStatus,
 )
+from specpilot.effective import active_checkpoint, speculation_wanted, with_checkpoint
 from specpilot.findings import Finding, Severity, errors
 from specpilot.rendering.args import is_speculating
 from specpilot.rendering.manifests import Manifest, manifests
@@ -46,6 +47,8 @@ class Desired(BaseModel):
     objects: list[Manifest]
     speculation: bool
     """Whether the server pods speculate."""
+    checkpoint_index: int = 0
+    """0 runs spec.target; n runs spec.policy.quantizationLadder[n-1]."""
 
 
 class Observed(BaseModel):
@@ -57,13 +60,27 @@ class Observed(BaseModel):
 
 
 def desired(body: Mapping[str, Any]) -> Desired:
-    """The objects for a resource; none at all if anything about it is invalid."""
+    """The objects for a resource; none at all if anything about it is invalid.
+
+    What the control loop decided (status.control) is applied here: speculation turned off, or
+    the target stepped back along the quantization ladder, whose plan is then the one reported.
+    """
     result = review(dict(body))
     if result.resource is None:
         return Desired(review=result, objects=[], speculation=False)
-    speculation = is_speculating(result.resource.spec)
+    spec = result.resource.spec
+    control = SpeculativeInferenceStatus.model_validate(body.get("status") or {}).control
+    index, checkpoint = active_checkpoint(spec, control)
+    if checkpoint is not None:
+        stepped = review(with_checkpoint(body, checkpoint))
+        if stepped.resource is not None:
+            result = stepped
+        else:
+            index = 0
+    assert result.resource is not None
+    speculation = speculation_wanted(result.resource.spec, control)
     objects = manifests(result.resource, result.version, speculation=speculation)
-    return Desired(review=result, objects=objects, speculation=speculation)
+    return Desired(review=result, objects=objects, speculation=speculation, checkpoint_index=index)
 
 
 def _condition(
@@ -172,7 +189,7 @@ def observe(
             method=spec.speculation.method.value if spec.speculation else "none",
             target_model=spec.target.model,
             target_quantization=spec.target.quantization.value,
-            checkpoint_index=previous.effective.checkpoint_index if previous.effective else 0,
+            checkpoint_index=wanted.checkpoint_index,
             num_speculative_tokens=(
                 spec.speculation.effective_num_speculative_tokens
                 if spec.speculation and speculating
@@ -199,6 +216,7 @@ def observe(
         plan=_plan_summary(result) if plan else None,
         effective=effective,
         last_metrics=previous.last_metrics,
+        control=previous.control,
         decisions=previous.decisions,
     )
     events = transition_events(previous.conditions, conditions)
@@ -269,6 +287,7 @@ _EVENTS: dict[tuple[str, str], Literal["Normal", "Warning"]] = {
     ("Degraded", "True"): "Warning",
     ("Degraded", "False"): "Normal",
 }
+"""MetricsAvailable is left out: the control loop posts its transitions with its own check."""
 
 
 def transition_events(before: list[Condition], after: list[Condition]) -> list[Event]:

@@ -199,10 +199,16 @@ def test_operator_never_writes_the_spec_or_metadata(
 def test_restart_resumes_without_new_applies_or_lost_status(
     api: k8s.ApiClient, control_plane: ControlPlane, namespace: str
 ) -> None:
-    with OperatorProcess(control_plane.kubeconfig, "--standalone", "-n", namespace):
+    with OperatorProcess(control_plane.kubeconfig, "--standalone", "-n", namespace) as process:
         name = create(api, example(EXAMPLE, namespace))["metadata"]["name"]
-        first = wait_for(lambda: reconciled(api, namespace, name))
+        wait_for(lambda: reconciled(api, namespace, name))
         wait_for(lambda: "Applied" in event_reasons(api, namespace, name))
+        # the example's Prometheus does not exist here: the control loop holds and says so
+        wait_for(
+            lambda: "MetricsUnavailable" in event_reasons(api, namespace, name),
+            what=process.output,
+        )
+        first = get(api, namespace, name)
     version = deployment(api, namespace, name).metadata.resource_version
     events_before = event_reasons(api, namespace, name)
     with OperatorProcess(control_plane.kubeconfig, "--standalone", "-n", namespace) as again:

@@ -78,7 +78,7 @@ def test_mixed_workload_warning() -> None:
         ]
     )[0]
     assert decision.action is Action.KEEP
-    assert any("mixed workload" in w for w in decision.warnings)
+    assert any("mixed workload" in w.message for w in decision.warnings)
 
 
 def test_re_enable_after_load_stays_below_the_crossover_for_the_success_window() -> None:
@@ -145,7 +145,7 @@ def test_quantization_acceptance_drop_steps_back_along_the_ladder() -> None:
 
 def test_acceptance_drift_warning() -> None:
     decision = run([{"acceptance": 0.62}], state=PolicyState(rollout_acceptance=0.8))[0]
-    assert any("acceptance drift" in w for w in decision.warnings)
+    assert any("acceptance drift" in w.message for w in decision.warnings)
 
 
 @given(

@@ -18,7 +18,7 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from specpilot import reconcile
-from specpilot.adapters import telemetry
+from specpilot.adapters import control_loop, telemetry
 from specpilot.adapters.kube import ApplyError, KubeWriter, status_changed
 from specpilot.api.models import GROUP, PLURAL, VERSION
 from specpilot.findings import Severity
@@ -59,6 +59,8 @@ def run_reconcile(body: Mapping[str, Any], writer: KubeWriter, trigger: str) -> 
     with _LOCKS[key], telemetry.RECONCILE_SECONDS.time():
         wanted = reconcile.desired(raw)
         _track(raw["metadata"]["uid"], wanted.review.valid)
+        spec = wanted.review.resource.spec if wanted.review.resource else None
+        control_loop.register(key[0], key[1], spec)
         observed = reconcile.Observed()
         applied_events = []
         for obj in wanted.objects:
@@ -136,6 +138,7 @@ def owned_deployment_changed(body: kopf.Body, type: str | None, memo: kopf.Memo,
 @kopf.on.delete(*RESOURCE, optional=True)
 def forget_resource(body: kopf.Body, **_: Any) -> None:
     _MANAGED.pop(body["metadata"]["uid"], None)
+    control_loop.register(body["metadata"]["namespace"], body["metadata"]["name"], None)
     _update_gauges()
 
 

@@ -5,6 +5,8 @@ Translation only: what to apply and what status to write is decided in `specpilo
 
 from __future__ import annotations
 
+import base64
+import datetime
 import logging
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -14,7 +16,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import ResourceNotFoundError
 
-from specpilot.api.models import GROUP, PLURAL, VERSION
+from specpilot.api.models import GROUP, PLURAL, VERSION, SecretKeyRef
 from specpilot.rendering.manifests import FIELD_MANAGER, Manifest
 
 logger = logging.getLogger(__name__)
@@ -59,6 +61,7 @@ class KubeWriter:
     def __init__(self, api_client: k8s.ApiClient) -> None:
         self._dynamic = DynamicClient(api_client)
         self._custom = k8s.CustomObjectsApi(api_client)
+        self._core = k8s.CoreV1Api(api_client)
 
     def apply(self, obj: Manifest, owner: Mapping[str, Any]) -> tuple[Manifest, Change]:
         """Server-side apply under the `specpilot` field manager; says what it changed."""
@@ -106,6 +109,47 @@ class KubeWriter:
                 return None
             raise
         return body
+
+    def read_secret_key(self, namespace: str, ref: SecretKeyRef) -> str:
+        """One key of a Secret, decoded; KeyError names the Secret and the missing key."""
+        secret = self._core.read_namespaced_secret(ref.name, namespace)
+        data = secret.data or {}
+        if ref.key not in data:
+            raise KeyError(f"Secret {namespace}/{ref.name} has no key {ref.key!r}")
+        return base64.b64decode(data[ref.key]).decode().strip()
+
+    def post_event(self, owner: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        """A core/v1 Event on the resource, as `kubectl describe` and kopf's own events show.
+
+        Used outside kopf's handlers (the control loop), where kopf's posting is unavailable.
+        """
+        meta = owner["metadata"]
+        now = datetime.datetime.now(datetime.UTC)
+        event = k8s.CoreV1Event(
+            metadata=k8s.V1ObjectMeta(
+                generate_name=f"{meta['name']}.", namespace=meta["namespace"]
+            ),
+            involved_object=k8s.V1ObjectReference(
+                api_version=owner["apiVersion"],
+                kind=owner["kind"],
+                name=meta["name"],
+                namespace=meta["namespace"],
+                uid=meta["uid"],
+                resource_version=meta.get("resourceVersion"),
+            ),
+            type=type_,
+            reason=reason,
+            message=message[:1024],
+            source=k8s.V1EventSource(component=FIELD_MANAGER),
+            reporting_component=FIELD_MANAGER,
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+        )
+        try:
+            self._core.create_namespaced_event(meta["namespace"], event)
+        except ApiException as exc:
+            logger.warning("%s", describe_api_error(exc, f"post Event {reason}"))
 
     def patch_status(self, body: Mapping[str, Any], status: dict[str, Any]) -> None:
         """Write status; the resourceVersion precondition turns a stale write into a 409."""

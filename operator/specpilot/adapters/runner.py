@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import random
 import tempfile
@@ -15,6 +17,7 @@ from kubernetes import config as k8s_config
 from pydantic import BaseModel
 
 from specpilot.adapters import handlers  # importing registers the reconcile handlers
+from specpilot.adapters.control_loop import ControlLoop, DefaultPrometheus
 from specpilot.adapters.kube import KubeWriter
 from specpilot.adapters.webhook import self_signed_certificate
 
@@ -37,6 +40,7 @@ class RunOptions(BaseModel):
     webhook_cert: Path | None = None
     webhook_key: Path | None = None
     manage_webhook: bool = True
+    prometheus: DefaultPrometheus = DefaultPrometheus()
 
 
 @kopf.on.startup()
@@ -64,6 +68,23 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo.writer = KubeWriter(_api_client())
     if options.metrics_port is not None:
         prometheus_client.start_http_server(options.metrics_port, addr=options.metrics_address)
+
+
+@kopf.on.startup()
+async def start_control_loop(memo: kopf.Memo, **_: Any) -> None:
+    """One background task reads metrics for every resource (see adapters.control_loop)."""
+    options: RunOptions = memo.options
+    loop = ControlLoop(memo.writer, options.prometheus, handlers.reconcile_latest)
+    memo.control_task = asyncio.create_task(loop.run(), name="specpilot-control-loop")
+
+
+@kopf.on.cleanup()
+async def stop_control_loop(memo: kopf.Memo, **_: Any) -> None:
+    task: asyncio.Task[None] | None = getattr(memo, "control_task", None)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def _api_client() -> k8s.ApiClient:

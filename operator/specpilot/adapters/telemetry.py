@@ -23,3 +23,17 @@ RESOURCES_MANAGED = Gauge(
 INVALID_RESOURCES = Gauge(
     "specpilot_resources_invalid", "Managed resources whose spec is invalid (nothing applied)."
 )
+CONTROL_DECISIONS = Counter(
+    "specpilot_control_decisions_total",
+    "Control checks by outcome (keep, hold, disable-speculation, enable-speculation, "
+    "step-quantization).",
+    ["action"],
+)
+PROMETHEUS_READ_SECONDS = Histogram(
+    "specpilot_prometheus_read_duration_seconds",
+    "Wall time of one batched read of every signal from Prometheus.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+PROMETHEUS_READ_ERRORS = Counter(
+    "specpilot_prometheus_read_errors_total", "Batched Prometheus reads that failed (checks held)."
+)

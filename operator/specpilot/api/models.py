@@ -6,6 +6,7 @@ validate`, and of the admission webhook, so a rule written here holds everywhere
 
 from __future__ import annotations
 
+import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -515,9 +516,15 @@ class LastMetrics(StatusModel):
     mean_accepted_length: float | None = None
     p50_tpot_ms: float | None = None
     p99_tpot_ms: float | None = None
+    p95_tpot_ms: float | None = None
     p99_ttft_ms: float | None = None
     kv_cache_usage: float | None = None
     requests_running: float | None = None
+    requests_waiting: float | None = None
+    requests_per_second: float | None = None
+    generation_tokens_per_second: float | None = None
+    baseline_p99_tpot_ms: float | None = None
+    """From the control replicas (live A/B), or the reading recorded while speculation was off."""
 
 
 class Decision(StatusModel):
@@ -526,6 +533,45 @@ class Decision(StatusModel):
     time: str
     action: str
     reason: str
+
+
+class PolicyState(StatusModel):
+    """What the control policy remembers between checks. It lives in status, so an operator
+    restart neither forgets nor repeats an action."""
+
+    speculation_on: bool = True
+    breaches: int = 0
+    successes: int = 0
+    last_check: datetime.datetime | None = None
+    last_change: datetime.datetime | None = None
+    crossover_load: float | None = Field(
+        default=None, description="Requests/s per replica at which speculation stopped paying."
+    )
+    rollout_acceptance: float | None = Field(
+        default=None, description="Acceptance first measured after speculation was (re)enabled."
+    )
+    last_acceptance: float | None = None
+    checkpoint_index: int = Field(
+        default=0, description="0 is spec.target; n is spec.policy.quantizationLadder[n-1]."
+    )
+    target: str | None = Field(
+        default=None, description="The spec.target (model@quantization) this state is about."
+    )
+    pre_change_acceptance: float | None = Field(
+        default=None, description="Acceptance before the last quantization change."
+    )
+    baseline_p50_tpot: float | None = Field(
+        default=None, description="P50 TPOT (s) recorded while speculation was last off."
+    )
+    baseline_p99_tpot: float | None = Field(
+        default=None, description="P99 TPOT (s) recorded while speculation was last off."
+    )
+    baseline_load: float | None = Field(
+        default=None, description="Requests/s per replica when the baseline was recorded."
+    )
+    active_warnings: list[str] = Field(
+        default_factory=list, description="Warnings standing now; each is posted once."
+    )
 
 
 class SpeculativeInferenceStatus(StatusModel):
@@ -537,6 +583,9 @@ class SpeculativeInferenceStatus(StatusModel):
     plan: PlanSummary | None = None
     effective: EffectiveConfiguration | None = None
     last_metrics: LastMetrics | None = None
+    control: PolicyState | None = Field(
+        default=None, description="The control loop's memory (hysteresis counts, crossover)."
+    )
     decisions: list[Decision] = Field(
         default_factory=list,
         max_length=MAX_DECISIONS,

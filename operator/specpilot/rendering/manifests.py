@@ -154,7 +154,10 @@ def service(resource: SpeculativeInference) -> Manifest:
 
 def pod_monitor(resource: SpeculativeInference) -> Manifest:
     return _for_resource(
-        "podmonitor.yaml.j2", resource, interval=resource.spec.monitoring.scrape_interval
+        "podmonitor.yaml.j2",
+        resource,
+        interval=resource.spec.monitoring.scrape_interval,
+        target_labels=[LABEL_RESOURCE, LABEL_ROLE, LABEL_SPECULATION],
     )
 
 

@@ -1,0 +1,323 @@
+"""One control check for one resource: readings in, status and Events out. Pure.
+
+The control loop (adapters) reads Prometheus for every due resource at once, then calls `check`
+per resource with the readings and the resource as stored. `check` turns the readings into the
+policy's signals (live A/B against control replicas, or the before/after baseline recorded while
+speculation was off), asks the policy, re-plans memory before a quantization step, and returns the
+status to write, the Events to post and whether the Deployments must be re-rendered.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from specpilot.api.models import (
+    MAX_DECISIONS,
+    Condition,
+    Decision,
+    LastMetrics,
+    PolicyState,
+    SpeculativeInferenceSpec,
+    SpeculativeInferenceStatus,
+)
+from specpilot.effective import target_identity, with_checkpoint
+from specpilot.findings import errors
+from specpilot.policy import Action, Signals, decide, seconds
+from specpilot.reconcile import Event
+from specpilot.rendering.args import is_speculating
+from specpilot.review import review
+from specpilot.signals import Readings, Signal
+
+BASELINE_LOAD_TOLERANCE = 0.25
+"""A recorded baseline is compared only while load is within this share of the load it saw."""
+
+_ACTED_EVENTS: dict[Action, tuple[Literal["Normal", "Warning"], str]] = {
+    Action.DISABLE: ("Warning", "SpeculationDisabled"),
+    Action.ENABLE: ("Normal", "SpeculationEnabled"),
+    Action.STEP_QUANTIZATION: ("Warning", "QuantizationSteppedBack"),
+}
+_RECOMMENDED_EVENTS = {
+    Action.DISABLE: "RecommendDisableSpeculation",
+    Action.ENABLE: "RecommendEnableSpeculation",
+    Action.STEP_QUANTIZATION: "RecommendQuantizationStep",
+}
+
+
+class CheckResult(BaseModel):
+    status: dict[str, Any]
+    """The whole status to write (kopf's bookkeeping excluded)."""
+    events: list[Event]
+    rerender: bool
+    """The effective configuration changed: re-render and apply the Deployments."""
+    action: Action
+
+
+def signals_for(
+    namespace: str,
+    name: str,
+    readings: Readings | None,
+    error: str | None,
+    state: PolicyState,
+    sampled_at: datetime.datetime,
+) -> Signals:
+    if error is not None or readings is None:
+        return Signals(sampled_at=sampled_at, error=error or "no reading")
+    server = readings.get((namespace, name, "server"))
+    if not server:
+        return Signals(
+            sampled_at=sampled_at,
+            error="Prometheus has no series for this resource (are its pods scraped, with the "
+            "specpilot.io/resource and specpilot.io/role pod labels as target labels?)",
+        )
+    replicas = server.get(Signal.REPLICAS)
+    rps = server.get(Signal.REQUESTS_PER_SECOND)
+    load = rps / replicas if rps is not None and replicas else None
+    live = readings.get((namespace, name, "baseline")) or {}
+    baseline_p50, baseline_p99 = live.get(Signal.TPOT_P50), live.get(Signal.TPOT_P99)
+    if baseline_p99 is None and _comparable(load, state.baseline_load):
+        baseline_p50, baseline_p99 = state.baseline_p50_tpot, state.baseline_p99_tpot
+    return Signals(
+        sampled_at=sampled_at,
+        acceptance=server.get(Signal.ACCEPTANCE) if state.speculation_on else None,
+        p50_tpot=server.get(Signal.TPOT_P50),
+        p99_tpot=server.get(Signal.TPOT_P99),
+        baseline_p50_tpot=baseline_p50,
+        baseline_p99_tpot=baseline_p99,
+        load=load,
+    )
+
+
+def _comparable(load: float | None, recorded: float | None) -> bool:
+    if load is None or not recorded:
+        return False
+    return abs(load - recorded) <= BASELINE_LOAD_TOLERANCE * recorded
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
+
+
+def _rounded(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def last_metrics(
+    namespace: str, name: str, readings: Readings | None, signals: Signals, sampled_at: str
+) -> LastMetrics:
+    server = (readings or {}).get((namespace, name, "server"), {})
+    return LastMetrics(
+        sampled_at=sampled_at,
+        acceptance_rate=_rounded(server.get(Signal.ACCEPTANCE)),
+        mean_accepted_length=_rounded(server.get(Signal.MEAN_ACCEPTED_LENGTH)),
+        p50_tpot_ms=_ms(server.get(Signal.TPOT_P50)),
+        p95_tpot_ms=_ms(server.get(Signal.TPOT_P95)),
+        p99_tpot_ms=_ms(server.get(Signal.TPOT_P99)),
+        p99_ttft_ms=_ms(server.get(Signal.TTFT_P99)),
+        kv_cache_usage=_rounded(server.get(Signal.KV_CACHE_USAGE)),
+        requests_running=_rounded(server.get(Signal.REQUESTS_RUNNING)),
+        requests_waiting=_rounded(server.get(Signal.REQUESTS_WAITING)),
+        requests_per_second=_rounded(server.get(Signal.REQUESTS_PER_SECOND)),
+        generation_tokens_per_second=_rounded(server.get(Signal.GENERATION_TOKENS_PER_SECOND), 1),
+        baseline_p99_tpot_ms=_ms(signals.baseline_p99_tpot),
+    )
+
+
+def _iso(moment: datetime.datetime) -> str:
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _after_target_change(state: PolicyState, identity: str, now: datetime.datetime) -> PolicyState:
+    """The user changed spec.target (a rollout): compare the new acceptance with the old."""
+    if state.target is None:
+        return state.model_copy(update={"target": identity})
+    return state.model_copy(
+        update={
+            "target": identity,
+            "checkpoint_index": 0,
+            "pre_change_acceptance": state.last_acceptance,
+            "rollout_acceptance": None,
+            "breaches": 0,
+            "successes": 0,
+            "last_change": now,
+        }
+    )
+
+
+def _remember(state: PolicyState, signals: Signals, now: datetime.datetime) -> PolicyState:
+    """Bookkeeping after a usable reading: the last acceptance, and the no-speculation baseline."""
+    update: dict[str, Any] = {"last_check": now}
+    if signals.error is None and state.speculation_on and signals.acceptance is not None:
+        update["last_acceptance"] = signals.acceptance
+    if signals.error is None and not state.speculation_on and signals.p99_tpot is not None:
+        update |= {
+            "baseline_p50_tpot": signals.p50_tpot,
+            "baseline_p99_tpot": signals.p99_tpot,
+            "baseline_load": signals.load,
+        }
+    return state.model_copy(update=update)
+
+
+def _metrics_condition(signals: Signals, generation: int | None) -> Condition:
+    if signals.error is not None:
+        return Condition(
+            type="MetricsAvailable",
+            status="False",
+            reason="MetricsUnavailable",
+            message=f"holding, nothing changed: {signals.error}"[:1024],
+            observed_generation=generation,
+        )
+    return Condition(
+        type="MetricsAvailable",
+        status="True",
+        reason="MetricsRead",
+        message="the control loop is reading metrics",
+        observed_generation=generation,
+    )
+
+
+def _replace_condition(
+    conditions: list[Condition], new: Condition, now: str
+) -> tuple[list[Condition], Condition | None]:
+    """Conditions with `new` in place; the previous one of its type is returned too."""
+    previous = next((c for c in conditions if c.type == new.type), None)
+    changed = previous is None or previous.status != new.status
+    stamped = new.model_copy(
+        update={
+            "last_transition_time": now
+            if changed or previous is None
+            else previous.last_transition_time
+        }
+    )
+    kept = [c for c in conditions if c.type != new.type] + [stamped]
+    return kept, previous
+
+
+def check(
+    body: Mapping[str, Any],
+    readings: Readings | None,
+    error: str | None,
+    sampled_at: datetime.datetime,
+    now: datetime.datetime,
+) -> CheckResult | None:
+    """The outcome of one check, or None when the resource is not under control (invalid)."""
+    result = review(dict(body))
+    if result.resource is None:
+        return None
+    spec = result.resource.spec
+    meta = body["metadata"]
+    namespace, name, generation = meta["namespace"], meta["name"], meta.get("generation")
+    status = SpeculativeInferenceStatus.model_validate(body.get("status") or {})
+    state = status.control or PolicyState(speculation_on=is_speculating(spec))
+    identity = target_identity(spec.target)
+    if state.target != identity:
+        state = _after_target_change(state, identity, now)
+    signals = signals_for(namespace, name, readings, error, state, sampled_at)
+    if not is_speculating(spec):
+        decision_action, reason, new_state, warnings, acted = (
+            Action.KEEP,
+            "speculation is not configured",
+            state,
+            [],
+            False,
+        )
+    else:
+        decision = decide(signals, state, spec.policy, now)
+        decision_action, reason, new_state = decision.action, decision.reason, decision.state
+        warnings, acted = decision.warnings, decision.acted
+    events: list[Event] = []
+    if decision_action is Action.STEP_QUANTIZATION and acted:
+        refusal = _step_refusal(body, spec, new_state.checkpoint_index)
+        if refusal is not None:
+            events.append(Event(type="Warning", reason="QuantizationStepRefused", message=refusal))
+            decision_action, reason, acted = Action.HOLD, refusal, False
+            new_state = state.model_copy(update={"breaches": 0})
+    new_state = _remember(new_state, signals, now)
+    stamp = _iso(now)
+    decisions = list(status.decisions)
+    if decision_action not in (Action.KEEP, Action.HOLD) and not _repeated_recommendation(
+        status.decisions, decision_action, acted, spec, now
+    ):
+        decisions = [*decisions, Decision(time=stamp, action=decision_action.value, reason=reason)]
+        if acted:
+            kind, event_reason = _ACTED_EVENTS[decision_action]
+            events.append(Event(type=kind, reason=event_reason, message=reason[:1024]))
+        else:
+            events.append(
+                Event(
+                    type="Normal",
+                    reason=_RECOMMENDED_EVENTS[decision_action],
+                    message=reason[:1024],
+                )
+            )
+    for warning in warnings:
+        if warning.code not in state.active_warnings:
+            events.append(Event(type="Warning", reason=warning.code, message=warning.message))
+    new_state = new_state.model_copy(update={"active_warnings": [w.code for w in warnings]})
+    conditions, previous = _replace_condition(
+        status.conditions, _metrics_condition(signals, generation), stamp
+    )
+    metrics_now = conditions[-1]
+    if previous is None or (previous.status, previous.reason) != (
+        metrics_now.status,
+        metrics_now.reason,
+    ):
+        events.append(
+            Event(
+                type="Normal" if metrics_now.status == "True" else "Warning",
+                reason=metrics_now.reason,
+                message=metrics_now.message,
+            )
+        )
+    updated = status.model_copy(
+        update={
+            "control": new_state,
+            "conditions": conditions,
+            "decisions": decisions[-MAX_DECISIONS:],
+            "last_metrics": last_metrics(namespace, name, readings, signals, _iso(sampled_at))
+            if signals.error is None
+            else status.last_metrics,
+            "kopf": None,
+        }
+    )
+    rerender = acted and decision_action in _ACTED_EVENTS
+    return CheckResult(
+        status=updated.model_dump(by_alias=True, exclude_none=True, mode="json"),
+        events=events,
+        rerender=rerender,
+        action=decision_action,
+    )
+
+
+def _repeated_recommendation(
+    history: list[Decision],
+    action: Action,
+    acted: bool,
+    spec: SpeculativeInferenceSpec,
+    now: datetime.datetime,
+) -> bool:
+    """In recommend mode the same advice stands every check; repeat it once per cooldown."""
+    if acted or not history or history[-1].action != action.value:
+        return False
+    last = datetime.datetime.strptime(history[-1].time, "%Y-%m-%dT%H:%M:%SZ").replace(
+        tzinfo=datetime.UTC
+    )
+    return (now - last).total_seconds() < seconds(spec.policy.cooldown)
+
+
+def _step_refusal(
+    body: Mapping[str, Any], spec: SpeculativeInferenceSpec, index: int
+) -> str | None:
+    """Why the next checkpoint cannot run on these GPUs, or None when its plan fits."""
+    checkpoint = spec.policy.quantization_ladder[index - 1]
+    stepped = review(with_checkpoint(body, checkpoint))
+    problems = errors(stepped.findings)
+    if not problems:
+        return None
+    return (
+        f"not stepping the target to {checkpoint.model} ({checkpoint.quantization.value}): "
+        + "; ".join(str(p) for p in problems)
+    )[:1024]

@@ -1,0 +1,130 @@
+"""What the control loop asks Prometheus, and how the answers become per-resource readings.
+
+Pure: the PromQL is built here and the JSON answers are parsed here; sending them is the
+Prometheus adapter's job. Every query covers all managed resources at once, grouped by namespace,
+resource and role (serving replicas or control replicas), so the cost of a check does not grow
+with the number of resources. Metric names follow the vLLM release table: where a release renamed
+a metric, the query asks for both names and prefers the newer with PromQL's `or`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any
+
+from specpilot.vllm_versions import Feature
+
+NAMESPACE_LABEL = "namespace"
+RESOURCE_LABEL = "specpilot_io_resource"
+"""The pod label specpilot.io/resource, as Prometheus sanitizes it into a target label."""
+ROLE_LABEL = "specpilot_io_role"
+GROUP_BY = f"{NAMESPACE_LABEL}, {RESOURCE_LABEL}, {ROLE_LABEL}"
+MANAGED = f'{RESOURCE_LABEL}!=""'
+
+Key = tuple[str, str, str]
+"""(namespace, resource, role)."""
+
+
+class Signal(StrEnum):
+    ACCEPTANCE = "acceptance"
+    MEAN_ACCEPTED_LENGTH = "meanAcceptedLength"
+    TPOT_P50 = "tpotP50"
+    TPOT_P95 = "tpotP95"
+    TPOT_P99 = "tpotP99"
+    TTFT_P50 = "ttftP50"
+    TTFT_P95 = "ttftP95"
+    TTFT_P99 = "ttftP99"
+    KV_CACHE_USAGE = "kvCacheUsage"
+    REQUESTS_RUNNING = "requestsRunning"
+    REQUESTS_WAITING = "requestsWaiting"
+    GENERATION_TOKENS_PER_SECOND = "generationTokensPerSecond"
+    REQUESTS_PER_SECOND = "requestsPerSecond"
+    REPLICAS = "replicas"
+
+
+TPOT_HISTOGRAMS = (
+    f"{Feature.SPLIT_TPOT_METRICS.value}_bucket",  # per-request TPOT, 0.11 and later
+    f"{Feature.OLD_TPOT_METRIC.value}_bucket",  # before 0.11 (inter-token latency)
+)
+KV_CACHE_GAUGES = (Feature.KV_CACHE_USAGE_METRIC.value, "vllm:gpu_cache_usage_perc")
+V0_ACCEPTANCE_GAUGE = "vllm:spec_decode_draft_acceptance_rate"
+"""V0 only: cumulative since the server started, so the counters come first."""
+
+
+def _sum_rate(metric: str, window: str, by: str = GROUP_BY) -> str:
+    return f"sum by ({by}) (rate({metric}{{{MANAGED}}}[{window}]))"
+
+
+def _ratio(numerator: str, denominator: str) -> str:
+    """numerator / denominator where the denominator moved at all (no 0/0 NaN series)."""
+    return f"{numerator} / ({denominator} > 0)"
+
+
+def _quantile(q: float, histograms: tuple[str, ...], window: str) -> str:
+    return " or ".join(
+        f"histogram_quantile({q}, {_sum_rate(h, window, f'le, {GROUP_BY}')})" for h in histograms
+    )
+
+
+def queries(window: str) -> dict[Signal, str]:
+    """One PromQL expression per signal, for every managed resource; `window` is a rate range."""
+    accepted = _sum_rate("vllm:spec_decode_num_accepted_tokens_total", window)
+    drafted = _sum_rate("vllm:spec_decode_num_draft_tokens_total", window)
+    drafts = _sum_rate("vllm:spec_decode_num_drafts_total", window)
+    ttft = ("vllm:time_to_first_token_seconds_bucket",)
+    return {
+        Signal.ACCEPTANCE: f"{_ratio(accepted, drafted)} or "
+        f"avg by ({GROUP_BY}) ({V0_ACCEPTANCE_GAUGE}{{{MANAGED}}})",
+        Signal.MEAN_ACCEPTED_LENGTH: f"1 + {_ratio(accepted, drafts)}",
+        Signal.TPOT_P50: _quantile(0.5, TPOT_HISTOGRAMS, window),
+        Signal.TPOT_P95: _quantile(0.95, TPOT_HISTOGRAMS, window),
+        Signal.TPOT_P99: _quantile(0.99, TPOT_HISTOGRAMS, window),
+        Signal.TTFT_P50: _quantile(0.5, ttft, window),
+        Signal.TTFT_P95: _quantile(0.95, ttft, window),
+        Signal.TTFT_P99: _quantile(0.99, ttft, window),
+        Signal.KV_CACHE_USAGE: " or ".join(
+            f"max by ({GROUP_BY}) ({gauge}{{{MANAGED}}})" for gauge in KV_CACHE_GAUGES
+        ),
+        Signal.REQUESTS_RUNNING: f"sum by ({GROUP_BY}) (vllm:num_requests_running{{{MANAGED}}})",
+        Signal.REQUESTS_WAITING: f"sum by ({GROUP_BY}) (vllm:num_requests_waiting{{{MANAGED}}})",
+        Signal.GENERATION_TOKENS_PER_SECOND: _sum_rate("vllm:generation_tokens_total", window),
+        Signal.REQUESTS_PER_SECOND: _sum_rate("vllm:e2e_request_latency_seconds_count", window),
+        Signal.REPLICAS: f"count by ({GROUP_BY}) (vllm:num_requests_running{{{MANAGED}}})",
+    }
+
+
+class BadAnswerError(ValueError):
+    """Prometheus answered, but not with an instant vector."""
+
+
+Readings = dict[Key, dict[Signal, float]]
+
+
+def parse(answers: Mapping[Signal, Mapping[str, Any]]) -> Readings:
+    """Readings per (namespace, resource, role) from /api/v1/query answers; NaN and +-Inf
+    (a quantile over no requests) count as no value."""
+    readings: Readings = {}
+    for signal, answer in answers.items():
+        if answer.get("status") != "success":
+            raise BadAnswerError(
+                f"{signal}: {answer.get('errorType', '')} {answer.get('error', '')}"
+            )
+        data = answer.get("data") or {}
+        if data.get("resultType") != "vector":
+            raise BadAnswerError(f"{signal}: expected a vector, got {data.get('resultType')!r}")
+        for sample in data.get("result", []):
+            metric = sample.get("metric", {})
+            key = (
+                metric.get(NAMESPACE_LABEL, ""),
+                metric.get(RESOURCE_LABEL, ""),
+                metric.get(ROLE_LABEL, "server"),
+            )
+            try:
+                value = float(sample["value"][1])
+            except (KeyError, IndexError, TypeError, ValueError) as exc:
+                raise BadAnswerError(f"{signal}: malformed sample {sample!r}") from exc
+            if math.isfinite(value):
+                readings.setdefault(key, {})[signal] = value
+    return readings

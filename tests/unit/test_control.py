@@ -1,0 +1,226 @@
+"""One control check, pure: readings -> status, Events and re-rendering, and what renders after."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from specpilot import control, reconcile
+from specpilot.control import CheckResult
+from specpilot.policy import Action
+from specpilot.signals import Readings, Signal
+from tests.conftest import manifest
+
+T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+POLICY = {"interval": "30s", "cooldown": "1m", "failureLimit": 3, "consecutiveSuccessLimit": 2}
+
+
+def body(**policy: Any) -> dict[str, Any]:
+    doc = manifest(policy={**POLICY, **policy})
+    doc["metadata"].update(uid="u-1", generation=2, resourceVersion="7")
+    return doc
+
+
+def reading(
+    acceptance: float | None = 0.75,
+    p99: float = 0.030,
+    rps: float = 2.0,
+    replicas: float = 1,
+    baseline_p99: float | None = None,
+    name: str = "llama",
+) -> Readings:
+    server = {
+        Signal.TPOT_P50: p99 * 0.7,
+        Signal.TPOT_P99: p99,
+        Signal.REQUESTS_PER_SECOND: rps,
+        Signal.REPLICAS: replicas,
+        Signal.KV_CACHE_USAGE: 0.4,
+    }
+    if acceptance is not None:
+        server[Signal.ACCEPTANCE] = acceptance
+    readings: Readings = {("inference", name, "server"): server}
+    if baseline_p99 is not None:
+        readings["inference", name, "baseline"] = {
+            Signal.TPOT_P50: baseline_p99 * 0.7,
+            Signal.TPOT_P99: baseline_p99,
+        }
+    return readings
+
+
+def play(
+    doc: dict[str, Any], readings: list[Readings | None], error: str | None = None, step: float = 30
+) -> list[CheckResult]:
+    """Checks `step` seconds apart, each seeing the status the previous one wrote."""
+    results = []
+    for i, reading_ in enumerate(readings):
+        now = T0 + datetime.timedelta(seconds=step * i)
+        result = control.check(doc, reading_, error, now, now)
+        assert result is not None
+        doc["status"] = result.status
+        results.append(result)
+    return results
+
+
+def args(doc: dict[str, Any]) -> list[str]:
+    server = reconcile.desired(doc).objects[0]
+    container = server["spec"]["template"]["spec"]["containers"][0]
+    return [str(a) for a in container["args"]]
+
+
+def test_low_acceptance_turns_speculation_off_and_the_pods_render_without_it() -> None:
+    doc = body()
+    assert any("--speculative-config" in a for a in args(doc))
+    results = play(doc, [reading(acceptance=0.41, rps=6)] * 3)
+    assert [r.action for r in results] == [Action.KEEP, Action.KEEP, Action.DISABLE]
+    assert [r.rerender for r in results] == [False, False, True]
+    disabled = [e for e in results[-1].events if e.reason == "SpeculationDisabled"]
+    assert disabled[0].type == "Warning"
+    assert "acceptance 0.41 < 0.50 for 3 checks over 90s; speculation disabled" in (
+        disabled[0].message
+    )
+    status = doc["status"]
+    assert status["control"]["speculationOn"] is False
+    assert status["control"]["crossoverLoad"] == 6
+    assert status["decisions"][-1]["action"] == "disable-speculation"
+    assert status["lastMetrics"]["acceptanceRate"] == 0.41
+    assert not any("--speculative-config" in a for a in args(doc))
+
+
+def test_speculation_comes_back_when_load_stays_below_the_crossover() -> None:
+    doc = body()
+    play(doc, [reading(acceptance=0.41, rps=6)] * 3)
+    later = play(doc, [reading(acceptance=None, rps=1)] * 4, step=40)
+    actions = [r.action for r in later]
+    assert Action.ENABLE in actions
+    enabled = later[actions.index(Action.ENABLE)]
+    assert any(e.reason == "SpeculationEnabled" for e in enabled.events)
+    assert doc["status"]["control"]["speculationOn"] is True
+    assert any("--speculative-config" in a for a in args(doc))
+
+
+def test_a_restart_neither_forgets_nor_repeats_the_action() -> None:
+    doc = body()
+    play(doc, [reading(acceptance=0.41, rps=6)] * 3)
+    # A new operator process sees only the stored resource: still low acceptance is no news.
+    results = play(doc, [reading(acceptance=None, rps=6)] * 3)
+    assert all(r.action is Action.KEEP and not r.rerender for r in results)
+    assert [d["action"] for d in doc["status"]["decisions"]] == ["disable-speculation"]
+
+
+def test_metrics_unavailable_holds_and_says_so_once() -> None:
+    doc = body()
+    before = play(doc, [reading(acceptance=0.41)] * 2)[-1].status["control"]
+    results = play(doc, [None] * 5, error="Prometheus at http://p:9090 unreachable")
+    assert all(r.action is Action.HOLD and not r.rerender for r in results)
+    condition = next(c for c in doc["status"]["conditions"] if c["type"] == "MetricsAvailable")
+    assert condition["status"] == "False"
+    assert "unreachable" in condition["message"]
+    posted = [e for r in results for e in r.events]
+    assert [e.reason for e in posted] == ["MetricsUnavailable"]
+    after = doc["status"]["control"]
+    assert after["breaches"] == before["breaches"] == 2  # holds do not count
+    back = play(doc, [reading()])[0]
+    assert [e.reason for e in back.events] == ["MetricsRead"]
+
+
+def test_a_resource_missing_from_prometheus_is_held() -> None:
+    result = play(body(), [reading(name="someone-else")])[0]
+    assert result.action is Action.HOLD
+    assert "no series for this resource" in result.status["conditions"][-1]["message"]
+
+
+def test_control_replicas_give_a_live_baseline_for_the_p99_comparison() -> None:
+    doc = body(controlReplicas=1)
+    slower = reading(acceptance=0.72, p99=0.050, rps=20, baseline_p99=0.035)
+    results = play(doc, [slower] * 3)
+    assert results[-1].action is Action.DISABLE
+    assert (
+        "P99 TPOT 50.0 ms is 43% above the baseline's 35.0 ms"
+        in results[-1].status["decisions"][-1]["reason"]
+    )
+    assert doc["status"]["lastMetrics"]["baselineP99TpotMs"] == 35.0
+
+
+def test_without_control_replicas_the_reading_while_off_is_the_baseline() -> None:
+    doc = body()
+    play(doc, [reading(acceptance=0.41, rps=6)] * 3)  # off now
+    play(doc, [reading(acceptance=None, p99=0.020, rps=6)])  # recorded as the baseline
+    assert doc["status"]["control"]["baselineP99Tpot"] == 0.020
+    assert doc["status"]["control"]["baselineLoad"] == 6
+    # at a comparable load it is the baseline; at a far different one it is not used
+    near = control.signals_for("inference", "llama", reading(rps=6.5), None, _state(doc), T0)
+    far = control.signals_for("inference", "llama", reading(rps=20), None, _state(doc), T0)
+    assert near.baseline_p99_tpot == 0.020
+    assert far.baseline_p99_tpot is None
+
+
+def _state(doc: dict[str, Any]) -> Any:
+    from specpilot.api.models import PolicyState
+
+    return PolicyState.model_validate(doc["status"]["control"])
+
+
+LADDER = [{"model": "meta-llama/Llama-3.1-70B-Instruct", "quantization": "int8"}]
+
+
+def test_an_int4_target_whose_acceptance_drops_steps_back_to_int8() -> None:
+    doc = body(quantizationLadder=LADDER)
+    play(doc, [reading(acceptance=0.78)] * 2)
+    doc["spec"]["target"]["quantization"] = "int4"  # the user's change: a cheaper target
+    doc["metadata"]["generation"] = 3
+    results = play(doc, [reading(acceptance=0.70)] * 3)
+    assert doc["status"]["control"].get("preChangeAcceptance") is None  # consumed by the step
+    assert results[-1].action is Action.STEP_QUANTIZATION
+    assert results[-1].rerender
+    stepped = [e for e in results[-1].events if e.reason == "QuantizationSteppedBack"]
+    assert "acceptance 0.70 fell more than 0.05 below 0.78" in stepped[0].message
+    wanted = reconcile.desired(doc)
+    assert wanted.checkpoint_index == 1
+    assert wanted.review.resource is not None
+    assert wanted.review.resource.spec.target.quantization.value == "int8"
+    server = wanted.objects[0]["spec"]["template"]["metadata"]["annotations"]
+    assert server["specpilot.io/target-quantization"] == "int8"
+
+
+def test_a_step_that_does_not_fit_is_refused_with_the_plan() -> None:
+    ladder = [{"model": "meta-llama/Llama-3.1-70B-Instruct", "quantization": "none"}]
+    doc = body(quantizationLadder=ladder)
+    play(doc, [reading(acceptance=0.78)])
+    doc["spec"]["target"]["quantization"] = "int4"
+    results = play(doc, [reading(acceptance=0.70)] * 3)
+    assert results[-1].action is Action.HOLD
+    refused = [e for e in results[-1].events if e.reason == "QuantizationStepRefused"]
+    assert "not stepping the target to meta-llama/Llama-3.1-70B-Instruct (none)" in (
+        refused[0].message
+    )
+    assert reconcile.desired(doc).checkpoint_index == 0
+
+
+def test_recommend_mode_reports_once_per_cooldown_and_changes_nothing() -> None:
+    doc = body(mode="recommend")
+    results = play(doc, [reading(acceptance=0.41)] * 10, step=15)
+    advice = [(i * 15, e) for i, r in enumerate(results) for e in r.events if e.type == "Normal"]
+    advice = [(t, e) for t, e in advice if e.reason == "RecommendDisableSpeculation"]
+    # advised at 30 s, the same advice at 75 s is within the 1m cooldown, at 120 s it is not
+    assert [t for t, _ in advice] == [30, 120]
+    assert advice[0][1].message.startswith(
+        "recommend mode, not acting: would disable speculation: acceptance 0.41 < 0.50"
+    )
+    assert not any(r.rerender for r in results)
+    assert doc["status"]["control"]["speculationOn"] is True
+    assert any("--speculative-config" in a for a in args(doc))
+
+
+def test_warnings_are_posted_when_they_appear_not_every_check() -> None:
+    doc = body(controlReplicas=1)
+    mixed = reading(acceptance=0.80, p99=0.032, baseline_p99=0.031)
+    mixed["inference", "llama", "server"][Signal.TPOT_P50] = 0.010  # P50 much better
+    results = play(doc, [mixed] * 3)
+    posted = [e.reason for r in results for e in r.events]
+    assert posted.count("MixedWorkload") == 1
+
+
+def test_invalid_resources_are_not_checked() -> None:
+    doc = body()
+    doc["spec"]["gpus"]["count"] = 3
+    assert control.check(doc, reading(), None, T0, T0) is None
