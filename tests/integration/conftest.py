@@ -11,8 +11,8 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
-from tests.integration.controlplane import REPO, ControlPlane
-from tests.integration.operator_process import OperatorProcess
+from specpilot.local.controlplane import REPO, ControlPlane
+from specpilot.local.operator_process import OperatorProcess
 
 CRD_FILES = [
     REPO / "crds" / "specpilot.io_speculativeinferences.yaml",

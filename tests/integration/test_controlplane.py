@@ -17,7 +17,7 @@ import kubernetes
 import pytest
 from kubernetes.client.rest import ApiException
 
-from tests.integration.controlplane import REPO, ControlPlane
+from specpilot.local.controlplane import REPO, ControlPlane
 
 pytestmark = pytest.mark.integration
 

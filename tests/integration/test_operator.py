@@ -9,9 +9,9 @@ import pytest
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
+from specpilot.local.controlplane import REPO, ControlPlane
+from specpilot.local.operator_process import OperatorProcess, free_port, wait_for
 from tests.integration.conftest import example
-from tests.integration.controlplane import REPO, ControlPlane
-from tests.integration.operator_process import OperatorProcess, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 
+from specpilot.local.controlplane import ControlPlane
+from specpilot.local.operator_process import wait_for
 from specpilot.review import render
 from specpilot.sim.podrunner import (
     ANNOTATION_GPU_TYPE,
@@ -35,8 +37,6 @@ from specpilot.sim.podrunner import (
     template_hash,
 )
 from tests.integration.conftest import example
-from tests.integration.controlplane import ControlPlane
-from tests.integration.operator_process import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from kubernetes import client as k8s
 
+from specpilot.local.controlplane import ControlPlane
+from specpilot.local.operator_process import wait_for
 from specpilot.review import render
 from specpilot.sim.podrunner import PodRunner
 from tests.integration.conftest import example
-from tests.integration.controlplane import ControlPlane
-from tests.integration.operator_process import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -90,7 +90,7 @@ P99_TPOT = (
 def test_prometheus_scrapes_simulated_pods_and_answers_the_control_loops_queries(
     api: k8s.ApiClient, control_plane: ControlPlane, namespace: str, tmp_path: Path
 ) -> None:
-    from tests.integration.prometheus import Prometheus
+    from specpilot.local.prometheus import Prometheus
 
     doc = example("eagle3-single-h100.yaml", namespace)
     deployment = render(doc)[0]

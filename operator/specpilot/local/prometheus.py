@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
-from tests.integration.controlplane import REPO
-from tests.integration.operator_process import free_port, wait_for
+from specpilot.local.controlplane import REPO
+from specpilot.local.operator_process import free_port, wait_for
 
 
 def prometheus_bin() -> Path:

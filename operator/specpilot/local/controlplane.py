@@ -12,7 +12,7 @@ Usage in tests::
 
 By hand, from the repository root (Ctrl-C stops it)::
 
-    python -m tests.integration.controlplane
+    python -m specpilot.local.controlplane
 
 Binaries come from $KUBEBUILDER_ASSETS (a folder with ``etcd`` and ``kube-apiserver``) or from
 ``scripts/kube-assets.sh``, which builds and caches them. Certificates are made with the
@@ -44,7 +44,8 @@ from typing import Any
 
 from specpilot.processes import die_with_parent
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
+"""The source checkout this module runs from (the asset scripts live there)."""
 ASSETS_SCRIPT = REPO / "scripts" / "kube-assets.sh"
 
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
@@ -505,7 +506,7 @@ def _default_tmp_root() -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tests.integration.controlplane",
+        prog="python -m specpilot.local.controlplane",
         description="Start a test control plane (etcd + kube-apiserver) until Ctrl-C.",
     )
     parser.add_argument("--assets", help="folder with etcd and kube-apiserver")
