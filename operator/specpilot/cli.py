@@ -317,6 +317,15 @@ def loadgen_command(options: tuple[str, ...]) -> None:
     loadgen.main(args=list(options), prog_name="specpilot loadgen")
 
 
+@main.command("demo", context_settings={"ignore_unknown_options": True}, add_help_option=False)
+@click.argument("options", nargs=-1, type=click.UNPROCESSED)
+def demo_command(options: tuple[str, ...]) -> None:
+    """The control loop on simulated GPUs: a surge turns speculation off, quiet turns it on."""
+    from specpilot.demo.run import demo
+
+    demo.main(args=list(options), prog_name="specpilot demo")
+
+
 def _gb(value: float) -> str:
     return f"{value:8.1f} GB"
 

@@ -78,8 +78,10 @@ def signals_for(
     load = rps / replicas if rps is not None and replicas else None
     live = readings.get((namespace, name, "baseline")) or {}
     baseline_p50, baseline_p99 = live.get(Signal.TPOT_P50), live.get(Signal.TPOT_P99)
+    baseline_ttft = live.get(Signal.TTFT_P50)
     if baseline_p99 is None and _comparable(load, state.baseline_load):
         baseline_p50, baseline_p99 = state.baseline_p50_tpot, state.baseline_p99_tpot
+        baseline_ttft = state.baseline_p50_ttft
     return Signals(
         sampled_at=sampled_at,
         acceptance=server.get(Signal.ACCEPTANCE) if state.speculation_on else None,
@@ -87,6 +89,8 @@ def signals_for(
         p99_tpot=server.get(Signal.TPOT_P99),
         baseline_p50_tpot=baseline_p50,
         baseline_p99_tpot=baseline_p99,
+        p50_ttft=server.get(Signal.TTFT_P50),
+        baseline_p50_ttft=baseline_ttft,
         load=load,
     )
 
@@ -123,6 +127,8 @@ def last_metrics(
         requests_per_second=_rounded(server.get(Signal.REQUESTS_PER_SECOND)),
         generation_tokens_per_second=_rounded(server.get(Signal.GENERATION_TOKENS_PER_SECOND), 1),
         baseline_p99_tpot_ms=_ms(signals.baseline_p99_tpot),
+        p50_ttft_ms=_ms(server.get(Signal.TTFT_P50)),
+        baseline_p50_ttft_ms=_ms(signals.baseline_p50_ttft),
     )
 
 
@@ -156,6 +162,7 @@ def _remember(state: PolicyState, signals: Signals, now: datetime.datetime) -> P
         update |= {
             "baseline_p50_tpot": signals.p50_tpot,
             "baseline_p99_tpot": signals.p99_tpot,
+            "baseline_p50_ttft": signals.p50_ttft,
             "baseline_load": signals.load,
         }
     return state.model_copy(update=update)

@@ -40,6 +40,8 @@ class Signals(BaseModel):
     p99_tpot: float | None = None
     baseline_p50_tpot: float | None = None
     baseline_p99_tpot: float | None = None
+    p50_ttft: float | None = None
+    baseline_p50_ttft: float | None = None
     load: float | None = None
     """Requests running per replica (or QPS): what speculation's payoff depends on."""
     error: str | None = None
@@ -208,22 +210,25 @@ def _breach(signals: Signals, policy: PolicySpec) -> str | None:
     t = policy.thresholds
     acceptance = signals.acceptance
     assert acceptance is not None
-    regression = _p99_regression(signals)
     if acceptance < t.disable_below_acceptance:
         return f"acceptance {_fmt(acceptance)} < {t.disable_below_acceptance:.2f}"
-    if regression is not None and regression > t.max_p99_tpot_regression:
-        return (
-            f"P99 TPOT {_fmt(signals.p99_tpot, 'ms')} is {regression:.0%} above the "
-            f"baseline's {_fmt(signals.baseline_p99_tpot, 'ms')} at acceptance "
-            f"{_fmt(acceptance)}"
-        )
+    for what, value, baseline, allowed in (
+        ("P99 TPOT", signals.p99_tpot, signals.baseline_p99_tpot, t.max_p99_tpot_regression),
+        ("median TTFT", signals.p50_ttft, signals.baseline_p50_ttft, t.max_p50_ttft_regression),
+    ):
+        regression = _regression(value, baseline)
+        if regression is not None and regression > allowed:
+            return (
+                f"{what} {_fmt(value, 'ms')} is {regression:.0%} above the baseline's "
+                f"{_fmt(baseline, 'ms')} at acceptance {_fmt(acceptance)}"
+            )
     return None
 
 
-def _p99_regression(signals: Signals) -> float | None:
-    if signals.p99_tpot is None or not signals.baseline_p99_tpot:
+def _regression(value: float | None, baseline: float | None) -> float | None:
+    if value is None or not baseline:
         return None
-    return signals.p99_tpot / signals.baseline_p99_tpot - 1
+    return value / baseline - 1
 
 
 def _warnings(signals: Signals, state: PolicyState) -> list[PolicyWarning]:

@@ -13,24 +13,13 @@ from kubernetes import config as k8s_config
 
 from specpilot.local.controlplane import REPO, ControlPlane
 from specpilot.local.operator_process import OperatorProcess
-
-CRD_FILES = [
-    REPO / "crds" / "specpilot.io_speculativeinferences.yaml",
-    REPO / "crds" / "kopf-peering.yaml",
-]
+from specpilot.local.stack import install_crds
 
 
 @pytest.fixture(scope="session")
 def control_plane() -> Iterator[ControlPlane]:
     with ControlPlane() as plane:
-        for crd in CRD_FILES:
-            plane.kubectl("apply", "-f", str(crd))
-        plane.kubectl(
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/speculativeinferences.specpilot.io",
-        )
+        install_crds(plane)
         yield plane
 
 

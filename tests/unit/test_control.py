@@ -141,6 +141,22 @@ def test_control_replicas_give_a_live_baseline_for_the_p99_comparison() -> None:
     assert doc["status"]["lastMetrics"]["baselineP99TpotMs"] == 35.0
 
 
+def test_queueing_at_saturation_shows_in_ttft_against_the_control_replicas() -> None:
+    """TPOT alike (the batch is capped), but requests wait: the median TTFT is the tell."""
+    doc = body(controlReplicas=1)
+    saturated = reading(acceptance=0.78, p99=0.095, rps=14, baseline_p99=0.087)
+    saturated["inference", "llama", "server"][Signal.TTFT_P50] = 0.440
+    saturated["inference", "llama", "baseline"][Signal.TTFT_P50] = 0.103
+    results = play(doc, [saturated] * 3)
+    assert results[-1].action is Action.DISABLE
+    reason = results[-1].status["decisions"][-1]["reason"]
+    assert "median TTFT 440.0 ms is 327% above the baseline's 103.0 ms" in reason
+    modest = reading(acceptance=0.78, p99=0.027, rps=2, baseline_p99=0.039)
+    modest["inference", "llama", "server"][Signal.TTFT_P50] = 0.076
+    modest["inference", "llama", "baseline"][Signal.TTFT_P50] = 0.041  # longer steps, no queue
+    assert all(r.action is Action.KEEP for r in play(body(controlReplicas=1), [modest] * 4))
+
+
 def test_without_control_replicas_the_reading_while_off_is_the_baseline() -> None:
     doc = body()
     play(doc, [reading(acceptance=0.41, rps=6)] * 3)  # off now

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from specpilot.findings import InvalidResourceError
@@ -343,6 +343,8 @@ def test_render_properties(version: str, method: str, k: int, tp: int, extra: li
 
 
 @settings(max_examples=300, deadline=None)
+@example(value={"k" * 1100: None})  # found by hypothesis: YAML's implicit keys end at 1024
+@example(value={"1": [True, None], "\U0001f600": {"k": ["x"]}})
 @given(
     value=st.recursive(
         st.none() | st.booleans() | st.integers() | st.text(),

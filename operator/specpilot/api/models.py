@@ -367,6 +367,14 @@ class Thresholds(SpecModel):
         le=10,
         description="Allowed P99 TPOT regression against the baseline, as a fraction (0.10).",
     )
+    max_p50_ttft_regression: float = Field(
+        default=1.5,
+        ge=0,
+        le=100,
+        description="Allowed median TTFT regression against the baseline (1.5 = 2.5x). "
+        "Speculation's longer steps raise TTFT somewhat; requests queueing behind the draft "
+        "near saturation raise the median far more (the tail is long prompts either way).",
+    )
     quantization_acceptance_drop: float = Field(
         default=0.05,
         ge=0,
@@ -524,6 +532,8 @@ class LastMetrics(StatusModel):
     requests_per_second: float | None = None
     generation_tokens_per_second: float | None = None
     baseline_p99_tpot_ms: float | None = None
+    p50_ttft_ms: float | None = None
+    baseline_p50_ttft_ms: float | None = None
     """From the control replicas (live A/B), or the reading recorded while speculation was off."""
 
 
@@ -565,6 +575,9 @@ class PolicyState(StatusModel):
     )
     baseline_p99_tpot: float | None = Field(
         default=None, description="P99 TPOT (s) recorded while speculation was last off."
+    )
+    baseline_p50_ttft: float | None = Field(
+        default=None, description="Median TTFT (s) recorded while speculation was last off."
     )
     baseline_load: float | None = Field(
         default=None, description="Requests/s per replica when the baseline was recorded."

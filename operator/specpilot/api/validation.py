@@ -24,7 +24,7 @@ from specpilot.api.models import (
     SpeculativeInference,
     SpeculativeInferenceSpec,
 )
-from specpilot.findings import Finding, error, warning
+from specpilot.findings import Finding, error
 
 MANAGED_FLAGS = {
     "--model": "spec.target.model",
@@ -301,16 +301,6 @@ def cross_field_findings(spec: SpeculativeInferenceSpec) -> list[Finding]:
         )
     found += _speculation_findings(spec)
     found += _extra_args_findings(spec.vllm.extra_args)
-    if spec.monitoring.prometheus_url is None and spec.policy.mode != "off":
-        found.append(
-            warning(
-                "NoPrometheus",
-                "spec.monitoring.prometheusUrl",
-                "no Prometheus URL: the control loop cannot see acceptance or latency and will "
-                "hold speculation as configured.",
-                "set spec.monitoring.prometheusUrl, or set spec.policy.mode: off.",
-            )
-        )
     return found
 
 

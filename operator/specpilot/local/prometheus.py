@@ -95,7 +95,24 @@ class Prometheus:
         result: list[dict[str, Any]] = body["data"]["result"]
         return result
 
-    def __exit__(self, *exc: object) -> None:
-        if self.process is not None:
+    def query_range(
+        self, promql: str, start: float, end: float, step: float
+    ) -> list[dict[str, Any]]:
+        url = f"{self.url}/api/v1/query_range?" + urllib.parse.urlencode(
+            {"query": promql, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"}
+        )
+        with urllib.request.urlopen(url, timeout=30) as response:
+            body = json.load(response)
+        if body["status"] != "success":
+            raise RuntimeError(f"Prometheus refused {promql!r}: {body.get('error')}")
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
+
+    def stop(self) -> None:
+        """Stop Prometheus (early, to see what the control loop does without it)."""
+        if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=20)
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -39,11 +39,23 @@ SHM_MOUNT = "/dev/shm"
 _SURROGATE_PAIR = re.compile(r"(?<!\\)((?:\\\\)*)\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})")
 
 
-def yaml_scalar(value: Any) -> str:
-    """JSON text that YAML reads back exactly: ASCII only, with astral characters as \\U escapes.
+YAML_SIMPLE_KEY_LIMIT = 1024
+"""YAML reads a mapping key without the explicit `? ` indicator only up to this length."""
 
-    JSON writes them as surrogate pairs, which YAML parsers decode into two broken characters.
-    """
+
+def yaml_scalar(value: Any) -> str:
+    """JSON text that YAML reads back exactly: ASCII only, with astral characters as \\U escapes
+    (JSON writes them as surrogate pairs, which YAML decodes into two broken characters), and
+    explicit `? ` keys where a key is too long for YAML's implicit ones."""
+    if isinstance(value, dict):
+        entries = []
+        for key, item in value.items():
+            text = yaml_scalar(key if isinstance(key, str) else json.dumps(key))
+            explicit = "? " if len(text) >= YAML_SIMPLE_KEY_LIMIT - 2 else ""
+            entries.append(f"{explicit}{text}: {yaml_scalar(item)}")
+        return "{" + ", ".join(entries) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(yaml_scalar(item) for item in value) + "]"
 
     def astral(match: re.Match[str]) -> str:
         high, low = int(match.group(2), 16), int(match.group(3), 16)

@@ -1,0 +1,108 @@
+"""Everything the control loop meets in production, on loopback: a control plane, the pod runner
+running simulated vLLM pods, a Prometheus scraping them, and the operator reading it.
+
+The demo and the end-to-end tests both use it; they differ only in what they apply and play.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from specpilot.local.controlplane import REPO, ControlPlane
+from specpilot.local.operator_process import OperatorProcess
+from specpilot.local.prometheus import Prometheus
+from specpilot.sim.podrunner import PodRunner
+
+CRD_FILES = (
+    REPO / "crds" / "specpilot.io_speculativeinferences.yaml",
+    REPO / "crds" / "kopf-peering.yaml",
+)
+
+
+def install_crds(plane: ControlPlane) -> None:
+    for crd in CRD_FILES:
+        plane.kubectl("apply", "-f", str(crd))
+    plane.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/speculativeinferences.specpilot.io",
+    )
+
+
+class LocalStack:
+    """Pod runner + Prometheus + operator over a running control plane; stops them on exit."""
+
+    def __init__(
+        self,
+        plane: ControlPlane,
+        namespaces: list[str],
+        *,
+        time_scale: float = 1.0,
+        workdir: Path | None = None,
+        operator_args: tuple[str, ...] = (),
+    ) -> None:
+        self.plane = plane
+        self.namespaces = namespaces
+        self.time_scale = time_scale
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="specpilot-stack-"))
+        self.sd_file = self.workdir / "targets.json"
+        self.operator_args = operator_args
+        self._stack = contextlib.ExitStack()
+        self.prometheus: Prometheus | None = None
+        self.operator: OperatorProcess | None = None
+
+    def __enter__(self) -> LocalStack:
+        try:
+            self._stack.enter_context(
+                PodRunner(
+                    self.namespaces,
+                    time_scale=self.time_scale,
+                    sd_file=self.sd_file,
+                    log_dir=self.workdir / "pods",
+                    kubeconfig=self.plane.kubeconfig,
+                    tick_seconds=0.2,
+                )
+            )
+            self.prometheus = self._stack.enter_context(Prometheus(self.sd_file))
+            self.start_operator()
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def start_operator(self) -> OperatorProcess:
+        assert self.prometheus is not None
+        namespaces = [arg for ns in self.namespaces for arg in ("-n", ns)]
+        self.operator = OperatorProcess(
+            self.plane.kubeconfig,
+            "--standalone",
+            "--prometheus-url",
+            self.prometheus.url,
+            *namespaces,
+            *self.operator_args,
+        ).start()
+        self._stack.callback(self.operator.stop)
+        return self.operator
+
+    def targets(self, namespace: str, name: str) -> list[str]:
+        """host:port of every ready replica of a resource (serving and baseline), as its Service
+        would route to them."""
+        try:
+            groups: list[dict[str, Any]] = json.loads(self.sd_file.read_text())
+        except (OSError, ValueError):
+            return []
+        return [
+            target
+            for group in groups
+            if group["labels"].get("namespace") == namespace
+            and group["labels"].get("specpilot_io_resource") == name
+            for target in group["targets"]
+        ]
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()

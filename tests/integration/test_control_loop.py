@@ -1,0 +1,276 @@
+"""The control loop end to end on real parts: the test API server, simulated vLLM pods run by the
+pod runner, a real Prometheus scraping them, the operator reading it, and open-loop load.
+
+Timings are real seconds (time scale 1): the policies below use a 5 s interval and a 20 s window
+so that each scenario takes a minute or two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client as k8s
+
+from specpilot.api.models import GROUP, PLURAL, VERSION
+from specpilot.local.controlplane import ControlPlane
+from specpilot.local.operator_process import wait_for
+from specpilot.local.stack import LocalStack
+from specpilot.sim import loadgen
+from tests.integration.conftest import example
+
+pytestmark = pytest.mark.integration
+
+FAST_POLICY = {
+    "mode": "auto",
+    "interval": "5s",
+    "window": "20s",
+    "failureLimit": 3,
+    "consecutiveSuccessLimit": 3,
+    "cooldown": "30s",
+}
+INTERVAL = 5
+
+
+@pytest.fixture(scope="module")
+def stack(control_plane: ControlPlane) -> Iterator[LocalStack]:
+    namespace = f"e2e-{int(time.time())}"
+    control_plane.kubectl("create", "namespace", namespace)
+    with LocalStack(control_plane, [namespace]) as running:
+        yield running
+
+
+def chat(namespace: str, name: str, **policy: Any) -> dict[str, Any]:
+    doc = example("llama-70b-int8-draft.yaml", namespace)
+    doc["metadata"]["name"] = name
+    doc["spec"]["policy"] = {**FAST_POLICY, **policy}
+    doc["spec"]["monitoring"] = {}  # the operator's default: the local Prometheus
+    return doc
+
+
+def create(api: k8s.ApiClient, doc: dict[str, Any]) -> None:
+    k8s.CustomObjectsApi(api).create_namespaced_custom_object(
+        GROUP, VERSION, doc["metadata"]["namespace"], PLURAL, doc
+    )
+
+
+def get(api: k8s.ApiClient, namespace: str, name: str) -> dict[str, Any]:
+    body: dict[str, Any] = k8s.CustomObjectsApi(api).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, name
+    )
+    return body
+
+
+def events(api: k8s.ApiClient, namespace: str, name: str) -> list[k8s.CoreV1Event]:
+    listed = k8s.CoreV1Api(api).list_namespaced_event(
+        namespace, field_selector=f"involvedObject.name={name}"
+    )
+    return sorted(listed.items, key=lambda e: e.metadata.creation_timestamp)
+
+
+def reasons(api: k8s.ApiClient, namespace: str, name: str) -> list[str]:
+    return [e.reason for e in events(api, namespace, name)]
+
+
+def speculating(api: k8s.ApiClient, namespace: str, name: str) -> bool:
+    deployment = k8s.AppsV1Api(api).read_namespaced_deployment(name, namespace)
+    return any(
+        "--speculative-config" in a for a in deployment.spec.template.spec.containers[0].args
+    )
+
+
+class Load:
+    """Open-loop load on every ready replica of a resource, following the pods as they roll."""
+
+    def __init__(self, stack: LocalStack, namespace: str, name: str, trace: loadgen.Trace) -> None:
+        self.results: list[loadgen.Result] = []
+        model = example("llama-70b-int8-draft.yaml", namespace)["spec"]["target"]["model"]
+
+        def targets() -> list[str]:
+            return [f"http://{t}" for t in stack.targets(namespace, name)]
+
+        self.thread = threading.Thread(
+            target=lambda: self.results.extend(
+                asyncio.run(loadgen.run(trace, targets, model, stream=False))
+            ),
+            daemon=True,
+        )
+
+    def __enter__(self) -> Load:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.thread.join(timeout=120)
+
+
+def trace(*segments: tuple[float, float], temperature: float = 0.0) -> loadgen.Trace:
+    return loadgen.Trace.model_validate(
+        {
+            "seed": 3,
+            "segments": [{"durationSeconds": d, "qps": q} for d, q in segments],
+            "temperatureMix": [{"temperature": temperature, "weight": 1}],
+            "promptTokens": {"kind": "lognormal", "median": 180, "sigma": 1.0, "max": 2048},
+            "outputTokens": {"kind": "lognormal", "median": 120, "sigma": 0.6, "max": 512},
+        }
+    )
+
+
+def ready(api: k8s.ApiClient, stack: LocalStack, namespace: str, name: str, pods: int) -> None:
+    wait_for(
+        lambda: len(stack.targets(namespace, name)) >= pods,
+        timeout=90,
+        what=lambda: (
+            f"{pods} ready pods; operator log:\n{stack.operator.output()}" if stack.operator else ""
+        ),
+    )
+
+
+def test_a_surge_turns_speculation_off_and_quiet_turns_it_back_on(
+    api: k8s.ApiClient, stack: LocalStack
+) -> None:
+    namespace, name = stack.namespaces[0], "surge"
+    create(api, chat(namespace, name, controlReplicas=1))
+    ready(api, stack, namespace, name, pods=2)
+    # Per replica (the load is spread over the serving and the control replica): 2 QPS, where
+    # speculation pays, then 16 QPS, where requests queue behind the draft: P99 TTFT far above
+    # the baseline's.
+    load = trace((40, 4), (70, 32), (80, 4))
+    started = time.monotonic()
+    with Load(stack, namespace, name, load) as running:
+        wait_for(lambda: time.monotonic() - started > 35, timeout=40)
+        assert speculating(api, namespace, name), get(api, namespace, name)["status"]["decisions"]
+        assert "SpeculationDisabled" not in reasons(api, namespace, name)
+        off = wait_for(
+            lambda: not speculating(api, namespace, name) and time.monotonic(),
+            timeout=75,
+            what=lambda: str(get(api, namespace, name).get("status")),
+        )
+        surge_seconds = off - started - 40
+        on = wait_for(
+            lambda: speculating(api, namespace, name) and time.monotonic(),
+            timeout=120,
+            what=lambda: str(get(api, namespace, name).get("status")),
+        )
+    assert running.results
+    disabled = next(e for e in events(api, namespace, name) if e.reason == "SpeculationDisabled")
+    assert disabled.type == "Warning"
+    assert "above the baseline's" in disabled.message
+    assert "for 3 checks over 15s; speculation disabled" in disabled.message
+    # within failureLimit x interval, after the 20 s rate window and a scrape have caught up
+    assert surge_seconds <= 20 + 3 * INTERVAL + 10, surge_seconds
+    assert on - started > 110, "re-enabled only once the surge was over"
+    status = get(api, namespace, name)["status"]
+    assert [d["action"] for d in status["decisions"]] == [
+        "disable-speculation",
+        "enable-speculation",
+    ]
+    assert status["control"]["crossoverLoad"] > 6
+    assert status["effective"]["speculation"] == "on"
+
+
+def test_an_int4_target_whose_acceptance_drops_is_stepped_back_to_int8(
+    api: k8s.ApiClient, stack: LocalStack
+) -> None:
+    namespace, name = stack.namespaces[0], "quant"
+    doc = chat(
+        namespace,
+        name,
+        quantizationLadder=[
+            {"model": "RedHatAI/Meta-Llama-3.1-70B-Instruct-quantized.w8a8", "quantization": "int8"}
+        ],
+    )
+    create(api, doc)
+    ready(api, stack, namespace, name, pods=1)
+    with Load(stack, namespace, name, trace((150, 2), temperature=0.7)):
+        wait_for(
+            lambda: (
+                get(api, namespace, name)
+                .get("status", {})
+                .get("lastMetrics", {})
+                .get("acceptanceRate")
+            ),
+            timeout=40,
+        )
+        before = get(api, namespace, name)
+        changed = copy.deepcopy(before["spec"])
+        changed["target"] = {
+            **changed["target"],
+            "model": "hugging-quants/Meta-Llama-3.1-70B-Instruct-AWQ-INT4",
+            "quantization": "awq",
+        }
+        k8s.CustomObjectsApi(api).patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name, {"spec": {"target": changed["target"]}}
+        )
+        stepped = wait_for(
+            lambda: "QuantizationSteppedBack" in reasons(api, namespace, name),
+            timeout=100,
+            what=lambda: str(get(api, namespace, name).get("status")),
+        )
+    assert stepped
+    status = get(api, namespace, name)["status"]
+    assert status["effective"]["checkpointIndex"] == 1
+    assert status["effective"]["targetQuantization"] == "int8"
+    deployment = k8s.AppsV1Api(api).read_namespaced_deployment(name, namespace)
+    assert deployment.spec.template.spec.containers[0].args[0] == (
+        "RedHatAI/Meta-Llama-3.1-70B-Instruct-quantized.w8a8"
+    )
+    assert get(api, namespace, name)["spec"]["target"]["quantization"] == "awq"  # spec untouched
+
+
+def test_recommend_mode_only_reports(api: k8s.ApiClient, stack: LocalStack) -> None:
+    namespace, name = stack.namespaces[0], "advice"
+    create(api, chat(namespace, name, mode="recommend"))
+    ready(api, stack, namespace, name, pods=1)
+    generation = k8s.AppsV1Api(api).read_namespaced_deployment(name, namespace).metadata.generation
+    with Load(stack, namespace, name, trace((60, 2), temperature=1.2)):  # acceptance well < 0.5
+        wait_for(
+            lambda: "RecommendDisableSpeculation" in reasons(api, namespace, name),
+            timeout=60,
+            what=lambda: str(get(api, namespace, name).get("status")),
+        )
+    deployment = k8s.AppsV1Api(api).read_namespaced_deployment(name, namespace)
+    assert deployment.metadata.generation == generation
+    assert speculating(api, namespace, name)
+    assert "SpeculationDisabled" not in reasons(api, namespace, name)
+    advice = get(api, namespace, name)["status"]["decisions"][-1]
+    assert advice["reason"].startswith("recommend mode, not acting: would disable speculation")
+
+
+def test_prometheus_stopped_means_hold_and_nothing_changes(
+    api: k8s.ApiClient, stack: LocalStack
+) -> None:
+    """Last in the module: it stops the module's Prometheus."""
+    namespace, name = stack.namespaces[0], "blind"
+    create(api, chat(namespace, name))
+    ready(api, stack, namespace, name, pods=1)
+    generation = k8s.AppsV1Api(api).read_namespaced_deployment(name, namespace).metadata.generation
+    with Load(stack, namespace, name, trace((45, 2), temperature=1.2)):  # acceptance well < 0.5
+        wait_for(lambda: "MetricsRead" in reasons(api, namespace, name), timeout=30)
+        assert stack.prometheus is not None
+        stack.prometheus.stop()
+        condition = wait_for(
+            lambda: next(
+                (
+                    c
+                    for c in get(api, namespace, name).get("status", {}).get("conditions", [])
+                    if c["type"] == "MetricsAvailable" and c["status"] == "False"
+                ),
+                None,
+            ),
+            timeout=30,
+        )
+        time.sleep(4 * INTERVAL)  # long enough for 3 breaches, had the metrics been readable
+    assert "holding, nothing changed" in condition["message"]
+    assert "unreachable" in condition["message"]
+    status = get(api, namespace, name)["status"]
+    assert status.get("decisions", []) == []
+    deployment = k8s.AppsV1Api(api).read_namespaced_deployment(name, namespace)
+    assert deployment.metadata.generation == generation
+    assert speculating(api, namespace, name)
+    assert reasons(api, namespace, name).count("MetricsUnavailable") == 1
