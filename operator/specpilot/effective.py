@@ -49,9 +49,18 @@ def speculation_wanted(spec: SpeculativeInferenceSpec, control: PolicyState | No
 
 
 def with_checkpoint(body: Mapping[str, Any], checkpoint: Checkpoint) -> dict[str, Any]:
-    """The resource as if spec.target were the checkpoint, for planning and rendering."""
+    """The resource as if spec.target were the checkpoint, for planning and rendering.
+
+    The checkpoint is served under spec.target's name (unless extraArgs names one), so clients
+    keep working when the control loop steps the target back.
+    """
     effective = copy.deepcopy(dict(body))
-    target = effective["spec"]["target"]
-    target["model"] = checkpoint.model
-    target["quantization"] = checkpoint.quantization.value
+    spec = effective["spec"]
+    original = spec["target"]["model"]
+    spec["target"]["model"] = checkpoint.model
+    spec["target"]["quantization"] = checkpoint.quantization.value
+    vllm = spec.setdefault("vllm", {})
+    extra = list(vllm.get("extraArgs") or [])
+    if not any(str(a).split("=")[0] == "--served-model-name" for a in extra):
+        vllm["extraArgs"] = [*extra, "--served-model-name", original]
     return effective

@@ -154,9 +154,11 @@ def _while_on(
         )
     breaches = state.breaches + 1
     counted = state.model_copy(update={"breaches": breaches, "successes": 0})
-    reason = breach or (
+    reason = (
         f"acceptance {_fmt(acceptance)} fell more than {t.quantization_acceptance_drop:.2f} "
         f"below {_fmt(state.pre_change_acceptance)} measured before the quantization change"
+        if quantization_drop
+        else str(breach)
     )
     if breaches < policy.failure_limit or not _cooled_down(state, policy, now):
         waiting = (
@@ -169,7 +171,7 @@ def _while_on(
         )
     span = breaches * seconds(policy.interval)
     evidence = f"{reason} for {breaches} checks over {span:.0f}s"
-    if quantization_drop and breach is None:
+    if quantization_drop:  # the change caused it: undo the change before giving up speculation
         return Decision(
             action=Action.STEP_QUANTIZATION,
             reason=f"{evidence}; stepping the target to "

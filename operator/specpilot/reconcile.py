@@ -151,7 +151,7 @@ def observe(
             f"{plan.verdict}: {plan.kv_cache_gb_per_gpu:.1f} GB KV cache per GPU, "
             f"{plan.max_concurrent_sequences} full-length sequences per replica"
         )
-        warnings = _summary(plan.findings + result.findings, Severity.WARNING)
+        warnings = _summary(result.findings, Severity.WARNING)
         speculating = wanted.speculation
         spec_reason = (
             "SpeculationOn"

@@ -8,7 +8,6 @@ so that each scenario takes a minute or two.
 from __future__ import annotations
 
 import asyncio
-import copy
 import threading
 import time
 from collections.abc import Iterator
@@ -87,9 +86,15 @@ def speculating(api: k8s.ApiClient, namespace: str, name: str) -> bool:
 class Load:
     """Open-loop load on every ready replica of a resource, following the pods as they roll."""
 
-    def __init__(self, stack: LocalStack, namespace: str, name: str, trace: loadgen.Trace) -> None:
+    def __init__(
+        self,
+        stack: LocalStack,
+        namespace: str,
+        name: str,
+        trace: loadgen.Trace,
+        model: str = "RedHatAI/Meta-Llama-3.1-70B-Instruct-quantized.w8a8",
+    ) -> None:
         self.results: list[loadgen.Result] = []
-        model = example("llama-70b-int8-draft.yaml", namespace)["spec"]["target"]["model"]
 
         def targets() -> list[str]:
             return [f"http://{t}" for t in stack.targets(namespace, name)]
@@ -178,49 +183,40 @@ def test_an_int4_target_whose_acceptance_drops_is_stepped_back_to_int8(
     api: k8s.ApiClient, stack: LocalStack
 ) -> None:
     namespace, name = stack.namespaces[0], "quant"
-    doc = chat(
-        namespace,
-        name,
-        quantizationLadder=[
-            {"model": "RedHatAI/Meta-Llama-3.1-70B-Instruct-quantized.w8a8", "quantization": "int8"}
-        ],
-    )
-    create(api, doc)
+    int8 = "RedHatAI/Meta-Llama-3.1-70B-Instruct-quantized.w8a8"
+    int4 = "hugging-quants/Meta-Llama-3.1-70B-Instruct-AWQ-INT4"
+    create(api, chat(namespace, name, quantizationLadder=[{"model": int8, "quantization": "int8"}]))
     ready(api, stack, namespace, name, pods=1)
-    with Load(stack, namespace, name, trace((150, 2), temperature=0.7)):
+    with Load(stack, namespace, name, trace((40, 2), temperature=0.7), model=int8):
         wait_for(
-            lambda: (
-                get(api, namespace, name)
-                .get("status", {})
-                .get("lastMetrics", {})
-                .get("acceptanceRate")
-            ),
+            lambda: get(api, namespace, name)["status"].get("control", {}).get("lastAcceptance"),
             timeout=40,
         )
-        before = get(api, namespace, name)
-        changed = copy.deepcopy(before["spec"])
-        changed["target"] = {
-            **changed["target"],
-            "model": "hugging-quants/Meta-Llama-3.1-70B-Instruct-AWQ-INT4",
-            "quantization": "awq",
-        }
-        k8s.CustomObjectsApi(api).patch_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, name, {"spec": {"target": changed["target"]}}
-        )
-        stepped = wait_for(
+    target = {**get(api, namespace, name)["spec"]["target"], "model": int4, "quantization": "awq"}
+    k8s.CustomObjectsApi(api).patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, name, {"spec": {"target": target}}
+    )
+    # clients name the model in spec.target: after the step it is still served under that name
+    with Load(stack, namespace, name, trace((120, 2), temperature=0.7), model=int4) as load:
+        wait_for(
             lambda: "QuantizationSteppedBack" in reasons(api, namespace, name),
-            timeout=100,
+            timeout=110,
             what=lambda: str(get(api, namespace, name).get("status")),
         )
-    assert stepped
     status = get(api, namespace, name)["status"]
     assert status["effective"]["checkpointIndex"] == 1
     assert status["effective"]["targetQuantization"] == "int8"
+    stepped = next(e for e in events(api, namespace, name) if e.reason == "QuantizationSteppedBack")
+    assert "below" in stepped.message
+    assert "measured before the quantization change" in stepped.message
     deployment = k8s.AppsV1Api(api).read_namespaced_deployment(name, namespace)
-    assert deployment.spec.template.spec.containers[0].args[0] == (
-        "RedHatAI/Meta-Llama-3.1-70B-Instruct-quantized.w8a8"
-    )
+    args = deployment.spec.template.spec.containers[0].args
+    assert args[0] == int8
+    assert args[args.index("--served-model-name") + 1] == int4
     assert get(api, namespace, name)["spec"]["target"]["quantization"] == "awq"  # spec untouched
+    late = [r for r in load.results if r.at > 100]
+    assert late
+    assert all(r.error is None for r in late), {r.error for r in late}
 
 
 def test_recommend_mode_only_reports(api: k8s.ApiClient, stack: LocalStack) -> None:

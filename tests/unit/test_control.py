@@ -194,8 +194,12 @@ def test_an_int4_target_whose_acceptance_drops_steps_back_to_int8() -> None:
     assert wanted.checkpoint_index == 1
     assert wanted.review.resource is not None
     assert wanted.review.resource.spec.target.quantization.value == "int8"
-    server = wanted.objects[0]["spec"]["template"]["metadata"]["annotations"]
-    assert server["specpilot.io/target-quantization"] == "int8"
+    server = wanted.objects[0]["spec"]["template"]
+    assert server["metadata"]["annotations"]["specpilot.io/target-quantization"] == "int8"
+    args = server["spec"]["containers"][0]["args"]
+    assert args[0] == "meta-llama/Llama-3.1-70B-Instruct"
+    # clients keep the name they use: the one in spec.target
+    assert args[args.index("--served-model-name") + 1] == "meta-llama/Llama-3.1-70B-Instruct"
 
 
 def test_a_step_that_does_not_fit_is_refused_with_the_plan() -> None:

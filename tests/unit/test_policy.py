@@ -143,6 +143,22 @@ def test_quantization_acceptance_drop_steps_back_along_the_ladder() -> None:
     assert decisions[-1].state.checkpoint_index == 1
 
 
+def test_a_collapse_after_a_quantization_change_undoes_the_change_before_speculation() -> None:
+    """0.43 < 0.50 would disable speculation, but the cheaper target caused it: step back."""
+    spec = policy(quantizationLadder=[{"model": "org/llama-70b-int8", "quantization": "int8"}])
+    state = PolicyState(pre_change_acceptance=0.53, checkpoint_index=0)
+    decisions = run([{"acceptance": 0.43}] * 3, spec=spec, state=state)
+    assert decisions[-1].action is Action.STEP_QUANTIZATION
+    assert decisions[-1].state.speculation_on is True
+    assert "fell more than 0.05 below 0.53 measured before the quantization change" in (
+        decisions[-1].reason
+    )
+    # with the ladder used up, the same collapse disables speculation
+    stepped = decisions[-1].state.model_copy(update={"last_change": None})  # cooled down
+    after = run([{"acceptance": 0.43}] * 3, spec=spec, state=stepped)
+    assert after[-1].action is Action.DISABLE
+
+
 def test_acceptance_drift_warning() -> None:
     decision = run([{"acceptance": 0.62}], state=PolicyState(rollout_acceptance=0.8))[0]
     assert any("acceptance drift" in w.message for w in decision.warnings)
