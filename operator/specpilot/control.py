@@ -32,6 +32,7 @@ from specpilot.rendering.args import is_speculating
 from specpilot.review import review
 from specpilot.signals import Readings, Signal
 
+NO_SERIES = "Prometheus has no series for this resource"
 BASELINE_LOAD_TOLERANCE = 0.25
 """A recorded baseline is compared only while load is within this share of the load it saw."""
 
@@ -70,8 +71,8 @@ def signals_for(
     if not server:
         return Signals(
             sampled_at=sampled_at,
-            error="Prometheus has no series for this resource (are its pods scraped, with the "
-            "specpilot.io/resource and specpilot.io/role pod labels as target labels?)",
+            error=f"{NO_SERIES} (are its pods scraped, with the specpilot.io/resource and "
+            "specpilot.io/role pod labels as target labels?)",
         )
     replicas = server.get(Signal.REPLICAS)
     rps = server.get(Signal.REQUESTS_PER_SECOND)
@@ -168,7 +169,15 @@ def _remember(state: PolicyState, signals: Signals, now: datetime.datetime) -> P
     return state.model_copy(update=update)
 
 
-def _metrics_condition(signals: Signals, generation: int | None) -> Condition:
+def _metrics_condition(signals: Signals, generation: int | None, ever_read: bool) -> Condition:
+    if signals.error is not None and signals.error.startswith(NO_SERIES) and not ever_read:
+        return Condition(
+            type="MetricsAvailable",
+            status="Unknown",
+            reason="AwaitingMetrics",
+            message=f"holding until the pods are scraped: {signals.error}"[:1024],
+            observed_generation=generation,
+        )
     if signals.error is not None:
         return Condition(
             type="MetricsAvailable",
@@ -265,7 +274,9 @@ def check(
             events.append(Event(type="Warning", reason=warning.code, message=warning.message))
     new_state = new_state.model_copy(update={"active_warnings": [w.code for w in warnings]})
     conditions, previous = _replace_condition(
-        status.conditions, _metrics_condition(signals, generation), stamp
+        status.conditions,
+        _metrics_condition(signals, generation, ever_read=status.last_metrics is not None),
+        stamp,
     )
     metrics_now = conditions[-1]
     if previous is None or (previous.status, previous.reason) != (
@@ -274,7 +285,7 @@ def check(
     ):
         events.append(
             Event(
-                type="Normal" if metrics_now.status == "True" else "Warning",
+                type="Warning" if metrics_now.status == "False" else "Normal",
                 reason=metrics_now.reason,
                 message=metrics_now.message,
             )

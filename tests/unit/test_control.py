@@ -124,9 +124,17 @@ def test_metrics_unavailable_holds_and_says_so_once() -> None:
 
 
 def test_a_resource_missing_from_prometheus_is_held() -> None:
-    result = play(body(), [reading(name="someone-else")])[0]
-    assert result.action is Action.HOLD
-    assert "no series for this resource" in result.status["conditions"][-1]["message"]
+    doc = body()
+    first = play(doc, [reading(name="someone-else")])[0]
+    assert first.action is Action.HOLD
+    condition = first.status["conditions"][-1]
+    # not scraped yet (a new resource): a Normal wait, not a Warning
+    assert (condition["status"], condition["reason"]) == ("Unknown", "AwaitingMetrics")
+    assert "no series for this resource" in condition["message"]
+    assert [(e.type, e.reason) for e in first.events] == [("Normal", "AwaitingMetrics")]
+    play(doc, [reading()])
+    gone = play(doc, [reading(name="someone-else")])[0]  # was read before: now it is a problem
+    assert [(e.type, e.reason) for e in gone.events] == [("Warning", "MetricsUnavailable")]
 
 
 def test_control_replicas_give_a_live_baseline_for_the_p99_comparison() -> None:
