@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# The README's main command. Until the local cluster demo lands, it shows what the operator will do
-# with an example before any cluster exists: the memory plan, the verdict and the manifests.
+# The README's main command: the control loop end to end on this machine, no GPUs needed.
+#
+# Brings up a local control plane (etcd + kube-apiserver, built once and cached), simulated vLLM
+# pods (the pod runner), a real Prometheus and the operator; applies an example resource; plays
+# low load -> surge -> low load; prints the operator's Events as they happen; ends with a summary
+# table and a PNG timeline under demo-output/. Everything it starts is stopped when it ends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
-example=${1:-manifests/examples/llama-70b-int8-draft.yaml}
+example=manifests/examples/llama-70b-int8-draft.yaml
+echo "== the memory plan for $example (specpilot plan)"
 .venv/bin/specpilot plan "$example"
 echo
-echo "== what the operator would apply (specpilot render $example)"
-.venv/bin/specpilot render "$example"
-echo
-echo "== and a manifest it refuses (specpilot plan manifests/examples/does-not-fit.yaml)"
-.venv/bin/specpilot plan manifests/examples/does-not-fit.yaml || echo "(exit $?: refused before any GPU is scheduled)"
+exec .venv/bin/specpilot demo "$@"

@@ -49,7 +49,7 @@ class LocalStack:
         self.plane = plane
         self.namespaces = namespaces
         self.time_scale = time_scale
-        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="specpilot-stack-"))
+        self.workdir = (workdir or Path(tempfile.mkdtemp(prefix="specpilot-stack-"))).resolve()
         self.sd_file = self.workdir / "targets.json"
         self.operator_args = operator_args
         self._stack = contextlib.ExitStack()
