@@ -1,0 +1,22 @@
+# One image for the operator (`specpilot run`, the default) and the vLLM stand-in
+# (`specpilot sim serve ...`). Multi-stage: wheels are built in the first stage, the runtime
+# stage has no compiler and no pip cache, and runs as an unprivileged user with a numeric UID
+# (so `runAsNonRoot` can be verified by the kubelet). Base images are pinned to a patch release.
+FROM python:3.11.10-slim-bookworm AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY operator ./operator
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+FROM python:3.11.10-slim-bookworm
+LABEL org.opencontainers.image.title="specpilot" \
+      org.opencontainers.image.description="Kubernetes operator for vLLM with speculative decoding" \
+      org.opencontainers.image.licenses="Apache-2.0"
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir --no-index --find-links /wheels specpilot \
+    && rm -rf /wheels
+USER 65532:65532
+# The operator's liveness (8080), metrics (9100) and webhook (9443, with --webhook-port 9443).
+EXPOSE 8080 9100 9443
+ENTRYPOINT ["specpilot"]
+CMD ["run"]

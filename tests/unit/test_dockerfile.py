@@ -1,0 +1,116 @@
+"""The image's recipe, checked without a Docker engine (there is none here): pinned bases,
+non-root numeric user, and the entrypoint's command path run from the very wheel the build stage
+makes (so missing package data, such as the templates, fails here and not in a cluster)."""
+
+from __future__ import annotations
+
+import configparser
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from tests.conftest import REPO
+
+DOCKERFILE = REPO / "Dockerfile"
+
+
+def instructions() -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    found = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            found.append((keyword.upper(), rest.strip()))
+    return found
+
+
+def test_base_images_are_pinned_to_a_patch_release() -> None:
+    bases = [rest.split()[0] for keyword, rest in instructions() if keyword == "FROM"]
+    assert len(bases) == 2  # build and runtime stages
+    for base in bases:
+        assert re.fullmatch(r"[\w./-]+:\d+\.\d+\.\d+-[\w-]+(@sha256:[0-9a-f]{64})?", base), base
+
+
+def test_runtime_stage_runs_as_a_numeric_non_root_user() -> None:
+    steps = instructions()
+    last_from = max(i for i, (keyword, _) in enumerate(steps) if keyword == "FROM")
+    users = [rest for keyword, rest in steps[last_from:] if keyword == "USER"]
+    assert users
+    uid = users[-1].split(":")[0]
+    assert uid.isdigit()
+    assert int(uid) != 0
+
+
+def test_entrypoint_and_default_command_run_from_the_built_wheel(tmp_path: Path) -> None:
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "-q",
+            "--wheel-dir",
+            str(tmp_path),
+            str(REPO),
+        ],
+        check=True,
+        timeout=300,
+    )
+    wheel = next(tmp_path.glob("specpilot-*.whl"))
+    unpacked = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(unpacked)
+        names = archive.namelist()
+    assert "specpilot/rendering/templates/deployment.yaml.j2" in names
+    entry_points = configparser.ConfigParser()
+    entry_points.read(next(unpacked.glob("*.dist-info")) / "entry_points.txt")
+    steps = dict(instructions())
+    entrypoint = re.findall(r'"([^"]+)"', steps["ENTRYPOINT"])
+    command = re.findall(r'"([^"]+)"', steps["CMD"])
+    assert entry_points["console_scripts"][entrypoint[0]] == "specpilot.cli:main"
+    for args in (command, ["sim", "serve"], ["render"]):
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from specpilot.cli import main; main()",
+                *args,
+                "--help",
+            ],
+            env={"PYTHONPATH": str(unpacked), "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "Usage" in result.stdout or "usage" in result.stdout
+    where = subprocess.run(
+        [sys.executable, "-c", "import specpilot; print(specpilot.__file__)"],
+        env={"PYTHONPATH": str(unpacked), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert where.stdout.startswith(str(unpacked)), where.stdout  # the wheel, not the checkout
+    render = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from specpilot.cli import main; main()",
+            "render",
+            str(REPO / "manifests" / "examples" / "eagle3-single-h100.yaml"),
+        ],
+        env={"PYTHONPATH": str(unpacked), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert render.returncode == 0, render.stderr
+    assert "kind: Deployment" in render.stdout
