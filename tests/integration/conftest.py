@@ -39,10 +39,11 @@ def namespace(control_plane: ControlPlane) -> str:
     return name
 
 
-@pytest.fixture(scope="module")
-def operator(control_plane: ControlPlane) -> Iterator[OperatorProcess]:
-    """One cluster-wide operator (standalone: no peering) for a test module."""
-    with OperatorProcess(control_plane.kubeconfig, "--standalone") as process:
+@pytest.fixture
+def operator(control_plane: ControlPlane, namespace: str) -> Iterator[OperatorProcess]:
+    """An operator (standalone: no peering) for the test's namespace only: tests that run an
+    operator of their own (restricted RBAC, peering) must not meet a second one."""
+    with OperatorProcess(control_plane.kubeconfig, "--standalone", "-n", namespace) as process:
         yield process
 
 

@@ -298,7 +298,10 @@ def test_a_missing_permission_fails_loudly_naming_it(
             body = get(api, namespace, name)
             return body if condition(body, "Degraded").get("status") == "True" else None
 
-        message = condition(wait_for(degraded, what=process.output), "Degraded")["message"]
+        message = condition(
+            wait_for(degraded, what=lambda: process.output() + str(get(api, namespace, name))),
+            "Degraded",
+        )["message"]
         assert "forbidden by RBAC" in message
         assert 'resource "services"' in message
         assert "ApplyFailed" in event_reasons(api, namespace, name)
