@@ -359,31 +359,6 @@ def planned(api: k8s.ApiClient, namespace: str, name: str) -> Doc | None:
     return body if done else None
 
 
-def token_kubeconfig(control_plane: ControlPlane, namespace: str, account: str, path: Path) -> Path:
-    """A kubeconfig with a bound token of a ServiceAccount (as a pod would get)."""
-    token = control_plane.kubectl(
-        "create", "token", account, "-n", namespace, "--duration", "1h"
-    ).stdout.strip()
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": "test",
-                "cluster": {
-                    "server": control_plane.server,
-                    "certificate-authority": str(control_plane.ca_file),
-                },
-            }
-        ],
-        "users": [{"name": account, "user": {"token": token}}],
-        "contexts": [{"name": "test", "context": {"cluster": "test", "user": account}}],
-        "current-context": "test",
-    }
-    path.write_text(json.dumps(config))
-    return path
-
-
 class Release:
     """A helm release in a fresh namespace, uninstalled at the end if the test did not."""
 
@@ -408,14 +383,12 @@ class Release:
     def deployment(self, api: k8s.ApiClient) -> Any:
         return k8s.AppsV1Api(api).read_namespaced_deployment(self.fullname, self.namespace)
 
-    def run_operator(self, api: k8s.ApiClient, tmp_path: Path) -> OperatorProcess:
+    def run_operator(self, api: k8s.ApiClient) -> OperatorProcess:
         """`specpilot run` exactly as the installed Deployment says, as its ServiceAccount."""
         pod = self.deployment(api).spec.template.spec
         (operator,) = pod.containers
         assert operator.command == ["specpilot", "run"]
-        kubeconfig = token_kubeconfig(
-            self.plane, self.namespace, pod.service_account_name, tmp_path / "sa.kubeconfig"
-        )
+        kubeconfig = self.plane.service_account_kubeconfig(pod.service_account_name, self.namespace)
         return OperatorProcess(kubeconfig, *operator.args)
 
 
@@ -432,7 +405,6 @@ def test_install_runs_the_operator_upgrade_and_uninstall(
     api: k8s.ApiClient,
     control_plane: ControlPlane,
     namespace: str,
-    tmp_path: Path,
 ) -> None:
     # The session fixture installed the CRDs already; helm skips CRDs that exist (never updates
     # them), so the same command works on a fresh cluster and on this one.
@@ -446,7 +418,7 @@ def test_install_runs_the_operator_upgrade_and_uninstall(
     role = rbac.read_cluster_role(f"{release.fullname}-operator")
     assert [r.resources for r in role.rules] == [r["resources"] for r in cluster_role_rules()]
 
-    with release.run_operator(api, tmp_path) as process:
+    with release.run_operator(api) as process:
         name = k8s.CustomObjectsApi(api).create_namespaced_custom_object(
             GROUP, VERSION, namespace, PLURAL, example(EXAMPLE, namespace)
         )["metadata"]["name"]
@@ -506,7 +478,6 @@ def test_namespaced_install_runs_with_only_its_roles(
     api: k8s.ApiClient,
     control_plane: ControlPlane,
     namespace: str,
-    tmp_path: Path,
 ) -> None:
     release("install", "--set", f"watchNamespaces={{{namespace}}}")
     rbac = k8s.RbacAuthorizationV1Api(api)
@@ -518,7 +489,7 @@ def test_namespaced_install_runs_with_only_its_roles(
         "-n",
         namespace,
     ]
-    with release.run_operator(api, tmp_path) as process:
+    with release.run_operator(api) as process:
         name = k8s.CustomObjectsApi(api).create_namespaced_custom_object(
             GROUP, VERSION, namespace, PLURAL, example(EXAMPLE, namespace)
         )["metadata"]["name"]

@@ -257,9 +257,9 @@ def test_webhook_rejects_invalid_resources_and_warns_on_tight_plans(
 
 
 def test_runs_as_its_least_privilege_service_account(
-    api: k8s.ApiClient, control_plane: ControlPlane, namespace: str, tmp_path: Any
+    api: k8s.ApiClient, control_plane: ControlPlane, namespace: str
 ) -> None:
-    kubeconfig = _service_account_kubeconfig(control_plane, tmp_path)
+    kubeconfig = _service_account_kubeconfig(control_plane)
     with OperatorProcess(kubeconfig, "--standalone", "-n", namespace) as process:
         name = create(api, example(EXAMPLE, namespace))["metadata"]["name"]
         body = wait_for(lambda: reconciled(api, namespace, name), what=process.output)
@@ -269,9 +269,9 @@ def test_runs_as_its_least_privilege_service_account(
 
 
 def test_a_missing_permission_fails_loudly_naming_it(
-    api: k8s.ApiClient, control_plane: ControlPlane, namespace: str, tmp_path: Any
+    api: k8s.ApiClient, control_plane: ControlPlane, namespace: str
 ) -> None:
-    kubeconfig = _service_account_kubeconfig(control_plane, tmp_path)
+    kubeconfig = _service_account_kubeconfig(control_plane)
     rbac = k8s.RbacAuthorizationV1Api(api)
     role = rbac.read_cluster_role("specpilot-operator")
     role.rules = [r for r in role.rules if "services" not in r.resources]
@@ -289,7 +289,7 @@ def test_a_missing_permission_fails_loudly_naming_it(
         ],
     )
     rbac.create_cluster_role_binding(binding)
-    limited = _service_account_kubeconfig(control_plane, tmp_path, account="limited")
+    limited = _service_account_kubeconfig(control_plane, account="limited")
     del kubeconfig
     with OperatorProcess(limited, "--standalone", "-n", namespace) as process:
         name = create(api, example(EXAMPLE, namespace))["metadata"]["name"]
@@ -307,40 +307,14 @@ def test_a_missing_permission_fails_loudly_naming_it(
         assert "ApplyFailed" in event_reasons(api, namespace, name)
 
 
-def _service_account_kubeconfig(
-    control_plane: ControlPlane, tmp_path: Any, account: str = "specpilot"
-) -> Any:
+def _service_account_kubeconfig(control_plane: ControlPlane, account: str = "specpilot") -> Any:
     """The ServiceAccount from manifests/rbac with a bound token, as a kubeconfig."""
     control_plane.kubectl("create", "namespace", "specpilot-system", check=False)
     control_plane.kubectl("apply", "-f", str(REPO / "manifests" / "rbac"))
     control_plane.kubectl(
         "create", "serviceaccount", account, "-n", "specpilot-system", check=False
     )
-    token = control_plane.kubectl(
-        "create", "token", account, "-n", "specpilot-system", "--duration", "1h"
-    ).stdout.strip()
-    path = tmp_path / f"{account}.kubeconfig"
-    path.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [
-                    {
-                        "name": "test",
-                        "cluster": {
-                            "server": control_plane.server,
-                            "certificate-authority": str(control_plane.ca_file),
-                        },
-                    }
-                ],
-                "users": [{"name": account, "user": {"token": token}}],
-                "contexts": [{"name": "test", "context": {"cluster": "test", "user": account}}],
-                "current-context": "test",
-            }
-        )
-    )
-    return path
+    return control_plane.service_account_kubeconfig(account, "specpilot-system")
 
 
 def test_peering_keeps_one_replica_active_and_fails_over(

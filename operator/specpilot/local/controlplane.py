@@ -224,7 +224,12 @@ class ControlPlane:
                     self._stop_processes()
                     if attempt == 2 or "address already in use" not in str(exc):
                         raise
-            self._write_kubeconfig(self.kubeconfig, "admin", *self.admin_cert)
+            cert, key = self.admin_cert
+            self._write_kubeconfig(
+                self.kubeconfig,
+                "admin",
+                {"client-certificate-data": _b64(cert), "client-key-data": _b64(key)},
+            )
         except BaseException:
             self.stop()
             raise
@@ -248,7 +253,21 @@ class ControlPlane:
         stem = f"user-{safe}-{secrets.token_hex(3)}"
         cert, key = self._issue_cert(stem, _subject(name, groups), "client")
         path = self._dir / f"{stem}.kubeconfig"
-        self._write_kubeconfig(path, name, cert, key)
+        self._write_kubeconfig(
+            path,
+            name,
+            {"client-certificate-data": _b64(cert), "client-key-data": _b64(key)},
+        )
+        return path
+
+    def service_account_kubeconfig(self, account: str, namespace: str) -> Path:
+        """A kubeconfig holding a bound token (1 h) of a ServiceAccount, as its pod would get."""
+        token = self.kubectl(
+            "create", "token", account, "-n", namespace, "--duration", "1h"
+        ).stdout.strip()
+        path = self._dir / f"sa-{namespace}-{account}-{secrets.token_hex(3)}.kubeconfig"
+        user = f"system:serviceaccount:{namespace}:{account}"
+        self._write_kubeconfig(path, user, {"token": token})
         return path
 
     def env(self, kubeconfig: Path | None = None) -> dict[str, str]:
@@ -462,10 +481,7 @@ class ControlPlane:
                     proc.wait()
         self._procs.clear()
 
-    def _write_kubeconfig(self, path: Path, user: str, cert: Path, key: Path) -> None:
-        def b64(p: Path) -> str:
-            return base64.b64encode(p.read_bytes()).decode()
-
+    def _write_kubeconfig(self, path: Path, user: str, credentials: dict[str, str]) -> None:
         config = {
             "apiVersion": "v1",
             "kind": "Config",
@@ -474,16 +490,11 @@ class ControlPlane:
                     "name": "specpilot-test",
                     "cluster": {
                         "server": self.server,
-                        "certificate-authority-data": b64(self.ca_file),
+                        "certificate-authority-data": _b64(self.ca_file),
                     },
                 }
             ],
-            "users": [
-                {
-                    "name": user,
-                    "user": {"client-certificate-data": b64(cert), "client-key-data": b64(key)},
-                }
-            ],
+            "users": [{"name": user, "user": credentials}],
             "contexts": [{"name": user, "context": {"cluster": "specpilot-test", "user": user}}],
             "current-context": user,
             "preferences": {},
@@ -491,6 +502,10 @@ class ControlPlane:
         # JSON is YAML: kubectl and the kubernetes client read it as a kubeconfig.
         path.write_text(json.dumps(config, indent=2) + "\n")
         path.chmod(0o600)
+
+
+def _b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
 
 
 def _default_tmp_root() -> Path:
