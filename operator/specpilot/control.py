@@ -27,7 +27,7 @@ from specpilot.api.models import (
 from specpilot.effective import target_identity, with_checkpoint
 from specpilot.findings import errors
 from specpilot.policy import Action, Signals, decide, seconds
-from specpilot.reconcile import Event
+from specpilot.reconcile import Event, condition, keep_transition_times
 from specpilot.rendering.args import is_speculating
 from specpilot.review import review
 from specpilot.signals import Readings, Signal
@@ -170,46 +170,14 @@ def _remember(state: PolicyState, signals: Signals, now: datetime.datetime) -> P
 
 
 def _metrics_condition(signals: Signals, generation: int | None, ever_read: bool) -> Condition:
-    if signals.error is not None and signals.error.startswith(NO_SERIES) and not ever_read:
-        return Condition(
-            type="MetricsAvailable",
-            status="Unknown",
-            reason="AwaitingMetrics",
-            message=f"holding until the pods are scraped: {signals.error}"[:1024],
-            observed_generation=generation,
-        )
-    if signals.error is not None:
-        return Condition(
-            type="MetricsAvailable",
-            status="False",
-            reason="MetricsUnavailable",
-            message=f"holding, nothing changed: {signals.error}"[:1024],
-            observed_generation=generation,
-        )
-    return Condition(
-        type="MetricsAvailable",
-        status="True",
-        reason="MetricsRead",
-        message="the control loop is reading metrics",
-        observed_generation=generation,
-    )
-
-
-def _replace_condition(
-    conditions: list[Condition], new: Condition, now: str
-) -> tuple[list[Condition], Condition | None]:
-    """Conditions with `new` in place; the previous one of its type is returned too."""
-    previous = next((c for c in conditions if c.type == new.type), None)
-    changed = previous is None or previous.status != new.status
-    stamped = new.model_copy(
-        update={
-            "last_transition_time": now
-            if changed or previous is None
-            else previous.last_transition_time
-        }
-    )
-    kept = [c for c in conditions if c.type != new.type] + [stamped]
-    return kept, previous
+    if signals.error is None:
+        message = "the control loop is reading metrics"
+        return condition("MetricsAvailable", True, "MetricsRead", message, generation)
+    if signals.error.startswith(NO_SERIES) and not ever_read:
+        message = f"holding until the pods are scraped: {signals.error}"
+        return condition("MetricsAvailable", None, "AwaitingMetrics", message, generation)
+    message = f"holding, nothing changed: {signals.error}"
+    return condition("MetricsAvailable", False, "MetricsUnavailable", message, generation)
 
 
 def check(
@@ -273,12 +241,10 @@ def check(
         if warning.code not in state.active_warnings:
             events.append(Event(type="Warning", reason=warning.code, message=warning.message))
     new_state = new_state.model_copy(update={"active_warnings": [w.code for w in warnings]})
-    conditions, previous = _replace_condition(
-        status.conditions,
-        _metrics_condition(signals, generation, ever_read=status.last_metrics is not None),
-        stamp,
-    )
-    metrics_now = conditions[-1]
+    metrics_now = _metrics_condition(signals, generation, ever_read=status.last_metrics is not None)
+    (metrics_now,) = keep_transition_times(status.conditions, [metrics_now], stamp)
+    previous = next((c for c in status.conditions if c.type == metrics_now.type), None)
+    conditions = [c for c in status.conditions if c.type != metrics_now.type] + [metrics_now]
     if previous is None or (previous.status, previous.reason) != (
         metrics_now.status,
         metrics_now.reason,

@@ -131,6 +131,17 @@ def _cooled_down(state: PolicyState, policy: PolicySpec, now: datetime.datetime)
     return (now - state.last_change).total_seconds() >= seconds(policy.cooldown)
 
 
+def _still_waiting(
+    count: int, limit: int, state: PolicyState, policy: PolicySpec, now: datetime.datetime
+) -> str | None:
+    """What an action still waits for (more consecutive checks, or the cooldown), or None."""
+    if count < limit:
+        return f"{count}/{limit} checks"
+    if not _cooled_down(state, policy, now):
+        return "cooldown"
+    return None
+
+
 def _while_on(
     signals: Signals, state: PolicyState, policy: PolicySpec, now: datetime.datetime
 ) -> Decision:
@@ -160,12 +171,8 @@ def _while_on(
         if quantization_drop
         else str(breach)
     )
-    if breaches < policy.failure_limit or not _cooled_down(state, policy, now):
-        waiting = (
-            "cooldown"
-            if breaches >= policy.failure_limit
-            else f"{breaches}/{policy.failure_limit} checks"
-        )
+    waiting = _still_waiting(breaches, policy.failure_limit, state, policy, now)
+    if waiting is not None:
         return Decision(
             action=Action.KEEP, reason=f"{reason} ({waiting})", state=counted, warnings=warnings
         )
@@ -284,12 +291,8 @@ def _while_off(
         )
     successes = state.successes + 1
     counted = state.model_copy(update={"successes": successes})
-    if successes < policy.consecutive_success_limit or not _cooled_down(state, policy, now):
-        waiting = (
-            "cooldown"
-            if successes >= policy.consecutive_success_limit
-            else f"{successes}/{policy.consecutive_success_limit} checks"
-        )
+    waiting = _still_waiting(successes, policy.consecutive_success_limit, state, policy, now)
+    if waiting is not None:
         return Decision(
             action=Action.KEEP,
             reason=f"load {signals.load:.1f} below {ceiling:.1f} ({waiting})",

@@ -83,7 +83,7 @@ def desired(body: Mapping[str, Any]) -> Desired:
     return Desired(review=result, objects=objects, speculation=speculation, checkpoint_index=index)
 
 
-def _condition(
+def condition(
     ctype: str, status: bool | None, reason: str, message: str, generation: int | None
 ) -> Condition:
     value: Literal["True", "False", "Unknown"] = (
@@ -133,12 +133,12 @@ def observe(
         first = problems[0].code if problems else "Invalid"
         planned_reason = "DoesNotFit" if plan and plan.verdict == "does-not-fit" else "Invalid"
         conditions = [
-            _condition("Invalid", True, first, _summary(problems), generation),
-            _condition(
+            condition("Invalid", True, first, _summary(problems), generation),
+            condition(
                 "Ready", False, "InvalidSpec", "the spec has errors; nothing applied", generation
             ),
-            _condition("Planned", False, planned_reason, _summary(problems), generation),
-            _condition("Degraded", False, "InvalidSpec", "", generation),
+            condition("Planned", False, planned_reason, _summary(problems), generation),
+            condition("Degraded", False, "InvalidSpec", "", generation),
         ]
         phase = "Invalid"
     else:
@@ -159,15 +159,15 @@ def observe(
             else ("SpeculationOffBySpec" if not is_speculating(spec) else "SpeculationOffByPolicy")
         )
         conditions = [
-            _condition("Invalid", False, "Valid", "", generation),
-            _condition(
+            condition("Invalid", False, "Valid", "", generation),
+            condition(
                 "Planned",
                 True,
                 planned_reason,
                 plan_message + (f"; {warnings}" if warnings else ""),
                 generation,
             ),
-            _condition(
+            condition(
                 "SpeculationActive",
                 speculating,
                 spec_reason,
@@ -175,7 +175,7 @@ def observe(
                 generation,
             ),
             _ready_condition(ready, waiting, observed.apply_errors, generation),
-            _condition(
+            condition(
                 "Degraded",
                 degraded,
                 "ApplyFailed" if degraded else "AsExpected",
@@ -200,7 +200,7 @@ def observe(
     metrics = next((c for c in previous.conditions if c.type == "MetricsAvailable"), None)
     conditions.append(
         metrics
-        or _condition(
+        or condition(
             "MetricsAvailable",
             None,
             "NotYetRead",
@@ -208,7 +208,7 @@ def observe(
             generation,
         )
     )
-    conditions = _keep_transition_times(previous.conditions, conditions, now)
+    conditions = keep_transition_times(previous.conditions, conditions, now)
     status = SpeculativeInferenceStatus(
         phase=phase,
         observed_generation=generation,
@@ -227,10 +227,10 @@ def _ready_condition(
     ready: bool, waiting: str, apply_errors: list[str], generation: int | None
 ) -> Condition:
     if apply_errors:
-        return _condition("Ready", False, "ApplyFailed", "see the Degraded condition", generation)
+        return condition("Ready", False, "ApplyFailed", "see the Degraded condition", generation)
     if ready:
-        return _condition("Ready", True, "DeploymentsReady", "all replicas available", generation)
-    return _condition("Ready", False, "DeploymentsProgressing", f"waiting: {waiting}", generation)
+        return condition("Ready", True, "DeploymentsReady", "all replicas available", generation)
+    return condition("Ready", False, "DeploymentsProgressing", f"waiting: {waiting}", generation)
 
 
 def _speculation_message(result: Review, speculating: bool) -> str:
@@ -263,7 +263,7 @@ def _plan_summary(result: Review) -> PlanSummary:
     )
 
 
-def _keep_transition_times(
+def keep_transition_times(
     before: list[Condition], after: list[Condition], now: str
 ) -> list[Condition]:
     """A condition's lastTransitionTime moves only when its status does."""

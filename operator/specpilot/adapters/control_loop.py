@@ -26,7 +26,11 @@ from specpilot import control
 from specpilot.adapters import telemetry
 from specpilot.adapters.kube import KubeWriter
 from specpilot.adapters.prometheus import Endpoint, MetricsError, PrometheusClient
-from specpilot.api.models import SecretKeyRef, SpeculativeInferenceSpec
+from specpilot.api.models import (
+    SecretKeyRef,
+    SpeculativeInferenceSpec,
+    SpeculativeInferenceStatus,
+)
 from specpilot.policy import seconds
 from specpilot.signals import Readings
 
@@ -192,9 +196,8 @@ def _read_file(path: Path | None) -> str | None:
 
 
 def _checked_recently(body: dict[str, Any], now: datetime.datetime) -> bool:
-    last = ((body.get("status") or {}).get("control") or {}).get("lastCheck")
-    interval = REGISTRY.get((body["metadata"]["namespace"], body["metadata"]["name"]))
-    if last is None or interval is None:
+    control = SpeculativeInferenceStatus.model_validate(body.get("status") or {}).control
+    registration = REGISTRY.get((body["metadata"]["namespace"], body["metadata"]["name"]))
+    if control is None or control.last_check is None or registration is None:
         return False
-    checked = datetime.datetime.fromisoformat(last.replace("Z", "+00:00"))
-    return (now - checked).total_seconds() < interval.interval / 2
+    return (now - control.last_check).total_seconds() < registration.interval / 2
