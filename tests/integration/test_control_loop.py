@@ -19,21 +19,14 @@ from kubernetes import client as k8s
 from specpilot.api.models import GROUP, PLURAL, VERSION
 from specpilot.local.controlplane import ControlPlane
 from specpilot.local.operator_process import wait_for
-from specpilot.local.stack import LocalStack
+from specpilot.local.stack import FAST_POLICY, LocalStack
 from specpilot.sim import loadgen
 from tests.integration.conftest import example
 
 pytestmark = pytest.mark.integration
 
-FAST_POLICY = {
-    "mode": "auto",
-    "interval": "5s",
-    "window": "20s",
-    "failureLimit": 3,
-    "consecutiveSuccessLimit": 3,
-    "cooldown": "30s",
-}
 INTERVAL = 5
+"""FAST_POLICY's interval, in seconds."""
 
 
 @pytest.fixture(scope="module")

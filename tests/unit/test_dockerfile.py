@@ -72,45 +72,26 @@ def test_entrypoint_and_default_command_run_from_the_built_wheel(tmp_path: Path)
     entrypoint = re.findall(r'"([^"]+)"', steps["ENTRYPOINT"])
     command = re.findall(r'"([^"]+)"', steps["CMD"])
     assert entry_points["console_scripts"][entrypoint[0]] == "specpilot.cli:main"
-    for args in (command, ["sim", "serve"], ["render"]):
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                "import sys; from specpilot.cli import main; main()",
-                *args,
-                "--help",
-            ],
+
+    def from_wheel(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+        """Python with only the unpacked wheel on the path (dependencies from this venv)."""
+        return subprocess.run(
+            [sys.executable, "-c", code, *args],
             env={"PYTHONPATH": str(unpacked), "PATH": "/usr/bin:/bin"},
             capture_output=True,
             text=True,
             timeout=60,
             cwd=tmp_path,
         )
+
+    cli = "from specpilot.cli import main; main()"
+    for args in (command, ["sim", "serve"], ["render"]):
+        result = from_wheel(cli, *args, "--help")
         assert result.returncode == 0, result.stderr
         assert "Usage" in result.stdout or "usage" in result.stdout
-    where = subprocess.run(
-        [sys.executable, "-c", "import specpilot; print(specpilot.__file__)"],
-        env={"PYTHONPATH": str(unpacked), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
+    where = from_wheel("import specpilot; print(specpilot.__file__)")
     assert where.stdout.startswith(str(unpacked)), where.stdout  # the wheel, not the checkout
-    render = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from specpilot.cli import main; main()",
-            "render",
-            str(REPO / "manifests" / "examples" / "eagle3-single-h100.yaml"),
-        ],
-        env={"PYTHONPATH": str(unpacked), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
+    example = REPO / "manifests" / "examples" / "eagle3-single-h100.yaml"
+    render = from_wheel(cli, "render", str(example))
     assert render.returncode == 0, render.stderr
     assert "kind: Deployment" in render.stdout

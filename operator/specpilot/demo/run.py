@@ -24,22 +24,14 @@ from specpilot.api.models import GROUP, PLURAL, VERSION
 from specpilot.demo.timeline import Decision, Series, Timeline, render_png, summary_table
 from specpilot.local.controlplane import REPO, ControlPlane
 from specpilot.local.operator_process import wait_for
-from specpilot.local.stack import LocalStack, install_crds
+from specpilot.local.stack import FAST_POLICY, LocalStack, install_crds
 from specpilot.signals import Signal, queries
 from specpilot.sim import loadgen
 
 EXAMPLE = REPO / "manifests" / "examples" / "llama-70b-int8-draft.yaml"
 NAMESPACE = "specpilot-demo"
-POLICY = {
-    "mode": "auto",
-    "interval": "5s",
-    "window": "20s",
-    "failureLimit": 3,
-    "consecutiveSuccessLimit": 3,
-    "cooldown": "30s",
-    "controlReplicas": 1,
-}
-"""The example's policy, sped up so a surge plays out in minutes (production: 30s, 5m, 10m)."""
+POLICY = {**FAST_POLICY, "controlReplicas": 1}
+"""The example's policy, sped up, with one control replica as the live baseline."""
 PHASES = (("low", 45.0, 4.0), ("surge", 75.0, 30.0), ("low again", 90.0, 4.0))
 """(name, seconds, total QPS): the load is spread over the serving and the control replica."""
 STEP = 5.0
@@ -166,7 +158,7 @@ def _timeline(
     ended: float,
 ) -> Timeline:
     assert stack.prometheus is not None
-    promql = queries(POLICY["window"])  # type: ignore[arg-type]
+    promql = queries(str(POLICY["window"]))
 
     def series(signal: Signal, role: str, scale: float = 1.0) -> Series:
         assert stack.prometheus is not None

@@ -17,6 +17,17 @@ from specpilot.local.operator_process import OperatorProcess
 from specpilot.local.prometheus import Prometheus
 from specpilot.sim.podrunner import PodRunner
 
+FAST_POLICY = {
+    "mode": "auto",
+    "interval": "5s",
+    "window": "20s",
+    "failureLimit": 3,
+    "consecutiveSuccessLimit": 3,
+    "cooldown": "30s",
+}
+"""spec.policy sped up for local runs (the demo, the end-to-end tests), so a surge plays out in
+minutes; the production defaults are a 30s interval, a 5m window and a 10m cooldown."""
+
 CRD_FILES = (
     REPO / "crds" / "specpilot.io_speculativeinferences.yaml",
     REPO / "crds" / "kopf-peering.yaml",
