@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Create (or refresh) the project's virtualenv in .venv with specpilot and its dev tools.
-# Idempotent and quiet when nothing changed; safe to call from every entry script.
+# Create (or refresh) the project's virtualenv in .venv with specpilot and its dev tools, and make
+# sure kubectl is there (the local control plane of the demo and the tests drives it). Idempotent and quiet when nothing changed; safe to call from every entry script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -16,4 +16,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet -e '.[dev]'
   touch "$stamp"
+fi
+if ! command -v kubectl >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq kubernetes-client >/dev/null
 fi

@@ -17,9 +17,6 @@ specpilot crd --format markdown | diff -u docs/resource.md - \
   || { echo "docs/resource.md is stale: run specpilot crd --format markdown > docs/resource.md"; exit 1; }
 
 echo "== real kube-apiserver + etcd for the integration tests (built once, cached)"
-if ! command -v kubectl >/dev/null; then
-  apt-get update -qq && apt-get install -y -qq kubernetes-client >/dev/null
-fi
 KUBEBUILDER_ASSETS=$(bash scripts/kube-assets.sh | tail -n 1)
 export KUBEBUILDER_ASSETS
 echo "== Prometheus (Debian package, unpacked into the cache)"
