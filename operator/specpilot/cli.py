@@ -158,6 +158,32 @@ def crd(output_format: str) -> None:
     click.echo(crd_yaml() if output_format == "yaml" else markdown_reference(), nl=False)
 
 
+EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+def _namespaced_name(
+    _ctx: click.Context, _param: click.Parameter, value: str | None
+) -> tuple[str, str] | None:
+    if value is None:
+        return None
+    namespace, _, name = value.partition("/")
+    if not namespace or not name or "/" in name:
+        raise click.BadParameter(
+            f"{value!r}: give NAMESPACE/NAME, e.g. specpilot-system/specpilot-webhook"
+        )
+    return namespace, name
+
+
+def _webhook_configuration_name(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    # kopf names the webhook inside validate.<this>; Kubernetes wants three DNS labels there.
+    if "." not in value:
+        raise click.BadParameter(
+            f"{value!r}: give a name with a dot, e.g. {value}.specpilot.io (the webhook inside "
+            "is named validate.<name>, which Kubernetes requires to have three parts)"
+        )
+    return value
+
+
 @main.command("run")
 @click.option(
     "-n",
@@ -206,13 +232,48 @@ def crd(output_format: str) -> None:
 @click.option(
     "--webhook-host", default=None, help="Host name or IP the API server uses to reach the webhook."
 )
-@click.option("--webhook-cert", type=click.Path(path_type=Path), default=None)
-@click.option("--webhook-key", type=click.Path(path_type=Path), default=None)
+@click.option(
+    "--webhook-service",
+    default=None,
+    callback=_namespaced_name,
+    metavar="NAMESPACE/NAME",
+    help="The Service in front of the webhook: the API server reaches it there, and the "
+    "self-signed certificate is for its DNS names (instead of --webhook-host).",
+)
+@click.option(
+    "--webhook-service-port", type=int, default=443, show_default=True, help="That Service's port."
+)
+@click.option(
+    "--webhook-cert",
+    type=EXISTING_FILE,
+    default=None,
+    help="Serving certificate (PEM), e.g. cert-manager's tls.crt; self-signed if unset.",
+)
+@click.option(
+    "--webhook-key",
+    type=EXISTING_FILE,
+    default=None,
+    help="Its private key (PEM).",
+)
+@click.option(
+    "--webhook-ca",
+    type=EXISTING_FILE,
+    default=None,
+    help="CA bundle the API server should trust (e.g. cert-manager's ca.crt); the certificate "
+    "itself if unset.",
+)
 @click.option(
     "--manage-webhook/--no-manage-webhook",
     default=True,
     show_default=True,
-    help="Create/patch the ValidatingWebhookConfiguration 'specpilot.io'.",
+    help="Create/patch the ValidatingWebhookConfiguration named by --webhook-configuration.",
+)
+@click.option(
+    "--webhook-configuration",
+    default="specpilot.io",
+    show_default=True,
+    callback=_webhook_configuration_name,
+    help="Name of the ValidatingWebhookConfiguration the operator keeps up to date.",
 )
 @click.option(
     "--prometheus-url",
@@ -223,13 +284,13 @@ def crd(output_format: str) -> None:
 )
 @click.option(
     "--prometheus-token-file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=EXISTING_FILE,
     default=None,
     help="File holding a bearer token for that Prometheus.",
 )
 @click.option(
     "--prometheus-ca-file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=EXISTING_FILE,
     default=None,
     help="CA bundle (PEM) that signs that Prometheus' certificate.",
 )
@@ -243,9 +304,13 @@ def run_operator(
     webhook_port: int | None,
     webhook_address: str,
     webhook_host: str | None,
+    webhook_service: tuple[str, str] | None,
+    webhook_service_port: int,
     webhook_cert: Path | None,
     webhook_key: Path | None,
+    webhook_ca: Path | None,
     manage_webhook: bool,
+    webhook_configuration: str,
     prometheus_url: str | None,
     prometheus_token_file: Path | None,
     prometheus_ca_file: Path | None,
@@ -266,9 +331,13 @@ def run_operator(
             webhook_port=webhook_port,
             webhook_address=webhook_address,
             webhook_host=webhook_host,
+            webhook_service=webhook_service,
+            webhook_service_port=webhook_service_port,
             webhook_cert=webhook_cert,
             webhook_key=webhook_key,
+            webhook_ca=webhook_ca,
             manage_webhook=manage_webhook,
+            webhook_configuration=webhook_configuration,
             prometheus=DefaultPrometheus(
                 url=prometheus_url,
                 bearer_token_file=prometheus_token_file,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -85,3 +86,20 @@ def test_crd_command_prints_the_crd() -> None:
     code, out, _ = run("crd")
     assert code == 0
     assert yaml.safe_load(out)["kind"] == "CustomResourceDefinition"
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "named"),
+    [
+        ("--webhook-service", "specpilot-webhook", "NAMESPACE/NAME"),
+        ("--webhook-service", "ns/a/b", "NAMESPACE/NAME"),
+        ("--webhook-configuration", "specpilot", "specpilot.specpilot.io"),
+    ],
+)
+def test_run_rejects_bad_webhook_options_before_starting(
+    option: str, value: str, named: str
+) -> None:
+    result = CliRunner().invoke(main, ["run", "--webhook-port", "9443", option, value])
+    assert result.exit_code == 2
+    assert option in result.output
+    assert named in result.output

@@ -47,6 +47,21 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "%s-operator" (include "specpilot.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/* The webhook's Service, certificate Secret and ClusterRole. */}}
+{{- define "specpilot.webhookName" -}}
+{{- printf "%s-webhook" (include "specpilot.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The ValidatingWebhookConfiguration; its webhook is named validate.<this> (3+ DNS labels). */}}
+{{- define "specpilot.webhookConfigurationName" -}}
+{{- printf "%s.specpilot.io" (include "specpilot.fullname" .) }}
+{{- end }}
+
+{{/* Where cert-manager's Secret is mounted when webhook.certManager.enabled. */}}
+{{- define "specpilot.webhookCertDir" -}}
+/etc/specpilot/webhook
+{{- end }}
+
 {{/* The peering object (ClusterKopfPeering or KopfPeering) when replicas > 1. */}}
 {{- define "specpilot.peeringName" -}}
 {{- include "specpilot.fullname" . }}
@@ -86,12 +101,6 @@ Called with (dict "cluster" true|false): a namespaced Role omits the cluster-sco
 - apiGroups: ["kopf.dev"]
   resources: {{ if .cluster }}["clusterkopfpeerings", "kopfpeerings"]{{ else }}["kopfpeerings"]{{ end }}
   verbs: ["get", "list", "watch", "patch"]
-{{- if .cluster }}
-# The validating webhook configuration the operator keeps up to date (--manage-webhook).
-- apiGroups: ["admissionregistration.k8s.io"]
-  resources: ["validatingwebhookconfigurations"]
-  verbs: ["get", "list", "watch", "create", "patch"]
-{{- end }}
 {{- end }}
 
 {{/* The operator's arguments after `specpilot run`. */}}
@@ -109,5 +118,21 @@ Called with (dict "cluster" true|false): a namespaced Role omits the cluster-sco
 {{- with .Values.prometheusUrl }}
 - --prometheus-url
 - {{ . | quote }}
+{{- end }}
+{{- if .Values.webhook.enabled }}
+- --webhook-port
+- {{ .Values.webhook.port | quote }}
+- --webhook-service
+- {{ printf "%s/%s" .Release.Namespace (include "specpilot.webhookName" .) }}
+- --webhook-configuration
+- {{ include "specpilot.webhookConfigurationName" . }}
+{{- if .Values.webhook.certManager.enabled }}
+- --webhook-cert
+- {{ include "specpilot.webhookCertDir" . }}/tls.crt
+- --webhook-key
+- {{ include "specpilot.webhookCertDir" . }}/tls.key
+- --webhook-ca
+- {{ include "specpilot.webhookCertDir" . }}/ca.crt
+{{- end }}
 {{- end }}
 {{- end }}

@@ -19,9 +19,12 @@ from pydantic import BaseModel
 from specpilot.adapters import handlers  # importing registers the reconcile handlers
 from specpilot.adapters.control_loop import ControlLoop, DefaultPrometheus
 from specpilot.adapters.kube import KubeWriter
-from specpilot.adapters.webhook import self_signed_certificate
+from specpilot.adapters.webhook import (
+    ServiceWebhookServer,
+    self_signed_certificate,
+    service_host_names,
+)
 
-WEBHOOK_CONFIGURATION = "specpilot.io"
 logger = logging.getLogger(__name__)
 
 
@@ -37,9 +40,15 @@ class RunOptions(BaseModel):
     webhook_port: int | None = None
     webhook_address: str = "0.0.0.0"
     webhook_host: str | None = None
+    webhook_service: tuple[str, str] | None = None
+    """(namespace, name) of the Service in front of the webhook; then the API server uses it."""
+    webhook_service_port: int = 443
     webhook_cert: Path | None = None
     webhook_key: Path | None = None
+    webhook_ca: Path | None = None
+    """The CA bundle the API server should trust; the certificate itself if unset."""
     manage_webhook: bool = True
+    webhook_configuration: str = "specpilot.io"
     prometheus: DefaultPrometheus = DefaultPrometheus()
 
 
@@ -64,7 +73,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.scanning.disabled = True
     if options.webhook_port is not None:
         settings.admission.server = _webhook_server(options)
-        settings.admission.managed = WEBHOOK_CONFIGURATION if options.manage_webhook else None
+        settings.admission.managed = (
+            options.webhook_configuration if options.manage_webhook else None
+        )
     memo.writer = KubeWriter(_api_client())
     if options.metrics_port is not None:
         prometheus_client.start_http_server(options.metrics_port, addr=options.metrics_address)
@@ -97,21 +108,29 @@ def _api_client() -> k8s.ApiClient:
 
 
 def _webhook_server(options: RunOptions) -> kopf.WebhookServer:
-    host = options.webhook_host or options.webhook_address
+    if options.webhook_service is not None:
+        hosts = service_host_names(*options.webhook_service)
+    else:
+        hosts = [options.webhook_host or options.webhook_address]
     cert, key = options.webhook_cert, options.webhook_key
-    cadata = None
     if cert is None or key is None:
-        directory = Path(tempfile.mkdtemp(prefix="specpilot-webhook-"))
-        cert, key, cadata = self_signed_certificate([host], directory)
-    elif cert.exists():
-        cadata = cert.read_bytes()
-    return kopf.WebhookServer(
-        addr=options.webhook_address,
-        port=options.webhook_port,
-        host=host,
-        certfile=str(cert),
-        pkeyfile=str(key),
-        cadata=cadata,
+        cert, key = self_signed_certificate(
+            hosts, Path(tempfile.mkdtemp(prefix="specpilot-webhook-"))
+        )
+    # Files, not their bytes: kopf re-reads them when they change (e.g. cert-manager renewals).
+    tls: dict[str, Any] = {
+        "addr": options.webhook_address,
+        "port": options.webhook_port,
+        "host": hosts[0],
+        "certfile": str(cert),
+        "pkeyfile": str(key),
+        "cafile": str(options.webhook_ca or cert),
+    }
+    if options.webhook_service is None:
+        return kopf.WebhookServer(**tls)
+    namespace, name = options.webhook_service
+    return ServiceWebhookServer(
+        namespace=namespace, name=name, service_port=options.webhook_service_port, **tls
     )
 
 

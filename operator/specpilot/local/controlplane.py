@@ -418,6 +418,9 @@ class ControlPlane:
                 "--authorization-mode", "RBAC",
                 "--disable-admission-plugins", "ServiceAccount",
                 "--allow-privileged=true",
+                # Webhook Services resolve to their Endpoints (there is no kube-proxy for a
+                # ClusterIP), so a test can point a Service at a local webhook server.
+                "--enable-aggregator-routing=true",
                 *self.extra_apiserver_args,
             ],
         )  # fmt: skip
