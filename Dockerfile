@@ -13,7 +13,8 @@ LABEL org.opencontainers.image.title="specpilot" \
       org.opencontainers.image.description="Kubernetes operator for vLLM with speculative decoding" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links /wheels specpilot \
+# The version is pyproject.toml's (a test keeps them equal).
+RUN pip install --no-cache-dir --no-index --find-links /wheels specpilot==0.1.0 \
     && rm -rf /wheels
 USER 65532:65532
 # The operator's liveness (8080), metrics (9100) and webhook (9443, with --webhook-port 9443).

