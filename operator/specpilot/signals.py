@@ -2,9 +2,10 @@
 
 Pure: the PromQL is built here and the JSON answers are parsed here; sending them is the
 Prometheus adapter's job. Every query covers all managed resources at once, grouped by namespace,
-resource and role (serving replicas or control replicas), so the cost of a check does not grow
-with the number of resources. Metric names follow the vLLM release table: where a release renamed
-a metric, the query asks for both names and prefers the newer with PromQL's `or`.
+resource and role (serving replicas or control replicas), and related signals share a query (each
+series tagged with its signal by `label_replace`), so a check costs five queries whatever the
+number of resources. Metric names follow the vLLM release table: where a release renamed a
+metric, the query asks for both names and prefers the newer with PromQL's `or`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ NAMESPACE_LABEL = "namespace"
 RESOURCE_LABEL = "specpilot_io_resource"
 """The pod label specpilot.io/resource, as Prometheus sanitizes it into a target label."""
 ROLE_LABEL = "specpilot_io_role"
+SIGNAL_LABEL = "specpilot_signal"
+"""Added by the queries: which signal a series of a shared query is."""
 GROUP_BY = f"{NAMESPACE_LABEL}, {RESOURCE_LABEL}, {ROLE_LABEL}"
 MANAGED = f'{RESOURCE_LABEL}!=""'
 
@@ -68,7 +71,7 @@ def _quantile(q: float, histograms: tuple[str, ...], window: str) -> str:
     )
 
 
-def queries(window: str) -> dict[Signal, str]:
+def _signals(window: str) -> dict[Signal, str]:
     """One PromQL expression per signal, for every managed resource; `window` is a rate range."""
     accepted = _sum_rate("vllm:spec_decode_num_accepted_tokens_total", window)
     drafted = _sum_rate("vllm:spec_decode_num_draft_tokens_total", window)
@@ -95,6 +98,33 @@ def queries(window: str) -> dict[Signal, str]:
     }
 
 
+QUERIES: dict[str, tuple[Signal, ...]] = {
+    "acceptance": (Signal.ACCEPTANCE, Signal.MEAN_ACCEPTED_LENGTH),
+    "tpot": (Signal.TPOT_P50, Signal.TPOT_P95, Signal.TPOT_P99),
+    "ttft": (Signal.TTFT_P50, Signal.TTFT_P95, Signal.TTFT_P99),
+    "load": (
+        Signal.KV_CACHE_USAGE,
+        Signal.REQUESTS_RUNNING,
+        Signal.REQUESTS_WAITING,
+        Signal.REPLICAS,
+    ),
+    "throughput": (Signal.GENERATION_TOKENS_PER_SECOND, Signal.REQUESTS_PER_SECOND),
+}
+"""The signals each query carries; every signal is in exactly one."""
+
+
+def queries(window: str) -> dict[str, str]:
+    """The PromQL a check sends, by query name: every signal of every managed resource."""
+    expressions = _signals(window)
+    return {
+        name: " or ".join(
+            f'label_replace({expressions[signal]}, "{SIGNAL_LABEL}", "{signal.value}", "", "")'
+            for signal in signals
+        )
+        for name, signals in QUERIES.items()
+    }
+
+
 class BadAnswerError(ValueError):
     """Prometheus answered, but not with an instant vector."""
 
@@ -102,20 +132,26 @@ class BadAnswerError(ValueError):
 Readings = dict[Key, dict[Signal, float]]
 
 
-def parse(answers: Mapping[Signal, Mapping[str, Any]]) -> Readings:
-    """Readings per (namespace, resource, role) from /api/v1/query answers; NaN and +-Inf
-    (a quantile over no requests) count as no value."""
+def parse(answers: Mapping[str, Mapping[str, Any]]) -> Readings:
+    """Readings per (namespace, resource, role) from /api/v1/query answers, keyed by query name;
+    NaN and +-Inf (a quantile over no requests) count as no value."""
     readings: Readings = {}
-    for signal, answer in answers.items():
+    for query, answer in answers.items():
         if answer.get("status") != "success":
             raise BadAnswerError(
-                f"{signal}: {answer.get('errorType', '')} {answer.get('error', '')}"
+                f"{query}: {answer.get('errorType', '')} {answer.get('error', '')}"
             )
         data = answer.get("data") or {}
         if data.get("resultType") != "vector":
-            raise BadAnswerError(f"{signal}: expected a vector, got {data.get('resultType')!r}")
+            raise BadAnswerError(f"{query}: expected a vector, got {data.get('resultType')!r}")
         for sample in data.get("result", []):
             metric = sample.get("metric", {})
+            try:
+                signal = Signal(metric[SIGNAL_LABEL])
+            except (KeyError, ValueError) as exc:
+                raise BadAnswerError(
+                    f"{query}: a series without a known signal: {sample!r}"
+                ) from exc
             key = (
                 metric.get(NAMESPACE_LABEL, ""),
                 metric.get(RESOURCE_LABEL, ""),
@@ -124,7 +160,7 @@ def parse(answers: Mapping[Signal, Mapping[str, Any]]) -> Readings:
             try:
                 value = float(sample["value"][1])
             except (KeyError, IndexError, TypeError, ValueError) as exc:
-                raise BadAnswerError(f"{signal}: malformed sample {sample!r}") from exc
+                raise BadAnswerError(f"{query}: malformed sample {sample!r}") from exc
             if math.isfinite(value):
                 readings.setdefault(key, {})[signal] = value
     return readings

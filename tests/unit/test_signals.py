@@ -7,26 +7,31 @@ from typing import Any
 
 import pytest
 
-from specpilot.signals import GROUP_BY, BadAnswerError, Signal, parse, queries
+from specpilot.signals import GROUP_BY, QUERIES, BadAnswerError, Signal, parse, queries
 
 
-def test_every_signal_is_one_query_grouped_by_resource_and_role() -> None:
+def test_five_queries_carry_every_signal_once_grouped_by_resource_and_role() -> None:
     built = queries("2m")
-    assert set(built) == set(Signal)
-    for promql in built.values():
+    assert len(built) == 5
+    carried = [signal for signals in QUERIES.values() for signal in signals]
+    assert sorted(carried) == sorted(Signal)  # each signal in exactly one query
+    for name, promql in built.items():
+        assert promql.count("label_replace(") == len(QUERIES[name])
+        for signal in QUERIES[name]:
+            assert f'"specpilot_signal", "{signal.value}", "", ""' in promql
         assert f"by ({GROUP_BY})" in promql or f"by (le, {GROUP_BY})" in promql
         assert 'specpilot_io_resource!=""' in promql
 
 
 def test_renamed_metrics_are_asked_for_under_both_names_newest_first() -> None:
     built = queries("2m")
-    tpot = built[Signal.TPOT_P99]
+    tpot = built["tpot"]
     assert tpot.index("vllm:request_time_per_output_token_seconds_bucket") < tpot.index(
         "vllm:time_per_output_token_seconds_bucket"
     )
-    kv = built[Signal.KV_CACHE_USAGE]
+    kv = built["load"]
     assert kv.index("vllm:kv_cache_usage_perc") < kv.index("vllm:gpu_cache_usage_perc")
-    acceptance = built[Signal.ACCEPTANCE]
+    acceptance = built["acceptance"]
     assert "rate(vllm:spec_decode_num_accepted_tokens_total" in acceptance
     assert "or avg by" in acceptance
     assert "vllm:spec_decode_draft_acceptance_rate" in acceptance
@@ -43,24 +48,35 @@ def answer(*samples: tuple[dict[str, str], str]) -> dict[str, Any]:
     }
 
 
-def labels(role: str = "server", name: str = "chat") -> dict[str, str]:
-    return {"namespace": "ml", "specpilot_io_resource": name, "specpilot_io_role": role}
+def labels(signal: Signal, role: str = "server", name: str = "chat") -> dict[str, str]:
+    return {
+        "namespace": "ml",
+        "specpilot_io_resource": name,
+        "specpilot_io_role": role,
+        "specpilot_signal": signal.value,
+    }
 
 
 def test_answers_become_readings_per_resource_and_role() -> None:
+    acceptance, p50, p99 = Signal.ACCEPTANCE, Signal.TPOT_P50, Signal.TPOT_P99
     readings = parse(
         {
-            Signal.ACCEPTANCE: answer((labels(), "0.71"), (labels(name="other"), "0.4")),
-            Signal.TPOT_P99: answer((labels(), "0.031"), (labels("baseline"), "0.029")),
+            "acceptance": answer(
+                (labels(acceptance), "0.71"), (labels(acceptance, name="other"), "0.4")
+            ),
+            "tpot": answer(
+                (labels(p99), "0.031"), (labels(p99, "baseline"), "0.029"), (labels(p50), "0.02")
+            ),
         }
     )
-    assert readings["ml", "chat", "server"] == {Signal.ACCEPTANCE: 0.71, Signal.TPOT_P99: 0.031}
-    assert readings["ml", "chat", "baseline"] == {Signal.TPOT_P99: 0.029}
-    assert readings["ml", "other", "server"] == {Signal.ACCEPTANCE: 0.4}
+    assert readings["ml", "chat", "server"] == {acceptance: 0.71, p99: 0.031, p50: 0.02}
+    assert readings["ml", "chat", "baseline"] == {p99: 0.029}
+    assert readings["ml", "other", "server"] == {acceptance: 0.4}
 
 
 def test_nan_and_infinite_quantiles_are_no_value() -> None:
-    readings = parse({Signal.TPOT_P99: answer((labels(), "NaN"), (labels("baseline"), "+Inf"))})
+    p99 = Signal.TPOT_P99
+    readings = parse({"tpot": answer((labels(p99), "NaN"), (labels(p99, "baseline"), "+Inf"))})
     assert readings == {}
 
 
@@ -71,11 +87,12 @@ def test_nan_and_infinite_quantiles_are_no_value() -> None:
         ({"status": "success", "data": {"resultType": "matrix", "result": []}}, "matrix"),
         (
             {"status": "success", "data": {"resultType": "vector", "result": [{"value": []}]}},
-            "malformed sample",
+            "without a known signal",
         ),
+        (answer((labels(Signal.ACCEPTANCE), "not a number")), "malformed sample"),
     ],
 )
-def test_bad_answers_are_errors_naming_the_signal(bad: dict[str, Any], message: str) -> None:
+def test_bad_answers_are_errors_naming_the_query(bad: dict[str, Any], message: str) -> None:
     with pytest.raises(BadAnswerError, match=message) as caught:
-        parse({Signal.ACCEPTANCE: bad})
+        parse({"acceptance": bad})
     assert "acceptance" in str(caught.value)

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 from pydantic import BaseModel, ConfigDict
 
+from specpilot.adapters import telemetry
 from specpilot.signals import BadAnswerError, Readings, parse, queries
 
 RETRIES = 2
@@ -54,6 +55,7 @@ class PrometheusClient:
             headers=headers, timeout=self.timeout, connector=connector
         ) as session:
             expressions = queries(window)
+            telemetry.PROMETHEUS_QUERIES.inc(len(expressions))
             answers = await asyncio.gather(
                 *(self._query(session, endpoint, q, at) for q in expressions.values())
             )

@@ -17,7 +17,7 @@ from kubernetes import config as k8s_config
 from pydantic import BaseModel
 
 from specpilot.adapters import handlers  # importing registers the reconcile handlers
-from specpilot.adapters.control_loop import ControlLoop, DefaultPrometheus
+from specpilot.adapters.control_loop import CHECK_CONCURRENCY, ControlLoop, DefaultPrometheus
 from specpilot.adapters.kube import KubeWriter
 from specpilot.adapters.webhook import (
     ServiceWebhookServer,
@@ -104,6 +104,8 @@ def _api_client() -> k8s.ApiClient:
         k8s_config.load_incluster_config(client_configuration=configuration)
     except k8s_config.ConfigException:
         k8s_config.load_kube_config(client_configuration=configuration)
+    # One connection per concurrent control check, plus the reconcile handlers.
+    configuration.connection_pool_maxsize = CHECK_CONCURRENCY + 4
     return k8s.ApiClient(configuration)
 
 

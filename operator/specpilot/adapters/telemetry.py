@@ -37,3 +37,17 @@ PROMETHEUS_READ_SECONDS = Histogram(
 PROMETHEUS_READ_ERRORS = Counter(
     "specpilot_prometheus_read_errors_total", "Batched Prometheus reads that failed (checks held)."
 )
+PROMETHEUS_QUERIES = Counter(
+    "specpilot_prometheus_queries_total",
+    "PromQL queries sent by the control loop (a batched read sends one per query group).",
+)
+CONTROL_CYCLE_SECONDS = Histogram(
+    "specpilot_control_cycle_duration_seconds",
+    "Wall time of one control cycle that had resources due: reads, checks and status writes.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+)
+CONTROL_CYCLE_RESOURCES = Histogram(
+    "specpilot_control_cycle_resources",
+    "Resources checked in one control cycle.",
+    buckets=(1, 10, 100, 250, 500, 1000, 2500, 5000),
+)
