@@ -21,6 +21,8 @@ RE_ENABLE_LOAD_MARGIN = 0.8
 ACCEPTANCE_DRIFT = 0.10
 """Warn when acceptance falls this far below what was measured at rollout."""
 STALE_AFTER_INTERVALS = 3
+MAX_PROBE_DOUBLINGS = 3
+"""A probe after a low-acceptance disable waits the cooldown, doubled per failed probe, up to 8x."""
 
 
 class Action(StrEnum):
@@ -160,7 +162,9 @@ def _while_on(
         return Decision(
             action=Action.KEEP,
             reason=f"speculation pays: acceptance {_fmt(acceptance)}",
-            state=state.model_copy(update={"breaches": 0, "rollout_acceptance": rollout}),
+            state=state.model_copy(
+                update={"breaches": 0, "rollout_acceptance": rollout, "probes": 0}
+            ),
             warnings=warnings,
         )
     breaches = state.breaches + 1
@@ -172,6 +176,8 @@ def _while_on(
         else str(breach)
     )
     waiting = _still_waiting(breaches, policy.failure_limit, state, policy, now)
+    if waiting == "cooldown" and state.probes:
+        waiting = None  # a failed probe ends at once: the probes' own waits space the restarts
     if waiting is not None:
         return Decision(
             action=Action.KEEP, reason=f"{reason} ({waiting})", state=counted, warnings=warnings
@@ -196,6 +202,8 @@ def _while_on(
             warnings=warnings,
             acted=True,
         )
+    # Low acceptance is about the traffic, not the load: nothing to wait for but a probe.
+    low_acceptance = acceptance < t.disable_below_acceptance
     return Decision(
         action=Action.DISABLE,
         reason=f"{evidence}; speculation disabled",
@@ -205,13 +213,50 @@ def _while_on(
                 "speculation_on": False,
                 "breaches": 0,
                 "last_change": now,
-                "crossover_load": signals.load,
+                "crossover_load": None if low_acceptance else signals.load,
                 "rollout_acceptance": None,
             }
         ),
         warnings=warnings,
         acted=True,
     )
+
+
+def _probe(state: PolicyState, policy: PolicySpec, now: datetime.datetime) -> Decision:
+    """Acceptance cannot be measured while speculation is off: turn it on again to look, after
+    the cooldown, doubled for every probe in a row that found acceptance still low."""
+    wait = _probe_wait(state.probes, policy)
+    elapsed = (now - state.last_change).total_seconds() if state.last_change else wait
+    if elapsed < wait:
+        return Decision(
+            action=Action.KEEP,
+            reason=f"speculation off for low acceptance; probing again in {wait - elapsed:.0f}s",
+            state=state,
+        )
+    evidence = (
+        f"speculation was off for low acceptance for {elapsed:.0f}s, which cannot be measured "
+        "without it"
+    )
+    return Decision(
+        action=Action.ENABLE,
+        reason=f"{evidence}; speculation re-enabled to probe (if acceptance is still low it is "
+        f"disabled again after {policy.failure_limit} checks, and the next probe waits "
+        f"{_probe_wait(state.probes + 1, policy):.0f}s)",
+        evidence=evidence,
+        state=state.model_copy(
+            update={
+                "speculation_on": True,
+                "successes": 0,
+                "last_change": now,
+                "probes": state.probes + 1,
+            }
+        ),
+        acted=True,
+    )
+
+
+def _probe_wait(probes: int, policy: PolicySpec) -> float:
+    return seconds(policy.cooldown) * float(2 ** min(probes, MAX_PROBE_DOUBLINGS))
 
 
 def _breach(signals: Signals, policy: PolicySpec) -> str | None:
@@ -277,7 +322,9 @@ def _while_off(
     signals: Signals, state: PolicyState, policy: PolicySpec, now: datetime.datetime
 ) -> Decision:
     crossover = state.crossover_load
-    if crossover is None or signals.load is None:
+    if crossover is None:
+        return _probe(state, policy, now)
+    if signals.load is None:
         return Decision(
             action=Action.KEEP, reason="speculation off; no load reading to compare", state=state
         )

@@ -80,7 +80,7 @@ def test_low_acceptance_turns_speculation_off_and_the_pods_render_without_it() -
     )
     status = doc["status"]
     assert status["control"]["speculationOn"] is False
-    assert status["control"]["crossoverLoad"] == 6
+    assert "crossoverLoad" not in status["control"]  # low acceptance: probed, not load-gated
     assert status["decisions"][-1]["action"] == "disable-speculation"
     assert status["lastMetrics"]["acceptanceRate"] == 0.41
     assert not any("--speculative-config" in a for a in args(doc))

@@ -47,7 +47,51 @@ def test_low_acceptance_disables_after_failure_limit_checks() -> None:
         decisions[-1].reason
     )
     assert decisions[-1].state.speculation_on is False
+    # low acceptance is about the traffic, not the load: no crossover, a probe brings it back
+    assert decisions[-1].state.crossover_load is None
+
+
+def test_a_latency_disable_records_the_crossover_load() -> None:
+    worse = {"acceptance": 0.7, "p99_tpot": 0.040, "baseline_p99_tpot": 0.029, "load": 40}
+    decisions = run([worse] * 3)
+    assert decisions[-1].action is Action.DISABLE
     assert decisions[-1].state.crossover_load == 40
+
+
+def probe_cycle(state: PolicyState, spec: PolicySpec, start: datetime.datetime, low: bool) -> Any:
+    """Checks every 30 s from `start` while off, until the probe; then 3 checks while on."""
+    now, decision = start, None
+    while state.speculation_on is False:
+        decision = decide(signals(now, load=10), state, spec, now)
+        state = decision.state
+        now += datetime.timedelta(seconds=30)
+    assert decision is not None
+    probed = decision
+    for _ in range(3):
+        decision = decide(signals(now, acceptance=0.3 if low else 0.8, load=10), state, spec, now)
+        state = decision.state
+        now += datetime.timedelta(seconds=30)
+    return probed, decision
+
+
+def test_after_a_low_acceptance_disable_probes_with_doubling_waits() -> None:
+    spec = policy(cooldown="5m")
+    state = PolicyState(speculation_on=False, last_change=T0)  # disabled for low acceptance
+    waits = []
+    start = T0
+    for _ in range(5):
+        probed, last = probe_cycle(state, spec, start, low=True)
+        assert probed.action is Action.ENABLE
+        assert "re-enabled to probe" in probed.reason
+        waits.append((probed.state.last_change - start).total_seconds())
+        assert last.action is Action.DISABLE  # still low: off again
+        state, start = last.state, last.state.last_change
+    assert waits == [300, 600, 1200, 2400, 2400]  # doubled per failed probe, capped at 8x
+    # acceptance has recovered: the probe keeps speculation on and the count starts again
+    _, last = probe_cycle(state, spec, start, low=False)
+    assert last.action is Action.KEEP
+    assert last.state.speculation_on is True
+    assert last.state.probes == 0
 
 
 def test_a_good_check_resets_the_breach_count() -> None:
@@ -173,10 +217,16 @@ def test_acceptance_drift_warning() -> None:
                 "error": st.one_of(st.none(), st.just("timeout")),
             }
         ),
-        max_size=40,
+        max_size=80,
     )
 )
-def test_never_more_than_one_change_per_cooldown(readings: list[dict[str, Any]]) -> None:
+def test_never_more_than_one_change_per_cooldown_except_ending_a_failed_probe(
+    readings: list[dict[str, Any]],
+) -> None:
     decisions = run(readings)
-    changes = [i for i, d in enumerate(decisions) if d.acted]
-    assert all(b - a >= 20 for a, b in itertools.pairwise(changes))  # 10 min / 30 s
+    changes = [(i, d) for i, d in enumerate(decisions) if d.acted]
+    for (a, first), (b, second) in itertools.pairwise(changes):
+        if "to probe" in first.reason and second.action is Action.DISABLE:
+            assert b - a >= 3  # failureLimit checks of the probe
+        else:
+            assert b - a >= 20  # 10 min / 30 s

@@ -555,7 +555,13 @@ class PolicyState(StatusModel):
     last_check: datetime.datetime | None = None
     last_change: datetime.datetime | None = None
     crossover_load: float | None = Field(
-        default=None, description="Requests/s per replica at which speculation stopped paying."
+        default=None,
+        description="Requests/s per replica at which speculation stopped paying (latency); "
+        "unset when low acceptance stopped it.",
+    )
+    probes: int = Field(
+        default=0,
+        description="Probes since acceptance last paid; each doubles the wait for the next.",
     )
     rollout_acceptance: float | None = Field(
         default=None, description="Acceptance first measured after speculation was (re)enabled."
