@@ -17,6 +17,10 @@ COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --no-index --find-links /wheels specpilot==0.1.0 \
     && rm -rf /wheels
 USER 65532:65532
+# glibc gives each thread its own malloc arena; the control loop's check threads then hold on to
+# memory Python has freed. Two arenas keep the operator's RSS near what it uses (bench/scale.py:
+# 227 MB instead of 315 MB with 1,000 resources).
+ENV MALLOC_ARENA_MAX=2
 # The operator's liveness (8080), metrics (9100) and webhook (9443, with --webhook-port 9443).
 EXPOSE 8080 9100 9443
 ENTRYPOINT ["specpilot"]

@@ -33,6 +33,19 @@ from specpilot.review import review
 from specpilot.signals import Readings, Signal
 
 NO_SERIES = "Prometheus has no series for this resource"
+METRICS_REFRESH_SECONDS = 60
+"""status.lastMetrics (and the readings kept in status.control) are rewritten at most this often
+when nothing else changes, so a thousand resources checked every 10 s do not mean a hundred
+status writes a second."""
+REFRESHED_STATE: tuple[str, ...] = (
+    "last_check",
+    "last_acceptance",
+    "baseline_p50_tpot",
+    "baseline_p99_tpot",
+    "baseline_p50_ttft",
+    "baseline_load",
+)
+"""What a check updates in status.control by reading alone, without deciding anything."""
 BASELINE_LOAD_TOLERANCE = 0.25
 """A recorded baseline is compared only while load is within this share of the load it saw."""
 
@@ -55,6 +68,8 @@ class CheckResult(BaseModel):
     rerender: bool
     """The effective configuration changed: re-render and apply the Deployments."""
     action: Action
+    changed: bool = True
+    """False when only the check's time would change: then nothing needs writing."""
 
 
 def signals_for(
@@ -154,12 +169,16 @@ def _after_target_change(state: PolicyState, identity: str, now: datetime.dateti
     )
 
 
-def _remember(state: PolicyState, signals: Signals, now: datetime.datetime) -> PolicyState:
-    """Bookkeeping after a usable reading: the last acceptance, and the no-speculation baseline."""
+def _remember(
+    state: PolicyState, signals: Signals, now: datetime.datetime, measured_speculating: bool
+) -> PolicyState:
+    """Bookkeeping after a usable reading: the last acceptance, and the no-speculation baseline.
+    `measured_speculating` is how the pods ran when read (a decision of this check is not yet
+    in effect)."""
     update: dict[str, Any] = {"last_check": now}
-    if signals.error is None and state.speculation_on and signals.acceptance is not None:
+    if signals.error is None and measured_speculating and signals.acceptance is not None:
         update["last_acceptance"] = signals.acceptance
-    if signals.error is None and not state.speculation_on and signals.p99_tpot is not None:
+    if signals.error is None and not measured_speculating and signals.p99_tpot is not None:
         update |= {
             "baseline_p50_tpot": signals.p50_tpot,
             "baseline_p99_tpot": signals.p99_tpot,
@@ -219,7 +238,7 @@ def check(
             events.append(Event(type="Warning", reason="QuantizationStepRefused", message=refusal))
             decision_action, reason, acted = Action.HOLD, refusal, False
             new_state = state.model_copy(update={"breaches": 0})
-    new_state = _remember(new_state, signals, now)
+    new_state = _remember(new_state, signals, now, state.speculation_on)
     stamp = _iso(now)
     decisions = list(status.decisions)
     if decision_action not in (Action.KEEP, Action.HOLD) and not _repeated_recommendation(
@@ -273,7 +292,32 @@ def check(
         events=events,
         rerender=rerender,
         action=decision_action,
+        changed=_worth_writing(updated, status.model_copy(update={"kopf": None})),
     )
+
+
+def _worth_writing(new: SpeculativeInferenceStatus, old: SpeculativeInferenceStatus) -> bool:
+    """Whether the status changed beyond the check's own time and, within the refresh period,
+    beyond the numbers it read."""
+    if new.control is None or old.control is None:
+        return new != old
+    if _refreshed_recently(old.last_metrics, new.last_metrics):
+        # a first value (a baseline just recorded) is news; a newer one is a refresh
+        fields = tuple(f for f in REFRESHED_STATE if getattr(old.control, f) is not None)
+        fields, last_metrics = (*fields, "last_check"), old.last_metrics
+    else:
+        fields, last_metrics = ("last_check",), new.last_metrics
+    control = new.control.model_copy(update={f: getattr(old.control, f) for f in fields})
+    return new.model_copy(update={"control": control, "last_metrics": last_metrics}) != old
+
+
+def _refreshed_recently(old: LastMetrics | None, new: LastMetrics | None) -> bool:
+    if old is None or new is None:
+        return old == new
+    age = datetime.datetime.fromisoformat(new.sampled_at) - datetime.datetime.fromisoformat(
+        old.sampled_at
+    )
+    return age.total_seconds() < METRICS_REFRESH_SECONDS
 
 
 def _repeated_recommendation(

@@ -50,13 +50,15 @@ def reading(
 def play(
     doc: dict[str, Any], readings: list[Readings | None], error: str | None = None, step: float = 30
 ) -> list[CheckResult]:
-    """Checks `step` seconds apart, each seeing the status the previous one wrote."""
+    """Checks `step` seconds apart, each seeing the status the previous one wrote (the control
+    loop writes it when the check changed something, posted an Event or re-renders)."""
     results = []
     for i, reading_ in enumerate(readings):
         now = T0 + datetime.timedelta(seconds=step * i)
         result = control.check(doc, reading_, error, now, now)
         assert result is not None
-        doc["status"] = result.status
+        if result.changed or result.events or result.rerender:
+            doc["status"] = result.status
         results.append(result)
     return results
 
@@ -121,6 +123,26 @@ def test_metrics_unavailable_holds_and_says_so_once() -> None:
     assert after["breaches"] == before["breaches"] == 2  # holds do not count
     back = play(doc, [reading()])[0]
     assert [e.reason for e in back.events] == ["MetricsRead"]
+
+
+def test_a_check_that_moves_only_its_own_time_changes_nothing() -> None:
+    """Then the control loop skips the status write (a thousand holding resources cost reads)."""
+    doc = body()
+    first, *held = play(doc, [None] * 4, error="Prometheus at http://p:9090 unreachable")
+    assert first.changed  # the condition and the Event are new
+    assert [r.changed for r in held] == [False, False, False]
+    assert play(doc, [reading(acceptance=0.41)])[0].changed  # a breach is counted
+
+
+def test_fresh_numbers_alone_are_written_at_most_once_a_minute() -> None:
+    doc = body()
+    varying = [reading(acceptance=0.70 + i / 100, p99=0.030 + i / 1000) for i in range(8)]
+    results = play(doc, varying, step=10)
+    assert [r.changed for r in results] == [True] + [False] * 5 + [True, False]
+    written = results[6].status["lastMetrics"]
+    assert written["acceptanceRate"] == 0.76  # the write carries the newest numbers
+    # a decision is written at once, however fresh the numbers
+    assert play(doc, [reading(acceptance=0.41)], step=10)[0].changed
 
 
 def test_a_resource_missing_from_prometheus_is_held() -> None:

@@ -113,3 +113,7 @@ def test_entrypoint_and_default_command_run_from_the_built_wheel(tmp_path: Path)
     render = from_wheel(cli, "render", str(example))
     assert render.returncode == 0, render.stderr
     assert "kind: Deployment" in render.stdout
+
+
+def test_malloc_arenas_are_capped_for_the_threaded_control_loop() -> None:
+    assert ("ENV", "MALLOC_ARENA_MAX=2") in instructions()

@@ -84,7 +84,7 @@ def run_reconcile(body: Mapping[str, Any], writer: KubeWriter, trigger: str) -> 
                 )
         status, events = reconcile.observe(raw, wanted, observed, _now())
         if status_changed(raw.get("status"), status):
-            writer.patch_status(raw, status)
+            control_loop.observe(writer.patch_status(raw, status))
         for event in applied_events + events:
             kopf.event(
                 kopf.Body(cast(kopf.RawBody, raw)),
@@ -99,8 +99,12 @@ def run_reconcile(body: Mapping[str, Any], writer: KubeWriter, trigger: str) -> 
 
 def reconcile_latest(namespace: str, name: str, writer: KubeWriter, trigger: str) -> bool:
     """Reconcile the stored resource; a conflicting write meanwhile (409) means: read, redo."""
-    for _attempt in range(STATUS_CONFLICT_RETRIES):
-        body = writer.get_resource(namespace, name)
+    for attempt in range(STATUS_CONFLICT_RETRIES):
+        body = (
+            control_loop.latest(writer, namespace, name)
+            if attempt == 0
+            else writer.get_resource(namespace, name)
+        )
         if body is None:
             return True  # deleted meanwhile
         try:
@@ -110,6 +114,12 @@ def reconcile_latest(namespace: str, name: str, writer: KubeWriter, trigger: str
                 raise
             logger.info("%s/%s changed during the reconcile; reconciling again", namespace, name)
     raise kopf.TemporaryError("the resource kept changing during reconciles", delay=5)
+
+
+@kopf.on.event(*RESOURCE)
+async def remember_resource(body: kopf.Body, type: str | None, **_: Any) -> None:
+    """Every version the watch delivers, for the control loop's checks (no read per check)."""
+    control_loop.observe(body, deleted=type == "DELETED")
 
 
 @kopf.on.resume(*RESOURCE)

@@ -151,14 +151,15 @@ class KubeWriter:
         except ApiException as exc:
             logger.warning("%s", describe_api_error(exc, f"post Event {reason}"))
 
-    def patch_status(self, body: Mapping[str, Any], status: dict[str, Any]) -> None:
-        """Write status; the resourceVersion precondition turns a stale write into a 409."""
+    def patch_status(self, body: Mapping[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+        """Write status; the resourceVersion precondition turns a stale write into a 409.
+        Returns the resource as stored after the write."""
         meta = body["metadata"]
         patch = {
             "metadata": {"resourceVersion": meta["resourceVersion"]},
             "status": _with_removals(body.get("status") or {}, status),
         }
-        self._custom.patch_namespaced_custom_object_status(
+        written: dict[str, Any] = self._custom.patch_namespaced_custom_object_status(  # type: ignore[assignment]
             GROUP,
             VERSION,
             meta["namespace"],
@@ -167,6 +168,7 @@ class KubeWriter:
             patch,
             field_manager=FIELD_MANAGER,
         )
+        return written
 
 
 def _with_removals(before: Mapping[str, Any], after: dict[str, Any]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from specpilot.adapters.webhook import (
     service_host_names,
 )
 
+HANDLER_THREADS = 16
 logger = logging.getLogger(__name__)
 
 
@@ -71,6 +72,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # No runtime scanning of CRDs and namespaces: it needs cluster-wide list/watch on both,
     # which least privilege does not grant. Install the CRD before starting the operator.
     settings.scanning.disabled = True
+    # Reconciles are sync handlers in kopf's thread pool, each mostly waiting on API calls: a
+    # resume of a thousand resources goes as fast as the pool is wide (bench/scale.py).
+    settings.execution.max_workers = HANDLER_THREADS
     if options.webhook_port is not None:
         settings.admission.server = _webhook_server(options)
         settings.admission.managed = (
@@ -104,8 +108,8 @@ def _api_client() -> k8s.ApiClient:
         k8s_config.load_incluster_config(client_configuration=configuration)
     except k8s_config.ConfigException:
         k8s_config.load_kube_config(client_configuration=configuration)
-    # One connection per concurrent control check, plus the reconcile handlers.
-    configuration.connection_pool_maxsize = CHECK_CONCURRENCY + 4
+    # A connection per concurrent control check and per reconcile thread.
+    configuration.connection_pool_maxsize = CHECK_CONCURRENCY + HANDLER_THREADS
     return k8s.ApiClient(configuration)
 
 
