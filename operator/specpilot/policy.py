@@ -163,22 +163,12 @@ def _while_on(
             action=Action.KEEP,
             reason=f"speculation pays: acceptance {_fmt(acceptance)}",
             state=state.model_copy(
-                update={
-                    "breaches": 0,
-                    "rollout_acceptance": rollout,
-                    "probes": 0,
-                    "streak_load": None,
-                }
+                update={"breaches": 0, "rollout_acceptance": rollout, "probes": 0}
             ),
             warnings=warnings,
         )
     breaches = state.breaches + 1
-    # Speculation stopped paying where the streak began, not failureLimit checks of rising load
-    # later: that load is the crossover a re-enable must stay below.
-    streak_load = signals.load if breaches == 1 else state.streak_load
-    counted = state.model_copy(
-        update={"breaches": breaches, "successes": 0, "streak_load": streak_load}
-    )
+    counted = state.model_copy(update={"breaches": breaches, "successes": 0})
     reason = (
         f"acceptance {_fmt(acceptance)} fell more than {t.quantization_acceptance_drop:.2f} "
         f"below {_fmt(state.pre_change_acceptance)} measured before the quantization change"
@@ -205,7 +195,6 @@ def _while_on(
                     "breaches": 0,
                     "last_change": now,
                     "checkpoint_index": state.checkpoint_index + 1,
-                    "streak_load": None,
                     "pre_change_acceptance": None,
                     "rollout_acceptance": None,
                 }
@@ -224,21 +213,13 @@ def _while_on(
                 "speculation_on": False,
                 "breaches": 0,
                 "last_change": now,
-                "crossover_load": None if low_acceptance else _crossover(streak_load, signals.load),
-                "streak_load": None,
+                "crossover_load": None if low_acceptance else signals.load,
                 "rollout_acceptance": None,
             }
         ),
         warnings=warnings,
         acted=True,
     )
-
-
-def _crossover(streak_load: float | None, load: float | None) -> float | None:
-    """The lower of the loads at the streak's start and at the disable (None if neither is known:
-    then speculation comes back by probing)."""
-    known = [x for x in (streak_load, load) if x is not None]
-    return min(known) if known else None
 
 
 def _probe(state: PolicyState, policy: PolicySpec, now: datetime.datetime) -> Decision:

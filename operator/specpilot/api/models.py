@@ -559,10 +559,6 @@ class PolicyState(StatusModel):
         description="Requests/s per replica at which speculation stopped paying (latency); "
         "unset when low acceptance stopped it.",
     )
-    streak_load: float | None = Field(
-        default=None,
-        description="Requests/s per replica at the first breach of the current streak.",
-    )
     probes: int = Field(
         default=0,
         description="Probes since acceptance last paid; each doubles the wait for the next.",
