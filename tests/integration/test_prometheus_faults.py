@@ -1,0 +1,165 @@
+"""Prometheus misbehaving in every way but being down (test_control_loop stops a real one): the
+operator, on the real API server, holds through each fault, says which in MetricsAvailable, never
+changes speculation because of it, and recovers when the answers are good again.
+
+The misbehaving Prometheus is a real HTTP server speaking Prometheus' query API, switched between
+faults while the operator runs.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import re
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client as k8s
+
+from specpilot.api.models import GROUP, PLURAL, VERSION
+from specpilot.local.controlplane import ControlPlane
+from specpilot.local.operator_process import OperatorProcess, wait_for
+from specpilot.local.stack import FAST_POLICY
+from specpilot.signals import SIGNAL_LABEL
+from tests.integration.conftest import example
+
+pytestmark = pytest.mark.integration
+
+NAME = "faulty"
+GOOD = {"acceptance": 0.8, "tpotP50": 0.02, "tpotP99": 0.03, "ttftP50": 0.1, "replicas": 1.0,
+        "requestsPerSecond": 2.0}  # fmt: skip
+
+
+class FaultyPrometheus:
+    """/api/v1/query answering per `mode`: good, error (500), refused (400), slow (beyond the
+    client's 10 s timeout), garbage (not JSON), nan (every value NaN), empty (no series)."""
+
+    def __init__(self, namespace: str) -> None:
+        self.mode = "good"
+        self.queries = 0
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                form = urllib.parse.parse_qs(self.rfile.read(length).decode())
+                owner.queries += 1
+                status, body = owner.answer(form.get("query", [""])[0], namespace)
+                if owner.mode == "slow":
+                    time.sleep(12)
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def answer(self, promql: str, namespace: str) -> tuple[int, bytes]:
+        if self.mode == "error":
+            return 500, b'{"status":"error","errorType":"internal","error":"injected"}'
+        if self.mode == "refused":
+            return 400, b'{"status":"error","errorType":"bad_data","error":"injected parse error"}'
+        if self.mode == "garbage":
+            return 200, b"<html>not Prometheus</html>"
+        signals = re.findall(rf'"{SIGNAL_LABEL}", "(\w+)"', promql)
+        labels = {"namespace": namespace, "specpilot_io_resource": NAME,
+                  "specpilot_io_role": "server"}  # fmt: skip
+        result = [
+            {"metric": {**labels, SIGNAL_LABEL: s}, "value": [time.time(), value]}
+            for s in signals
+            if s in GOOD
+            for value in ["NaN" if self.mode == "nan" else str(GOOD[s])]
+        ]
+        if self.mode == "empty":
+            result = []
+        return 200, json.dumps(
+            {"status": "success", "data": {"resultType": "vector", "result": result}}
+        ).encode()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture
+def prometheus(namespace: str) -> Iterator[FaultyPrometheus]:
+    server = FaultyPrometheus(namespace)
+    yield server
+    server.stop()
+
+
+def metrics_condition(api: k8s.ApiClient, namespace: str) -> dict[str, Any]:
+    body = k8s.CustomObjectsApi(api).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, NAME
+    )
+    found: dict[str, Any] = next(
+        c for c in body.get("status", {}).get("conditions", []) if c["type"] == "MetricsAvailable"
+    )
+    return found
+
+
+def test_every_prometheus_fault_holds_and_recovers(
+    api: k8s.ApiClient,
+    control_plane: ControlPlane,
+    namespace: str,
+    prometheus: FaultyPrometheus,
+) -> None:
+    doc = example("llama-70b-int8-draft.yaml", namespace)
+    doc["metadata"]["name"] = NAME
+    doc["spec"]["policy"] = FAST_POLICY
+    doc["spec"]["monitoring"] = {"prometheusUrl": prometheus.url}
+    apps, custom = k8s.AppsV1Api(api), k8s.CustomObjectsApi(api)
+    with OperatorProcess(control_plane.kubeconfig, "--standalone", "-n", namespace) as operator:
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, doc)
+        wait_for(lambda: metrics_condition(api, namespace)["reason"] == "MetricsRead",
+                 timeout=60, what=operator.output)  # fmt: skip
+        generation = apps.read_namespaced_deployment(NAME, namespace).metadata.generation
+        for mode, reason, words in [
+            ("error", "MetricsUnavailable", "HTTP 500"),
+            ("good", "MetricsRead", "reading metrics"),
+            ("refused", "MetricsUnavailable", "injected parse error"),
+            ("garbage", "MetricsUnavailable", "unreachable"),
+            ("slow", "MetricsUnavailable", "TimeoutError"),
+            ("nan", "MetricsUnavailable", "no series"),
+            ("empty", "MetricsUnavailable", "no series"),
+            ("good", "MetricsRead", "reading metrics"),
+        ]:
+            prometheus.mode = mode
+            condition = wait_for(
+                lambda reason=reason, words=words: (
+                    (c := metrics_condition(api, namespace))["reason"] == reason
+                    and words in c["message"]
+                    and c
+                ),
+                timeout=90,
+                what=lambda mode=mode: f"{mode}: {metrics_condition(api, namespace)}",
+            )
+            assert condition["status"] == ("True" if mode == "good" else "False"), condition
+        body = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, NAME)
+        assert operator.process is not None
+        assert operator.process.poll() is None
+    assert body["status"].get("decisions", []) == []  # no fault ever became a decision
+    assert body["status"]["control"]["speculationOn"] is True
+    deployment = apps.read_namespaced_deployment(NAME, namespace)
+    assert deployment.metadata.generation == generation
+    assert any(
+        "--speculative-config" in a for a in deployment.spec.template.spec.containers[0].args
+    )
+    assert prometheus.queries > 0
+    events = (
+        k8s.CoreV1Api(api)
+        .list_namespaced_event(namespace, field_selector=f"involvedObject.name={NAME}")
+        .items
+    )
+    reasons = [e.reason for e in sorted(events, key=lambda e: e.metadata.creation_timestamp)]
+    assert "MetricsUnavailable" in reasons
+    assert reasons.count("MetricsRead") >= 2  # read, lost, read again
