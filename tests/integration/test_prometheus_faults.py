@@ -41,6 +41,8 @@ class FaultyPrometheus:
     def __init__(self, namespace: str) -> None:
         self.mode = "good"
         self.queries = 0
+        self.token: str | None = None
+        """When set, queries without `Authorization: Bearer <token>` get 401."""
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -49,6 +51,8 @@ class FaultyPrometheus:
                 form = urllib.parse.parse_qs(self.rfile.read(length).decode())
                 owner.queries += 1
                 status, body = owner.answer(form.get("query", [""])[0], namespace)
+                if owner.token and self.headers.get("Authorization") != f"Bearer {owner.token}":
+                    status, body = 401, b'{"status":"error","error":"unauthorized"}'
                 if owner.mode == "slow":
                     time.sleep(12)
                 self.send_response(status)
@@ -97,6 +101,26 @@ def prometheus(namespace: str) -> Iterator[FaultyPrometheus]:
     server.stop()
 
 
+def resource(namespace: str, prometheus: FaultyPrometheus, **monitoring: Any) -> dict[str, Any]:
+    doc = example("llama-70b-int8-draft.yaml", namespace)
+    doc["metadata"]["name"] = NAME
+    doc["spec"]["policy"] = FAST_POLICY
+    doc["spec"]["monitoring"] = {"prometheusUrl": prometheus.url, **monitoring}
+    return doc
+
+
+def until_condition(api: k8s.ApiClient, namespace: str, reason: str, words: str) -> Any:
+    return wait_for(
+        lambda: (
+            (c := metrics_condition(api, namespace))["reason"] == reason
+            and words in c["message"]
+            and c
+        ),
+        timeout=90,
+        what=lambda: f"{reason} with {words!r}: {metrics_condition(api, namespace)}",
+    )
+
+
 def metrics_condition(api: k8s.ApiClient, namespace: str) -> dict[str, Any]:
     body = k8s.CustomObjectsApi(api).get_namespaced_custom_object(
         GROUP, VERSION, namespace, PLURAL, NAME
@@ -113,10 +137,7 @@ def test_every_prometheus_fault_holds_and_recovers(
     namespace: str,
     prometheus: FaultyPrometheus,
 ) -> None:
-    doc = example("llama-70b-int8-draft.yaml", namespace)
-    doc["metadata"]["name"] = NAME
-    doc["spec"]["policy"] = FAST_POLICY
-    doc["spec"]["monitoring"] = {"prometheusUrl": prometheus.url}
+    doc = resource(namespace, prometheus)
     apps, custom = k8s.AppsV1Api(api), k8s.CustomObjectsApi(api)
     with OperatorProcess(control_plane.kubeconfig, "--standalone", "-n", namespace) as operator:
         custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, doc)
@@ -163,3 +184,31 @@ def test_every_prometheus_fault_holds_and_recovers(
     reasons = [e.reason for e in sorted(events, key=lambda e: e.metadata.creation_timestamp)]
     assert "MetricsUnavailable" in reasons
     assert reasons.count("MetricsRead") >= 2  # read, lost, read again
+
+
+def test_a_missing_then_rotated_token_secret_holds_and_recovers(
+    api: k8s.ApiClient,
+    control_plane: ControlPlane,
+    namespace: str,
+    prometheus: FaultyPrometheus,
+) -> None:
+    """spec.monitoring.bearerTokenSecret: missing, then created, then rotated (Prometheus first,
+    the Secret after): the operator reads the Secret at every check."""
+    core, custom = k8s.CoreV1Api(api), k8s.CustomObjectsApi(api)
+    doc = resource(namespace, prometheus, bearerTokenSecret={"name": "prom-token", "key": "token"})
+    prometheus.token = "first"
+    with OperatorProcess(control_plane.kubeconfig, "--standalone", "-n", namespace) as operator:
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, doc)
+        until_condition(api, namespace, "MetricsUnavailable", "cannot read Prometheus credentials")
+        secret = {"metadata": {"name": "prom-token"}, "stringData": {"token": "first"}}
+        core.create_namespaced_secret(namespace, secret)
+        until_condition(api, namespace, "MetricsRead", "reading metrics")
+        prometheus.token = "second"  # Prometheus rotated first: the old token is refused
+        until_condition(api, namespace, "MetricsUnavailable", "HTTP 401")
+        core.patch_namespaced_secret("prom-token", namespace, {"stringData": {"token": "second"}})
+        until_condition(api, namespace, "MetricsRead", "reading metrics")
+        assert operator.process is not None
+        assert operator.process.poll() is None
+    body = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, NAME)
+    assert body["status"].get("decisions", []) == []
+    assert body["status"]["control"]["speculationOn"] is True
