@@ -260,7 +260,7 @@ def operator(sims: Simulations, control_replicas: int) -> OperatorRun:
         now = epoch + datetime.timedelta(seconds=(w + 1) * INTERVAL_S)
         result = check(body, answer, None, now, now)
         assert result is not None, "the example resource is valid"
-        if result.changed or result.events or result.rerender:  # as the control loop writes
+        if result.worth_writing:  # as the control loop writes
             status = result.status
         for event in result.events:
             if event.reason.startswith(("Speculation", "Quantization")):

@@ -37,15 +37,15 @@ METRICS_REFRESH_SECONDS = 60
 """status.lastMetrics (and the readings kept in status.control) are rewritten at most this often
 when nothing else changes, so a thousand resources checked every 10 s do not mean a hundred
 status writes a second."""
-REFRESHED_STATE: tuple[str, ...] = (
-    "last_check",
+REFRESHED_READINGS = (
     "last_acceptance",
     "baseline_p50_tpot",
     "baseline_p99_tpot",
     "baseline_p50_ttft",
     "baseline_load",
 )
-"""What a check updates in status.control by reading alone, without deciding anything."""
+"""What a check updates in status.control by reading alone (besides its time), without deciding
+anything."""
 BASELINE_LOAD_TOLERANCE = 0.25
 """A recorded baseline is compared only while load is within this share of the load it saw."""
 
@@ -69,7 +69,13 @@ class CheckResult(BaseModel):
     """The effective configuration changed: re-render and apply the Deployments."""
     action: Action
     changed: bool = True
-    """False when only the check's time would change: then nothing needs writing."""
+    """False when only the check's time would change, or, within the refresh period, the numbers
+    it read."""
+
+    @property
+    def worth_writing(self) -> bool:
+        """Whether the status must be written (the Events are posted after that write)."""
+        return self.changed or bool(self.events) or self.rerender
 
 
 def signals_for(
@@ -301,12 +307,11 @@ def _worth_writing(new: SpeculativeInferenceStatus, old: SpeculativeInferenceSta
     beyond the numbers it read."""
     if new.control is None or old.control is None:
         return new != old
+    fields, last_metrics = ["last_check"], new.last_metrics
     if _refreshed_recently(old.last_metrics, new.last_metrics):
         # a first value (a baseline just recorded) is news; a newer one is a refresh
-        fields = tuple(f for f in REFRESHED_STATE if getattr(old.control, f) is not None)
-        fields, last_metrics = (*fields, "last_check"), old.last_metrics
-    else:
-        fields, last_metrics = ("last_check",), new.last_metrics
+        fields += [f for f in REFRESHED_READINGS if getattr(old.control, f) is not None]
+        last_metrics = old.last_metrics
     control = new.control.model_copy(update={f: getattr(old.control, f) for f in fields})
     return new.model_copy(update={"control": control, "last_metrics": last_metrics}) != old
 

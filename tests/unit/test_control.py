@@ -57,7 +57,7 @@ def play(
         now = T0 + datetime.timedelta(seconds=step * i)
         result = control.check(doc, reading_, error, now, now)
         assert result is not None
-        if result.changed or result.events or result.rerender:
+        if result.worth_writing:
             doc["status"] = result.status
         results.append(result)
     return results

@@ -15,7 +15,7 @@ import asyncio
 import datetime
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -77,15 +77,16 @@ def observe(body: Any, deleted: bool = False) -> None:
         BODIES[key] = dict(body)
 
 
-def latest(writer: KubeWriter, namespace: str, name: str) -> dict[str, Any] | None:
-    """The newest copy held, or the stored resource (None if it is gone)."""
+def attempts(writer: KubeWriter, namespace: str, name: str) -> Iterator[dict[str, Any] | None]:
+    """The resource for each try of a read, decide, write cycle (None once it is gone): the
+    newest copy held first, then a fresh read after every conflicting write (409)."""
     held = BODIES.get((namespace, name))
-    if held is not None:
-        return held
-    body = writer.get_resource(namespace, name)
-    if body is not None:
-        observe(body)
-    return body
+    for attempt in range(STATUS_CONFLICT_RETRIES):
+        if attempt or held is None:
+            held = writer.get_resource(namespace, name)
+            if held is not None:
+                observe(held)
+        yield held
 
 
 def _revision(meta: Any) -> int:
@@ -219,12 +220,7 @@ class ControlLoop:
         at: float,
     ) -> None:
         sampled_at = datetime.datetime.fromtimestamp(at, datetime.UTC)
-        for attempt in range(STATUS_CONFLICT_RETRIES):
-            body = (
-                latest(self.writer, namespace, name)
-                if attempt == 0
-                else self.writer.get_resource(namespace, name)
-            )
+        for body in attempts(self.writer, namespace, name):
             if body is None:
                 REGISTRY.pop((namespace, name), None)
                 return
@@ -234,7 +230,7 @@ class ControlLoop:
             result = control.check(body, readings, error, sampled_at, now)
             if result is None:
                 return
-            if not (result.changed or result.events or result.rerender):
+            if not result.worth_writing:
                 # Only lastCheck would move: skip the write. A restarted operator may then check
                 # this resource early, which is harmless: the same hold counts nothing.
                 telemetry.CONTROL_DECISIONS.labels(action=result.action.value).inc()

@@ -26,7 +26,6 @@ from specpilot.rendering.manifests import LABEL_MANAGED_BY, LABEL_RESOURCE
 from specpilot.review import review
 
 RESOURCE = (GROUP, VERSION, PLURAL)
-STATUS_CONFLICT_RETRIES = 3
 logger = logging.getLogger(__name__)
 
 
@@ -99,12 +98,7 @@ def run_reconcile(body: Mapping[str, Any], writer: KubeWriter, trigger: str) -> 
 
 def reconcile_latest(namespace: str, name: str, writer: KubeWriter, trigger: str) -> bool:
     """Reconcile the stored resource; a conflicting write meanwhile (409) means: read, redo."""
-    for attempt in range(STATUS_CONFLICT_RETRIES):
-        body = (
-            control_loop.latest(writer, namespace, name)
-            if attempt == 0
-            else writer.get_resource(namespace, name)
-        )
+    for body in control_loop.attempts(writer, namespace, name):
         if body is None:
             return True  # deleted meanwhile
         try:
