@@ -9,62 +9,25 @@ import pytest
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from specpilot.local.controlplane import REPO, ControlPlane
+from specpilot.local.controlplane import ControlPlane
 from specpilot.local.operator_process import OperatorProcess, free_port, wait_for
-from tests.integration.conftest import example
+from tests.integration.conftest import (
+    account_without,
+    condition,
+    container_args,
+    create,
+    deployment,
+    event_reasons,
+    example,
+    get,
+    patch_spec,
+    reconciled,
+    service_account_kubeconfig,
+)
 
 pytestmark = pytest.mark.integration
 
-GROUP, VERSION, PLURAL = "specpilot.io", "v1alpha1", "speculativeinferences"
 EXAMPLE = "llama-70b-int8-draft.yaml"
-
-
-def create(api: k8s.ApiClient, doc: dict[str, Any]) -> dict[str, Any]:
-    body: dict[str, Any] = k8s.CustomObjectsApi(api).create_namespaced_custom_object(
-        GROUP, VERSION, doc["metadata"]["namespace"], PLURAL, doc
-    )
-    return body
-
-
-def get(api: k8s.ApiClient, namespace: str, name: str) -> dict[str, Any]:
-    body: dict[str, Any] = k8s.CustomObjectsApi(api).get_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, name
-    )
-    return body
-
-
-def patch_spec(api: k8s.ApiClient, namespace: str, name: str, spec: dict[str, Any]) -> None:
-    k8s.CustomObjectsApi(api).patch_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, name, {"spec": spec}
-    )
-
-
-def deployment(api: k8s.ApiClient, namespace: str, name: str) -> Any:
-    return k8s.AppsV1Api(api).read_namespaced_deployment(name, namespace)
-
-
-def condition(body: dict[str, Any], ctype: str) -> dict[str, Any]:
-    found = [c for c in body.get("status", {}).get("conditions", []) if c["type"] == ctype]
-    return found[0] if found else {}
-
-
-def reconciled(api: k8s.ApiClient, namespace: str, name: str) -> dict[str, Any] | None:
-    body = get(api, namespace, name)
-    status = body.get("status", {})
-    current = status.get("observedGeneration") == body["metadata"]["generation"]
-    return body if current and status.get("phase") else None
-
-
-def event_reasons(api: k8s.ApiClient, namespace: str, name: str) -> list[str]:
-    events = k8s.CoreV1Api(api).list_namespaced_event(
-        namespace, field_selector=f"involvedObject.name={name}"
-    )
-    return [e.reason for e in sorted(events.items, key=lambda e: e.metadata.creation_timestamp)]
-
-
-def container_args(api: k8s.ApiClient, namespace: str, name: str) -> list[str]:
-    args: list[str] = deployment(api, namespace, name).spec.template.spec.containers[0].args
-    return args
 
 
 def test_create_applies_owned_objects_and_reports_status(
@@ -259,7 +222,7 @@ def test_webhook_rejects_invalid_resources_and_warns_on_tight_plans(
 def test_runs_as_its_least_privilege_service_account(
     api: k8s.ApiClient, control_plane: ControlPlane, namespace: str
 ) -> None:
-    kubeconfig = _service_account_kubeconfig(control_plane)
+    kubeconfig = service_account_kubeconfig(control_plane)
     with OperatorProcess(kubeconfig, "--standalone", "-n", namespace) as process:
         name = create(api, example(EXAMPLE, namespace))["metadata"]["name"]
         body = wait_for(lambda: reconciled(api, namespace, name), what=process.output)
@@ -271,26 +234,7 @@ def test_runs_as_its_least_privilege_service_account(
 def test_a_missing_permission_fails_loudly_naming_it(
     api: k8s.ApiClient, control_plane: ControlPlane, namespace: str
 ) -> None:
-    kubeconfig = _service_account_kubeconfig(control_plane)
-    rbac = k8s.RbacAuthorizationV1Api(api)
-    role = rbac.read_cluster_role("specpilot-operator")
-    role.rules = [r for r in role.rules if "services" not in r.resources]
-    role.metadata = k8s.V1ObjectMeta(name="specpilot-operator-without-services")
-    rbac.create_cluster_role(role)
-    binding = k8s.V1ClusterRoleBinding(
-        metadata=k8s.V1ObjectMeta(name="specpilot-operator-without-services"),
-        role_ref=k8s.V1RoleRef(
-            api_group="rbac.authorization.k8s.io",
-            kind="ClusterRole",
-            name="specpilot-operator-without-services",
-        ),
-        subjects=[
-            k8s.RbacV1Subject(kind="ServiceAccount", name="limited", namespace="specpilot-system")
-        ],
-    )
-    rbac.create_cluster_role_binding(binding)
-    limited = _service_account_kubeconfig(control_plane, account="limited")
-    del kubeconfig
+    limited = account_without(api, control_plane, "limited", "services")
     with OperatorProcess(limited, "--standalone", "-n", namespace) as process:
         name = create(api, example(EXAMPLE, namespace))["metadata"]["name"]
 
@@ -305,16 +249,6 @@ def test_a_missing_permission_fails_loudly_naming_it(
         assert "forbidden by RBAC" in message
         assert 'resource "services"' in message
         assert "ApplyFailed" in event_reasons(api, namespace, name)
-
-
-def _service_account_kubeconfig(control_plane: ControlPlane, account: str = "specpilot") -> Any:
-    """The ServiceAccount from manifests/rbac with a bound token, as a kubeconfig."""
-    control_plane.kubectl("create", "namespace", "specpilot-system", check=False)
-    control_plane.kubectl("apply", "-f", str(REPO / "manifests" / "rbac"))
-    control_plane.kubectl(
-        "create", "serviceaccount", account, "-n", "specpilot-system", check=False
-    )
-    return control_plane.service_account_kubeconfig(account, "specpilot-system")
 
 
 def test_peering_keeps_one_replica_active_and_fails_over(

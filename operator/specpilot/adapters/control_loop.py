@@ -239,6 +239,7 @@ class ControlLoop:
                 observe(self.writer.patch_status(body, result.status))
             except ApiException as exc:
                 if exc.status == 409:
+                    telemetry.STATUS_CONFLICTS.labels(writer="control").inc()
                     continue  # changed meanwhile: read it again and redo the check
                 raise
             telemetry.CONTROL_DECISIONS.labels(action=result.action.value).inc()

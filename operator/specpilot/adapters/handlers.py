@@ -106,6 +106,7 @@ def reconcile_latest(namespace: str, name: str, writer: KubeWriter, trigger: str
         except ApiException as exc:
             if exc.status != 409:
                 raise
+            telemetry.STATUS_CONFLICTS.labels(writer="reconcile").inc()
             logger.info("%s/%s changed during the reconcile; reconciling again", namespace, name)
     raise kopf.TemporaryError("the resource kept changing during reconciles", delay=5)
 

@@ -17,6 +17,12 @@ RECONCILE_SECONDS = Histogram(
 APPLY_ERRORS = Counter(
     "specpilot_apply_errors_total", "Objects the API server refused to apply.", ["kind"]
 )
+STATUS_CONFLICTS = Counter(
+    "specpilot_status_conflicts_total",
+    "Status writes refused because the resource changed meanwhile (HTTP 409); each is redone "
+    "on a fresh read.",
+    ["writer"],
+)
 RESOURCES_MANAGED = Gauge(
     "specpilot_resources_managed", "SpeculativeInference resources this operator manages."
 )

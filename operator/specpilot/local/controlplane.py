@@ -185,6 +185,7 @@ class ControlPlane:
         self.server = ""
         self.etcd_url = ""
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._argv: dict[str, list[str]] = {}
         self._logs: dict[str, Path] = {}
         self._lock = threading.Lock()
 
@@ -269,6 +270,22 @@ class ControlPlane:
         user = f"system:serviceaccount:{namespace}:{account}"
         self._write_kubeconfig(path, user, {"token": token})
         return path
+
+    def restart_apiserver(self, downtime: float = 0.0) -> None:
+        """Stop the API server and start it again on the same address and etcd, as clients see an
+        upgrade or a crash of the control plane: every watch and connection breaks."""
+        with self._lock:
+            proc = self._procs.pop("kube-apiserver")
+            proc.terminate()
+            try:
+                proc.wait(self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            time.sleep(downtime)
+            self._spawn("kube-apiserver", self._argv["kube-apiserver"])
+            deadline = time.monotonic() + self.startup_timeout
+            self._wait("kube-apiserver", deadline, self._apiserver_ready)
 
     def env(self, kubeconfig: Path | None = None) -> dict[str, str]:
         """os.environ with KUBECONFIG pointing at ``kubeconfig`` (admin by default)."""
@@ -357,8 +374,9 @@ class ControlPlane:
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         log = self._dir / f"{name}.log"
         self._logs[name] = log
+        self._argv[name] = argv
         env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD")}
-        with log.open("wb") as out:
+        with log.open("ab") as out:
             proc = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
