@@ -31,10 +31,12 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
+from specpilot.api.models import GROUP, PLURAL, VERSION
 from specpilot.cli import run_operator
 from specpilot.local.controlplane import REPO, ControlPlane
 from specpilot.local.operator_process import OperatorProcess, wait_for
-from tests.integration.conftest import example
+from specpilot.local.stack import FAST_POLICY
+from tests.integration.conftest import example, get
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +51,6 @@ NOT_IN_CORE_SCHEMAS = {
     "Certificate": "cert-manager.io/v1",
     "Issuer": "cert-manager.io/v1",
 }
-GROUP, VERSION, PLURAL = "specpilot.io", "v1alpha1", "speculativeinferences"
 EXAMPLE = "llama-70b-int8-draft.yaml"
 CLUSTER_SCOPED = {"clusterkopfpeerings"}
 WEBHOOK_ARGS = ["--webhook-port", "9443", "--webhook-service"]
@@ -165,7 +166,12 @@ def test_chart_metadata() -> None:
 
 VALUE_SETS = {
     "defaults": [],
-    "namespaced": ["--set", "watchNamespaces={team-a,team-b}"],
+    "namespaced-secret-access": [
+        "--set",
+        "watchNamespaces={team-a,team-b}",
+        "--set-json",
+        'secretAccess=[{"namespace": "team-a", "names": ["prom-token"]}, {"namespace": "team-b"}]',
+    ],
     "peering": ["--set", "replicas=2", "--set", "prometheusUrl=http://prom.monitoring:9090"],
     "namespaced-peering-podmonitor": [
         "--set",
@@ -245,6 +251,12 @@ def test_defaults_cluster_wide_standalone_and_hardened(helm: Helm) -> None:
             {"kind": "ServiceAccount", "name": "specpilot", "namespace": "specpilot-system"}
         ]
     assert not by_kind(docs, "Role")
+    assert not [
+        rule
+        for role in by_kind(docs, "ClusterRole")
+        for rule in role["rules"]
+        if "secrets" in rule["resources"]
+    ]  # no Secret unless secretAccess lists it
     assert not by_kind(docs, "PodMonitor")
     deployment = one(docs, "Deployment")
     assert deployment["spec"]["replicas"] == 1
@@ -521,13 +533,6 @@ def test_kubectl_apply_k_installs_on_the_api_server(
 # --- helm install / upgrade / uninstall on the test API server ----------------------------------
 
 
-def get(api: k8s.ApiClient, namespace: str, name: str) -> Doc:
-    body: Doc = k8s.CustomObjectsApi(api).get_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, name
-    )
-    return body
-
-
 def planned(api: k8s.ApiClient, namespace: str, name: str) -> Doc | None:
     body = get(api, namespace, name)
     conditions = body.get("status", {}).get("conditions", [])
@@ -729,6 +734,67 @@ def test_namespaced_install_runs_with_only_its_roles(
         k8s.AppsV1Api(api).read_namespaced_deployment(name, namespace)
         k8s.CoreV1Api(api).read_namespaced_service(name, namespace)
         assert "forbidden" not in process.output().lower()
+
+
+def test_secrets_are_readable_only_where_secret_access_lists_them(
+    release: Release,
+    api: k8s.ApiClient,
+    control_plane: ControlPlane,
+    namespace: str,
+) -> None:
+    """The operator's token reads the listed Secret and nothing else: not a neighbour in the same
+    namespace, not the same name elsewhere, no list. End to end, a resource naming the listed
+    Secret gets as far as Prometheus, and one naming another is held with the fix named."""
+    core = k8s.CoreV1Api(api)
+    elsewhere = f"s-{uuid.uuid4().hex[:8]}"
+    control_plane.kubectl("create", "namespace", elsewhere)
+    for where, secret in [(namespace, "prom-token"), (namespace, "unlisted"),
+                          (elsewhere, "prom-token")]:  # fmt: skip
+        core.create_namespaced_secret(
+            where, {"metadata": {"name": secret}, "stringData": {"token": "t"}}
+        )
+    access = json.dumps([{"namespace": namespace, "names": ["prom-token"]}])
+    release("install", "--set", "webhook.enabled=false",
+            "--set", f"watchNamespaces={{{namespace}}}",
+            "--set-json", f"secretAccess={access}")  # fmt: skip
+    account = release.deployment(api).spec.template.spec.service_account_name
+    token = control_plane.service_account_kubeconfig(account, release.namespace)
+    as_operator = k8s.CoreV1Api(k8s_config.new_client_from_config(config_file=str(token)))
+    assert as_operator.read_namespaced_secret("prom-token", namespace).data["token"]
+    for refused in [
+        lambda: as_operator.read_namespaced_secret("unlisted", namespace),
+        lambda: as_operator.read_namespaced_secret("prom-token", elsewhere),
+        lambda: as_operator.list_namespaced_secret(namespace),
+        lambda: as_operator.list_secret_for_all_namespaces(),
+    ]:
+        with pytest.raises(ApiException) as denied:
+            refused()
+        assert denied.value.status == 403
+
+    with release.run_operator(api) as process:
+        for name, secret in [("listed", "prom-token"), ("unlisted", "unlisted")]:
+            doc = example(EXAMPLE, namespace)
+            doc["metadata"]["name"] = name
+            doc["spec"]["policy"] = FAST_POLICY
+            doc["spec"]["monitoring"] = {
+                "prometheusUrl": "http://127.0.0.1:9",
+                "bearerTokenSecret": {"name": secret, "key": "token"},
+            }
+            k8s.CustomObjectsApi(api).create_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, doc
+            )
+
+        def metrics_message(name: str, words: str) -> str:
+            conditions = get(api, namespace, name).get("status", {}).get("conditions", [])
+            found = [c["message"] for c in conditions if c["type"] == "MetricsAvailable"]
+            return found[0] if found and words in found[0] else ""
+
+        wait_for(lambda: metrics_message("listed", "unreachable"), what=process.output)
+        held = wait_for(
+            lambda: metrics_message("unlisted", "forbidden by RBAC"), what=process.output
+        )
+        assert f"Secret {namespace}/unlisted" in held
+        assert "secretAccess" in held
 
 
 # --- the admission webhook through the chart's Service ------------------------------------------

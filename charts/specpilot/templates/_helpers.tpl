@@ -93,10 +93,6 @@ Called with (dict "cluster" true|false): a namespaced Role omits the cluster-sco
 - apiGroups: ["", "events.k8s.io"]
   resources: ["events"]
   verbs: ["create"]
-# Prometheus credentials named by spec.monitoring.bearerTokenSecret / caBundleSecret.
-- apiGroups: [""]
-  resources: ["secrets"]
-  verbs: ["get"]
 # kopf peering: one active replica.
 - apiGroups: ["kopf.dev"]
   resources: {{ if .cluster }}["clusterkopfpeerings", "kopfpeerings"]{{ else }}["kopfpeerings"]{{ end }}

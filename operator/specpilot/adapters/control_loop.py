@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict
 
 from specpilot import control
 from specpilot.adapters import telemetry
-from specpilot.adapters.kube import KubeWriter
+from specpilot.adapters.kube import KubeWriter, SecretError
 from specpilot.adapters.prometheus import Endpoint, MetricsError, PrometheusClient
 from specpilot.api.models import (
     SecretKeyRef,
@@ -207,7 +207,7 @@ class ControlLoop:
                 if reg.ca_bundle_secret
                 else _read_file(self.default.ca_file)
             )
-        except (ApiException, KeyError, OSError) as exc:
+        except (SecretError, OSError) as exc:
             return f"cannot read Prometheus credentials: {exc}"
         return Endpoint(url=url, bearer_token=token, ca_bundle=ca)
 

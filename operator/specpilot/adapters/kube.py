@@ -25,6 +25,10 @@ logger = logging.getLogger(__name__)
 Change = Literal["created", "updated"] | None
 
 
+class SecretError(Exception):
+    """A Secret a resource names cannot be read; the message names it and the cause."""
+
+
 class ApplyError(Exception):
     """An object could not be applied; the message names the object and the API's answer."""
 
@@ -111,11 +115,20 @@ class KubeWriter:
         return body
 
     def read_secret_key(self, namespace: str, ref: SecretKeyRef) -> str:
-        """One key of a Secret, decoded; KeyError names the Secret and the missing key."""
-        secret = self._core.read_namespaced_secret(ref.name, namespace)
+        """One key of a Secret, decoded; SecretError says what to fix."""
+        what = f"Secret {namespace}/{ref.name}"
+        try:
+            secret = self._core.read_namespaced_secret(ref.name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                raise SecretError(f"{what} does not exist") from exc
+            message = describe_api_error(exc, f"get {what}")
+            if exc.status == 403:
+                message += " (Helm chart: list it under secretAccess)"
+            raise SecretError(message) from exc
         data = secret.data or {}
         if ref.key not in data:
-            raise KeyError(f"Secret {namespace}/{ref.name} has no key {ref.key!r}")
+            raise SecretError(f"{what} has no key {ref.key!r}")
         return base64.b64decode(data[ref.key]).decode().strip()
 
     def post_event(self, owner: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
