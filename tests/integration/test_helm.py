@@ -37,6 +37,7 @@ from specpilot.local.controlplane import REPO, ControlPlane
 from specpilot.local.operator_process import OperatorProcess, wait_for
 from specpilot.local.stack import FAST_POLICY
 from tests.integration.conftest import example, get
+from tests.pod_security import restricted_violations
 
 pytestmark = pytest.mark.integration
 
@@ -284,6 +285,14 @@ def test_defaults_cluster_wide_standalone_and_hardened(helm: Helm) -> None:
     assert operator["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
     assert pod["volumes"] == [{"name": "tmp", "emptyDir": {}}]
     assert operator["resources"]["limits"]["memory"]
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_the_operator_pod_meets_the_restricted_profile(helm: Helm, values: list[str]) -> None:
+    template = one(helm.template(*values), "Deployment")["spec"]["template"]
+    assert restricted_violations(template["spec"], template["metadata"].get("annotations")) == []
+    kustomized = yaml.safe_load((MANIFESTS / "operator" / "deployment.yaml").read_text())
+    assert restricted_violations(kustomized["spec"]["template"]["spec"]) == []
 
 
 def test_ports_match_the_operators_defaults(helm: Helm) -> None:

@@ -342,6 +342,9 @@ class PodOverrides(SpecModel):
     """Secrets for pulling the vLLM image."""
     service_account_name: str | None = Field(default=None, max_length=253)
     """ServiceAccount the vLLM pods run as."""
+    run_as_user: int = Field(default=1000, ge=1, le=2147483647)
+    """UID and GID of the vLLM container; never root, so the pods meet the restricted Pod
+    Security profile. HOME is a writable emptyDir, where vLLM and Hugging Face keep caches."""
     labels: dict[str, str] = Field(default_factory=dict)
     """Extra pod labels (specpilot's own labels win on conflict)."""
     annotations: dict[str, str] = Field(default_factory=dict)

@@ -20,11 +20,12 @@ from pydantic_core import ErrorDetails
 from specpilot.api.models import (
     API_VERSION,
     KIND,
+    PodOverrides,
     SpeculationMethod,
     SpeculativeInference,
     SpeculativeInferenceSpec,
 )
-from specpilot.findings import Finding, error
+from specpilot.findings import Finding, error, warning
 
 MANAGED_FLAGS = {
     "--model": "spec.target.model",
@@ -301,6 +302,44 @@ def cross_field_findings(spec: SpeculativeInferenceSpec) -> list[Finding]:
         )
     found += _speculation_findings(spec)
     found += _extra_args_findings(spec.vllm.extra_args)
+    found += _pod_findings(spec.pod)
+    return found
+
+
+RENDERED_VOLUMES = ("dshm", "home")
+"""Volumes every vLLM pod gets: shared memory and a writable HOME."""
+RESTRICTED_VOLUME_TYPES = frozenset(
+    {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+     "projected", "secret"}
+)  # fmt: skip
+"""The volume types the restricted Pod Security profile allows."""
+
+
+def _pod_findings(pod: PodOverrides) -> list[Finding]:
+    found: list[Finding] = []
+    for i, volume in enumerate(pod.volumes):
+        path = f"spec.pod.volumes[{i}]"
+        if volume.get("name") in RENDERED_VOLUMES:
+            found.append(
+                error(
+                    "ReservedVolumeName",
+                    f"{path}.name",
+                    f"the volume name {volume['name']!r} is specpilot's own "
+                    f"({', '.join(RENDERED_VOLUMES)}); two volumes cannot share a name.",
+                    "give the volume (and its volumeMounts entry) another name.",
+                )
+            )
+        kinds = sorted(set(volume) - {"name"} - RESTRICTED_VOLUME_TYPES)
+        if kinds:
+            found.append(
+                warning(
+                    "VolumeNotRestricted",
+                    path,
+                    f"a {kinds[0]} volume is not allowed by the restricted Pod Security "
+                    "profile: in a namespace that enforces it, the pods are never created.",
+                    "use a persistentVolumeClaim, csi or emptyDir volume instead.",
+                )
+            )
     return found
 
 

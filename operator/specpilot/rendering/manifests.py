@@ -34,6 +34,8 @@ ANNOTATION_GPU_TYPE = "specpilot.io/gpu-type"
 ANNOTATION_TARGET_QUANTIZATION = "specpilot.io/target-quantization"
 FIELD_MANAGER = "specpilot"
 SHM_MOUNT = "/dev/shm"
+HOME = "/home/vllm"
+"""A writable HOME for a non-root vLLM: its compile caches and Hugging Face's default cache."""
 
 
 _SURROGATE_PAIR = re.compile(r"(?<!\\)((?:\\\\)*)\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})")
@@ -139,9 +141,22 @@ def deployment(
         args=server_args(spec, version),
         port=spec.vllm.port,
         resources=resources,
-        volume_mounts=[{"name": "dshm", "mountPath": SHM_MOUNT}, *pod.volume_mounts],
+        env=[
+            *(
+                []
+                if any(e.get("name") == "HOME" for e in pod.env)
+                else [{"name": "HOME", "value": HOME}]
+            ),
+            *pod.env,
+        ],
+        volume_mounts=[
+            {"name": "dshm", "mountPath": SHM_MOUNT},
+            {"name": "home", "mountPath": HOME},
+            *pod.volume_mounts,
+        ],
         volumes=[
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.gpus.shm_size}},
+            {"name": "home", "emptyDir": {}},
             *pod.volumes,
         ],
     )
