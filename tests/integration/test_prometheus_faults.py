@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.server
 import json
 import re
+import ssl
 import threading
 import time
 import urllib.parse
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import trustme
 from kubernetes import client as k8s
 
 from specpilot.api.models import GROUP, PLURAL, VERSION
@@ -35,10 +37,11 @@ GOOD = {"acceptance": 0.8, "tpotP50": 0.02, "tpotP99": 0.03, "ttftP50": 0.1, "re
 
 
 class FaultyPrometheus:
-    """/api/v1/query answering per `mode`: good, error (500), refused (400), slow (beyond the
-    client's 10 s timeout), garbage (not JSON), nan (every value NaN), empty (no series)."""
+    """/api/v1/query (HTTPS with `tls`) answering per `mode`: good, error (500), refused (400),
+    slow (beyond the client's 10 s timeout), garbage (not JSON), nan (every value NaN), empty
+    (no series)."""
 
-    def __init__(self, namespace: str) -> None:
+    def __init__(self, namespace: str, tls: trustme.LeafCert | None = None) -> None:
         self.mode = "good"
         self.queries = 0
         self.token: str | None = None
@@ -65,7 +68,13 @@ class FaultyPrometheus:
                 pass
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        scheme = "http"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            tls.configure_cert(context)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def answer(self, promql: str, namespace: str) -> tuple[int, bytes]:
@@ -212,3 +221,33 @@ def test_a_missing_then_rotated_token_secret_holds_and_recovers(
     body = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, NAME)
     assert body["status"].get("decisions", []) == []
     assert body["status"]["control"]["speculationOn"] is True
+
+
+def test_prometheus_tls_is_verified_unless_its_ca_is_given(
+    api: k8s.ApiClient, control_plane: ControlPlane, namespace: str
+) -> None:
+    """An HTTPS Prometheus whose certificate no trusted CA signed is not read (there is no switch
+    to skip verification); naming its CA in spec.monitoring.caBundleSecret makes it readable."""
+    ca = trustme.CA()
+    prometheus = FaultyPrometheus(namespace, tls=ca.issue_cert("127.0.0.1"))
+    core, custom = k8s.CoreV1Api(api), k8s.CustomObjectsApi(api)
+    try:
+        with OperatorProcess(control_plane.kubeconfig, "--standalone", "-n", namespace):
+            custom.create_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, resource(namespace, prometheus)
+            )
+            until_condition(api, namespace, "MetricsUnavailable", "CERTIFICATE_VERIFY_FAILED")
+            assert prometheus.queries == 0
+            secret = {
+                "metadata": {"name": "prom-ca"},
+                "stringData": {"ca.crt": ca.cert_pem.bytes().decode()},
+            }
+            core.create_namespaced_secret(namespace, secret)
+            monitoring = {"caBundleSecret": {"name": "prom-ca", "key": "ca.crt"}}
+            custom.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, NAME, {"spec": {"monitoring": monitoring}}
+            )
+            until_condition(api, namespace, "MetricsRead", "reading metrics")
+            assert prometheus.queries > 0
+    finally:
+        prometheus.stop()
