@@ -60,17 +60,21 @@ class Prometheus:
         return f"http://127.0.0.1:{self.port}"
 
     def __enter__(self) -> Prometheus:
-        log = (self.workdir / "prometheus.log").open("wb")
-        self.process = subprocess.Popen(
-            [
-                str(prometheus_bin() / "prometheus"),
-                f"--config.file={self.config}",
-                f"--storage.tsdb.path={self.workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        return self.start()
+
+    def start(self) -> Prometheus:
+        """Start (or start again after `stop`, on the same port and data)."""
+        with (self.workdir / "prometheus.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    str(prometheus_bin() / "prometheus"),
+                    f"--config.file={self.config}",
+                    f"--storage.tsdb.path={self.workdir / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         wait_for(
             self._ready,
             timeout=30,
