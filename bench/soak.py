@@ -28,6 +28,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import signal
 import statistics
 import sys
@@ -173,6 +174,19 @@ class Observer:
         return changes
 
 
+def operator_counters(metrics: str) -> dict[str, float]:
+    """409s redone per writer and held checks, from the operator's own /metrics."""
+    counters: dict[str, float] = {}
+    for line in metrics.splitlines():
+        conflict = re.match(r'specpilot_status_conflicts_total\{writer="(\w+)"\} (\S+)', line)
+        if conflict:
+            counters[conflict.group(1)] = float(conflict.group(2))
+        held = re.match(r'specpilot_control_decisions_total\{action="hold"\} (\S+)', line)
+        if held:
+            counters["hold"] = float(held.group(1))
+    return counters
+
+
 def median_between(points: list[tuple[float, float]], start: float, end: float) -> float:
     return statistics.median(v for t, v in points if start <= t <= end)
 
@@ -238,10 +252,11 @@ def main() -> int:
             observer.sample()
             alive = operator.poll() is None
             log = stack.operator.output()
+            counters = operator_counters(stack.operator.metrics() if alive else "")
             stored = k8s.CustomObjectsApi(api).get_namespaced_custom_object(
                 GROUP, VERSION, NAMESPACE, PLURAL, name
             )
-    return report(args, length, cooldown, observer, results, injected, alive, log, stored)
+    return report(args, length, cooldown, observer, results, injected, alive, log, stored, counters)
 
 
 def report(
@@ -254,6 +269,7 @@ def report(
     alive: bool,
     log: str,
     stored: Any,
+    counters: dict[str, float],
 ) -> int:
     warm = median_between(observer.rss, length * 0.25, length * 0.35)
     end = median_between(observer.rss, length * 0.9, length)
@@ -289,6 +305,9 @@ def report(
         ("requests (errors)", f"{len(results)} ({errors})", "", True),
         ("decisions kept in status", str(len(stored["status"].get("decisions", []))), "", True),
         ("tracebacks in the operator log", str(log.count("Traceback")), "", True),
+        ("status writes redone after a 409 (reconcile / control)",
+         f"{counters.get('reconcile', 0):.0f} / {counters.get('control', 0):.0f}", "", True),
+        ("control checks held", f"{counters.get('hold', 0):.0f}", "", True),
     ]  # fmt: skip
     print("\n| figure | value | target | met |")
     print("|---|---|---|---|")

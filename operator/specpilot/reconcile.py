@@ -21,7 +21,7 @@ from specpilot.api.models import (
 from specpilot.effective import active_checkpoint, speculation_wanted, with_checkpoint
 from specpilot.findings import Finding, Severity, errors
 from specpilot.rendering.args import is_speculating
-from specpilot.rendering.manifests import Manifest, manifests
+from specpilot.rendering.manifests import FIELD_MANAGER, Manifest, manifests
 from specpilot.review import Review, review
 
 CONDITION_TYPES = (
@@ -81,6 +81,20 @@ def desired(body: Mapping[str, Any]) -> Desired:
     speculation = speculation_wanted(result.resource.spec, control)
     objects = manifests(result.resource, result.version, speculation=speculation)
     return Desired(review=result, objects=objects, speculation=speculation, checkpoint_index=index)
+
+
+def spec_writer(obj: Mapping[str, Any]) -> str | None:
+    """The field manager other than specpilot that last wrote the object's spec: whom a drift
+    Event should name. Status and metadata writers (the Deployment controller) are left out."""
+    writers = [
+        entry
+        for entry in obj.get("metadata", {}).get("managedFields") or []
+        if entry.get("manager") != FIELD_MANAGER and "f:spec" in (entry.get("fieldsV1") or {})
+    ]
+    if not writers:
+        return None
+    manager: str = max(writers, key=lambda entry: str(entry.get("time") or ""))["manager"]
+    return manager
 
 
 def condition(

@@ -186,6 +186,10 @@ def test_another_writer_taking_an_owned_field_by_server_side_apply_is_undone_onc
     wait_for(lambda: container_args(api, namespace, name) == original, what=operator.output)
     time.sleep(3)  # a second correction, if any, would show by now
     assert event_reasons(api, namespace, name).count("DriftCorrected") == 1
+    events = k8s.CoreV1Api(api).list_namespaced_event(
+        namespace, field_selector=f"involvedObject.name={name},reason=DriftCorrected"
+    )
+    assert "(changed by intruder)" in events.items[0].message
     owners = {
         entry.manager: json.dumps(entry.fields_v1)
         for entry in deployment(api, namespace, name).metadata.managed_fields

@@ -136,3 +136,22 @@ def test_tight_plan_is_a_warning_event() -> None:
     assert status["plan"]["verdict"] == "tight"
     tight = next(e for e in events if e.reason == "PlanTight")
     assert tight.type == "Warning"
+
+
+def test_the_drift_event_names_the_last_writer_of_the_spec_other_than_specpilot() -> None:
+    def entry(manager: str, time: str, *fields: str) -> dict[str, Any]:
+        return {"manager": manager, "time": time, "fieldsV1": {f: {} for f in fields}}
+
+    deployment = {
+        "metadata": {
+            "managedFields": [
+                entry("specpilot", "2026-11-25T10:00:09Z", "f:metadata", "f:spec"),
+                entry("kubectl-edit", "2026-11-25T10:00:01Z", "f:spec"),
+                entry("intruder", "2026-11-25T10:00:05Z", "f:spec"),
+                # the Deployment controller: revision annotation and status, never the spec
+                entry("kube-controller-manager", "2026-11-25T10:00:07Z", "f:metadata", "f:status"),
+            ]
+        }
+    }
+    assert reconcile.spec_writer(deployment) == "intruder"
+    assert reconcile.spec_writer({"metadata": {}}) is None

@@ -51,8 +51,11 @@ _LOCKS: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Loc
 """One reconcile at a time per resource: the resource's and its Deployment's handlers race."""
 
 
-def run_reconcile(body: Mapping[str, Any], writer: KubeWriter, trigger: str) -> bool:
-    """Apply what the resource asks for and record the outcome; False if anything failed."""
+def run_reconcile(
+    body: Mapping[str, Any], writer: KubeWriter, trigger: str, changed_by: str | None = None
+) -> bool:
+    """Apply what the resource asks for and record the outcome; False if anything failed.
+    `changed_by` names whoever changed an owned object, for the drift Event."""
     raw = copy.deepcopy(dict(body))
     key = (raw["metadata"]["namespace"], raw["metadata"]["name"])
     with _LOCKS[key], telemetry.RECONCILE_SECONDS.time():
@@ -78,7 +81,7 @@ def run_reconcile(body: Mapping[str, Any], writer: KubeWriter, trigger: str) -> 
                         type="Normal",
                         reason="DriftCorrected" if drift else "Applied",
                         message=f"{applied['kind']} {applied['metadata']['name']} "
-                        f"{'restored to the spec' if drift else changed}",
+                        + (_restored(changed_by) if drift else str(changed)),
                     )
                 )
         status, events = reconcile.observe(raw, wanted, observed, _now())
@@ -96,13 +99,19 @@ def run_reconcile(body: Mapping[str, Any], writer: KubeWriter, trigger: str) -> 
     return ok
 
 
-def reconcile_latest(namespace: str, name: str, writer: KubeWriter, trigger: str) -> bool:
+def _restored(changed_by: str | None) -> str:
+    return "restored to the spec" + (f" (changed by {changed_by})" if changed_by else "")
+
+
+def reconcile_latest(
+    namespace: str, name: str, writer: KubeWriter, trigger: str, changed_by: str | None = None
+) -> bool:
     """Reconcile the stored resource; a conflicting write meanwhile (409) means: read, redo."""
     for body in control_loop.attempts(writer, namespace, name):
         if body is None:
             return True  # deleted meanwhile
         try:
-            return run_reconcile(body, writer, trigger)
+            return run_reconcile(body, writer, trigger, changed_by)
         except ApiException as exc:
             if exc.status != 409:
                 raise
@@ -137,7 +146,9 @@ def owned_deployment_changed(body: kopf.Body, type: str | None, memo: kopf.Memo,
     if type is None or type == "DELETED":
         return  # the initial listing (resume handles it) or our owner is going away
     meta = body["metadata"]
-    reconcile_latest(meta["namespace"], meta["labels"][LABEL_RESOURCE], memo.writer, "drift")
+    owner = meta["labels"][LABEL_RESOURCE]
+    changed_by = reconcile.spec_writer(body)
+    reconcile_latest(meta["namespace"], owner, memo.writer, "drift", changed_by)
 
 
 @kopf.on.delete(*RESOURCE, optional=True)
