@@ -42,7 +42,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from specpilot.api.models import GROUP, PLURAL, VERSION
-from specpilot.demo.run import NAMESPACE, POLICY, demo_resource
+from specpilot.demo.run import NAMESPACE, POLICY, demo_resource, demo_trace
 from specpilot.local.controlplane import ControlPlane
 from specpilot.local.operator_process import wait_for
 from specpilot.local.stack import LocalStack, install_crds
@@ -58,21 +58,11 @@ SAMPLE_SECONDS = 2.0
 
 def day_trace(minutes: float) -> loadgen.Trace:
     hour = minutes * 60 / 24
-    return loadgen.Trace.model_validate(
-        {
-            "seed": 11,
-            "segments": [
-                {"durationSeconds": hours * hour, "qpsStart": start, "qpsEnd": end}
-                for hours, start, end in DAY
-            ],
-            "temperatureMix": [
-                {"temperature": 0.0, "weight": 3},
-                {"temperature": 0.5, "weight": 1},
-            ],
-            "promptTokens": {"kind": "lognormal", "median": 180, "sigma": 1.0, "max": 2048},
-            "outputTokens": {"kind": "lognormal", "median": 120, "sigma": 0.6, "max": 512},
-        }
-    )
+    segments = [
+        {"durationSeconds": hours * hour, "qpsStart": start, "qpsEnd": end}
+        for hours, start, end in DAY
+    ]
+    return demo_trace(segments, seed=11)
 
 
 class Faults:

@@ -45,11 +45,12 @@ def demo_resource() -> dict[str, Any]:
     return doc
 
 
-def demo_trace() -> loadgen.Trace:
+def demo_trace(segments: list[dict[str, float]] | None = None, seed: int = 7) -> loadgen.Trace:
+    """The demo's requests (mostly greedy, chat-sized) over `segments`, by default its phases."""
     return loadgen.Trace.model_validate(
         {
-            "seed": 7,
-            "segments": [{"durationSeconds": d, "qps": q} for _, d, q in PHASES],
+            "seed": seed,
+            "segments": segments or [{"durationSeconds": d, "qps": q} for _, d, q in PHASES],
             "temperatureMix": [
                 {"temperature": 0.0, "weight": 3},
                 {"temperature": 0.5, "weight": 1},

@@ -275,13 +275,7 @@ class ControlPlane:
         """Stop the API server and start it again on the same address and etcd, as clients see an
         upgrade or a crash of the control plane: every watch and connection breaks."""
         with self._lock:
-            proc = self._procs.pop("kube-apiserver")
-            proc.terminate()
-            try:
-                proc.wait(self.stop_timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            self._terminate(self._procs.pop("kube-apiserver"))
             time.sleep(downtime)
             self._spawn("kube-apiserver", self._argv["kube-apiserver"])
             deadline = time.monotonic() + self.startup_timeout
@@ -492,15 +486,18 @@ class ControlPlane:
     def _stop_processes(self) -> None:
         # The API server first (it talks to etcd), then etcd.
         for name in reversed(list(self._procs)):
-            proc = self._procs[name]
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(self.stop_timeout)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            self._terminate(self._procs[name])
         self._procs.clear()
+
+    def _terminate(self, proc: subprocess.Popen[bytes]) -> None:
+        """SIGTERM, then SIGKILL after stop_timeout."""
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
     def _write_kubeconfig(self, path: Path, user: str, credentials: dict[str, str]) -> None:
         config = {
