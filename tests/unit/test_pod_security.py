@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from specpilot.api.validation import RENDERED_VOLUMES
 from specpilot.review import render, review
 from tests.conftest import manifest
 from tests.pod_security import restricted_violations
@@ -69,9 +70,12 @@ def test_a_volume_the_profile_forbids_is_a_warning_naming_it() -> None:
 
 
 def test_a_volume_named_like_specpilots_own_is_refused() -> None:
-    result = review(manifest(pod={"volumes": [{"name": "home", "emptyDir": {}}]}))
-    assert not result.valid
-    assert any(f.code == "ReservedVolumeName" for f in result.findings)
+    (template,) = pods(manifest())
+    assert {v["name"] for v in template["spec"]["volumes"]} == set(RENDERED_VOLUMES)
+    for name in RENDERED_VOLUMES:
+        result = review(manifest(pod={"volumes": [{"name": name, "emptyDir": {}}]}))
+        assert not result.valid
+        assert any(f.code == "ReservedVolumeName" for f in result.findings)
 
 
 def _break(path: str, value: Any) -> dict[str, Any]:

@@ -117,6 +117,7 @@ def deployment(
     selector = {LABEL_RESOURCE: name, LABEL_ROLE: role}
     labels = {**common_labels(name), LABEL_COMPONENT: role, **selector}
     gpu_resource = spec.gpus.resource_name
+    users_home = any(variable.get("name") == "HOME" for variable in pod.env)
     resources = dict(pod.resources or {})
     for section in ("limits", "requests"):
         # Quantities are strings: server-side apply rejects a bare number for them.
@@ -141,14 +142,7 @@ def deployment(
         args=server_args(spec, version),
         port=spec.vllm.port,
         resources=resources,
-        env=[
-            *(
-                []
-                if any(e.get("name") == "HOME" for e in pod.env)
-                else [{"name": "HOME", "value": HOME}]
-            ),
-            *pod.env,
-        ],
+        env=pod.env if users_home else [{"name": "HOME", "value": HOME}, *pod.env],
         volume_mounts=[
             {"name": "dshm", "mountPath": SHM_MOUNT},
             {"name": "home", "mountPath": HOME},
