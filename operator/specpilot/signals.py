@@ -71,8 +71,9 @@ def _quantile(q: float, histograms: tuple[str, ...], window: str) -> str:
     )
 
 
-def _signals(window: str) -> dict[Signal, str]:
-    """One PromQL expression per signal, for every managed resource; `window` is a rate range."""
+def signal_expressions(window: str) -> dict[Signal, str]:
+    """One PromQL expression per signal, for every managed resource; `window` is a rate range.
+    A check sends them tagged and grouped (`queries`); a graph of one signal uses one alone."""
     accepted = _sum_rate("vllm:spec_decode_num_accepted_tokens_total", window)
     drafted = _sum_rate("vllm:spec_decode_num_draft_tokens_total", window)
     drafts = _sum_rate("vllm:spec_decode_num_drafts_total", window)
@@ -115,7 +116,7 @@ QUERIES: dict[str, tuple[Signal, ...]] = {
 
 def queries(window: str) -> dict[str, str]:
     """The PromQL a check sends, by query name: every signal of every managed resource."""
-    expressions = _signals(window)
+    expressions = signal_expressions(window)
     return {
         name: " or ".join(
             f'label_replace({expressions[signal]}, "{SIGNAL_LABEL}", "{signal.value}", "", "")'

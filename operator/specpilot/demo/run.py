@@ -25,7 +25,7 @@ from specpilot.demo.timeline import Decision, Series, Timeline, render_png, summ
 from specpilot.local.controlplane import REPO, ControlPlane
 from specpilot.local.operator_process import wait_for
 from specpilot.local.stack import FAST_POLICY, LocalStack, install_crds
-from specpilot.signals import Signal, queries
+from specpilot.signals import Signal, signal_expressions
 from specpilot.sim import loadgen
 
 EXAMPLE = REPO / "manifests" / "examples" / "llama-70b-int8-draft.yaml"
@@ -159,7 +159,7 @@ def _timeline(
     ended: float,
 ) -> Timeline:
     assert stack.prometheus is not None
-    promql = queries(str(POLICY["window"]))
+    promql = signal_expressions(str(POLICY["window"]))
 
     def series(signal: Signal, role: str, scale: float = 1.0) -> Series:
         assert stack.prometheus is not None
