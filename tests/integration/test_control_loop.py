@@ -160,8 +160,9 @@ def test_a_surge_turns_speculation_off_and_quiet_turns_it_back_on(
     assert disabled.type == "Warning"
     assert "above the baseline's" in disabled.message
     assert "for 3 checks over 15s; speculation disabled" in disabled.message
-    # within failureLimit x interval, after the 20 s rate window and a scrape have caught up
-    assert surge_seconds <= 20 + 3 * INTERVAL + 10, surge_seconds
+    # during the surge; how fast is bench/reaction_time.py's to measure, not a test's (a shared
+    # CI machine once took 46 s here where 21 s is usual)
+    assert surge_seconds < 70, surge_seconds
     assert on - started > 110, "re-enabled only once the surge was over"
     status = get(api, namespace, name)["status"]
     assert [d["action"] for d in status["decisions"]] == [
