@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -26,13 +25,6 @@ from specpilot.local.stack import install_crds
 
 NAMESPACE = "churn"
 UPDATES_PER_ROUND = 300
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
 
 
 def main() -> None:
@@ -59,7 +51,7 @@ def main() -> None:
                 ),
                 what="the first reconcile",
             )
-            readings = [rss_mb(operator.process.pid)]
+            readings = [operator.rss_mb()]
             print(f"start: {readings[0]:.1f} MB", flush=True)
             updates = 0
             for _round in range(args.rounds):
@@ -71,7 +63,7 @@ def main() -> None:
                     )
                     time.sleep(0.02)
                 time.sleep(5)
-                readings.append(rss_mb(operator.process.pid))
+                readings.append(operator.rss_mb())
                 print(f"after {updates:5d} updates: {readings[-1]:.1f} MB", flush=True)
     tail = readings[-4:]
     print(f"\nRSS {readings[0]:.1f} -> {readings[-1]:.1f} MB over {updates} updates; "

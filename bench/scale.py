@@ -60,13 +60,6 @@ def metric(text: str, name: str) -> float:
     return sum(float(v) for v in pattern.findall(text))
 
 
-def rss_mb(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
-    assert match, status
-    return int(match.group(1)) / 1024
-
-
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -201,7 +194,7 @@ def main() -> None:
             before, cpu_before, t_before = operator.metrics(), cpu_seconds(pid), time.monotonic()
             rss_samples = []
             while time.monotonic() - t_before < args.steady_seconds:
-                rss_samples.append(rss_mb(pid))
+                rss_samples.append(operator.rss_mb())
                 time.sleep(1)
             after, cpu_after, t_after = operator.metrics(), cpu_seconds(pid), time.monotonic()
 
@@ -230,7 +223,7 @@ def main() -> None:
             resumed = until(lambda: managed() >= n, 600, resume, managed)
             resumed_total = time.monotonic() - restart_started
             assert operator.process is not None
-            rss_after_resume = rss_mb(operator.process.pid)
+            rss_after_resume = operator.rss_mb()
             operator.stop()
         if exporter is not None:
             exporter.stop()

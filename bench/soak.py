@@ -44,12 +44,11 @@ from kubernetes import config as k8s_config
 from specpilot.api.models import GROUP, PLURAL, VERSION
 from specpilot.demo.run import NAMESPACE, POLICY, demo_resource, demo_trace
 from specpilot.local.controlplane import ControlPlane
-from specpilot.local.operator_process import wait_for
+from specpilot.local.operator_process import OperatorProcess, wait_for
 from specpilot.local.stack import LocalStack, install_crds
 from specpilot.policy import seconds
 from specpilot.sim import loadgen
 
-REPO = Path(__file__).resolve().parent.parent
 DAY = ((6, 4, 4), (4, 4, 30), (4, 30, 30), (4, 30, 8), (4, 8, 8), (2, 8, 4))
 """(hours, QPS at the start, QPS at the end): the whole resource's load, over 24 hours."""
 MEMORY_LIMIT = 0.10
@@ -137,20 +136,18 @@ class Faults:
 class Observer:
     """Samples the operator's RSS and whether the server Deployment speculates."""
 
-    def __init__(self, api: k8s.ApiClient, name: str, pid: int, started: float) -> None:
+    def __init__(
+        self, api: k8s.ApiClient, name: str, operator: OperatorProcess, started: float
+    ) -> None:
         self.apps = k8s.AppsV1Api(api)
-        self.name, self.pid, self.started = name, pid, started
+        self.name, self.operator, self.started = name, operator, started
         self.rss: list[tuple[float, float]] = []
         self.speculating: list[tuple[float, bool]] = []
 
     def sample(self) -> None:
         at = time.monotonic() - self.started
         with contextlib.suppress(OSError):
-            status = Path(f"/proc/{self.pid}/status").read_text()
-            kib = next(
-                int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS")
-            )
-            self.rss.append((at, kib / 1024))
+            self.rss.append((at, self.operator.rss_mb()))
         with contextlib.suppress(Exception):  # the API server may be down: a gap, not a flip
             deployment = self.apps.read_namespaced_deployment(self.name, NAMESPACE)
             args = deployment.spec.template.spec.containers[0].args
@@ -204,7 +201,7 @@ def main() -> int:
             assert stack.operator.process is not None
             operator = stack.operator.process
             started = time.monotonic()
-            observer = Observer(api, name, operator.pid, started)
+            observer = Observer(api, name, stack.operator, started)
             results: list[loadgen.Result] = []
 
             def targets() -> list[str]:

@@ -36,7 +36,7 @@ from specpilot.cli import run_operator
 from specpilot.local.controlplane import REPO, ControlPlane
 from specpilot.local.operator_process import OperatorProcess, wait_for
 from specpilot.local.stack import FAST_POLICY
-from tests.integration.conftest import example, get
+from tests.integration.conftest import condition, example, get
 from tests.pod_security import restricted_violations
 
 pytestmark = pytest.mark.integration
@@ -794,9 +794,9 @@ def test_secrets_are_readable_only_where_secret_access_lists_them(
             )
 
         def metrics_message(name: str, words: str) -> str:
-            conditions = get(api, namespace, name).get("status", {}).get("conditions", [])
-            found = [c["message"] for c in conditions if c["type"] == "MetricsAvailable"]
-            return found[0] if found and words in found[0] else ""
+            metrics = condition(get(api, namespace, name), "MetricsAvailable")
+            message: str = metrics.get("message", "")
+            return message if words in message else ""
 
         wait_for(lambda: metrics_message("listed", "unreachable"), what=process.output)
         held = wait_for(

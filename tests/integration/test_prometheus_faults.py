@@ -22,12 +22,11 @@ import pytest
 import trustme
 from kubernetes import client as k8s
 
-from specpilot.api.models import GROUP, PLURAL, VERSION
 from specpilot.local.controlplane import ControlPlane
 from specpilot.local.operator_process import OperatorProcess, wait_for
 from specpilot.local.stack import FAST_POLICY
 from specpilot.signals import SIGNAL_LABEL
-from tests.integration.conftest import example
+from tests.integration.conftest import condition, create, example, get, patch_spec
 
 pytestmark = pytest.mark.integration
 
@@ -131,13 +130,7 @@ def until_condition(api: k8s.ApiClient, namespace: str, reason: str, words: str)
 
 
 def metrics_condition(api: k8s.ApiClient, namespace: str) -> dict[str, Any]:
-    body = k8s.CustomObjectsApi(api).get_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, NAME
-    )
-    found: dict[str, Any] = next(
-        c for c in body.get("status", {}).get("conditions", []) if c["type"] == "MetricsAvailable"
-    )
-    return found
+    return condition(get(api, namespace, NAME), "MetricsAvailable")
 
 
 def test_every_prometheus_fault_holds_and_recovers(
@@ -147,9 +140,9 @@ def test_every_prometheus_fault_holds_and_recovers(
     prometheus: FaultyPrometheus,
 ) -> None:
     doc = resource(namespace, prometheus)
-    apps, custom = k8s.AppsV1Api(api), k8s.CustomObjectsApi(api)
+    apps = k8s.AppsV1Api(api)
     with OperatorProcess(control_plane.kubeconfig, "--standalone", "-n", namespace) as operator:
-        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, doc)
+        create(api, doc)
         wait_for(lambda: metrics_condition(api, namespace)["reason"] == "MetricsRead",
                  timeout=60, what=operator.output)  # fmt: skip
         generation = apps.read_namespaced_deployment(NAME, namespace).metadata.generation
@@ -174,7 +167,7 @@ def test_every_prometheus_fault_holds_and_recovers(
                 what=lambda mode=mode: f"{mode}: {metrics_condition(api, namespace)}",
             )
             assert condition["status"] == ("True" if mode == "good" else "False"), condition
-        body = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, NAME)
+        body = get(api, namespace, NAME)
         assert operator.process is not None
         assert operator.process.poll() is None
     assert body["status"].get("decisions", []) == []  # no fault ever became a decision
@@ -203,11 +196,11 @@ def test_a_missing_then_rotated_token_secret_holds_and_recovers(
 ) -> None:
     """spec.monitoring.bearerTokenSecret: missing, then created, then rotated (Prometheus first,
     the Secret after): the operator reads the Secret at every check."""
-    core, custom = k8s.CoreV1Api(api), k8s.CustomObjectsApi(api)
+    core = k8s.CoreV1Api(api)
     doc = resource(namespace, prometheus, bearerTokenSecret={"name": "prom-token", "key": "token"})
     prometheus.token = "first"
     with OperatorProcess(control_plane.kubeconfig, "--standalone", "-n", namespace) as operator:
-        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, doc)
+        create(api, doc)
         until_condition(api, namespace, "MetricsUnavailable", "cannot read Prometheus credentials")
         secret = {"metadata": {"name": "prom-token"}, "stringData": {"token": "first"}}
         core.create_namespaced_secret(namespace, secret)
@@ -218,7 +211,7 @@ def test_a_missing_then_rotated_token_secret_holds_and_recovers(
         until_condition(api, namespace, "MetricsRead", "reading metrics")
         assert operator.process is not None
         assert operator.process.poll() is None
-    body = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, NAME)
+    body = get(api, namespace, NAME)
     assert body["status"].get("decisions", []) == []
     assert body["status"]["control"]["speculationOn"] is True
 
@@ -230,12 +223,10 @@ def test_prometheus_tls_is_verified_unless_its_ca_is_given(
     to skip verification); naming its CA in spec.monitoring.caBundleSecret makes it readable."""
     ca = trustme.CA()
     prometheus = FaultyPrometheus(namespace, tls=ca.issue_cert("127.0.0.1"))
-    core, custom = k8s.CoreV1Api(api), k8s.CustomObjectsApi(api)
+    core = k8s.CoreV1Api(api)
     try:
         with OperatorProcess(control_plane.kubeconfig, "--standalone", "-n", namespace):
-            custom.create_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, resource(namespace, prometheus)
-            )
+            create(api, resource(namespace, prometheus))
             until_condition(api, namespace, "MetricsUnavailable", "CERTIFICATE_VERIFY_FAILED")
             assert prometheus.queries == 0
             secret = {
@@ -244,9 +235,7 @@ def test_prometheus_tls_is_verified_unless_its_ca_is_given(
             }
             core.create_namespaced_secret(namespace, secret)
             monitoring = {"caBundleSecret": {"name": "prom-ca", "key": "ca.crt"}}
-            custom.patch_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, NAME, {"spec": {"monitoring": monitoring}}
-            )
+            patch_spec(api, namespace, NAME, {"monitoring": monitoring})
             until_condition(api, namespace, "MetricsRead", "reading metrics")
             assert prometheus.queries > 0
     finally:

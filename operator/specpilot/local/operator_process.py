@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -91,6 +92,15 @@ class OperatorProcess:
         with urllib.request.urlopen(url, timeout=5) as response:
             text: str = response.read().decode()
             return text
+
+    def rss_mb(self) -> float:
+        """The running operator's resident memory (Linux /proc); OSError once it has exited."""
+        assert self.process is not None
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
+        if match is None:  # a zombie: exited, not yet reaped
+            raise OSError(f"operator process {self.process.pid} has no resident memory")
+        return int(match.group(1)) / 1024
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
