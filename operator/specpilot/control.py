@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from specpilot.api.admin import AdminPolicy
 from specpilot.api.models import (
     MAX_DECISIONS,
     Condition,
@@ -211,9 +212,11 @@ def check(
     error: str | None,
     sampled_at: datetime.datetime,
     now: datetime.datetime,
+    admin: AdminPolicy | None = None,
 ) -> CheckResult | None:
     """The outcome of one check, or None when the resource is not under control (invalid)."""
-    result = review(dict(body))
+    admin = admin or AdminPolicy()
+    result = review(dict(body), admin)
     if result.resource is None:
         return None
     spec = result.resource.spec
@@ -239,7 +242,7 @@ def check(
         warnings, acted = decision.warnings, decision.acted
     events: list[Event] = []
     if decision_action is Action.STEP_QUANTIZATION and acted:
-        refusal = _step_refusal(body, spec, new_state.checkpoint_index)
+        refusal = _step_refusal(body, spec, new_state.checkpoint_index, admin)
         if refusal is not None:
             events.append(Event(type="Warning", reason="QuantizationStepRefused", message=refusal))
             decision_action, reason, acted = Action.HOLD, refusal, False
@@ -342,11 +345,11 @@ def _repeated_recommendation(
 
 
 def _step_refusal(
-    body: Mapping[str, Any], spec: SpeculativeInferenceSpec, index: int
+    body: Mapping[str, Any], spec: SpeculativeInferenceSpec, index: int, admin: AdminPolicy
 ) -> str | None:
     """Why the next checkpoint cannot run on these GPUs, or None when its plan fits."""
     checkpoint = spec.policy.quantization_ladder[index - 1]
-    stepped = review(with_checkpoint(body, checkpoint))
+    stepped = review(with_checkpoint(body, checkpoint), admin)
     problems = errors(stepped.findings)
     if not problems:
         return None

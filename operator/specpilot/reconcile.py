@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from specpilot.api.admin import AdminPolicy
 from specpilot.api.models import (
     Condition,
     EffectiveConfiguration,
@@ -59,20 +60,20 @@ class Observed(BaseModel):
     apply_errors: list[str] = []
 
 
-def desired(body: Mapping[str, Any]) -> Desired:
+def desired(body: Mapping[str, Any], admin: AdminPolicy | None = None) -> Desired:
     """The objects for a resource; none at all if anything about it is invalid.
 
     What the control loop decided (status.control) is applied here: speculation turned off, or
     the target stepped back along the quantization ladder, whose plan is then the one reported.
     """
-    result = review(dict(body))
+    result = review(dict(body), admin)
     if result.resource is None:
         return Desired(review=result, objects=[], speculation=False)
     spec = result.resource.spec
     control = SpeculativeInferenceStatus.model_validate(body.get("status") or {}).control
     index, checkpoint = active_checkpoint(spec, control)
     if checkpoint is not None:
-        stepped = review(with_checkpoint(body, checkpoint))
+        stepped = review(with_checkpoint(body, checkpoint), admin)
         if stepped.resource is not None:
             result = stepped
         else:

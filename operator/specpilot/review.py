@@ -11,6 +11,7 @@ from typing import Any
 from packaging.version import Version
 from pydantic import BaseModel
 
+from specpilot.api.admin import AdminPolicy
 from specpilot.api.models import SpeculativeInference
 from specpilot.api.validation import parse
 from specpilot.findings import Finding, InvalidResourceError, Severity, errors, related
@@ -39,7 +40,9 @@ class Review(BaseModel):
         return Version(self.vllm_version)
 
 
-def review(raw: Any) -> Review:
+def review(raw: Any, admin: AdminPolicy | None = None) -> Review:
+    """`admin`: the operator's rules (specpilot run's flags); the defaults where None."""
+    admin = admin or AdminPolicy()
     parsed = parse(raw)
     findings = list(parsed.findings)
     resource = parsed.repaired
@@ -67,9 +70,9 @@ def review(raw: Any) -> Review:
     )
 
 
-def render(raw: Any, speculation: bool = True) -> list[Manifest]:
+def render(raw: Any, speculation: bool = True, admin: AdminPolicy | None = None) -> list[Manifest]:
     """Manifests for a valid resource; raises InvalidResourceError with every error otherwise."""
-    result = review(raw)
+    result = review(raw, admin)
     if result.resource is None:
         raise InvalidResourceError(errors(result.findings))
     return manifests(result.resource, result.version, speculation=speculation)

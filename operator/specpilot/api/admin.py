@@ -1,0 +1,70 @@
+"""What the cluster admin allows every SpeculativeInference: the operator's flags and the chart's
+values, never the resource. A namespace user who may edit SpeculativeInference cannot change it.
+
+Pure data: `review` reads the pod rules and the GPU cap, the control check reads the change
+ceiling, and the control loop reads the Prometheus endpoints (docs/security.md).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_MAX_CHANGES_PER_HOUR = 12
+"""Restarts the control loop may cause per resource per hour: one per five minutes on average,
+each costing minutes of GPU capacity."""
+
+
+class PodPolicy(BaseModel):
+    """What spec.pod may put into the GPU pods the operator creates with its own rights."""
+
+    model_config = ConfigDict(frozen=True)
+
+    allow_host_path: bool = False
+    """hostPath volumes reach the node's files; refused unless the admin allows them."""
+    allow_service_account: bool = True
+    """spec.pod.serviceAccountName runs the pods with another ServiceAccount's token."""
+    allow_secret_env: bool = True
+    """env valueFrom.secretKeyRef puts a Secret of the namespace into the pods (HF_TOKEN)."""
+    max_gpus_per_resource: int | None = Field(default=None, ge=1)
+    """Cap on replicas x GPUs per replica; ResourceQuota is the primary guard for totals."""
+
+
+class AdminPolicy(BaseModel):
+    """The operator-wide rules (flags of `specpilot run`, values of the chart)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    prometheus_url: str | None = None
+    """The operator-wide Prometheus: the only endpoint the operator-wide token is sent to."""
+    allowed_prometheus_urls: tuple[str, ...] = ()
+    """Further endpoints spec.monitoring.prometheusUrl may name."""
+    max_changes_per_hour: int = Field(default=DEFAULT_MAX_CHANGES_PER_HOUR, ge=1)
+    pod: PodPolicy = PodPolicy()
+
+    def allows_prometheus(self, url: str) -> bool:
+        """Whether a resource may have its metrics read at `url`."""
+        wanted = normalized_url(url)
+        allowed = [self.prometheus_url, *self.allowed_prometheus_urls]
+        return any(a is not None and normalized_url(a) == wanted for a in allowed)
+
+    def is_default_prometheus(self, url: str) -> bool:
+        return self.prometheus_url is not None and normalized_url(
+            self.prometheus_url
+        ) == normalized_url(url)
+
+
+def normalized_url(url: str) -> str:
+    """One spelling per endpoint: lower-case scheme and host, explicit port, no trailing slash,
+    so an allowlist cannot be dodged by writing the same URL differently."""
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port or (443 if scheme == "https" else 80)
+    except ValueError:  # not a port number: matches nothing but itself
+        return url.strip()
+    host = (parts.hostname or "").lower()
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    return f"{scheme}://{host}:{port}{parts.path.rstrip('/')}"
