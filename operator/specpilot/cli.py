@@ -11,6 +11,7 @@ from typing import Any, NoReturn, TextIO
 import click
 import yaml
 
+from specpilot.api.admin import DEFAULT_MAX_CHANGES_PER_HOUR, AdminPolicy, PodPolicy, url_problem
 from specpilot.api.crd import crd_yaml
 from specpilot.api.reference import markdown_reference
 from specpilot.findings import Finding, errors
@@ -184,6 +185,16 @@ def _webhook_configuration_name(_ctx: click.Context, _param: click.Parameter, va
     return value
 
 
+def _prometheus_urls(
+    ctx: click.Context, param: click.Parameter, value: str | tuple[str, ...] | None
+) -> str | tuple[str, ...] | None:
+    for url in [value] if isinstance(value, str) else value or ():
+        problem = url_problem(url)
+        if problem:
+            raise click.BadParameter(f"{url!r}: {problem}")
+    return value
+
+
 @main.command("run")
 @click.option(
     "-n",
@@ -279,6 +290,7 @@ def _webhook_configuration_name(_ctx: click.Context, _param: click.Parameter, va
     "--prometheus-url",
     envvar="SPECPILOT_PROMETHEUS_URL",
     default=None,
+    callback=_prometheus_urls,
     help="Prometheus for resources without spec.monitoring.prometheusUrl "
     "[env SPECPILOT_PROMETHEUS_URL].",
 )
@@ -293,6 +305,45 @@ def _webhook_configuration_name(_ctx: click.Context, _param: click.Parameter, va
     type=EXISTING_FILE,
     default=None,
     help="CA bundle (PEM) that signs that Prometheus' certificate.",
+)
+@click.option(
+    "--allowed-prometheus-url",
+    "allowed_prometheus_urls",
+    multiple=True,
+    envvar="SPECPILOT_ALLOWED_PROMETHEUS_URLS",
+    callback=_prometheus_urls,
+    help="Another Prometheus that spec.monitoring.prometheusUrl may name (repeatable; env: "
+    "space-separated). Only --prometheus-url is allowed if none; no credential of the "
+    "operator is ever sent to these.",
+)
+@click.option(
+    "--max-changes-per-hour",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_CHANGES_PER_HOUR,
+    show_default=True,
+    help="Restarts the control loop may cause per resource per hour; beyond it, it holds.",
+)
+@click.option(
+    "--pod-allow-host-path",
+    is_flag=True,
+    help="Let spec.pod.volumes mount hostPath volumes into the GPU pods.",
+)
+@click.option(
+    "--pod-refuse-service-account",
+    is_flag=True,
+    help="Refuse spec.pod.serviceAccountName (the pods run as the namespace's default).",
+)
+@click.option(
+    "--pod-refuse-secret-env",
+    is_flag=True,
+    help="Refuse env entries of spec.pod that read a Secret (valueFrom.secretKeyRef).",
+)
+@click.option(
+    "--max-gpus-per-resource",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Refuse resources asking for more GPUs than this (replicas x spec.gpus.count); "
+    "ResourceQuota remains the guard for namespace totals.",
 )
 def run_operator(
     namespaces: tuple[str, ...],
@@ -314,10 +365,16 @@ def run_operator(
     prometheus_url: str | None,
     prometheus_token_file: Path | None,
     prometheus_ca_file: Path | None,
+    allowed_prometheus_urls: tuple[str, ...],
+    max_changes_per_hour: int,
+    pod_allow_host_path: bool,
+    pod_refuse_service_account: bool,
+    pod_refuse_secret_env: bool,
+    max_gpus_per_resource: int | None,
 ) -> None:
     """Run the operator (reconciles SpeculativeInference resources; the control loop reads
     Prometheus and turns speculation off and on)."""
-    from specpilot.adapters.control_loop import DefaultPrometheus
+    from specpilot.adapters.control_loop import DefaultCredentials
     from specpilot.adapters.runner import RunOptions, run
 
     run(
@@ -338,10 +395,19 @@ def run_operator(
             webhook_ca=webhook_ca,
             manage_webhook=manage_webhook,
             webhook_configuration=webhook_configuration,
-            prometheus=DefaultPrometheus(
-                url=prometheus_url,
-                bearer_token_file=prometheus_token_file,
-                ca_file=prometheus_ca_file,
+            admin=AdminPolicy(
+                prometheus_url=prometheus_url,
+                allowed_prometheus_urls=allowed_prometheus_urls,
+                max_changes_per_hour=max_changes_per_hour,
+                pod=PodPolicy(
+                    allow_host_path=pod_allow_host_path,
+                    allow_service_account=not pod_refuse_service_account,
+                    allow_secret_env=not pod_refuse_secret_env,
+                    max_gpus_per_resource=max_gpus_per_resource,
+                ),
+            ),
+            credentials=DefaultCredentials(
+                bearer_token_file=prometheus_token_file, ca_file=prometheus_ca_file
             ),
         )
     )

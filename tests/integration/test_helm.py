@@ -31,6 +31,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
+from specpilot.api.admin import PROMETHEUS_URL_ANNOTATION
 from specpilot.api.models import GROUP, PLURAL, VERSION
 from specpilot.cli import run_operator
 from specpilot.local.controlplane import REPO, ControlPlane
@@ -757,15 +758,16 @@ def test_secrets_are_readable_only_where_secret_access_lists_them(
     core = k8s.CoreV1Api(api)
     elsewhere = f"s-{uuid.uuid4().hex[:8]}"
     control_plane.kubectl("create", "namespace", elsewhere)
+    prometheus = "http://127.0.0.1:9"  # nothing listens: reading it fails after the Secret
     for where, secret in [(namespace, "prom-token"), (namespace, "unlisted"),
                           (elsewhere, "prom-token")]:  # fmt: skip
-        core.create_namespaced_secret(
-            where, {"metadata": {"name": secret}, "stringData": {"token": "t"}}
-        )
+        meta = {"name": secret, "annotations": {PROMETHEUS_URL_ANNOTATION: prometheus}}
+        core.create_namespaced_secret(where, {"metadata": meta, "stringData": {"token": "t"}})
     access = json.dumps([{"namespace": namespace, "names": ["prom-token"]}])
     release("install", "--set", "webhook.enabled=false",
             "--set", f"watchNamespaces={{{namespace}}}",
-            "--set-json", f"secretAccess={access}")  # fmt: skip
+            "--set-json", f"secretAccess={access}",
+            "--set-json", f"allowedPrometheusUrls={json.dumps([prometheus])}")  # fmt: skip
     account = release.deployment(api).spec.template.spec.service_account_name
     token = control_plane.service_account_kubeconfig(account, release.namespace)
     as_operator = k8s.CoreV1Api(k8s_config.new_client_from_config(config_file=str(token)))
@@ -786,7 +788,7 @@ def test_secrets_are_readable_only_where_secret_access_lists_them(
             doc["metadata"]["name"] = name
             doc["spec"]["policy"] = FAST_POLICY
             doc["spec"]["monitoring"] = {
-                "prometheusUrl": "http://127.0.0.1:9",
+                "prometheusUrl": prometheus,
                 "bearerTokenSecret": {"name": secret, "key": "token"},
             }
             k8s.CustomObjectsApi(api).create_namespaced_custom_object(

@@ -22,6 +22,7 @@ import pytest
 import trustme
 from kubernetes import client as k8s
 
+from specpilot.api.admin import PROMETHEUS_URL_ANNOTATION
 from specpilot.local.controlplane import ControlPlane
 from specpilot.local.operator_process import OperatorProcess, wait_for
 from specpilot.local.stack import FAST_POLICY
@@ -117,6 +118,21 @@ def resource(namespace: str, prometheus: FaultyPrometheus, **monitoring: Any) ->
     return doc
 
 
+def allowed_operator(
+    control_plane: ControlPlane, namespace: str, prometheus: FaultyPrometheus
+) -> OperatorProcess:
+    """An operator whose admin allows this Prometheus for spec.monitoring.prometheusUrl."""
+    return OperatorProcess(
+        control_plane.kubeconfig, "--standalone", "-n", namespace,
+        "--allowed-prometheus-url", prometheus.url,
+    )  # fmt: skip
+
+
+def bound(name: str, prometheus: FaultyPrometheus) -> dict[str, Any]:
+    """Secret metadata whose owner allows sending it to this Prometheus."""
+    return {"name": name, "annotations": {PROMETHEUS_URL_ANNOTATION: prometheus.url}}
+
+
 def until_condition(api: k8s.ApiClient, namespace: str, reason: str, words: str) -> Any:
     return wait_for(
         lambda: (
@@ -141,7 +157,7 @@ def test_every_prometheus_fault_holds_and_recovers(
 ) -> None:
     doc = resource(namespace, prometheus)
     apps = k8s.AppsV1Api(api)
-    with OperatorProcess(control_plane.kubeconfig, "--standalone", "-n", namespace) as operator:
+    with allowed_operator(control_plane, namespace, prometheus) as operator:
         create(api, doc)
         wait_for(lambda: metrics_condition(api, namespace)["reason"] == "MetricsRead",
                  timeout=60, what=operator.output)  # fmt: skip
@@ -199,10 +215,10 @@ def test_a_missing_then_rotated_token_secret_holds_and_recovers(
     core = k8s.CoreV1Api(api)
     doc = resource(namespace, prometheus, bearerTokenSecret={"name": "prom-token", "key": "token"})
     prometheus.token = "first"
-    with OperatorProcess(control_plane.kubeconfig, "--standalone", "-n", namespace) as operator:
+    with allowed_operator(control_plane, namespace, prometheus) as operator:
         create(api, doc)
         until_condition(api, namespace, "MetricsUnavailable", "cannot read Prometheus credentials")
-        secret = {"metadata": {"name": "prom-token"}, "stringData": {"token": "first"}}
+        secret = {"metadata": bound("prom-token", prometheus), "stringData": {"token": "first"}}
         core.create_namespaced_secret(namespace, secret)
         until_condition(api, namespace, "MetricsRead", "reading metrics")
         prometheus.token = "second"  # Prometheus rotated first: the old token is refused
@@ -225,12 +241,12 @@ def test_prometheus_tls_is_verified_unless_its_ca_is_given(
     prometheus = FaultyPrometheus(namespace, tls=ca.issue_cert("127.0.0.1"))
     core = k8s.CoreV1Api(api)
     try:
-        with OperatorProcess(control_plane.kubeconfig, "--standalone", "-n", namespace):
+        with allowed_operator(control_plane, namespace, prometheus):
             create(api, resource(namespace, prometheus))
             until_condition(api, namespace, "MetricsUnavailable", "CERTIFICATE_VERIFY_FAILED")
             assert prometheus.queries == 0
             secret = {
-                "metadata": {"name": "prom-ca"},
+                "metadata": bound("prom-ca", prometheus),
                 "stringData": {"ca.crt": ca.cert_pem.bytes().decode()},
             }
             core.create_namespaced_secret(namespace, secret)

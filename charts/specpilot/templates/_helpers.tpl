@@ -115,6 +115,28 @@ Called with (dict "cluster" true|false): a namespaced Role omits the cluster-sco
 - --prometheus-url
 - {{ . | quote }}
 {{- end }}
+{{- range .Values.allowedPrometheusUrls }}
+- --allowed-prometheus-url
+- {{ . | quote }}
+{{- end }}
+{{- with (.Values.control | default dict).maxChangesPerHour }}
+- --max-changes-per-hour
+- {{ . | quote }}
+{{- end }}
+{{- $pod := .Values.podPolicy | default dict }}
+{{- if $pod.allowHostPath }}
+- --pod-allow-host-path
+{{- end }}
+{{- if eq (toString $pod.allowServiceAccount) "false" }}
+- --pod-refuse-service-account
+{{- end }}
+{{- if eq (toString $pod.allowSecretEnv) "false" }}
+- --pod-refuse-secret-env
+{{- end }}
+{{- with $pod.maxGPUsPerResource }}
+- --max-gpus-per-resource
+- {{ . | quote }}
+{{- end }}
 {{- if .Values.webhook.enabled }}
 - --webhook-port
 - {{ .Values.webhook.port | quote }}

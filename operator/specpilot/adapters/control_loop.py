@@ -1,12 +1,14 @@
-"""The control loop: each tick, read Prometheus once for all the resources that are due, then
-check each one (`specpilot.control.check`) and apply what it decided.
+"""The control loop: each tick, read Prometheus once per endpoint for all the resources that are
+due, then check each one (`specpilot.control.check`) and apply what it decided.
 
 The loop is one asyncio task of the operator, not a timer per resource, so the cost of reading
-metrics does not grow with the number of resources. Decision state lives in status.control and
-every check first re-reads the resource: a restarted operator, or a second replica that kopf's
-peering did not pause (timers and background tasks are not paused by peering), finds the last
-check's time there and skips a resource checked less than half an interval ago, so no breach is
-counted twice and no action is repeated.
+metrics does not grow with the number of resources. Endpoints are read concurrently, each within a
+deadline, a bounded number at once and a few per namespace; one that fails is asked again only after
+a back-off (a circuit breaker), so no tenant's dead Prometheus delays another's checks. Decision
+state lives in status.control and every check first re-reads the resource: a restarted operator, or
+a second replica that kopf's peering did not pause (timers and background tasks are not paused by
+peering), finds the last check's time there and skips a resource checked less than half an interval
+ago, so no breach is counted twice and no action is repeated.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import asyncio
 import datetime
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from specpilot import control
 from specpilot.adapters import telemetry
 from specpilot.adapters.kube import KubeWriter, SecretError
 from specpilot.adapters.prometheus import Endpoint, MetricsError, PrometheusClient
+from specpilot.api.admin import PROMETHEUS_URL_ANNOTATION, AdminPolicy, bound_to
 from specpilot.api.models import (
     SecretKeyRef,
     SpeculativeInferenceSpec,
@@ -40,6 +43,14 @@ STATUS_CONFLICT_RETRIES = 3
 CHECK_CONCURRENCY = 16
 """Checks in flight at once: each is a read and a status write, mostly waiting on the API server,
 so a thousand resources fit in one cycle."""
+READ_CONCURRENCY = 8
+"""Prometheus endpoints read at once, whatever the number of tenants."""
+READS_PER_NAMESPACE = 2
+"""Reads in flight for endpoints only one namespace uses (its own Prometheus or token)."""
+READ_DEADLINE_SECONDS = 15.0
+"""The most one endpoint's read may take, retries included."""
+MAX_BACKOFF_SECONDS = 300.0
+"""The longest a failing endpoint waits for its next read."""
 logger = logging.getLogger(__name__)
 
 Key = tuple[str, str]
@@ -111,27 +122,50 @@ def register(namespace: str, name: str, spec: SpeculativeInferenceSpec | None) -
     )
 
 
-class DefaultPrometheus(BaseModel):
-    """The operator-wide Prometheus (flags), for resources that name none."""
+class DefaultCredentials(BaseModel):
+    """The operator-wide Prometheus' token and CA (flags): sent to that Prometheus alone."""
 
-    url: str | None = None
     bearer_token_file: Path | None = None
     ca_file: Path | None = None
 
 
+class EndpointHealth(BaseModel):
+    """Consecutive failed reads of one endpoint: the circuit breaker's memory."""
+
+    failures: int = 0
+    retry_at: float = 0.0
+    """Clock time before which the endpoint is not asked again."""
+    retry_at_wall: str = ""
+    last_error: str = ""
+
+
 class ControlLoop:
+    """Owns the loop's runtime state: when each resource was last checked, the reads in flight
+    and each endpoint's health."""
+
     def __init__(
         self,
         writer: KubeWriter,
-        default: DefaultPrometheus,
+        admin: AdminPolicy,
+        credentials: DefaultCredentials,
         reconcile: Callable[[str, str, KubeWriter, str], bool],
         client: PrometheusClient | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        read_deadline: float = READ_DEADLINE_SECONDS,
     ) -> None:
         self.writer = writer
-        self.default = default
+        self.admin = admin
+        self.credentials = credentials
         self.reconcile = reconcile
         self.client = client or PrometheusClient()
+        self.clock = clock
+        self.read_deadline = read_deadline
         self.last_check: dict[Key, float] = {}
+        self.health: dict[Endpoint, EndpointHealth] = {}
+        self.reading: dict[Endpoint, str] = {}
+        """Endpoints being read now, with the namespace they count against ('' when shared)."""
+        self.reads = asyncio.Semaphore(READ_CONCURRENCY)
+        self.tasks: set[asyncio.Task[None]] = set()
         self.pool = ThreadPoolExecutor(CHECK_CONCURRENCY, thread_name_prefix="specpilot-check")
 
     async def run(self) -> None:
@@ -143,7 +177,9 @@ class ControlLoop:
             await asyncio.sleep(TICK_SECONDS)
 
     async def tick(self) -> None:
-        now = time.monotonic()
+        """Start a read for every endpoint with due resources, and return: a slow or dead
+        endpoint delays only the resources behind it."""
+        now = self.clock()
         due = [
             (key, reg)
             for key, reg in list(REGISTRY.items())
@@ -152,14 +188,48 @@ class ControlLoop:
         if not due:
             return
         loop = asyncio.get_running_loop()
-        with telemetry.CONTROL_CYCLE_SECONDS.time():
-            groups: dict[tuple[Endpoint | str, str], list[Key]] = {}
-            for key, reg in due:
+        endpoints = await asyncio.gather(
+            *(loop.run_in_executor(self.pool, self._endpoint, key[0], reg) for key, reg in due)
+        )
+        groups: dict[tuple[Endpoint | str, str], list[Key]] = {}
+        for (key, reg), endpoint in zip(due, endpoints, strict=True):
+            groups.setdefault((endpoint, reg.window), []).append(key)
+        started = 0
+        for (endpoint, window), keys in _fair_order(groups):
+            if isinstance(endpoint, Endpoint):
+                if endpoint in self.reading or self._namespace_busy(keys):
+                    continue  # its resources stay due and are grouped again next tick
+                self.reading[endpoint] = _sole_namespace(keys)
+            for key in keys:
                 self.last_check[key] = now
-                endpoint = await loop.run_in_executor(self.pool, self._endpoint, key[0], reg)
-                groups.setdefault((endpoint, reg.window), []).append(key)
-            for (endpoint, window), keys in groups.items():
-                readings, error, at = await self._read(endpoint, window)
+            started += len(keys)
+            name = endpoint.describe() if isinstance(endpoint, Endpoint) else "held"
+            self._spawn(
+                self._read_and_check(endpoint, window, keys, interval=_interval(keys)),
+                name=f"specpilot-read {name}",
+            )
+        telemetry.CONTROL_CYCLE_RESOURCES.observe(started)
+
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(work, name=name)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def _namespace_busy(self, keys: list[Key]) -> bool:
+        """Whether the one namespace behind these resources already has its share of reads in
+        flight: a tenant with many dead endpoints cannot take every slot."""
+        namespace = _sole_namespace(keys)
+        if not namespace:
+            return False
+        return list(self.reading.values()).count(namespace) >= READS_PER_NAMESPACE
+
+    async def _read_and_check(
+        self, endpoint: Endpoint | str, window: str, keys: list[Key], interval: float
+    ) -> None:
+        try:
+            with telemetry.CONTROL_CYCLE_SECONDS.time():
+                readings, error, at = await self._read(endpoint, window, interval)
+                loop = asyncio.get_running_loop()
                 outcomes = await asyncio.gather(
                     *(
                         loop.run_in_executor(
@@ -169,47 +239,93 @@ class ControlLoop:
                     ),
                     return_exceptions=True,
                 )
-                for (namespace, name), outcome in zip(keys, outcomes, strict=True):
-                    if isinstance(outcome, Exception):  # one bad check must not stop the others
-                        logger.error("control check of %s/%s failed: %r", namespace, name, outcome)
-        telemetry.CONTROL_CYCLE_RESOURCES.observe(len(due))
+            for (namespace, name), outcome in zip(keys, outcomes, strict=True):
+                if isinstance(outcome, Exception):  # one bad check must not stop the others
+                    logger.error("control check of %s/%s failed: %r", namespace, name, outcome)
+        finally:
+            if isinstance(endpoint, Endpoint):
+                self.reading.pop(endpoint, None)
 
     async def _read(
-        self, endpoint: Endpoint | str, window: str
+        self, endpoint: Endpoint | str, window: str, interval: float
     ) -> tuple[Readings | None, str | None, float]:
         if isinstance(endpoint, str):
             return None, endpoint, time.time()
-        with telemetry.PROMETHEUS_READ_SECONDS.time():
-            try:
-                readings, at = await self.client.read(endpoint, window)
-            except MetricsError as exc:
-                telemetry.PROMETHEUS_READ_ERRORS.inc()
-                logger.warning("%s", exc)
-                return None, str(exc), time.time()
+        health = self.health.get(endpoint)
+        if health is not None and self.clock() < health.retry_at:
+            return None, _circuit_open(endpoint, health), time.time()
+        async with self.reads:
+            with telemetry.PROMETHEUS_READ_SECONDS.time():
+                try:
+                    readings, at = await asyncio.wait_for(
+                        self.client.read(endpoint, window), self.read_deadline
+                    )
+                except (MetricsError, TimeoutError) as exc:
+                    telemetry.PROMETHEUS_READ_ERRORS.inc()
+                    message = str(exc) or (
+                        f"Prometheus at {endpoint.describe()} did not answer within "
+                        f"{self.read_deadline:.0f}s (TimeoutError)"
+                    )
+                    logger.warning("%s", message)
+                    self._failed(endpoint, message, interval)
+                    return None, message, time.time()
+        self.health.pop(endpoint, None)
         return readings, None, at
 
+    def _failed(self, endpoint: Endpoint, message: str, interval: float) -> None:
+        """Back off: the next read waits one interval, doubled per failure in a row."""
+        health = self.health.get(endpoint) or EndpointHealth()
+        failures = health.failures + 1
+        wait = min(interval * 2 ** (failures - 1), MAX_BACKOFF_SECONDS)
+        retry_wall = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=wait)
+        self.health[endpoint] = EndpointHealth(
+            failures=failures,
+            retry_at=self.clock() + wait,
+            retry_at_wall=retry_wall.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            last_error=message,
+        )
+
     def _endpoint(self, namespace: str, reg: Registration) -> Endpoint | str:
-        """Where this resource's metrics are, or why that cannot be known (a held check)."""
-        url = reg.prometheus_url or self.default.url
+        """Where this resource's metrics are and which credentials go there, or why it cannot
+        be read (a held check). A credential goes only where its owner allowed: the operator's
+        token to the operator's Prometheus, a Secret to the URLs its annotation names."""
+        url = reg.prometheus_url or self.admin.prometheus_url
         if url is None:
             return (
                 "no Prometheus URL: set spec.monitoring.prometheusUrl or run the operator "
                 "with --prometheus-url"
             )
+        if not self.admin.allows_prometheus(url):
+            return (
+                f"spec.monitoring.prometheusUrl {url} is not a Prometheus endpoint the "
+                "operator's admin allows; ask them to allow it (specpilot run "
+                "--allowed-prometheus-url, chart prometheus.allowedUrls), or remove the field "
+                "to use the operator-wide Prometheus"
+            )
+        default = self.admin.is_default_prometheus(url)
         try:
             token = (
-                self.writer.read_secret_key(namespace, reg.bearer_token_secret)
+                self._bound_secret(namespace, reg.bearer_token_secret, url)
                 if reg.bearer_token_secret
-                else _read_file(self.default.bearer_token_file)
+                else _read_file(self.credentials.bearer_token_file if default else None)
             )
             ca = (
-                self.writer.read_secret_key(namespace, reg.ca_bundle_secret)
+                self._bound_secret(namespace, reg.ca_bundle_secret, url)
                 if reg.ca_bundle_secret
-                else _read_file(self.default.ca_file)
+                else _read_file(self.credentials.ca_file if default else None)
             )
         except (SecretError, OSError) as exc:
             return f"cannot read Prometheus credentials: {exc}"
         return Endpoint(url=url, bearer_token=token, ca_bundle=ca)
+
+    def _bound_secret(self, namespace: str, ref: SecretKeyRef, url: str) -> str:
+        secret = self.writer.read_secret_key(namespace, ref)
+        if not bound_to(secret.annotations.get(PROMETHEUS_URL_ANNOTATION, ""), url):
+            raise SecretError(
+                f"Secret {namespace}/{ref.name} is not bound to {url}: whoever owns the Secret "
+                f"annotates it {PROMETHEUS_URL_ANNOTATION}={url} to allow sending it there"
+            )
+        return secret.value
 
     def check_one(
         self,
@@ -227,7 +343,7 @@ class ControlLoop:
             now = datetime.datetime.now(datetime.UTC)
             if _checked_recently(body, now):
                 return
-            result = control.check(body, readings, error, sampled_at, now)
+            result = control.check(body, readings, error, sampled_at, now, self.admin)
             if result is None:
                 return
             if not result.worth_writing:
@@ -249,6 +365,40 @@ class ControlLoop:
                 self.reconcile(namespace, name, self.writer, "control")
             return
         logger.info("%s/%s kept changing; checking it next interval", namespace, name)
+
+
+def _circuit_open(endpoint: Endpoint, health: EndpointHealth) -> str:
+    return (
+        f"Prometheus at {endpoint.describe()} failed {health.failures} reads in a row, not "
+        f"asking it again before {health.retry_at_wall} (last: {health.last_error})"
+    )
+
+
+def _sole_namespace(keys: list[Key]) -> str:
+    namespaces = {namespace for namespace, _ in keys}
+    return next(iter(namespaces)) if len(namespaces) == 1 else ""
+
+
+def _interval(keys: list[Key]) -> float:
+    intervals = [REGISTRY[key].interval for key in keys if key in REGISTRY]
+    return min(intervals, default=TICK_SECONDS)
+
+
+def _fair_order(
+    groups: dict[tuple[Endpoint | str, str], list[Key]],
+) -> list[tuple[tuple[Endpoint | str, str], list[Key]]]:
+    """Groups taking turns by namespace (shared endpoints first), so no namespace's many
+    endpoints go ahead of every other namespace's one."""
+    by_namespace: dict[str, list[tuple[tuple[Endpoint | str, str], list[Key]]]] = {}
+    for group, keys in groups.items():
+        by_namespace.setdefault(_sole_namespace(keys), []).append((group, keys))
+    queues = [by_namespace.pop("", []), *by_namespace.values()]
+    ordered: list[tuple[tuple[Endpoint | str, str], list[Key]]] = []
+    while any(queues):
+        for queue in queues:
+            if queue:
+                ordered.append(queue.pop(0))
+    return ordered
 
 
 def _read_file(path: Path | None) -> str | None:

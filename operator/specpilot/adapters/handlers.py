@@ -20,6 +20,7 @@ from kubernetes.client.exceptions import ApiException
 from specpilot import reconcile
 from specpilot.adapters import control_loop, telemetry
 from specpilot.adapters.kube import ApplyError, KubeWriter, status_changed
+from specpilot.api.admin import AdminPolicy
 from specpilot.api.models import GROUP, PLURAL, VERSION
 from specpilot.findings import Severity
 from specpilot.rendering.manifests import LABEL_MANAGED_BY, LABEL_RESOURCE
@@ -52,14 +53,18 @@ _LOCKS: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Loc
 
 
 def run_reconcile(
-    body: Mapping[str, Any], writer: KubeWriter, trigger: str, changed_by: str | None = None
+    body: Mapping[str, Any],
+    writer: KubeWriter,
+    admin: AdminPolicy,
+    trigger: str,
+    changed_by: str | None = None,
 ) -> bool:
     """Apply what the resource asks for and record the outcome; False if anything failed.
     `changed_by` names whoever changed an owned object, for the drift Event."""
     raw = copy.deepcopy(dict(body))
     key = (raw["metadata"]["namespace"], raw["metadata"]["name"])
     with _LOCKS[key], telemetry.RECONCILE_SECONDS.time():
-        wanted = reconcile.desired(raw)
+        wanted = reconcile.desired(raw, admin)
         _track(raw["metadata"]["uid"], wanted.review.valid)
         spec = wanted.review.resource.spec if wanted.review.resource else None
         control_loop.register(key[0], key[1], spec)
@@ -104,14 +109,19 @@ def _restored(changed_by: str | None) -> str:
 
 
 def reconcile_latest(
-    namespace: str, name: str, writer: KubeWriter, trigger: str, changed_by: str | None = None
+    namespace: str,
+    name: str,
+    writer: KubeWriter,
+    admin: AdminPolicy,
+    trigger: str,
+    changed_by: str | None = None,
 ) -> bool:
     """Reconcile the stored resource; a conflicting write meanwhile (409) means: read, redo."""
     for body in control_loop.attempts(writer, namespace, name):
         if body is None:
             return True  # deleted meanwhile
         try:
-            return run_reconcile(body, writer, trigger, changed_by)
+            return run_reconcile(body, writer, admin, trigger, changed_by)
         except ApiException as exc:
             if exc.status != 409:
                 raise
@@ -131,7 +141,8 @@ async def remember_resource(body: kopf.Body, type: str | None, **_: Any) -> None
 @kopf.on.update(*RESOURCE)
 def reconcile_resource(body: kopf.Body, memo: kopf.Memo, reason: str, **_: Any) -> None:
     meta = body["metadata"]
-    if not reconcile_latest(meta["namespace"], meta["name"], memo.writer, trigger=str(reason)):
+    admin = memo.options.admin
+    if not reconcile_latest(meta["namespace"], meta["name"], memo.writer, admin, str(reason)):
         raise kopf.TemporaryError("some objects could not be applied (see Degraded)", delay=30)
 
 
@@ -148,7 +159,7 @@ def owned_deployment_changed(body: kopf.Body, type: str | None, memo: kopf.Memo,
     meta = body["metadata"]
     owner = meta["labels"][LABEL_RESOURCE]
     changed_by = reconcile.spec_writer(body)
-    reconcile_latest(meta["namespace"], owner, memo.writer, "drift", changed_by)
+    reconcile_latest(meta["namespace"], owner, memo.writer, memo.options.admin, "drift", changed_by)
 
 
 @kopf.on.delete(*RESOURCE, optional=True)
@@ -158,12 +169,12 @@ def forget_resource(body: kopf.Body, **_: Any) -> None:
     _update_gauges()
 
 
-def validate(body: kopf.Body, warnings: list[str], **_: Any) -> None:
+def validate(body: kopf.Body, warnings: list[str], memo: kopf.Memo, **_: Any) -> None:
     """Admission: the same verdict and messages as `specpilot validate`.
 
     Registered by `specpilot run --webhook-port` only: kopf requires a server for it.
     """
-    result = review(dict(body))
+    result = review(dict(body), memo.options.admin)
     for finding in result.findings:
         if finding.severity is Severity.WARNING:
             warnings.append(str(finding))

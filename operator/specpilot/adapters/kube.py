@@ -15,6 +15,7 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import ResourceNotFoundError
+from pydantic import BaseModel
 
 from specpilot.api.models import GROUP, PLURAL, VERSION, SecretKeyRef
 from specpilot.rendering.manifests import FIELD_MANAGER, Manifest
@@ -27,6 +28,13 @@ Change = Literal["created", "updated"] | None
 
 class SecretError(Exception):
     """A Secret a resource names cannot be read; the message names it and the cause."""
+
+
+class SecretKey(BaseModel):
+    """One key of a Secret, decoded, and the Secret's annotations (what its owner allows)."""
+
+    value: str
+    annotations: dict[str, str]
 
 
 class ApplyError(Exception):
@@ -114,7 +122,7 @@ class KubeWriter:
             raise
         return body
 
-    def read_secret_key(self, namespace: str, ref: SecretKeyRef) -> str:
+    def read_secret_key(self, namespace: str, ref: SecretKeyRef) -> SecretKey:
         """One key of a Secret, decoded; SecretError says what to fix."""
         what = f"Secret {namespace}/{ref.name}"
         try:
@@ -129,7 +137,10 @@ class KubeWriter:
         data = secret.data or {}
         if ref.key not in data:
             raise SecretError(f"{what} has no key {ref.key!r}")
-        return base64.b64decode(data[ref.key]).decode().strip()
+        return SecretKey(
+            value=base64.b64decode(data[ref.key]).decode().strip(),
+            annotations=(secret.metadata.annotations if secret.metadata else None) or {},
+        )
 
     def post_event(self, owner: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         """A core/v1 Event on the resource, as `kubectl describe` and kopf's own events show.

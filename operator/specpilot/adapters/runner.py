@@ -17,13 +17,14 @@ from kubernetes import config as k8s_config
 from pydantic import BaseModel
 
 from specpilot.adapters import handlers  # importing registers the reconcile handlers
-from specpilot.adapters.control_loop import CHECK_CONCURRENCY, ControlLoop, DefaultPrometheus
+from specpilot.adapters.control_loop import CHECK_CONCURRENCY, ControlLoop, DefaultCredentials
 from specpilot.adapters.kube import KubeWriter
 from specpilot.adapters.webhook import (
     ServiceWebhookServer,
     self_signed_certificate,
     service_host_names,
 )
+from specpilot.api.admin import AdminPolicy
 
 HANDLER_THREADS = 16
 logger = logging.getLogger(__name__)
@@ -50,7 +51,8 @@ class RunOptions(BaseModel):
     """The CA bundle the API server should trust; the certificate itself if unset."""
     manage_webhook: bool = True
     webhook_configuration: str = "specpilot.io"
-    prometheus: DefaultPrometheus = DefaultPrometheus()
+    admin: AdminPolicy = AdminPolicy()
+    credentials: DefaultCredentials = DefaultCredentials()
 
 
 @kopf.on.startup()
@@ -89,7 +91,11 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
 async def start_control_loop(memo: kopf.Memo, **_: Any) -> None:
     """One background task reads metrics for every resource (see adapters.control_loop)."""
     options: RunOptions = memo.options
-    loop = ControlLoop(memo.writer, options.prometheus, handlers.reconcile_latest)
+
+    def reconcile(namespace: str, name: str, writer: KubeWriter, trigger: str) -> bool:
+        return handlers.reconcile_latest(namespace, name, writer, options.admin, trigger)
+
+    loop = ControlLoop(memo.writer, options.admin, options.credentials, reconcile)
     memo.control_task = asyncio.create_task(loop.run(), name="specpilot-control-loop")
 
 

@@ -49,7 +49,7 @@ PROMETHEUS_QUERIES = Counter(
 )
 CONTROL_CYCLE_SECONDS = Histogram(
     "specpilot_control_cycle_duration_seconds",
-    "Wall time of one control cycle that had resources due: reads, checks and status writes.",
+    "Wall time of one endpoint's share of a control cycle: its read, checks and status writes.",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
 )
 CONTROL_CYCLE_RESOURCES = Histogram(

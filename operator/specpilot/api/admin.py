@@ -11,6 +11,10 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
+PROMETHEUS_URL_ANNOTATION = "specpilot.io/prometheus-url"
+"""On a Secret named by spec.monitoring: the Prometheus URLs (comma-separated) its owner allows
+it to be sent to. Only whoever may update the Secret can set it; a user who can merely name the
+Secret in a resource cannot redirect it."""
 DEFAULT_MAX_CHANGES_PER_HOUR = 12
 """Restarts the control loop may cause per resource per hour: one per five minutes on average,
 each costing minutes of GPU capacity."""
@@ -68,3 +72,25 @@ def normalized_url(url: str) -> str:
     if ":" in host:  # IPv6 literal
         host = f"[{host}]"
     return f"{scheme}://{host}:{port}{parts.path.rstrip('/')}"
+
+
+def bound_to(annotation: str, url: str) -> bool:
+    """Whether a Secret's PROMETHEUS_URL_ANNOTATION value allows sending it to `url`."""
+    wanted = normalized_url(url)
+    return any(normalized_url(u) == wanted for u in annotation.split(",") if u.strip())
+
+
+def url_problem(url: str) -> str | None:
+    """What makes `url` unfit as a Prometheus endpoint, or None: credentials never ride in it."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "give an http:// or https:// URL with a host"
+    if parts.username is not None or parts.password is not None:
+        return "remove the user:password part; give credentials as a token file or Secret"
+    if parts.query or parts.fragment:
+        return "remove the query and fragment; give the Prometheus base URL"
+    try:
+        parts.port  # noqa: B018 (raises on a port that is not a number)
+    except ValueError:
+        return "give a port number"
+    return None

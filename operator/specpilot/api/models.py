@@ -436,8 +436,9 @@ class MonitoringSpec(SpecModel):
     prometheus_url: str | None = Field(
         default=None,
         max_length=2048,
-        pattern=r"^https?://[^\s]+$",
-        description="Prometheus base URL (http or https).",
+        pattern=r"^https?://[^\s/@?#]+(/[^\s@?#]*)?$",
+        description="Prometheus base URL (http or https, no user:password, query or fragment). "
+        "Only the operator-wide Prometheus and the URLs its admin allows are read.",
     )
     bearer_token_secret: SecretKeyRef | None = Field(
         default=None, description="Secret key holding a bearer token for Prometheus."

@@ -222,7 +222,8 @@ def _pattern_fix(loc: tuple[int | str, ...]) -> str:
         "model": "use a Hugging Face id (org/name) or a path: letters, digits, . _ - / : only.",
         "image": "use an image reference such as vllm/vllm-openai:v0.33.0.",
         "version": "use a release number such as 0.33.0.",
-        "prometheusUrl": "use an http:// or https:// URL.",
+        "prometheusUrl": "use an http:// or https:// base URL without user:password, query or "
+        "fragment (credentials go in bearerTokenSecret).",
     }
     return hints.get(last, "use a value of the documented form (see kubectl explain).")
 
