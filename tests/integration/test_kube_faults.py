@@ -24,6 +24,7 @@ from specpilot.local.controlplane import ControlPlane
 from specpilot.local.operator_process import OperatorProcess, wait_for
 from tests.integration.conftest import (
     account_without,
+    condition,
     container_args,
     create,
     deployment,
@@ -147,10 +148,19 @@ def test_killed_between_a_decision_and_its_rollout_the_decision_is_carried_out(
             lambda: speculative_tokens(api, namespace, name) is None,
             what=second.output,
         )
-        body = wait_for(lambda: reconciled(api, namespace, name), what=second.output)
+        # The first operator's status already matches the generation, so "reconciled" alone
+        # can be its status (the Deployment re-rendered, the second's status not yet written:
+        # what made this test flaky). Wait for the condition only the second one writes.
+        body = wait_for(
+            lambda: (
+                (done := reconciled(api, namespace, name))
+                and condition(done, "SpeculationActive").get("reason") == "SpeculationOffByPolicy"
+                and done
+            ),
+            what=second.output,
+        )
     assert body["status"]["decisions"] == [*HISTORY, decision]
-    active = next(c for c in body["status"]["conditions"] if c["type"] == "SpeculationActive")
-    assert (active["status"], active["reason"]) == ("False", "SpeculationOffByPolicy")
+    assert condition(body, "SpeculationActive")["status"] == "False"
 
 
 def test_another_writer_taking_an_owned_field_by_server_side_apply_is_undone_once(
