@@ -175,6 +175,15 @@ VALUE_SETS = {
         'secretAccess=[{"namespace": "team-a", "names": ["prom-token"]}, {"namespace": "team-b"}]',
     ],
     "peering": ["--set", "replicas=2", "--set", "prometheusUrl=http://prom.monitoring:9090"],
+    "tenant-rules": [
+        "--set-json",
+        'allowedPrometheusUrls=["http://prom.team-a:9090", "https://prom.team-b/prom"]',
+        "--set-json",
+        'control={"maxChangesPerHour": 4}',
+        "--set-json",
+        'podPolicy={"allowHostPath": true, "allowServiceAccount": false, '
+        '"allowSecretEnv": false, "maxGPUsPerResource": 16}',
+    ],
     "namespaced-peering-podmonitor": [
         "--set",
         "watchNamespaces={team-a}",
@@ -341,6 +350,36 @@ def test_namespaced_mode_has_a_role_per_namespace_and_n_flags(helm: Helm) -> Non
         assert binding["roleRef"]["name"] == roles[0]["metadata"]["name"]
         assert binding["subjects"][0]["namespace"] == "specpilot-system"
     assert container(docs)["args"][:5] == ["--standalone", "-n", "team-a", "-n", "team-b"]
+
+
+def test_tenant_rules_become_the_operators_flags(helm: Helm) -> None:
+    """Each admin rule reaches `specpilot run` as the flag of the same meaning, and the defaults
+    add none (the operator's own defaults apply)."""
+    args = container(helm.template(*VALUE_SETS["tenant-rules"]))["args"]
+    assert args[1:] == [
+        "--allowed-prometheus-url", "http://prom.team-a:9090",
+        "--allowed-prometheus-url", "https://prom.team-b/prom",
+        "--max-changes-per-hour", "4",
+        "--pod-allow-host-path",
+        "--pod-refuse-service-account",
+        "--pod-refuse-secret-env",
+        "--max-gpus-per-resource", "16",
+        *args[12:],
+    ]  # fmt: skip
+    assert args[12] == "--webhook-port"
+    defaults = container(helm.template())["args"]
+    assert not [a for a in defaults if a.startswith(("--allowed", "--max-", "--pod-"))]
+    parsed = run_operator.make_context("run", list(args))  # the operator parses every flag
+    assert parsed.params["allowed_prometheus_urls"] == ("http://prom.team-a:9090",
+                                                        "https://prom.team-b/prom")  # fmt: skip
+    assert (parsed.params["pod_refuse_secret_env"], parsed.params["max_gpus_per_resource"]) == (
+        True,
+        16,
+    )
+    refused = helm("template", "specpilot", str(CHART), "--set-json",
+                   'allowedPrometheusUrls=["http://user:pw@prom:9090"]', check=False)  # fmt: skip
+    assert refused.returncode != 0
+    assert "allowedPrometheusUrls" in refused.stderr
 
 
 def test_replicas_use_peering_and_the_chart_creates_the_peering_objects(helm: Helm) -> None:
