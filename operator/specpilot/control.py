@@ -4,7 +4,7 @@ The control loop (adapters) reads Prometheus for every due resource at once, the
 per resource with the readings and the resource as stored. `check` turns the readings into the
 policy's signals (live A/B against control replicas, or the before/after baseline recorded while
 speculation was off), holds on readings that cannot be true (storing none of them), asks the
-policy, re-plans memory before a quantization step, and
+policy under the operator's change ceiling, re-plans memory before a quantization step, and
 returns the status to write (never with a NaN or Infinity in it), the Events to post and whether
 the Deployments must be re-rendered.
 """
@@ -248,7 +248,7 @@ def check(
             False,
         )
     else:
-        decision = decide(signals, state, spec.policy, now)
+        decision = decide(signals, state, spec.policy, now, admin.max_changes_per_hour)
         decision_action, reason, new_state = decision.action, decision.reason, decision.state
         warnings, acted = decision.warnings, decision.acted
     events: list[Event] = []

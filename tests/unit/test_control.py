@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from specpilot import control, reconcile
+from specpilot.api.admin import AdminPolicy
 from specpilot.control import CheckResult
 from specpilot.finite import non_finite_paths
 from specpilot.policy import Action
@@ -55,14 +56,18 @@ def reading(
 
 
 def play(
-    doc: dict[str, Any], readings: list[Readings | None], error: str | None = None, step: float = 30
+    doc: dict[str, Any],
+    readings: list[Readings | None],
+    error: str | None = None,
+    step: float = 30,
+    admin: AdminPolicy | None = None,
 ) -> list[CheckResult]:
     """Checks `step` seconds apart, each seeing the status the previous one wrote (the control
     loop writes it when the check changed something, posted an Event or re-renders)."""
     results = []
     for i, reading_ in enumerate(readings):
         now = T0 + datetime.timedelta(seconds=step * i)
-        result = control.check(doc, reading_, error, now, now)
+        result = control.check(doc, reading_, error, now, now, admin)
         assert result is not None
         if result.worth_writing:
             doc["status"] = result.status
@@ -96,7 +101,7 @@ def test_low_acceptance_turns_speculation_off_and_the_pods_render_without_it() -
 
 
 def test_speculation_comes_back_when_load_stays_below_the_crossover() -> None:
-    doc = body()
+    doc = body(window="1m")  # a probe waits at least the rate window
     play(doc, [reading(acceptance=0.41, rps=6)] * 3)
     later = play(doc, [reading(acceptance=None, rps=1)] * 4, step=40)
     actions = [r.action for r in later]
@@ -281,6 +286,38 @@ def test_invalid_resources_are_not_checked() -> None:
     doc = body()
     doc["spec"]["gpus"]["count"] = 3
     assert control.check(doc, reading(), None, T0, T0) is None
+
+
+def test_the_change_beyond_the_ceiling_is_held_with_one_warning_per_streak() -> None:
+    doc = body(controlReplicas=1, failureLimit=1, consecutiveSuccessLimit=1)
+    hot = reading(acceptance=0.72, p99=0.050, rps=20, baseline_p99=0.035)
+    quiet = reading(acceptance=None, rps=2, baseline_p99=0.035)
+    calm = reading(acceptance=0.72, p99=0.030, rps=2, baseline_p99=0.035)
+    admin = AdminPolicy(max_changes_per_hour=2)
+    results = play(doc, [hot, quiet, hot, hot, hot, calm, hot], step=60, admin=admin)
+    assert [r.action for r in results] == [
+        Action.DISABLE,
+        Action.ENABLE,
+        *[Action.HOLD] * 3,
+        Action.KEEP,
+        Action.HOLD,
+    ]
+    posted = [[e.reason for e in r.events if e.reason == "ChangeLimitReached"] for r in results]
+    assert posted == [[], [], ["ChangeLimitReached"], [], [], [], ["ChangeLimitReached"]]
+    (warning,) = [e for e in results[2].events if e.reason == "ChangeLimitReached"]
+    assert warning.type == "Warning"
+    assert warning.message.startswith(
+        "change limit reached: 2 changes in the last hour, the ceiling is 2 per hour"
+    )
+    assert "`specpilot run --max-changes-per-hour` (chart: control.maxChangesPerHour)" in (
+        warning.message
+    )
+    assert not any(r.rerender for r in results[2:])
+    assert [d["action"] for d in doc["status"]["decisions"]] == [
+        "disable-speculation",
+        "enable-speculation",
+    ]
+    assert len(doc["status"]["control"]["recentChanges"]) == 2
 
 
 # --- readings that cannot be true ------------------------------------------------------------
