@@ -101,13 +101,13 @@ def signals_for(
             error=f"{NO_SERIES} (are its pods scraped, with the specpilot.io/resource and "
             "specpilot.io/role pod labels as target labels?)",
         )
-    replicas = server.get(Signal.REPLICAS)
-    rps = server.get(Signal.REQUESTS_PER_SECOND)
-    load = rps / replicas if rps is not None and replicas else None
     live = readings.get((namespace, name, "baseline")) or {}
     problems = implausible(server) + implausible(live, "baseline")
     if problems:
         return Signals(sampled_at=sampled_at, error=f"{IMPLAUSIBLE}: {'; '.join(problems)}")
+    replicas = server.get(Signal.REPLICAS)
+    rps = server.get(Signal.REQUESTS_PER_SECOND)
+    load = rps / replicas if rps is not None and replicas else None
     baseline_p50, baseline_p99 = live.get(Signal.TPOT_P50), live.get(Signal.TPOT_P99)
     baseline_ttft = live.get(Signal.TTFT_P50)
     if baseline_p99 is None and _comparable(load, state.baseline_load):

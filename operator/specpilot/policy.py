@@ -38,6 +38,7 @@ lets the loop change the pods again before the last change has served (a warning
 restart in seconds, and the local demo's cooldown is 30s)."""
 CHANGE_WINDOW_SECONDS = 3600
 """The ceiling on changes counts the changes of the last hour."""
+DEFAULT_COOLDOWN = PolicySpec.model_fields["cooldown"].default
 LIMIT_HINT = (
     "the operator's admin raises it with `specpilot run --max-changes-per-hour` "
     "(chart: control.maxChangesPerHour)"
@@ -427,8 +428,8 @@ def policy_findings(policy: PolicySpec) -> list[Finding]:
                 f"at interval {policy.interval}): it blocks at most the check right after a "
                 "change, whose readings still come from the pods being replaced, so every check "
                 "could restart the pods.",
-                f"set spec.policy.cooldown to at least {_duration(least)}; on GPUs 5m or more "
-                "(the default is 10m).",
+                f"set spec.policy.cooldown to at least {_duration(least)}; on GPUs "
+                f"{_duration(RESTART_SECONDS)} or more (the default is {DEFAULT_COOLDOWN}).",
                 also=["spec.policy.interval"],
             )
         )
@@ -440,8 +441,8 @@ def policy_findings(policy: PolicySpec) -> list[Finding]:
                 f"cooldown {policy.cooldown} is shorter than a GPU pod restart (minutes: "
                 f"{_duration(RESTART_SECONDS)} assumed): the loop may change the pods again "
                 "before the last change has served.",
-                "fine for simulated pods; on GPUs set spec.policy.cooldown to 5m or more "
-                "(the default is 10m).",
+                "fine for simulated pods; on GPUs set spec.policy.cooldown to "
+                f"{_duration(RESTART_SECONDS)} or more (the default is {DEFAULT_COOLDOWN}).",
             )
         )
     for name, field in (
