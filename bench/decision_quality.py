@@ -51,6 +51,7 @@ POLICY = {
     "failureLimit": 3,
     "consecutiveSuccessLimit": 3,
     "cooldown": "2m",  # the 10m default, compressed like the day
+    "window": "1m",  # the 5m default, likewise; a probe waits at least the window
     "quantizationLadder": [{"model": INT8, "quantization": "int8"}],
 }
 TOLERANCE = 1.10

@@ -3,8 +3,10 @@
 The control loop (adapters) reads Prometheus for every due resource at once, then calls `check`
 per resource with the readings and the resource as stored. `check` turns the readings into the
 policy's signals (live A/B against control replicas, or the before/after baseline recorded while
-speculation was off), asks the policy, re-plans memory before a quantization step, and returns the
-status to write, the Events to post and whether the Deployments must be re-rendered.
+speculation was off), holds on readings that cannot be true (storing none of them), asks the
+policy under the operator's change ceiling, re-plans memory before a quantization step, and
+returns the status to write (never with a NaN or Infinity in it), the Events to post and whether
+the Deployments must be re-rendered.
 """
 
 from __future__ import annotations
@@ -27,13 +29,16 @@ from specpilot.api.models import (
 )
 from specpilot.effective import target_identity, with_checkpoint
 from specpilot.findings import errors
+from specpilot.finite import non_finite_paths
 from specpilot.policy import Action, Signals, decide, seconds
 from specpilot.reconcile import Event, condition, keep_transition_times
 from specpilot.rendering.args import is_speculating
 from specpilot.review import review
-from specpilot.signals import Readings, Signal
+from specpilot.signals import Readings, Signal, implausible
 
 NO_SERIES = "Prometheus has no series for this resource"
+IMPLAUSIBLE = "implausible metrics"
+"""Starts the error of a reading that cannot be true: the check holds and stores none of it."""
 METRICS_REFRESH_SECONDS = 60
 """status.lastMetrics (and the readings kept in status.control) are rewritten at most this often
 when nothing else changes, so a thousand resources checked every 10 s do not mean a hundred
@@ -96,10 +101,13 @@ def signals_for(
             error=f"{NO_SERIES} (are its pods scraped, with the specpilot.io/resource and "
             "specpilot.io/role pod labels as target labels?)",
         )
+    live = readings.get((namespace, name, "baseline")) or {}
+    problems = implausible(server) + implausible(live, "baseline")
+    if problems:
+        return Signals(sampled_at=sampled_at, error=f"{IMPLAUSIBLE}: {'; '.join(problems)}")
     replicas = server.get(Signal.REPLICAS)
     rps = server.get(Signal.REQUESTS_PER_SECOND)
     load = rps / replicas if rps is not None and replicas else None
-    live = readings.get((namespace, name, "baseline")) or {}
     baseline_p50, baseline_p99 = live.get(Signal.TPOT_P50), live.get(Signal.TPOT_P99)
     baseline_ttft = live.get(Signal.TTFT_P50)
     if baseline_p99 is None and _comparable(load, state.baseline_load):
@@ -202,6 +210,9 @@ def _metrics_condition(signals: Signals, generation: int | None, ever_read: bool
     if signals.error.startswith(NO_SERIES) and not ever_read:
         message = f"holding until the pods are scraped: {signals.error}"
         return condition("MetricsAvailable", None, "AwaitingMetrics", message, generation)
+    if signals.error.startswith(IMPLAUSIBLE):
+        message = f"holding, nothing changed or stored: {signals.error}"
+        return condition("MetricsAvailable", False, "ImplausibleMetrics", message, generation)
     message = f"holding, nothing changed: {signals.error}"
     return condition("MetricsAvailable", False, "MetricsUnavailable", message, generation)
 
@@ -237,7 +248,7 @@ def check(
             False,
         )
     else:
-        decision = decide(signals, state, spec.policy, now)
+        decision = decide(signals, state, spec.policy, now, admin.max_changes_per_hour)
         decision_action, reason, new_state = decision.action, decision.reason, decision.state
         warnings, acted = decision.warnings, decision.acted
     events: list[Event] = []
@@ -295,9 +306,14 @@ def check(
             "kopf": None,
         }
     )
+    written = updated.model_dump(by_alias=True, exclude_none=True, mode="json")
+    non_finite = non_finite_paths(written, "status")
+    if non_finite and readings is not None:  # the API server would refuse every later write
+        error = f"{IMPLAUSIBLE}: Prometheus' answer made {', '.join(non_finite)} non-finite"
+        return check(body, None, error, sampled_at, now, admin)
     rerender = acted and decision_action in _ACTED_EVENTS
     return CheckResult(
-        status=updated.model_dump(by_alias=True, exclude_none=True, mode="json"),
+        status=written,
         events=events,
         rerender=rerender,
         action=decision_action,

@@ -1,20 +1,25 @@
 """The control policy: whether speculation is paying, as a pure state machine.
 
-Input: the latest signals for one resource, the state carried in its status, its policy spec and
-the time. Output: one decision (keep, hold, disable, enable, step quantization) with a reason
-that holds the numbers, and the next state. Acting on the decision is the adapters' job; the
-thresholds are the decision framework's (docs/policy.md).
+Input: the latest signals for one resource, the state carried in its status, its policy spec,
+the time and the operator's ceiling on changes per hour. Output: one decision (keep, hold,
+disable, enable, step quantization) with a reason that holds the numbers, and the next state.
+Acting on the decision is the adapters' job; the thresholds are the decision framework's
+(docs/policy.md). `policy_findings` refuses or warns on a spec.policy that would make the pods
+flap, before the policy ever runs.
 """
 
 from __future__ import annotations
 
 import datetime
+import math
 import re
 from enum import StrEnum
 
 from pydantic import BaseModel
 
+from specpilot.api.admin import DEFAULT_MAX_CHANGES_PER_HOUR
 from specpilot.api.models import PolicyMode, PolicySpec, PolicyState
+from specpilot.findings import Finding, error, warning
 
 RE_ENABLE_LOAD_MARGIN = 0.8
 """Re-enable only once load stays below this share of the load at which speculation stopped."""
@@ -23,6 +28,21 @@ ACCEPTANCE_DRIFT = 0.10
 STALE_AFTER_INTERVALS = 3
 MAX_PROBE_DOUBLINGS = 3
 """A probe after a low-acceptance disable waits the cooldown, doubled per failed probe, up to 8x."""
+MIN_COOLDOWN_INTERVALS = 2
+"""A cooldown under two intervals blocks at most the one check right after a change, whose
+readings still come from the pods being replaced: validation refuses it, and a probe waits at
+least this long whatever the cooldown."""
+RESTART_SECONDS = 300
+"""What a GPU pod restart costs: minutes of loading weights and warming up. A cooldown below it
+lets the loop change the pods again before the last change has served (a warning: simulated pods
+restart in seconds, and the local demo's cooldown is 30s)."""
+CHANGE_WINDOW_SECONDS = 3600
+"""The ceiling on changes counts the changes of the last hour."""
+DEFAULT_COOLDOWN = PolicySpec.model_fields["cooldown"].default
+LIMIT_HINT = (
+    "the operator's admin raises it with `specpilot run --max-changes-per-hour` "
+    "(chart: control.maxChangesPerHour)"
+)
 
 
 class Action(StrEnum):
@@ -89,8 +109,13 @@ def _fmt(value: float | None, unit: str = "") -> str:
 
 
 def decide(
-    signals: Signals, state: PolicyState, policy: PolicySpec, now: datetime.datetime
+    signals: Signals,
+    state: PolicyState,
+    policy: PolicySpec,
+    now: datetime.datetime,
+    max_changes_per_hour: int = DEFAULT_MAX_CHANGES_PER_HOUR,
 ) -> Decision:
+    """The decision for one check; an action beyond `max_changes_per_hour` is held."""
     if policy.mode is PolicyMode.OFF:
         return Decision(action=Action.KEEP, reason="policy mode is off", state=state)
     problem = _unusable(signals, policy, now, state)
@@ -111,7 +136,34 @@ def decide(
             warnings=decision.warnings,
             acted=False,
         )
+    if decision.acted:
+        return _within_ceiling(decision, state, now, max_changes_per_hour)
     return decision
+
+
+def _within_ceiling(
+    decision: Decision, state: PolicyState, now: datetime.datetime, ceiling: int
+) -> Decision:
+    """The action, recorded in the state's recent changes; or, when it would exceed the ceiling,
+    a hold that changes nothing and warns. A probe needs room for two changes: the probe and,
+    should acceptance still be low, the disable that ends it."""
+    recent = [t for t in state.recent_changes if (now - t).total_seconds() < CHANGE_WINDOW_SECONDS]
+    probe = decision.action is Action.ENABLE and decision.state.probes > state.probes
+    if len(recent) + (2 if probe else 1) <= ceiling:
+        return decision.model_copy(
+            update={"state": decision.state.model_copy(update={"recent_changes": [*recent, now]})}
+        )
+    would = f"would {_ADVICE[decision.action]}{' to probe' if probe else ''}"
+    message = (
+        f"change limit reached: {len(recent)} changes in the last hour, the ceiling is "
+        f"{ceiling} per hour; {would} ({decision.evidence}); {LIMIT_HINT}"
+    )
+    return Decision(
+        action=Action.HOLD,
+        reason=f"holding: {message}",
+        state=state,
+        warnings=[*decision.warnings, PolicyWarning(code="ChangeLimitReached", message=message)],
+    )
 
 
 def _unusable(
@@ -256,7 +308,11 @@ def _probe(state: PolicyState, policy: PolicySpec, now: datetime.datetime) -> De
 
 
 def _probe_wait(probes: int, policy: PolicySpec) -> float:
-    return seconds(policy.cooldown) * float(2 ** min(probes, MAX_PROBE_DOUBLINGS))
+    """The cooldown, doubled per failed probe; never shorter than two intervals or the rate
+    window (each probe is judged on its own samples, not on the last probe's), whatever the
+    cooldown says."""
+    floor = max(MIN_COOLDOWN_INTERVALS * seconds(policy.interval), seconds(policy.window))
+    return max(seconds(policy.cooldown), floor) * float(2 ** min(probes, MAX_PROBE_DOUBLINGS))
 
 
 def _breach(signals: Signals, policy: PolicySpec) -> str | None:
@@ -355,3 +411,57 @@ def _while_off(
         ),
         acted=True,
     )
+
+
+def policy_findings(policy: PolicySpec) -> list[Finding]:
+    """What in spec.policy would make the pods flap: a cooldown under two intervals (refused),
+    a cooldown shorter than a GPU pod restart, or one check being enough to act (warnings)."""
+    found: list[Finding] = []
+    cooldown, interval = seconds(policy.cooldown), seconds(policy.interval)
+    least = MIN_COOLDOWN_INTERVALS * interval
+    if cooldown < least:
+        found.append(
+            error(
+                "CooldownTooShort",
+                "spec.policy.cooldown",
+                f"cooldown {policy.cooldown} is shorter than two intervals ({_duration(least)} "
+                f"at interval {policy.interval}): it blocks at most the check right after a "
+                "change, whose readings still come from the pods being replaced, so every check "
+                "could restart the pods.",
+                f"set spec.policy.cooldown to at least {_duration(least)}; on GPUs "
+                f"{_duration(RESTART_SECONDS)} or more (the default is {DEFAULT_COOLDOWN}).",
+                also=["spec.policy.interval"],
+            )
+        )
+    elif cooldown < RESTART_SECONDS:
+        found.append(
+            warning(
+                "CooldownShorterThanRestart",
+                "spec.policy.cooldown",
+                f"cooldown {policy.cooldown} is shorter than a GPU pod restart (minutes: "
+                f"{_duration(RESTART_SECONDS)} assumed): the loop may change the pods again "
+                "before the last change has served.",
+                "fine for simulated pods; on GPUs set spec.policy.cooldown to "
+                f"{_duration(RESTART_SECONDS)} or more (the default is {DEFAULT_COOLDOWN}).",
+            )
+        )
+    for name, field in (
+        ("failureLimit", "failure_limit"),
+        ("consecutiveSuccessLimit", "consecutive_success_limit"),
+    ):
+        if getattr(policy, field) == 1:
+            default = PolicySpec.model_fields[field].default
+            found.append(
+                warning(
+                    "SingleCheckActs",
+                    f"spec.policy.{name}",
+                    f"{name} 1: one noisy check is enough to restart the pods.",
+                    f"set spec.policy.{name} to 2 or more (the default is {default}).",
+                )
+            )
+    return found
+
+
+def _duration(secs: float) -> str:
+    whole = math.ceil(secs)
+    return f"{whole // 60}m" if whole >= 60 and whole % 60 == 0 else f"{whole}s"

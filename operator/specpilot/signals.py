@@ -5,7 +5,9 @@ Prometheus adapter's job. Every query covers all managed resources at once, grou
 resource and role (serving replicas or control replicas), and related signals share a query (each
 series tagged with its signal by `label_replace`), so a check costs five queries whatever the
 number of resources. Metric names follow the vLLM release table: where a release renamed a
-metric, the query asks for both names and prefers the newer with PromQL's `or`.
+metric, the query asks for both names and prefers the newer with PromQL's `or`. Readings that
+cannot be true (an acceptance of 7, a negative latency, an infinity) are named by `implausible`,
+so the control check holds instead of believing them.
 """
 
 from __future__ import annotations
@@ -134,8 +136,9 @@ Readings = dict[Key, dict[Signal, float]]
 
 
 def parse(answers: Mapping[str, Mapping[str, Any]]) -> Readings:
-    """Readings per (namespace, resource, role) from /api/v1/query answers, keyed by query name;
-    NaN and +-Inf (a quantile over no requests) count as no value."""
+    """Readings per (namespace, resource, role) from /api/v1/query answers, keyed by query name.
+    NaN (a quantile over no requests) counts as no value; +-Inf is kept, for `implausible` to
+    name: no signal's query answers it legitimately."""
     readings: Readings = {}
     for query, answer in answers.items():
         if answer.get("status") != "success":
@@ -162,6 +165,59 @@ def parse(answers: Mapping[str, Mapping[str, Any]]) -> Readings:
                 value = float(sample["value"][1])
             except (KeyError, IndexError, TypeError, ValueError) as exc:
                 raise BadAnswerError(f"{query}: malformed sample {sample!r}") from exc
-            if math.isfinite(value):
+            if not math.isnan(value):
                 readings.setdefault(key, {})[signal] = value
     return readings
+
+
+MAX_LATENCY_SECONDS = 3600.0
+"""The longest TPOT or TTFT believed. histogram_quantile never answers above a histogram's highest
+finite bucket (vLLM's highest is 2560 s, for TTFT), so an hour is a broken exporter or recording
+rule, not a slow server."""
+MAX_MEAN_ACCEPTED_LENGTH = 33.0
+"""Tokens a step can emit: the target's own plus at most 32 drafts (numSpeculativeTokens' limit)."""
+_LATENCIES = (
+    Signal.TPOT_P50,
+    Signal.TPOT_P95,
+    Signal.TPOT_P99,
+    Signal.TTFT_P50,
+    Signal.TTFT_P95,
+    Signal.TTFT_P99,
+)
+PLAUSIBLE: dict[Signal, tuple[float, float, str]] = {
+    Signal.ACCEPTANCE: (0, 1, "a rate in [0, 1]"),
+    Signal.MEAN_ACCEPTED_LENGTH: (
+        1,
+        MAX_MEAN_ACCEPTED_LENGTH,
+        f"a mean accepted length in [1, {MAX_MEAN_ACCEPTED_LENGTH:g}] (the target's token plus "
+        "at most 32 drafts per step)",
+    ),
+    **dict.fromkeys(
+        _LATENCIES, (0, MAX_LATENCY_SECONDS, f"a latency in [0, {MAX_LATENCY_SECONDS:g}] s")
+    ),
+    Signal.KV_CACHE_USAGE: (0, 1, "a KV cache usage in [0, 1]"),
+    Signal.REQUESTS_RUNNING: (0, math.inf, "a count >= 0"),
+    Signal.REQUESTS_WAITING: (0, math.inf, "a count >= 0"),
+    Signal.GENERATION_TOKENS_PER_SECOND: (0, math.inf, "a rate >= 0"),
+    Signal.REQUESTS_PER_SECOND: (0, math.inf, "a rate >= 0"),
+    Signal.REPLICAS: (1, math.inf, "a count of serving pods >= 1"),
+}
+"""The values each signal can take: (least, most, what it must be)."""
+ROLE_NAMES = {"server": "", "baseline": " for the control replicas"}
+
+
+def implausible(values: Mapping[Signal, float], role: str = "server") -> list[str]:
+    """Why one (namespace, resource, role)'s readings cannot be true, one sentence per value;
+    empty when they can. Any non-finite value is implausible (`parse` already dropped NaN)."""
+    problems = []
+    for signal, value in values.items():
+        least, most, what = PLAUSIBLE[signal]
+        if not math.isfinite(value):
+            what = "a finite number"
+        elif least <= value <= most:
+            continue
+        problems.append(
+            f"Prometheus answered {signal.value} {value}{ROLE_NAMES.get(role, f' ({role})')}: "
+            f"not {what}"
+        )
+    return problems

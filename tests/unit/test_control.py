@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import datetime
+import json
+import math
 from typing import Any
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from specpilot import control, reconcile
+from specpilot.api.admin import AdminPolicy
 from specpilot.control import CheckResult
+from specpilot.finite import non_finite_paths
 from specpilot.policy import Action
-from specpilot.signals import Readings, Signal
+from specpilot.signals import QUERIES, Readings, Signal, implausible, parse
 from tests.conftest import manifest
 
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
@@ -48,14 +56,18 @@ def reading(
 
 
 def play(
-    doc: dict[str, Any], readings: list[Readings | None], error: str | None = None, step: float = 30
+    doc: dict[str, Any],
+    readings: list[Readings | None],
+    error: str | None = None,
+    step: float = 30,
+    admin: AdminPolicy | None = None,
 ) -> list[CheckResult]:
     """Checks `step` seconds apart, each seeing the status the previous one wrote (the control
     loop writes it when the check changed something, posted an Event or re-renders)."""
     results = []
     for i, reading_ in enumerate(readings):
         now = T0 + datetime.timedelta(seconds=step * i)
-        result = control.check(doc, reading_, error, now, now)
+        result = control.check(doc, reading_, error, now, now, admin)
         assert result is not None
         if result.worth_writing:
             doc["status"] = result.status
@@ -89,7 +101,7 @@ def test_low_acceptance_turns_speculation_off_and_the_pods_render_without_it() -
 
 
 def test_speculation_comes_back_when_load_stays_below_the_crossover() -> None:
-    doc = body()
+    doc = body(window="1m")  # a probe waits at least the rate window
     play(doc, [reading(acceptance=0.41, rps=6)] * 3)
     later = play(doc, [reading(acceptance=None, rps=1)] * 4, step=40)
     actions = [r.action for r in later]
@@ -274,3 +286,200 @@ def test_invalid_resources_are_not_checked() -> None:
     doc = body()
     doc["spec"]["gpus"]["count"] = 3
     assert control.check(doc, reading(), None, T0, T0) is None
+
+
+def test_the_change_beyond_the_ceiling_is_held_with_one_warning_per_streak() -> None:
+    doc = body(controlReplicas=1, failureLimit=1, consecutiveSuccessLimit=1)
+    hot = reading(acceptance=0.72, p99=0.050, rps=20, baseline_p99=0.035)
+    quiet = reading(acceptance=None, rps=2, baseline_p99=0.035)
+    calm = reading(acceptance=0.72, p99=0.030, rps=2, baseline_p99=0.035)
+    admin = AdminPolicy(max_changes_per_hour=2)
+    results = play(doc, [hot, quiet, hot, hot, hot, calm, hot], step=60, admin=admin)
+    assert [r.action for r in results] == [
+        Action.DISABLE,
+        Action.ENABLE,
+        *[Action.HOLD] * 3,
+        Action.KEEP,
+        Action.HOLD,
+    ]
+    posted = [[e.reason for e in r.events if e.reason == "ChangeLimitReached"] for r in results]
+    assert posted == [[], [], ["ChangeLimitReached"], [], [], [], ["ChangeLimitReached"]]
+    (warning,) = [e for e in results[2].events if e.reason == "ChangeLimitReached"]
+    assert warning.type == "Warning"
+    assert warning.message.startswith(
+        "change limit reached: 2 changes in the last hour, the ceiling is 2 per hour"
+    )
+    assert "`specpilot run --max-changes-per-hour` (chart: control.maxChangesPerHour)" in (
+        warning.message
+    )
+    assert not any(r.rerender for r in results[2:])
+    assert [d["action"] for d in doc["status"]["decisions"]] == [
+        "disable-speculation",
+        "enable-speculation",
+    ]
+    assert len(doc["status"]["control"]["recentChanges"]) == 2
+
+
+# --- readings that cannot be true ------------------------------------------------------------
+
+
+def metrics_condition(status: dict[str, Any]) -> dict[str, Any]:
+    found: dict[str, Any] = next(c for c in status["conditions"] if c["type"] == "MetricsAvailable")
+    return found
+
+
+def test_an_impossible_acceptance_holds_says_why_and_stores_nothing() -> None:
+    doc = body()
+    play(doc, [reading(acceptance=0.75)])
+    before = doc["status"]
+    results = play(doc, [reading(acceptance=7.0)] * 4)
+    assert all(r.action is Action.HOLD and not r.rerender for r in results)
+    condition = metrics_condition(doc["status"])
+    assert (condition["status"], condition["reason"]) == ("False", "ImplausibleMetrics")
+    assert "Prometheus answered acceptance 7.0: not a rate in [0, 1]" in condition["message"]
+    posted = [(e.type, e.reason) for r in results for e in r.events]
+    assert posted == [("Warning", "ImplausibleMetrics")]  # on the transition only
+    assert doc["status"]["control"]["lastAcceptance"] == 0.75
+    assert doc["status"]["control"]["rolloutAcceptance"] == 0.75
+    assert doc["status"]["lastMetrics"] == before["lastMetrics"]
+    back = play(doc, [reading(acceptance=0.8)])[0]
+    assert [e.reason for e in back.events] == ["MetricsRead"]
+
+
+def test_a_first_reading_that_cannot_be_true_stores_nothing() -> None:
+    doc = body()
+    play(doc, [reading(acceptance=7.0)])
+    control_state = doc["status"]["control"]
+    assert "lastAcceptance" not in control_state
+    assert "rolloutAcceptance" not in control_state
+    assert "lastMetrics" not in doc["status"]
+
+
+def test_a_negative_acceptance_never_disables() -> None:
+    doc = body()
+    results = play(doc, [reading(acceptance=-1.0, rps=6)] * 8)
+    assert all(r.action is Action.HOLD for r in results)
+    assert doc["status"]["control"]["speculationOn"] is True
+    assert doc["status"]["control"]["breaches"] == 0
+    assert doc["status"].get("decisions", []) == []
+    assert any("--speculative-config" in a for a in args(doc))
+
+
+def test_a_negative_latency_never_becomes_a_baseline() -> None:
+    doc = body()
+    play(doc, [reading(acceptance=0.41, rps=6)] * 3)  # off: readings now are the baseline
+    held = play(doc, [reading(acceptance=None, p99=-0.020, rps=6)])[0]
+    assert held.action is Action.HOLD
+    assert (
+        "Prometheus answered tpotP99 -0.02: not a latency"
+        in (metrics_condition(doc["status"])["message"])
+    )
+    assert "baselineP99Tpot" not in doc["status"]["control"]
+    play(doc, [reading(acceptance=None, p99=0.020, rps=6)])
+    assert doc["status"]["control"]["baselineP99Tpot"] == 0.020
+
+
+def test_the_control_replicas_readings_are_checked_too() -> None:
+    doc = body(controlReplicas=1)
+    result = play(doc, [reading(acceptance=0.72, baseline_p99=-0.035)])[0]
+    assert result.action is Action.HOLD
+    assert (
+        "tpotP99 -0.035 for the control replicas: not a latency"
+        in (metrics_condition(doc["status"])["message"])
+    )
+
+
+@pytest.mark.parametrize("latency", [1e308, math.inf])
+def test_an_absurd_latency_never_reaches_the_status(latency: float) -> None:
+    doc = body()
+    play(doc, [reading()])
+    result = play(doc, [reading(p99=latency)])[0]
+    assert result.action is Action.HOLD
+    assert metrics_condition(result.status)["reason"] == "ImplausibleMetrics"
+    assert non_finite_paths(result.status) == []
+    json.dumps(result.status, allow_nan=False)  # what the API server accepts
+    assert result.status["lastMetrics"]["p99TpotMs"] == 30.0  # the last believable reading
+
+
+def test_one_resources_impossible_series_does_not_hold_another() -> None:
+    answer = reading(acceptance=0.75) | reading(acceptance=7.0, name="other")
+    mine = control.check(body(), answer, None, T0, T0)
+    assert mine is not None
+    assert mine.action is Action.KEEP
+    assert metrics_condition(mine.status)["reason"] == "MetricsRead"
+    other = body()
+    other["metadata"]["name"] = "other"
+    theirs = control.check(other, answer, None, T0, T0)
+    assert theirs is not None
+    assert metrics_condition(theirs.status)["reason"] == "ImplausibleMetrics"
+
+
+def test_a_status_with_a_non_finite_number_is_held_instead(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The last guard, should a value slip past the plausibility check."""
+    monkeypatch.setattr(control, "implausible", lambda values, role="server": [])
+    doc = body()
+    result = play(doc, [reading(p99=math.inf)])[0]
+    assert result.action is Action.HOLD
+    condition = metrics_condition(result.status)
+    assert condition["reason"] == "ImplausibleMetrics"
+    assert "status.lastMetrics.p99TpotMs" in condition["message"]
+    assert non_finite_paths(result.status) == []
+
+
+def prometheus_number(value: float) -> str:
+    """A sample value as Prometheus writes it in JSON."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(value)
+
+
+def answers(values: dict[tuple[str, Signal], float]) -> dict[str, Any]:
+    """/api/v1/query answers carrying these (role, signal) values for inference/llama."""
+    by_query: dict[str, list[dict[str, Any]]] = {name: [] for name in QUERIES}
+    for (role, signal), value in values.items():
+        query = next(name for name, signals in QUERIES.items() if signal in signals)
+        metric = {
+            "namespace": "inference",
+            "specpilot_io_resource": "llama",
+            "specpilot_io_role": role,
+            "specpilot_signal": signal.value,
+        }
+        by_query[query].append({"metric": metric, "value": [1.7e9, prometheus_number(value)]})
+    return {
+        name: {"status": "success", "data": {"resultType": "vector", "result": result}}
+        for name, result in by_query.items()
+    }
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    checks=st.lists(
+        st.dictionaries(
+            st.tuples(st.sampled_from(["server", "baseline"]), st.sampled_from(list(Signal))),
+            st.floats(allow_nan=True, allow_infinity=True),
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_no_answer_from_prometheus_puts_a_non_finite_number_in_the_status(
+    checks: list[dict[tuple[str, Signal], float]],
+) -> None:
+    doc = body(controlReplicas=1)
+    play(doc, [reading(acceptance=0.41, rps=6)] * 3)  # off at 60 s: more state to store
+    for i, values in enumerate(checks):
+        readings = parse(answers(values))
+        now = T0 + datetime.timedelta(seconds=90 + 30 * i)
+        result = control.check(doc, readings, None, now, now)
+        assert result is not None
+        doc["status"] = result.status
+        assert non_finite_paths(result.status) == []
+        condition = metrics_condition(result.status)
+        assert "non-finite" not in condition["message"]  # the plausibility check sufficed
+        if ("inference", "llama", "server") in readings:  # else: no series, held as such
+            believable = not any(implausible(v, key[2]) for key, v in readings.items())
+            assert (condition["reason"] != "ImplausibleMetrics") == believable

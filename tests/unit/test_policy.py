@@ -9,8 +9,13 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
+from specpilot.api.admin import DEFAULT_MAX_CHANGES_PER_HOUR
 from specpilot.api.models import PolicySpec
-from specpilot.policy import Action, PolicyState, Signals, decide
+from specpilot.findings import Severity
+from specpilot.local.stack import FAST_POLICY
+from specpilot.policy import Action, PolicyState, Signals, decide, policy_findings
+from specpilot.review import review
+from tests.conftest import manifest
 
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 
@@ -28,13 +33,14 @@ def run(
     spec: PolicySpec | None = None,
     state: PolicyState | None = None,
     step: float = 30.0,
+    max_changes_per_hour: int = DEFAULT_MAX_CHANGES_PER_HOUR,
 ) -> list[Any]:
     spec = spec or policy()
     state = state or PolicyState()
     out = []
     for i, fields in enumerate(readings):
         now = T0 + datetime.timedelta(seconds=step * i)
-        decision = decide(signals(now, **fields), state, spec, now)
+        decision = decide(signals(now, **fields), state, spec, now, max_changes_per_hour)
         state = decision.state
         out.append(decision)
     return out
@@ -62,7 +68,7 @@ def probe_cycle(state: PolicyState, spec: PolicySpec, start: datetime.datetime, 
     """Checks every 30 s from `start` while off, until the probe; then 3 checks while on."""
     now, decision = start, None
     while state.speculation_on is False:
-        decision = decide(signals(now, load=10), state, spec, now)
+        decision = decide(signals(now, load=10), state, spec, now, max_changes_per_hour=100)
         state = decision.state
         now += datetime.timedelta(seconds=30)
     assert decision is not None
@@ -230,3 +236,140 @@ def test_never_more_than_one_change_per_cooldown_except_ending_a_failed_probe(
             assert b - a >= 3  # failureLimit checks of the probe
         else:
             assert b - a >= 20  # 10 min / 30 s
+
+
+def test_probes_wait_at_least_two_intervals_and_the_window_whatever_the_cooldown() -> None:
+    state = PolicyState(speculation_on=False, last_change=T0)  # disabled for low acceptance
+    for fields, first in (({}, 300), ({"window": "20s"}, 60)):  # the 5m window; 2 x 30s
+        spec = policy(cooldown="0s", **fields)
+        waits, start, current = [], T0, state
+        for _ in range(5):
+            probed, last = probe_cycle(current, spec, start, low=True)
+            waits.append((probed.state.last_change - start).total_seconds())
+            current, start = last.state, last.state.last_change
+        assert waits == [first, 2 * first, 4 * first, 8 * first, 8 * first]
+
+
+FLAPPING = {"cooldown": "1m", "failureLimit": 1, "consecutiveSuccessLimit": 1}
+HOT = {"acceptance": 0.7, "p99_tpot": 0.040, "baseline_p99_tpot": 0.029, "load": 40}
+QUIET = {"load": 10}
+
+
+def flap(spec: PolicySpec, ceiling: int, checks: int, step: float = 60) -> list[Any]:
+    """Latency breaches while on, low load while off: each check would change the pods."""
+    state, out = PolicyState(), []
+    for i in range(checks):
+        now = T0 + datetime.timedelta(seconds=step * i)
+        fields = HOT if state.speculation_on else QUIET
+        decision = decide(signals(now, **fields), state, spec, now, ceiling)
+        state = decision.state
+        out.append(decision)
+    return out
+
+
+def test_an_action_beyond_the_hourly_ceiling_is_held() -> None:
+    decisions = flap(policy(**FLAPPING), ceiling=2, checks=62)
+    acted = [i for i, d in enumerate(decisions) if d.acted]
+    # changes at 0 s and 60 s; the third waits until the first is an hour old (3600 s), the
+    # fourth until the second is
+    assert acted == [0, 1, 60, 61]
+    held = decisions[2:60]
+    assert all(d.action is Action.HOLD for d in held)
+    assert all(d.state == decisions[1].state for d in held)  # nothing counted or changed
+    message = held[0].warnings[-1].message
+    assert held[0].warnings[-1].code == "ChangeLimitReached"
+    assert "2 changes in the last hour, the ceiling is 2 per hour" in message
+    assert "would disable speculation (P99 TPOT 40.0 ms is 38% above" in message
+    assert "specpilot run --max-changes-per-hour" in message
+    assert "control.maxChangesPerHour" in message
+    assert len(decisions[-1].state.recent_changes) == 2  # bounded by the ceiling
+
+
+def test_a_probe_starts_only_with_room_for_the_disable_that_may_end_it() -> None:
+    spec = policy(cooldown="5m")
+    state = PolicyState(speculation_on=False, last_change=T0, recent_changes=[T0])
+    low = {"acceptance": 0.3, "load": 10}
+    speculating, now = [], T0
+    for _ in range(150):  # 75 minutes
+        now += datetime.timedelta(seconds=30)
+        fields = low if state.speculation_on else {"load": 10}
+        decision = decide(signals(now, **fields), state, spec, now, 3)
+        state = decision.state
+        speculating.append(state.speculation_on)
+        assert len(state.recent_changes) <= 3
+    # the disable at 0 s, the probe at 300 s and its disable at 390 s make three changes; the
+    # next probe (due at 990 s) waits until two of them are an hour old (3900 s), rather than
+    # start with no room left to end it
+    probes = [
+        i for i, (a, b) in enumerate(itertools.pairwise([False, *speculating])) if b and not a
+    ]
+    assert [(i + 1) * 30 for i in probes] == [300, 3900]
+    assert sum(speculating) == 6  # each probe ran three checks, never stuck on
+
+
+@given(
+    readings=st.lists(
+        st.fixed_dictionaries(
+            {
+                "acceptance": st.one_of(st.none(), st.floats(0, 1)),
+                "p99_tpot": st.one_of(st.none(), st.floats(0.01, 0.05)),
+                "baseline_p99_tpot": st.just(0.03),
+                "load": st.one_of(st.none(), st.floats(0, 100)),
+            }
+        ),
+        max_size=240,
+    ),
+    ceiling=st.integers(1, 6),
+)
+def test_never_more_changes_in_an_hour_than_the_ceiling(
+    readings: list[dict[str, Any]], ceiling: int
+) -> None:
+    spec = policy(cooldown="1m", failureLimit=1, consecutiveSuccessLimit=1, window="1m")
+    decisions = run(readings, spec=spec, max_changes_per_hour=ceiling)
+    changes = [i for i, d in enumerate(decisions) if d.acted]
+    for i in changes:
+        assert sum(1 for j in changes if i - 120 < j <= i) <= ceiling  # 120 checks: an hour
+
+
+def findings_by_code(**fields: Any) -> dict[str, Any]:
+    return {(f.code, f.path): f for f in policy_findings(policy(**fields))}
+
+
+def test_the_flapping_policy_of_the_issue_is_refused_and_warned_about() -> None:
+    found = findings_by_code(
+        interval="2s", cooldown="0s", failureLimit=1, consecutiveSuccessLimit=1
+    )
+    refused = found["CooldownTooShort", "spec.policy.cooldown"]
+    assert refused.severity is Severity.ERROR
+    assert "cooldown 0s is shorter than two intervals (4s at interval 2s)" in refused.message
+    assert refused.fix.startswith("set spec.policy.cooldown to at least 4s")
+    assert found["SingleCheckActs", "spec.policy.failureLimit"].severity is Severity.WARNING
+    single = found["SingleCheckActs", "spec.policy.consecutiveSuccessLimit"]
+    assert single.fix == "set spec.policy.consecutiveSuccessLimit to 2 or more (the default is 5)."
+
+
+def test_cooldown_floors() -> None:
+    assert "CooldownTooShort" in {c for c, _ in findings_by_code(cooldown="59s")}
+    at_floor = findings_by_code(cooldown="1m")  # two 30 s intervals: accepted, warned
+    assert [(c, f.severity) for (c, _), f in at_floor.items()] == [
+        ("CooldownShorterThanRestart", Severity.WARNING)
+    ]
+    assert findings_by_code(cooldown="5m") == {}
+    assert policy_findings(PolicySpec()) == []  # the defaults
+
+
+def test_the_local_demo_policy_is_accepted_with_a_warning() -> None:
+    found = policy_findings(PolicySpec.model_validate(FAST_POLICY))
+    assert [(f.code, f.severity) for f in found] == [
+        ("CooldownShorterThanRestart", Severity.WARNING)
+    ]
+
+
+def test_validation_refuses_the_flapping_policy() -> None:
+    flapping = {"interval": "2s", "cooldown": "0s", "failureLimit": 1, "consecutiveSuccessLimit": 1}
+    result = review(manifest(policy=flapping))
+    assert not result.valid
+    codes = {(f.code, f.severity) for f in result.findings}
+    assert ("CooldownTooShort", Severity.ERROR) in codes
+    assert ("SingleCheckActs", Severity.WARNING) in codes
+    assert review(manifest(policy=FAST_POLICY)).valid

@@ -3,11 +3,21 @@ against a real Prometheus in tests/integration)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
 
-from specpilot.signals import GROUP_BY, QUERIES, BadAnswerError, Signal, parse, queries
+from specpilot.signals import (
+    GROUP_BY,
+    PLAUSIBLE,
+    QUERIES,
+    BadAnswerError,
+    Signal,
+    implausible,
+    parse,
+    queries,
+)
 
 
 def test_five_queries_carry_every_signal_once_grouped_by_resource_and_role() -> None:
@@ -74,10 +84,57 @@ def test_answers_become_readings_per_resource_and_role() -> None:
     assert readings["ml", "other", "server"] == {acceptance: 0.4}
 
 
-def test_nan_and_infinite_quantiles_are_no_value() -> None:
+def test_nan_is_no_value_and_infinities_are_kept_to_be_named() -> None:
+    """A quantile over no requests is NaN; no query answers an infinity legitimately."""
     p99 = Signal.TPOT_P99
     readings = parse({"tpot": answer((labels(p99), "NaN"), (labels(p99, "baseline"), "+Inf"))})
-    assert readings == {}
+    assert readings == {("ml", "chat", "baseline"): {p99: math.inf}}
+    assert implausible(readings["ml", "chat", "baseline"], "baseline") == [
+        "Prometheus answered tpotP99 inf for the control replicas: not a finite number"
+    ]
+
+
+def test_every_signal_has_its_plausible_range() -> None:
+    assert set(PLAUSIBLE) == set(Signal)
+
+
+@pytest.mark.parametrize(
+    ("signal", "value", "why"),
+    [
+        (Signal.ACCEPTANCE, 7.0, "acceptance 7.0: not a rate in [0, 1]"),
+        (Signal.ACCEPTANCE, -1.0, "acceptance -1.0: not a rate in [0, 1]"),
+        (Signal.MEAN_ACCEPTED_LENGTH, 0.5, "meanAcceptedLength 0.5: not a mean accepted length"),
+        (Signal.MEAN_ACCEPTED_LENGTH, 40.0, "meanAcceptedLength 40.0: not a mean accepted length"),
+        (Signal.TPOT_P99, -0.02, "tpotP99 -0.02: not a latency in [0, 3600] s"),
+        (Signal.TTFT_P50, 1e308, "ttftP50 1e+308: not a latency in [0, 3600] s"),
+        (Signal.TPOT_P50, -math.inf, "tpotP50 -inf: not a finite number"),
+        (Signal.KV_CACHE_USAGE, 1.2, "kvCacheUsage 1.2: not a KV cache usage in [0, 1]"),
+        (Signal.REQUESTS_WAITING, -3.0, "requestsWaiting -3.0: not a count >= 0"),
+        (Signal.REQUESTS_PER_SECOND, math.inf, "requestsPerSecond inf: not a finite number"),
+        (Signal.GENERATION_TOKENS_PER_SECOND, -1.0, "generationTokensPerSecond -1.0: not a rate"),
+        (Signal.REPLICAS, 0.5, "replicas 0.5: not a count of serving pods >= 1"),
+    ],
+)
+def test_impossible_values_are_named_with_the_value_and_why(
+    signal: Signal, value: float, why: str
+) -> None:
+    (problem,) = implausible({signal: value, Signal.TPOT_P95: 0.03})
+    assert problem.startswith(f"Prometheus answered {why}")
+
+
+def test_possible_values_are_believed_at_their_bounds() -> None:
+    bounds = {
+        Signal.ACCEPTANCE: 0.0,
+        Signal.KV_CACHE_USAGE: 1.0,
+        Signal.MEAN_ACCEPTED_LENGTH: 1.0,
+        Signal.TTFT_P99: 3600.0,
+        Signal.TPOT_P50: 0.0,
+        Signal.REQUESTS_WAITING: 0.0,
+        Signal.GENERATION_TOKENS_PER_SECOND: 1e9,
+        Signal.REPLICAS: 1.0,
+    }
+    assert implausible(bounds) == []
+    assert implausible({Signal.ACCEPTANCE: 1.0, Signal.MEAN_ACCEPTED_LENGTH: 33.0}) == []
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from kubernetes.dynamic.exceptions import ResourceNotFoundError
 from pydantic import BaseModel
 
 from specpilot.api.models import GROUP, PLURAL, VERSION, SecretKeyRef
+from specpilot.finite import non_finite_paths
 from specpilot.rendering.manifests import FIELD_MANAGER, Manifest
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,11 @@ class SecretKey(BaseModel):
 
 class ApplyError(Exception):
     """An object could not be applied; the message names the object and the API's answer."""
+
+
+class NonFiniteStatusError(ValueError):
+    """A status carrying NaN or Infinity, refused before it is sent: the API server accepts only
+    JSON numbers, so it would refuse this write and every later one."""
 
 
 def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
@@ -177,8 +183,15 @@ class KubeWriter:
 
     def patch_status(self, body: Mapping[str, Any], status: dict[str, Any]) -> dict[str, Any]:
         """Write status; the resourceVersion precondition turns a stale write into a 409.
-        Returns the resource as stored after the write."""
+        Returns the resource as stored after the write. NonFiniteStatusError, naming the JSON
+        paths, for a status holding NaN or Infinity (nothing is sent)."""
         meta = body["metadata"]
+        non_finite = non_finite_paths(status, "status")
+        if non_finite:
+            raise NonFiniteStatusError(
+                f"not writing the status of {meta['namespace']}/{meta['name']}: "
+                f"{', '.join(non_finite)} is not a JSON number (NaN or Infinity)"
+            )
         patch = {
             "metadata": {"resourceVersion": meta["resourceVersion"]},
             "status": _with_removals(body.get("status") or {}, status),

@@ -23,6 +23,13 @@ STATUS_CONFLICTS = Counter(
     "on a fresh read.",
     ["writer"],
 )
+STATUS_WRITE_ERRORS = Counter(
+    "specpilot_status_write_errors_total",
+    "Status writes that failed for any reason but a conflict (refused by the API server, or "
+    "refused before sending for a NaN or Infinity); the resource's status is stale until one "
+    "succeeds.",
+    ["writer"],
+)
 RESOURCES_MANAGED = Gauge(
     "specpilot_resources_managed", "SpeculativeInference resources this operator manages."
 )

@@ -595,6 +595,12 @@ class PolicyState(StatusModel):
     active_warnings: list[str] = Field(
         default_factory=list, description="Warnings standing now; each is posted once."
     )
+    recent_changes: list[datetime.datetime] = Field(
+        default_factory=list,
+        description="When the control loop last changed the pods (disable, enable, quantization "
+        "step): the changes of the last hour count against the operator's ceiling. Holds at "
+        "most that many.",
+    )
 
 
 class SpeculativeInferenceStatus(StatusModel):

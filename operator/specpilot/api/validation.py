@@ -26,6 +26,7 @@ from specpilot.api.models import (
     SpeculativeInferenceSpec,
 )
 from specpilot.findings import Finding, error, warning
+from specpilot.policy import policy_findings
 
 MANAGED_FLAGS = {
     "--model": "spec.target.model",
@@ -304,6 +305,7 @@ def cross_field_findings(spec: SpeculativeInferenceSpec) -> list[Finding]:
     found += _speculation_findings(spec)
     found += _extra_args_findings(spec.vllm.extra_args)
     found += _pod_findings(spec.pod)
+    found += policy_findings(spec.policy)
     return found
 
 
