@@ -11,14 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes.client.exceptions import ApiException
+from prometheus_client import REGISTRY
 
 from specpilot.adapters import control_loop
 from specpilot.adapters.control_loop import ControlLoop, DefaultCredentials
-from specpilot.adapters.kube import SecretError, SecretKey
+from specpilot.adapters.kube import NonFiniteStatusError, SecretError, SecretKey
 from specpilot.adapters.prometheus import Endpoint, MetricsError, PrometheusClient
 from specpilot.api.admin import PROMETHEUS_URL_ANNOTATION, AdminPolicy
 from specpilot.api.models import SecretKeyRef, SpeculativeInferenceSpec
 from specpilot.signals import Readings
+from tests.conftest import manifest
 
 DEFAULT = "http://prometheus.monitoring:9090"
 TENANT = "http://tenant-prometheus.team-a:9090"
@@ -244,3 +247,51 @@ def test_without_an_operator_wide_url_the_token_file_goes_nowhere(tmp_path: Path
     assert isinstance(tenant, Endpoint)
     assert tenant.bearer_token is None
     assert "no Prometheus URL" in str(endpoint_of(loop, "team-a", "nothing"))
+
+
+class RefusingWriter:
+    """A KubeWriter whose status writes fail as `refusal` says; records the Events posted."""
+
+    def __init__(self, body: dict[str, Any], refusal: Exception) -> None:
+        self.body = body
+        self.refusal = refusal
+        self.events: list[tuple[str, str, str]] = []
+
+    def get_resource(self, namespace: str, name: str) -> dict[str, Any]:
+        return self.body
+
+    def patch_status(self, body: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+        raise self.refusal
+
+    def post_event(self, owner: Any, type_: str, reason: str, message: str) -> None:
+        self.events.append((type_, reason, message))
+
+
+@pytest.mark.parametrize(
+    ("refusal", "words"),
+    [
+        (ApiException(status=422, reason="Unprocessable Entity"), "HTTP 422"),
+        (NonFiniteStatusError("status.lastMetrics.p99TpotMs is not a JSON number"), "p99TpotMs"),
+    ],
+)
+def test_a_failing_status_write_is_posted_and_counted(refusal: Exception, words: str) -> None:
+    body = manifest()
+    body["metadata"] |= {"namespace": "team-a", "uid": "u1", "resourceVersion": "7",
+                         "generation": 1}  # fmt: skip
+    writer = RefusingWriter(body, refusal)
+    loop = ControlLoop(writer, AdminPolicy(), DefaultCredentials(), reconcile=lambda *_: True)  # type: ignore[arg-type]
+    register("team-a", body["metadata"]["name"])
+    failures = (
+        REGISTRY.get_sample_value("specpilot_status_write_errors_total", {"writer": "control"})
+        or 0.0
+    )
+
+    loop.check_one("team-a", body["metadata"]["name"], None, "Prometheus is down", time.time())
+
+    ((kind, reason, message),) = writer.events
+    assert (kind, reason) == ("Warning", "StatusWriteFailed")
+    assert words in message
+    assert (
+        REGISTRY.get_sample_value("specpilot_status_write_errors_total", {"writer": "control"})
+        == failures + 1
+    )

@@ -27,7 +27,12 @@ from pydantic import BaseModel, ConfigDict
 
 from specpilot import control
 from specpilot.adapters import telemetry
-from specpilot.adapters.kube import KubeWriter, SecretError
+from specpilot.adapters.kube import (
+    KubeWriter,
+    NonFiniteStatusError,
+    SecretError,
+    describe_api_error,
+)
 from specpilot.adapters.prometheus import Endpoint, MetricsError, PrometheusClient
 from specpilot.api.admin import PROMETHEUS_URL_ANNOTATION, AdminPolicy, bound_to
 from specpilot.api.models import (
@@ -357,7 +362,11 @@ class ControlLoop:
                 if exc.status == 409:
                     telemetry.STATUS_CONFLICTS.labels(writer="control").inc()
                     continue  # changed meanwhile: read it again and redo the check
-                raise
+                self._status_write_failed(body, describe_api_error(exc, "write status"))
+                return
+            except NonFiniteStatusError as exc:
+                self._status_write_failed(body, str(exc))
+                return
             telemetry.CONTROL_DECISIONS.labels(action=result.action.value).inc()
             for event in result.events:
                 self.writer.post_event(body, event.type, event.reason, event.message)
@@ -365,6 +374,14 @@ class ControlLoop:
                 self.reconcile(namespace, name, self.writer, "control")
             return
         logger.info("%s/%s kept changing; checking it next interval", namespace, name)
+
+    def _status_write_failed(self, body: dict[str, Any], message: str) -> None:
+        """Nothing in status can say it (the write is what failed): an Event and a metric do,
+        so the user learns why the status stands still."""
+        meta = body["metadata"]
+        logger.error("%s/%s: %s", meta["namespace"], meta["name"], message)
+        telemetry.STATUS_WRITE_ERRORS.labels(writer="control").inc()
+        self.writer.post_event(body, "Warning", "StatusWriteFailed", message)
 
 
 def _circuit_open(endpoint: Endpoint, health: EndpointHealth) -> str:

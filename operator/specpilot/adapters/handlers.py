@@ -19,7 +19,13 @@ from kubernetes.client.exceptions import ApiException
 
 from specpilot import reconcile
 from specpilot.adapters import control_loop, telemetry
-from specpilot.adapters.kube import ApplyError, KubeWriter, status_changed
+from specpilot.adapters.kube import (
+    ApplyError,
+    KubeWriter,
+    NonFiniteStatusError,
+    describe_api_error,
+    status_changed,
+)
 from specpilot.api.admin import AdminPolicy
 from specpilot.api.models import GROUP, PLURAL, VERSION
 from specpilot.findings import Severity
@@ -91,7 +97,14 @@ def run_reconcile(
                 )
         status, events = reconcile.observe(raw, wanted, observed, _now())
         if status_changed(raw.get("status"), status):
-            control_loop.observe(writer.patch_status(raw, status))
+            try:
+                control_loop.observe(writer.patch_status(raw, status))
+            except ApiException as exc:
+                if exc.status == 409:
+                    raise  # reconcile_latest reads the resource again and redoes it
+                _status_write_failed(raw, describe_api_error(exc, "write status"))
+            except NonFiniteStatusError as exc:
+                _status_write_failed(raw, str(exc))
         for event in applied_events + events:
             kopf.event(
                 kopf.Body(cast(kopf.RawBody, raw)),
@@ -102,6 +115,18 @@ def run_reconcile(
     ok = not observed.apply_errors
     telemetry.RECONCILES.labels(trigger=trigger, result="ok" if ok else "error").inc()
     return ok
+
+
+def _status_write_failed(raw: dict[str, Any], message: str) -> None:
+    """Say it where the user looks (the write that failed was the status), then retry later."""
+    telemetry.STATUS_WRITE_ERRORS.labels(writer="reconcile").inc()
+    kopf.event(
+        kopf.Body(cast(kopf.RawBody, raw)),
+        type="Warning",
+        reason="StatusWriteFailed",
+        message=message[:1024],
+    )
+    raise kopf.TemporaryError(message, delay=30)
 
 
 def _restored(changed_by: str | None) -> str:
