@@ -36,10 +36,21 @@ GOOD = {"acceptance": 0.8, "tpotP50": 0.02, "tpotP99": 0.03, "ttftP50": 0.1, "re
         "requestsPerSecond": 2.0}  # fmt: skip
 
 
+ABSURD = {
+    "acceptance-7": {"acceptance": "7"},
+    "acceptance-negative": {"acceptance": "-1"},
+    "latency-negative": {"tpotP99": "-0.5"},
+    "latency-huge": {"tpotP99": "1e308"},
+    "latency-infinite": {"tpotP50": "+Inf"},
+}
+"""Readings no vLLM can produce, as Prometheus writes them: each must hold the check, never feed
+a decision or a baseline."""
+
+
 class FaultyPrometheus:
     """/api/v1/query (HTTPS with `tls`) answering per `mode`: good, error (500), refused (400),
     slow (beyond the client's 10 s timeout), garbage (not JSON), nan (every value NaN), empty
-    (no series)."""
+    (no series), or an impossible value for one signal (`ABSURD`)."""
 
     def __init__(self, namespace: str, tls: trustme.LeafCert | None = None) -> None:
         self.mode = "good"
@@ -91,7 +102,9 @@ class FaultyPrometheus:
             {"metric": {**labels, SIGNAL_LABEL: s}, "value": [time.time(), value]}
             for s in signals
             if s in GOOD
-            for value in ["NaN" if self.mode == "nan" else str(GOOD[s])]
+            for value in [
+                "NaN" if self.mode == "nan" else str(ABSURD.get(self.mode, {}).get(s, GOOD[s]))
+            ]
         ]
         if self.mode == "empty":
             result = []
@@ -171,6 +184,12 @@ def test_every_prometheus_fault_holds_and_recovers(
             ("nan", "MetricsUnavailable", "no series"),
             ("empty", "MetricsUnavailable", "no series"),
             ("good", "MetricsRead", "reading metrics"),
+            ("acceptance-7", "ImplausibleMetrics", "acceptance 7.0"),
+            ("acceptance-negative", "ImplausibleMetrics", "acceptance -1.0"),
+            ("latency-negative", "ImplausibleMetrics", "tpotP99 -0.5"),
+            ("latency-huge", "ImplausibleMetrics", "tpotP99 1e+308"),
+            ("latency-infinite", "ImplausibleMetrics", "tpotP50 inf"),
+            ("good", "MetricsRead", "reading metrics"),
         ]:
             prometheus.mode = mode
             condition = wait_for(
@@ -188,6 +207,10 @@ def test_every_prometheus_fault_holds_and_recovers(
         assert operator.process.poll() is None
     assert body["status"].get("decisions", []) == []  # no fault ever became a decision
     assert body["status"]["control"]["speculationOn"] is True
+    stored = body["status"]["control"]
+    assert stored["lastAcceptance"] == GOOD["acceptance"]  # no absurd reading was kept
+    assert stored.get("rolloutAcceptance") in (None, GOOD["acceptance"])
+    assert "baselineP99Tpot" not in stored
     deployment = apps.read_namespaced_deployment(NAME, namespace)
     assert deployment.metadata.generation == generation
     assert any(
