@@ -296,3 +296,14 @@ def test_unset_replicas_count_as_the_deployments_default_of_one() -> None:
     assert errors({}, capped, replicas=None) == []
     finding = only({}, AdminPolicy(pod=PodPolicy(max_gpus_per_resource=1)), replicas=None)
     assert "1 replicas x 2 GPUs is 2 GPUs" in finding.message
+
+
+def test_names_that_are_not_strings_are_named_by_the_schema_check_without_a_crash() -> None:
+    pod = {
+        "volumes": [{"name": ["a"], "emptyDir": {}}],
+        "volumeMounts": [{"name": {}, "mountPath": "/m"}],
+    }
+    assert {(f.code, f.path) for f in errors(pod)} == {
+        ("InvalidField", "spec.pod.volumes[0].name"),
+        ("InvalidField", "spec.pod.volumeMounts[0].name"),
+    }

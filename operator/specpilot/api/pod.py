@@ -10,7 +10,6 @@ specpilot's, restricted-profile), so such keys are refused as unknown fields.
 from __future__ import annotations
 
 import posixpath
-from typing import Any
 
 from specpilot.api.admin import PodPolicy
 from specpilot.api.kubeschema import ROOTS, check
@@ -55,30 +54,13 @@ def schema_findings(pod: PodOverrides) -> list[Finding]:
 
 def volume_findings(pod: PodOverrides, policy: PodPolicy) -> list[Finding]:
     found: list[Finding] = []
-    seen: set[Any] = set()
+    seen: set[str] = set()
     for i, volume in enumerate(pod.volumes):
         path = f"spec.pod.volumes[{i}]"
         name = volume.get("name")
-        if name in MANAGED_MOUNTS:
-            found.append(
-                error(
-                    "ReservedVolumeName",
-                    f"{path}.name",
-                    f"the volume name {name!r} is specpilot's own "
-                    f"({', '.join(MANAGED_MOUNTS)}); two volumes cannot share a name.",
-                    "give the volume (and its volumeMounts entry) another name.",
-                )
-            )
-        elif name in seen:
-            found.append(
-                error(
-                    "DuplicateVolumeName",
-                    f"{path}.name",
-                    f"another volume is already named {name!r}; the API server refuses the pod.",
-                    "give each volume its own name.",
-                )
-            )
-        seen.add(name)
+        if isinstance(name, str):  # otherwise the schema check names it
+            found += _volume_name_findings(name, f"{path}.name", seen)
+            seen.add(name)
         kinds = sorted(set(volume) - {"name"} - RESTRICTED_VOLUME_TYPES)
         if kinds == ["hostPath"] and not policy.allow_host_path:
             continue  # refused by the admin's policy (policy_findings); a warning adds nothing
@@ -95,11 +77,34 @@ def volume_findings(pod: PodOverrides, policy: PodPolicy) -> list[Finding]:
     return found
 
 
+def _volume_name_findings(name: str, path: str, seen: set[str]) -> list[Finding]:
+    if name in MANAGED_MOUNTS:
+        return [
+            error(
+                "ReservedVolumeName",
+                path,
+                f"the volume name {name!r} is specpilot's own "
+                f"({', '.join(MANAGED_MOUNTS)}); two volumes cannot share a name.",
+                "give the volume (and its volumeMounts entry) another name.",
+            )
+        ]
+    if name in seen:
+        return [
+            error(
+                "DuplicateVolumeName",
+                path,
+                f"another volume is already named {name!r}; the API server refuses the pod.",
+                "give each volume its own name.",
+            )
+        ]
+    return []
+
+
 def mount_findings(pod: PodOverrides) -> list[Finding]:
     """Mounts the API server or the container runtime refuses: a path used twice, or a volume
     that does not exist. Paths are compared normalized (/dev/shm/ is /dev/shm to the runtime)."""
     found: list[Finding] = []
-    volumes = set(MANAGED_MOUNTS) | {v.get("name") for v in pod.volumes}
+    volumes = {*MANAGED_MOUNTS, *(v["name"] for v in pod.volumes if isinstance(v.get("name"), str))}
     owners = {path: f"specpilot's {name} volume" for name, path in MANAGED_MOUNTS.items()}
     for i, mount in enumerate(pod.volume_mounts):
         path = f"spec.pod.volumeMounts[{i}]"
@@ -118,7 +123,7 @@ def mount_findings(pod: PodOverrides) -> list[Finding]:
                     )
                 )
             owners.setdefault(normalized, f"spec.pod.volumeMounts[{i}]")
-        if mount.get("name") not in volumes:
+        if isinstance(mount.get("name"), str) and mount["name"] not in volumes:
             found.append(
                 error(
                     "MountWithoutVolume",
