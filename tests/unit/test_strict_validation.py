@@ -195,3 +195,14 @@ def test_every_child_object_is_named_after_its_resource_or_with_the_reserved_suf
     children = manifests(result.resource, Version(result.vllm_version or ""))
     assert {o["kind"] for o in children} == {"Deployment", "Service", "PodMonitor"}
     assert {o["metadata"]["name"] for o in children} == {name, name + BASELINE_SUFFIX}
+
+
+def test_the_api_servers_managed_fields_mirroring_a_deep_spec_are_not_what_is_named() -> None:
+    """managedFields repeats the spec's shape (f:spec, f:pod, ...), so a deep spec makes it as
+    deep; the finding names the field the user wrote."""
+    doc = with_value("spec.pod.affinity", nested(600))
+    doc["metadata"]["managedFields"] = [{"manager": "kubectl", "fieldsV1": nested(600)}]
+    result = review(doc)
+    (finding,) = [f for f in result.findings if f.code == "NestingTooDeep"]
+    assert finding.path.startswith("spec.pod.affinity.")
+    assert "more place" not in finding.message

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+from collections import deque
 from collections.abc import Iterator
 from itertools import pairwise
 from typing import Any
@@ -127,21 +128,26 @@ def bounded_copy(raw: dict[Any, Any]) -> tuple[dict[Any, Any], list[Location]]:
 
     Nothing that recurses (copy, JSON, pydantic) may see the document before this. Keys become
     strings where JSON has no spelling for them, and a whole float such as 2.0 becomes 2, as it
-    comes back from the API server (which accepts 2.0 for an integer field).
+    comes back from the API server (which accepts 2.0 for an integer field). Breadth first, so
+    the first place found too deep is the first in the document. metadata.managedFields is left
+    out: the API server's record of who set which field, it mirrors the spec's shape (a deep
+    spec makes it as deep) and nothing reads it from here.
     """
     root: dict[Any, Any] = {}
     too_deep: list[Location] = []
-    pending: list[tuple[Any, Any, Location, frozenset[int]]] = [
-        (raw, root, (), frozenset({id(raw)}))
-    ]
+    pending: deque[tuple[Any, Any, Location, frozenset[int]]] = deque(
+        [(raw, root, (), frozenset({id(raw)}))]
+    )
     while pending:
-        source, target, loc, ancestors = pending.pop()
+        source, target, loc, ancestors = pending.popleft()
         items = source.items() if isinstance(source, dict) else enumerate(source)
         for key, value in items:
-            here = (
+            here: Location = (
                 *loc,
                 key if isinstance(key, str) or isinstance(source, list) else _json_key(key),
             )
+            if here == ("metadata", "managedFields"):
+                continue
             if isinstance(value, dict | list):
                 if len(here) >= MAX_DEPTH or id(value) in ancestors:
                     too_deep.append(here)
