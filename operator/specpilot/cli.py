@@ -13,6 +13,7 @@ import yaml
 
 from specpilot.api.admin import DEFAULT_MAX_CHANGES_PER_HOUR, AdminPolicy, PodPolicy, url_problem
 from specpilot.api.crd import crd_yaml
+from specpilot.api.documents import safe_load_all
 from specpilot.api.reference import markdown_reference
 from specpilot.findings import Finding, errors
 from specpilot.planning.memory import MemoryPlan, ModelFootprint
@@ -30,7 +31,7 @@ def main() -> None:
 
 def _documents(stream: TextIO) -> Iterator[Any]:
     try:
-        docs = [d for d in yaml.safe_load_all(stream) if d is not None]
+        docs = [d for d in safe_load_all(stream) if d is not None]
     except yaml.YAMLError as exc:
         _fail(f"{stream.name}: not valid YAML: {exc}")
     if not docs:
@@ -336,7 +337,8 @@ def _prometheus_urls(
 @click.option(
     "--pod-refuse-secret-env",
     is_flag=True,
-    help="Refuse env entries of spec.pod that read a Secret (valueFrom.secretKeyRef).",
+    help="Refuse Secrets in the GPU pods: spec.pod env valueFrom.secretKeyRef, secret volumes "
+    "and projected secret sources.",
 )
 @click.option(
     "--max-gpus-per-resource",

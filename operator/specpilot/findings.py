@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -56,6 +57,12 @@ def warning(code: str, path: str, message: str, fix: str = "") -> Finding:
 
 def info(code: str, path: str, message: str) -> Finding:
     return Finding(severity=Severity.INFO, code=code, path=path, message=message)
+
+
+def shown(value: Any) -> str:
+    """A value as a message quotes it: its repr, cut to 60 characters."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def errors(findings: Iterable[Finding]) -> list[Finding]:

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from specpilot.api.admin import AdminPolicy
 from specpilot.api.models import SpeculativeInference
+from specpilot.api.pod import pod_findings
 from specpilot.api.validation import parse
 from specpilot.findings import Finding, InvalidResourceError, Severity, errors, related
 from specpilot.planning.memory import MemoryPlan, plan
@@ -53,6 +54,7 @@ def review(raw: Any, admin: AdminPolicy | None = None) -> Review:
         return [f for f in new if not f.involves(parsed.dropped)]
 
     spec = resource.spec
+    findings += keep(pod_findings(spec, admin.pod))
     version, version_findings = resolve_version(spec)
     findings += keep(version_findings)
     memory_plan = None

@@ -13,9 +13,21 @@ from tests.conftest import REPO
 
 CORPUS = Path(__file__).with_name("bad-inputs.yaml")
 BASE = REPO / "manifests" / "examples" / "llama-70b-int8-draft.yaml"
-PLACEHOLDERS = {
+DEEP_LEVELS = 500
+"""Deeper than Python's stack lets PyYAML, copy.deepcopy or the kubernetes client recurse."""
+
+
+def _deep_mapping(levels: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(levels - 1):
+        value = {"nodeAffinity": value}
+    return value
+
+
+PLACEHOLDERS: dict[str, Any] = {
     "LONG_MODEL_NAME": "org/" + "m" * 400,
     "LONG_IMAGE": "registry.example.com/" + "i" * 600 + ":v0.33.0",
+    "DEEP_AFFINITY": _deep_mapping(DEEP_LEVELS),
 }
 
 
@@ -27,15 +39,18 @@ class Case:
 
 
 def merge(base: Any, patch: Any) -> Any:
-    """A JSON merge patch (RFC 7386): null removes, mappings merge, anything else replaces."""
-    if not isinstance(patch, dict) or not isinstance(base, dict):
-        return PLACEHOLDERS.get(patch, patch) if isinstance(patch, str) else copy.deepcopy(patch)
-    merged = dict(base)
+    """A JSON merge patch (RFC 7386): null removes, mappings merge (into an empty one where the
+    base has none), anything else replaces; a placeholder string stands for its value."""
+    if isinstance(patch, str):
+        return PLACEHOLDERS.get(patch, patch)
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    merged = dict(base) if isinstance(base, dict) else {}
     for key, value in patch.items():
         if value is None:
             merged.pop(key, None)
         else:
-            merged[key] = merge(base.get(key), value)
+            merged[key] = merge(merged.get(key), value)
     return merged
 
 

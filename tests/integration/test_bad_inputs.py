@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -15,7 +18,7 @@ from kubernetes.client.exceptions import ApiException
 from specpilot.api.models import GROUP, PLURAL, VERSION
 from specpilot.local.controlplane import ControlPlane
 from specpilot.local.operator_process import OperatorProcess, free_port, wait_for
-from tests.corpus.cases import Case, cases
+from tests.corpus.cases import DEEP_LEVELS, Case, cases
 from tests.integration.conftest import example
 
 pytestmark = pytest.mark.integration
@@ -43,6 +46,18 @@ def names(message: str, field: str) -> bool:
         or plain in message
         or (f'"{leaf}"' in message and parent.rsplit(".", 1)[-1] in message)
     )
+
+
+@contextmanager
+def stack_for_deep_documents() -> Iterator[None]:
+    """The kubernetes client serializes a body recursively, two frames per level: the deep case
+    (cases.DEEP_LEVELS) needs more than Python's default stack to be sent at all."""
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(limit + 4 * DEEP_LEVELS)
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(limit)
 
 
 def served(api: k8s.ApiClient, namespace: str, name: str) -> Any:
@@ -97,9 +112,10 @@ def test_without_the_webhook_bad_inputs_are_marked_invalid_and_nothing_is_applie
     stored, refused = [], {}
     for case in CASES:
         try:
-            custom.create_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, placed(case, namespace)
-            )
+            with stack_for_deep_documents():
+                custom.create_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, placed(case, namespace)
+                )
             stored.append(case)
         except ApiException as exc:  # the CRD's schema refuses it before any operator sees it
             refused[case.name] = (exc.status, str(exc.body))

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from specpilot.api.validation import RENDERED_VOLUMES
+from specpilot.api.admin import AdminPolicy, PodPolicy
+from specpilot.api.pod import MANAGED_MOUNTS
 from specpilot.review import render, review
 from tests.conftest import manifest
 from tests.pod_security import restricted_violations
@@ -60,19 +61,32 @@ def test_root_is_refused() -> None:
     assert any(f.path == "spec.pod.runAsUser" for f in result.findings)
 
 
-def test_a_volume_the_profile_forbids_is_a_warning_naming_it() -> None:
-    result = review(manifest(pod={"volumes": [{"name": "models", "hostPath": {"path": "/m"}}]}))
-    assert result.valid
+@pytest.mark.parametrize(
+    ("source", "admin"),
+    [
+        ({"nfs": {"server": "nfs.example", "path": "/m"}}, AdminPolicy()),
+        ({"hostPath": {"path": "/m"}}, AdminPolicy(pod=PodPolicy(allow_host_path=True))),
+    ],
+    ids=["nfs", "hostPath-allowed-by-the-admin"],
+)
+def test_a_volume_the_profile_forbids_is_a_warning_naming_it(
+    source: dict[str, Any], admin: AdminPolicy
+) -> None:
+    doc = manifest(pod={"volumes": [{"name": "models", **source}]})
+    result = review(doc, admin)
+    assert result.valid, result.findings
     (finding,) = [f for f in result.findings if f.code == "VolumeNotRestricted"]
     assert finding.path == "spec.pod.volumes[0]"
-    assert "hostPath" in finding.message
+    assert next(iter(source)) in finding.message
     assert "persistentVolumeClaim" in finding.fix
 
 
 def test_a_volume_named_like_specpilots_own_is_refused() -> None:
     (template,) = pods(manifest())
-    assert {v["name"] for v in template["spec"]["volumes"]} == set(RENDERED_VOLUMES)
-    for name in RENDERED_VOLUMES:
+    assert {v["name"] for v in template["spec"]["volumes"]} == set(MANAGED_MOUNTS)
+    mounts = template["spec"]["containers"][0]["volumeMounts"]
+    assert {m["name"]: m["mountPath"] for m in mounts} == MANAGED_MOUNTS
+    for name in MANAGED_MOUNTS:
         result = review(manifest(pod={"volumes": [{"name": name, "emptyDir": {}}]}))
         assert not result.valid
         assert any(f.code == "ReservedVolumeName" for f in result.findings)

@@ -30,7 +30,8 @@ class PodPolicy(BaseModel):
     allow_service_account: bool = True
     """spec.pod.serviceAccountName runs the pods with another ServiceAccount's token."""
     allow_secret_env: bool = True
-    """env valueFrom.secretKeyRef puts a Secret of the namespace into the pods (HF_TOKEN)."""
+    """Secrets of the namespace in the pods: env valueFrom.secretKeyRef (HF_TOKEN), secret
+    volumes and projected secret sources."""
     max_gpus_per_resource: int | None = Field(default=None, ge=1)
     """Cap on replicas x GPUs per replica; ResourceQuota is the primary guard for totals."""
 

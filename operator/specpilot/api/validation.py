@@ -4,12 +4,18 @@ Structural errors (types, enums, ranges, unknown fields) come from pydantic and 
 findings that name the field and the fix. To still report cross-field problems in the same
 run, the offending fields are dropped and the rest is parsed again; a cross-field finding that
 rests on a dropped field is not reported (it would be about a value the user did not write).
+
+Types are judged as the API server judges them against the CRD's schema (generated from the same
+models): the document is read as JSON, strictly, so "5" or true is no integer and "true" no
+boolean, while enums still take their string values.
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
+import json
+from collections import deque
 from collections.abc import Iterator
 from itertools import pairwise
 from typing import Any
@@ -20,12 +26,11 @@ from pydantic_core import ErrorDetails
 from specpilot.api.models import (
     API_VERSION,
     KIND,
-    PodOverrides,
     SpeculationMethod,
     SpeculativeInference,
     SpeculativeInferenceSpec,
 )
-from specpilot.findings import Finding, error, warning
+from specpilot.findings import Finding, error, shown
 from specpilot.policy import policy_findings
 
 MANAGED_FLAGS = {
@@ -87,19 +92,22 @@ def parse(raw: Any) -> ParseResult:
                 )
             ],
         )
-    structural: list[Finding] = []
-    dropped: list[str] = []
-    data = copy.deepcopy(raw)
+    data, too_deep = bounded_copy(raw)
+    structural = _nesting_findings(too_deep)
+    dropped = [dotted(loc) for loc in too_deep]
     for _ in range(MAX_REPAIR_ROUNDS):
         try:
-            repaired = SpeculativeInference.model_validate(data)
+            repaired = SpeculativeInference.model_validate_json(
+                json.dumps(data, default=str), strict=True
+            )
         except ValidationError as exc:
             new = [_finding_from_error(e) for e in exc.errors()]
             structural += [f for f in new if f.path not in dropped]
             if not _drop_failed_fields(data, exc.errors(), dropped):
                 return ParseResult(resource=None, findings=_unique(structural))
             continue
-        semantic = [f for f in cross_field_findings(repaired.spec) if not f.involves(dropped)]
+        semantic = name_findings(repaired.metadata.name) + cross_field_findings(repaired.spec)
+        semantic = [f for f in semantic if not f.involves(dropped)]
         return ParseResult(
             resource=None if structural else repaired,
             findings=_unique(structural + semantic),
@@ -107,6 +115,101 @@ def parse(raw: Any) -> ParseResult:
             dropped=dropped,
         )
     return ParseResult(resource=None, findings=_unique(structural))
+
+
+MAX_DEPTH = 32
+"""Mappings and lists may nest this deep. A SpeculativeInference needs about 12 levels (in
+spec.pod.affinity); Python's stack, the YAML parser and pydantic give out in the hundreds."""
+Location = tuple[int | str, ...]
+
+
+def bounded_copy(raw: dict[Any, Any]) -> tuple[dict[Any, Any], list[Location]]:
+    """The document as the API server would hold it, copied iteratively down to MAX_DEPTH levels,
+    and where it went deeper or contained itself (a YAML alias): there the copy holds null.
+
+    Nothing that recurses (copy, JSON, pydantic) may see the document before this. Keys become
+    strings where JSON has no spelling for them, and a whole float such as 2.0 becomes 2, as it
+    comes back from the API server (which accepts 2.0 for an integer field). Breadth first, so
+    the first place found too deep is the first in the document. metadata.managedFields is left
+    out: the API server's record of who set which field, it mirrors the spec's shape (a deep
+    spec makes it as deep) and nothing reads it from here.
+    """
+    root: dict[Any, Any] = {}
+    too_deep: list[Location] = []
+    pending: deque[tuple[Any, Any, Location, frozenset[int]]] = deque(
+        [(raw, root, (), frozenset({id(raw)}))]
+    )
+    while pending:
+        source, target, loc, ancestors = pending.popleft()
+        items = source.items() if isinstance(source, dict) else enumerate(source)
+        for key, value in items:
+            here: Location = (
+                *loc,
+                key if isinstance(key, str) or isinstance(source, list) else _json_key(key),
+            )
+            if here == ("metadata", "managedFields"):
+                continue
+            if isinstance(value, dict | list):
+                if len(here) >= MAX_DEPTH or id(value) in ancestors:
+                    too_deep.append(here)
+                    copied: Any = None
+                else:
+                    copied = {} if isinstance(value, dict) else []
+                    pending.append((value, copied, here, ancestors | {id(value)}))
+            else:
+                copied = _as_stored(value)
+            if isinstance(target, dict):
+                target[here[-1]] = copied
+            else:
+                target.append(copied)
+    return root, too_deep
+
+
+def _json_key(key: Any) -> str:
+    """How JSON (and so kubectl) spells a mapping key that is not a string: 1, true, null."""
+    return json.dumps(key, default=str).strip('"')
+
+
+def _as_stored(value: Any) -> Any:
+    whole = isinstance(value, float) and value.is_integer() and -(2**63) <= value < 2**63
+    return int(value) if whole else value
+
+
+def _nesting_findings(too_deep: list[Location]) -> list[Finding]:
+    if not too_deep:
+        return []
+    others = len(too_deep) - 1
+    more = f" (and in {others} more place{'s' if others > 1 else ''})" if others else ""
+    return [
+        error(
+            "NestingTooDeep",
+            dotted(too_deep[0]),
+            f"mappings and lists nest more than {MAX_DEPTH} levels deep here, or contain "
+            f"themselves through a YAML alias{more}.",
+            "flatten it: no field of a SpeculativeInference nests this deep.",
+        )
+    ]
+
+
+BASELINE_SUFFIX = "-baseline"
+"""The control replicas' Deployment is the resource's name plus this; the resource's other
+objects (server Deployment, Service, PodMonitor) carry its name alone."""
+
+
+def name_findings(name: str) -> list[Finding]:
+    """A name ending in BASELINE_SUFFIX is the name of another resource's control Deployment:
+    both resources would own, and fight over, one object."""
+    if not name.endswith(BASELINE_SUFFIX):
+        return []
+    return [
+        error(
+            "ReservedNameSuffix",
+            "metadata.name",
+            f"a name ending in {BASELINE_SUFFIX} is the name of the control-replica Deployment "
+            f"of the resource {name.removesuffix(BASELINE_SUFFIX)!r}; the two would collide.",
+            f"choose a name that does not end in {BASELINE_SUFFIX}.",
+        )
+    ]
 
 
 def _unique(findings: list[Finding]) -> list[Finding]:
@@ -212,7 +315,7 @@ def _finding_from_error(err: ErrorDetails) -> Finding:
     else:
         fix = _FIXES.get(kind, "correct the value.")
     if kind != "missing":
-        message = f"{message} (got {_shown(err.get('input'))})."
+        message = f"{message} (got {shown(err.get('input'))})."
     return error("InvalidField", path, message, fix)
 
 
@@ -227,11 +330,6 @@ def _pattern_fix(loc: tuple[int | str, ...]) -> str:
         "fragment (credentials go in bearerTokenSecret).",
     }
     return hints.get(last, "use a value of the documented form (see kubectl explain).")
-
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _unknown_field_fix(loc: tuple[int | str, ...]) -> str:
@@ -304,45 +402,7 @@ def cross_field_findings(spec: SpeculativeInferenceSpec) -> list[Finding]:
         )
     found += _speculation_findings(spec)
     found += _extra_args_findings(spec.vllm.extra_args)
-    found += _pod_findings(spec.pod)
     found += policy_findings(spec.policy)
-    return found
-
-
-RENDERED_VOLUMES = ("dshm", "home")
-"""Volumes every vLLM pod gets: shared memory and a writable HOME."""
-RESTRICTED_VOLUME_TYPES = frozenset(
-    {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
-     "projected", "secret"}
-)  # fmt: skip
-"""The volume types the restricted Pod Security profile allows."""
-
-
-def _pod_findings(pod: PodOverrides) -> list[Finding]:
-    found: list[Finding] = []
-    for i, volume in enumerate(pod.volumes):
-        path = f"spec.pod.volumes[{i}]"
-        if volume.get("name") in RENDERED_VOLUMES:
-            found.append(
-                error(
-                    "ReservedVolumeName",
-                    f"{path}.name",
-                    f"the volume name {volume['name']!r} is specpilot's own "
-                    f"({', '.join(RENDERED_VOLUMES)}); two volumes cannot share a name.",
-                    "give the volume (and its volumeMounts entry) another name.",
-                )
-            )
-        kinds = sorted(set(volume) - {"name"} - RESTRICTED_VOLUME_TYPES)
-        if kinds:
-            found.append(
-                warning(
-                    "VolumeNotRestricted",
-                    path,
-                    f"a {kinds[0]} volume is not allowed by the restricted Pod Security "
-                    "profile: in a namespace that enforces it, the pods are never created.",
-                    "use a persistentVolumeClaim, csi or emptyDir volume instead.",
-                )
-            )
     return found
 
 

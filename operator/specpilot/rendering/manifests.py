@@ -16,6 +16,8 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from packaging.version import Version
 
 from specpilot.api.models import SpeculativeInference, SpeculativeInferenceSpec
+from specpilot.api.pod import HOME, SHM_MOUNT
+from specpilot.api.validation import BASELINE_SUFFIX
 from specpilot.rendering.args import COMMAND, is_speculating, server_args
 
 Manifest = dict[str, Any]
@@ -33,9 +35,6 @@ ANNOTATION_VLLM_VERSION = "specpilot.io/vllm-version"
 ANNOTATION_GPU_TYPE = "specpilot.io/gpu-type"
 ANNOTATION_TARGET_QUANTIZATION = "specpilot.io/target-quantization"
 FIELD_MANAGER = "specpilot"
-SHM_MOUNT = "/dev/shm"
-HOME = "/home/vllm"
-"""A writable HOME for a non-root vLLM: its compile caches and Hugging Face's default cache."""
 
 
 _SURROGATE_PAIR = re.compile(r"(?<!\\)((?:\\\\)*)\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})")
@@ -91,7 +90,7 @@ def without_speculation(spec: SpeculativeInferenceSpec) -> SpeculativeInferenceS
 
 
 def deployment_name(resource_name: str, role: Role) -> str:
-    return resource_name if role == "server" else f"{resource_name}-baseline"
+    return resource_name if role == "server" else resource_name + BASELINE_SUFFIX
 
 
 def common_labels(resource_name: str) -> dict[str, str]:
