@@ -1,19 +1,20 @@
-"""Documents drawn from the CRD's own schema, mostly valid in shape and now and then wrong in any
-way JSON allows, never crash `review` or the admission webhook: each gets a verdict.
+"""Documents drawn from the CRD's own schema by hypothesis-jsonschema, valid in shape and, one in
+two, with one field replaced by any JSON value, never crash `review` or the admission webhook:
+each gets a verdict.
 
-hypothesis-jsonschema would draw them, but its newest release (0.23.1) calls a Hypothesis internal
-that the installed Hypothesis no longer has; the strategy here covers the structural subset the
-CRD uses (type, properties, required, items, additionalProperties, enum, bounds,
-x-kubernetes-preserve-unknown-fields).
+hypothesis-jsonschema 0.23.1 (its newest) needs Hypothesis 6.170.0 or older (6.170.17 dropped an
+internal it calls), so pyproject pins both.
 """
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import kopf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis_jsonschema import from_schema
 
 from specpilot.adapters.handlers import validate
 from specpilot.adapters.runner import RunOptions
@@ -32,50 +33,17 @@ JSON = st.recursive(
 """Any JSON value: what a wrong field may hold."""
 
 
-def from_schema(schema: Schema) -> st.SearchStrategy[Any]:
-    """Values the schema describes, or (one time in ten) any JSON value instead."""
-    if "x-kubernetes-preserve-unknown-fields" in schema:
-        return JSON
-    shaped = _shaped(schema)
-    return st.integers(0, 9).flatmap(lambda roll: JSON if roll == 0 else shaped)
-
-
-def _shaped(schema: Schema) -> st.SearchStrategy[Any]:
-    if "enum" in schema:
-        return st.sampled_from(schema["enum"])
-    kind = schema.get("type")
-    if kind == "object":
-        if "properties" in schema:
-            required = set(schema.get("required", ()))
-            properties = schema["properties"]
-            return st.fixed_dictionaries(
-                {k: from_schema(v) for k, v in properties.items() if k in required},
-                optional={k: from_schema(v) for k, v in properties.items() if k not in required},
-            )
-        if "additionalProperties" in schema:
-            return st.dictionaries(
-                st.text(max_size=8), from_schema(schema["additionalProperties"]), max_size=3
-            )
-        return st.dictionaries(st.text(max_size=8), JSON, max_size=3)
-    if kind == "array":
-        return st.lists(
-            from_schema(schema["items"]),
-            min_size=schema.get("minItems", 0),
-            max_size=min(schema.get("maxItems", 3), 3),
-        )
-    if kind == "integer":
-        return st.integers(schema.get("minimum"), schema.get("maximum"))
-    if kind == "number":
-        return st.floats(schema.get("minimum"), schema.get("maximum"), allow_nan=False)
-    if kind == "boolean":
-        return st.booleans()
-    if kind == "string":
-        if "pattern" in schema:
-            return st.from_regex(schema["pattern"], fullmatch=True).filter(
-                lambda s: len(s) <= schema.get("maxLength", 64)
-            )
-        return st.text(min_size=schema.get("minLength", 0), max_size=schema.get("maxLength", 16))
-    return JSON
+def _without_kubernetes_keywords(schema: Any) -> Any:
+    """The schema as plain JSON Schema (the x-kubernetes-* keywords mean nothing to it)."""
+    if isinstance(schema, dict):
+        return {
+            k: _without_kubernetes_keywords(v)
+            for k, v in schema.items()
+            if not k.startswith("x-kubernetes-")
+        }
+    if isinstance(schema, list):
+        return [_without_kubernetes_keywords(v) for v in schema]
+    return schema
 
 
 def _root() -> Schema:
@@ -84,6 +52,26 @@ def _root() -> Schema:
     return schema
 
 
+def _one_field_wrong(spec: dict[str, Any], rng: random.Random, value: Any) -> dict[str, Any]:
+    """`spec` with one field, at any depth, replaced by `value`."""
+    fields: list[tuple[dict[str, Any], str]] = []
+    todo: list[Any] = [spec]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, dict):
+            fields += [(node, key) for key in node]
+            todo += node.values()
+        elif isinstance(node, list):
+            todo += node
+    if fields:
+        parent, key = rng.choice(fields)
+        parent[key] = value
+    return spec
+
+
+SPEC = from_schema(_without_kubernetes_keywords(_root()["properties"]["spec"]))
+SPECS = SPEC | st.builds(_one_field_wrong, SPEC, st.randoms(use_true_random=False), JSON)
+
 DOCUMENTS = st.builds(
     lambda spec, name: {
         "apiVersion": "specpilot.io/v1alpha1",
@@ -91,7 +79,7 @@ DOCUMENTS = st.builds(
         "metadata": {"name": name, "namespace": "default"},
         "spec": spec,
     },
-    from_schema(_root()["properties"]["spec"]),
+    SPECS,
     st.from_regex(r"[a-z]([-a-z0-9]{0,20}[a-z0-9])?", fullmatch=True),
 )
 
