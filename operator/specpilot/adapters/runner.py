@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import logging
 import random
+import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,14 @@ from specpilot.adapters.webhook import (
 from specpilot.api.admin import AdminPolicy
 
 HANDLER_THREADS = 16
+RECURSION_LIMIT = 25_000
+"""The API server stores JSON nested up to 10,000 levels (Go's decoder bound), and kopf deep-copies
+and diffs every body recursively, two frames a level, before any handler of ours can refuse it;
+Python's default of 1,000 would make one such resource stall the operator (RecursionError).
+Pure-Python frames cost no C stack on 3.11, so the limit costs only memory when used."""
+THREAD_STACK_BYTES = 64 * 1024 * 1024
+"""For the C parts of that recursion (JSON encoding) in handler threads; untouched pages cost
+nothing."""
 logger = logging.getLogger(__name__)
 
 
@@ -147,6 +157,8 @@ def _webhook_server(options: RunOptions) -> kopf.WebhookServer:
 
 
 def run(options: RunOptions) -> None:
+    sys.setrecursionlimit(RECURSION_LIMIT)
+    threading.stack_size(THREAD_STACK_BYTES)
     # With peering, the replica with the highest priority works and the others pause; a random
     # priority per process makes that one replica (kopf has no lease-based election).
     priority = options.priority if options.priority is not None else random.randint(1, 10**6)
