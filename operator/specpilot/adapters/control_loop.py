@@ -304,7 +304,7 @@ class ControlLoop:
             return (
                 f"spec.monitoring.prometheusUrl {url} is not a Prometheus endpoint the "
                 "operator's admin allows; ask them to allow it (specpilot run "
-                "--allowed-prometheus-url, chart prometheus.allowedUrls), or remove the field "
+                "--allowed-prometheus-url, chart allowedPrometheusUrls), or remove the field "
                 "to use the operator-wide Prometheus"
             )
         default = self.admin.is_default_prometheus(url)

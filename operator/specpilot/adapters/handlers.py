@@ -26,7 +26,7 @@ from specpilot.adapters.kube import (
     describe_api_error,
     status_changed,
 )
-from specpilot.api.admin import AdminPolicy
+from specpilot.api.admin import AdminPolicy, monitoring_findings
 from specpilot.api.models import GROUP, PLURAL, VERSION
 from specpilot.findings import Severity
 from specpilot.rendering.manifests import LABEL_MANAGED_BY, LABEL_RESOURCE
@@ -197,9 +197,13 @@ def forget_resource(body: kopf.Body, **_: Any) -> None:
 def validate(body: kopf.Body, warnings: list[str], memo: kopf.Memo, **_: Any) -> None:
     """Admission: the same verdict and messages as `specpilot validate`.
 
-    Registered by `specpilot run --webhook-port` only: kopf requires a server for it.
+    Registered by `specpilot run --webhook-port` only: kopf requires a server for it. It also
+    warns of a Prometheus URL this operator will not read, which only the operator knows.
     """
-    result = review(dict(body), memo.options.admin)
+    admin: AdminPolicy = memo.options.admin
+    result = review(dict(body), admin)
+    if result.resource is not None:
+        result.findings += monitoring_findings(result.resource.spec.monitoring, admin)
     for finding in result.findings:
         if finding.severity is Severity.WARNING:
             warnings.append(str(finding))

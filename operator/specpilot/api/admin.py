@@ -11,6 +11,9 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from specpilot.api.models import MonitoringSpec
+from specpilot.findings import Finding, warning
+
 PROMETHEUS_URL_ANNOTATION = "specpilot.io/prometheus-url"
 """On a Secret named by spec.monitoring: the Prometheus URLs (comma-separated) its owner allows
 it to be sent to. Only whoever may update the Secret can set it; a user who can merely name the
@@ -95,3 +98,20 @@ def url_problem(url: str) -> str | None:
     except ValueError:
         return "give a port number"
     return None
+
+
+def monitoring_findings(monitoring: MonitoringSpec, admin: AdminPolicy) -> list[Finding]:
+    """A warning at admission for a URL the control loop will hold on and never contact."""
+    url = monitoring.prometheus_url
+    if url is None or admin.allows_prometheus(url):
+        return []
+    return [
+        warning(
+            "PrometheusUrlNotAllowed",
+            "spec.monitoring.prometheusUrl",
+            f"{url} is not a Prometheus endpoint the operator's admin allows: the control loop "
+            "will hold and never contact it.",
+            "remove the field to use the operator-wide Prometheus, or ask the admin to allow it "
+            "(specpilot run --allowed-prometheus-url, chart allowedPrometheusUrls).",
+        )
+    ]

@@ -1,0 +1,46 @@
+"""The admission webhook's handler with the operator's own rules (no server needed)."""
+
+from __future__ import annotations
+
+import kopf
+import pytest
+
+from specpilot.adapters.handlers import validate
+from specpilot.adapters.runner import RunOptions
+from specpilot.api.admin import AdminPolicy, PodPolicy
+from tests.conftest import manifest
+
+OPERATOR_WIDE = "http://prometheus:9090"  # the URL tests/conftest.py's manifest names
+
+
+def admit(doc: dict[str, object], admin: AdminPolicy) -> list[str]:
+    warnings: list[str] = []
+    validate(
+        body=kopf.Body(doc), warnings=warnings, memo=kopf.Memo(options=RunOptions(admin=admin))
+    )
+    return warnings
+
+
+def test_a_url_the_operator_will_not_read_is_a_warning_at_admission() -> None:
+    doc = manifest(monitoring={"prometheusUrl": "http://tenant-prometheus:9090"})
+    (warning,) = [w for w in admit(doc, AdminPolicy(prometheus_url=OPERATOR_WIDE)) if "admin" in w]
+    assert warning.startswith("spec.monitoring.prometheusUrl: http://tenant-prometheus:9090 is not")
+    assert "--allowed-prometheus-url" in warning
+    allowed = AdminPolicy(
+        prometheus_url=OPERATOR_WIDE, allowed_prometheus_urls=("http://tenant-prometheus:9090",)
+    )
+    assert not [w for w in admit(doc, allowed) if "admin" in w]
+    assert not [
+        w for w in admit(manifest(), AdminPolicy(prometheus_url=OPERATOR_WIDE)) if "admin" in w
+    ]
+
+
+def test_the_admins_pod_policy_refuses_at_admission() -> None:
+    doc = manifest(pod={"serviceAccountName": "other"})
+    default = admit(doc, AdminPolicy(prometheus_url=OPERATOR_WIDE))  # admitted: allowed by default
+    assert not [w for w in default if "serviceAccountName" in w]
+    strict = AdminPolicy(prometheus_url=OPERATOR_WIDE, pod=PodPolicy(allow_service_account=False))
+    with pytest.raises(kopf.AdmissionError) as refused:
+        admit(doc, strict)
+    assert "spec.pod.serviceAccountName" in str(refused.value)
+    assert "--pod-refuse-service-account" in str(refused.value)
