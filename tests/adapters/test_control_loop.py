@@ -123,11 +123,16 @@ def test_a_hanging_endpoint_does_not_delay_another_namespaces_checks() -> None:
         register("team-a", f"silent-{i}", prometheusUrl=TENANT)
     register("team-b", "steady")
 
-    asyncio.run(ticks(loop, 10))
+    async def run() -> set[tuple[str, str]]:
+        await ticks(loop, 10)
+        return set(loop.checking)
+
+    checking = asyncio.run(run())
 
     assert len(loop.checked("team-b", "steady")) == 10  # every tick, never waiting on team-a
     assert loop.checked("team-a", "silent-0") == []  # its read still hangs
     assert [e.url for e in client.reads].count(TENANT) == 1  # one read in flight, not one a tick
+    assert checking == {("team-a", f"silent-{i}") for i in range(3)}  # not due while waiting
 
 
 def test_a_namespace_cannot_take_every_read_slot() -> None:

@@ -167,6 +167,8 @@ class ControlLoop:
         self.read_deadline = read_deadline
         self.last_check: dict[Key, float] = {}
         self.health: dict[Endpoint, EndpointHealth] = {}
+        self.checking: set[Key] = set()
+        """Resources whose read and check are under way: not due again until they end."""
         self.reading: dict[Endpoint, str] = {}
         """Endpoints being read now, with the namespace they count against ('' when shared)."""
         self.reads = asyncio.Semaphore(READ_CONCURRENCY)
@@ -189,6 +191,7 @@ class ControlLoop:
             (key, reg)
             for key, reg in list(REGISTRY.items())
             if now - self.last_check.get(key, float("-inf")) >= reg.interval
+            and key not in self.checking
         ]
         if not due:
             return
@@ -207,6 +210,7 @@ class ControlLoop:
                 self.reading[endpoint] = _sole_namespace(keys)
             for key in keys:
                 self.last_check[key] = now
+            self.checking.update(keys)
             started += len(keys)
             name = endpoint.describe() if isinstance(endpoint, Endpoint) else "held"
             self._spawn(
@@ -248,6 +252,7 @@ class ControlLoop:
                 if isinstance(outcome, Exception):  # one bad check must not stop the others
                     logger.error("control check of %s/%s failed: %r", namespace, name, outcome)
         finally:
+            self.checking.difference_update(keys)
             if isinstance(endpoint, Endpoint):
                 self.reading.pop(endpoint, None)
 
