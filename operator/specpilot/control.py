@@ -21,7 +21,7 @@ from specpilot.api.admin import AdminPolicy
 from specpilot.api.models import (
     MAX_DECISIONS,
     Condition,
-    Decision,
+    DecisionRecord,
     LastMetrics,
     PolicyState,
     SpeculativeInferenceSpec,
@@ -264,7 +264,10 @@ def check(
     if decision_action not in (Action.KEEP, Action.HOLD) and not _repeated_recommendation(
         status.decisions, decision_action, acted, spec, now
     ):
-        decisions = [*decisions, Decision(time=stamp, action=decision_action.value, reason=reason)]
+        decisions = [
+            *decisions,
+            DecisionRecord(time=stamp, action=decision_action.value, reason=reason),
+        ]
         if acted:
             kind, event_reason = _ACTED_EVENTS[decision_action]
             events.append(Event(type=kind, reason=event_reason, message=reason[:1024]))
@@ -345,7 +348,7 @@ def _refreshed_recently(old: LastMetrics | None, new: LastMetrics | None) -> boo
 
 
 def _repeated_recommendation(
-    history: list[Decision],
+    history: list[DecisionRecord],
     action: Action,
     acted: bool,
     spec: SpeculativeInferenceSpec,

@@ -76,7 +76,10 @@ class PolicyWarning(BaseModel):
     message: str
 
 
-class Decision(BaseModel):
+class PolicyDecision(BaseModel):
+    """What the policy decided for one check, and the state to carry to the next; status keeps
+    it as an `api.models.DecisionRecord`."""
+
     action: Action
     reason: str
     state: PolicyState
@@ -114,19 +117,19 @@ def decide(
     policy: PolicySpec,
     now: datetime.datetime,
     max_changes_per_hour: int = DEFAULT_MAX_CHANGES_PER_HOUR,
-) -> Decision:
+) -> PolicyDecision:
     """The decision for one check; an action beyond `max_changes_per_hour` is held."""
     if policy.mode is PolicyMode.OFF:
-        return Decision(action=Action.KEEP, reason="policy mode is off", state=state)
+        return PolicyDecision(action=Action.KEEP, reason="policy mode is off", state=state)
     problem = _unusable(signals, policy, now, state)
     if problem is not None:
-        return Decision(action=Action.HOLD, reason=f"holding: {problem}", state=state)
+        return PolicyDecision(action=Action.HOLD, reason=f"holding: {problem}", state=state)
     if state.speculation_on:
         decision = _while_on(signals, state, policy, now)
     else:
         decision = _while_off(signals, state, policy, now)
     if policy.mode is PolicyMode.RECOMMEND and decision.action not in (Action.KEEP, Action.HOLD):
-        return Decision(
+        return PolicyDecision(
             action=decision.action,
             reason=f"recommend mode, not acting: would {_ADVICE[decision.action]}: "
             f"{decision.evidence}",
@@ -142,8 +145,8 @@ def decide(
 
 
 def _within_ceiling(
-    decision: Decision, state: PolicyState, now: datetime.datetime, ceiling: int
-) -> Decision:
+    decision: PolicyDecision, state: PolicyState, now: datetime.datetime, ceiling: int
+) -> PolicyDecision:
     """The action, recorded in the state's recent changes; or, when it would exceed the ceiling,
     a hold that changes nothing and warns. A probe needs room for two changes: the probe and,
     should acceptance still be low, the disable that ends it."""
@@ -158,7 +161,7 @@ def _within_ceiling(
         f"change limit reached: {len(recent)} changes in the last hour, the ceiling is "
         f"{ceiling} per hour; {would} ({decision.evidence}); {LIMIT_HINT}"
     )
-    return Decision(
+    return PolicyDecision(
         action=Action.HOLD,
         reason=f"holding: {message}",
         state=state,
@@ -198,7 +201,7 @@ def _still_waiting(
 
 def _while_on(
     signals: Signals, state: PolicyState, policy: PolicySpec, now: datetime.datetime
-) -> Decision:
+) -> PolicyDecision:
     t = policy.thresholds
     acceptance = signals.acceptance
     assert acceptance is not None  # _unusable holds otherwise
@@ -211,7 +214,7 @@ def _while_on(
     )
     if breach is None and not quantization_drop:
         rollout = state.rollout_acceptance if state.rollout_acceptance is not None else acceptance
-        return Decision(
+        return PolicyDecision(
             action=Action.KEEP,
             reason=f"speculation pays: acceptance {_fmt(acceptance)}",
             state=state.model_copy(
@@ -231,13 +234,13 @@ def _while_on(
     if waiting == "cooldown" and state.probes:
         waiting = None  # a failed probe ends at once: the probes' own waits space the restarts
     if waiting is not None:
-        return Decision(
+        return PolicyDecision(
             action=Action.KEEP, reason=f"{reason} ({waiting})", state=counted, warnings=warnings
         )
     span = breaches * seconds(policy.interval)
     evidence = f"{reason} for {breaches} checks over {span:.0f}s"
     if quantization_drop:  # the change caused it: undo the change before giving up speculation
-        return Decision(
+        return PolicyDecision(
             action=Action.STEP_QUANTIZATION,
             reason=f"{evidence}; stepping the target to "
             f"{policy.quantization_ladder[state.checkpoint_index].model}",
@@ -256,7 +259,7 @@ def _while_on(
         )
     # Low acceptance is about the traffic, not the load: nothing to wait for but a probe.
     low_acceptance = acceptance < t.disable_below_acceptance
-    return Decision(
+    return PolicyDecision(
         action=Action.DISABLE,
         reason=f"{evidence}; speculation disabled",
         evidence=evidence,
@@ -274,13 +277,13 @@ def _while_on(
     )
 
 
-def _probe(state: PolicyState, policy: PolicySpec, now: datetime.datetime) -> Decision:
+def _probe(state: PolicyState, policy: PolicySpec, now: datetime.datetime) -> PolicyDecision:
     """Acceptance cannot be measured while speculation is off: turn it on again to look, after
     the cooldown, doubled for every probe in a row that found acceptance still low."""
     wait = _probe_wait(state.probes, policy)
     elapsed = (now - state.last_change).total_seconds() if state.last_change else wait
     if elapsed < wait:
-        return Decision(
+        return PolicyDecision(
             action=Action.KEEP,
             reason=f"speculation off for low acceptance; probing again in {wait - elapsed:.0f}s",
             state=state,
@@ -289,7 +292,7 @@ def _probe(state: PolicyState, policy: PolicySpec, now: datetime.datetime) -> De
         f"speculation was off for low acceptance for {elapsed:.0f}s, which cannot be measured "
         "without it"
     )
-    return Decision(
+    return PolicyDecision(
         action=Action.ENABLE,
         reason=f"{evidence}; speculation re-enabled to probe (if acceptance is still low it is "
         f"disabled again after {policy.failure_limit} checks, and the next probe waits "
@@ -376,17 +379,17 @@ def _warnings(signals: Signals, state: PolicyState) -> list[PolicyWarning]:
 
 def _while_off(
     signals: Signals, state: PolicyState, policy: PolicySpec, now: datetime.datetime
-) -> Decision:
+) -> PolicyDecision:
     crossover = state.crossover_load
     if crossover is None:
         return _probe(state, policy, now)
     if signals.load is None:
-        return Decision(
+        return PolicyDecision(
             action=Action.KEEP, reason="speculation off; no load reading to compare", state=state
         )
     ceiling = crossover * RE_ENABLE_LOAD_MARGIN
     if signals.load >= ceiling:
-        return Decision(
+        return PolicyDecision(
             action=Action.KEEP,
             reason=f"speculation off: load {signals.load:.1f} is not below {ceiling:.1f} "
             f"({RE_ENABLE_LOAD_MARGIN:.0%} of the {crossover:.1f} where it stopped paying)",
@@ -396,13 +399,13 @@ def _while_off(
     counted = state.model_copy(update={"successes": successes})
     waiting = _still_waiting(successes, policy.consecutive_success_limit, state, policy, now)
     if waiting is not None:
-        return Decision(
+        return PolicyDecision(
             action=Action.KEEP,
             reason=f"load {signals.load:.1f} below {ceiling:.1f} ({waiting})",
             state=counted,
         )
     evidence = f"load {signals.load:.1f} stayed below {ceiling:.1f} for {successes} checks"
-    return Decision(
+    return PolicyDecision(
         action=Action.ENABLE,
         reason=f"{evidence}; speculation re-enabled",
         evidence=evidence,

@@ -1,8 +1,8 @@
 """What the operator should make true for one resource: pure functions, no Kubernetes client.
 
-`desired` turns a resource body into the objects to apply. `observe` turns what the API server
-reported back (applied objects, errors) into the status to write and the Events that explain each
-transition. The kopf handlers only fetch, call these, and write the results.
+`desired` turns a resource body into the objects to apply. `status_after_apply` turns what the
+API server reported back (applied objects, errors) into the status to write and the Events that
+explain each transition. The kopf handlers only fetch, call these, and write the results.
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def _ready(deployments: list[Manifest]) -> tuple[bool, str]:
     return not waiting, ", ".join(waiting)
 
 
-def observe(
+def status_after_apply(
     body: Mapping[str, Any], wanted: Desired, observed: Observed, now: str
 ) -> tuple[dict[str, Any], list[Event]]:
     """The status to write and the Events for every condition that changed."""

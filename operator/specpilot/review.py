@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from specpilot.api.admin import AdminPolicy
 from specpilot.api.models import SpeculativeInference
 from specpilot.api.pod import pod_findings
-from specpilot.api.validation import parse
+from specpilot.api.validation import parse_manifest
 from specpilot.findings import Finding, InvalidResourceError, Severity, errors, related
 from specpilot.planning.memory import MemoryPlan, plan
 from specpilot.rendering.compat import compatibility_findings, resolve_version
@@ -44,7 +44,7 @@ class Review(BaseModel):
 def review(raw: Any, admin: AdminPolicy | None = None) -> Review:
     """`admin`: the operator's rules (specpilot run's flags); the defaults where None."""
     admin = admin or AdminPolicy()
-    parsed = parse(raw)
+    parsed = parse_manifest(raw)
     findings = list(parsed.findings)
     resource = parsed.repaired
     if resource is None:

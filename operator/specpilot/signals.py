@@ -135,7 +135,7 @@ class BadAnswerError(ValueError):
 Readings = dict[Key, dict[Signal, float]]
 
 
-def parse(answers: Mapping[str, Mapping[str, Any]]) -> Readings:
+def parse_answers(answers: Mapping[str, Mapping[str, Any]]) -> Readings:
     """Readings per (namespace, resource, role) from /api/v1/query answers, keyed by query name.
     NaN (a quantile over no requests) counts as no value; +-Inf is kept, for `implausible` to
     name: no signal's query answers it legitimately."""
@@ -208,7 +208,8 @@ ROLE_NAMES = {"server": "", "baseline": " for the control replicas"}
 
 def implausible(values: Mapping[Signal, float], role: str = "server") -> list[str]:
     """Why one (namespace, resource, role)'s readings cannot be true, one sentence per value;
-    empty when they can. Any non-finite value is implausible (`parse` already dropped NaN)."""
+    empty when they can. Any non-finite value is implausible (`parse_answers` already dropped
+    NaN)."""
     problems = []
     for signal, value in values.items():
         least, most, what = PLAUSIBLE[signal]

@@ -16,7 +16,7 @@ from specpilot.api.admin import AdminPolicy
 from specpilot.control import CheckResult
 from specpilot.finite import non_finite_paths
 from specpilot.policy import Action
-from specpilot.signals import QUERIES, Readings, Signal, implausible, parse
+from specpilot.signals import QUERIES, Readings, Signal, implausible, parse_answers
 from tests.conftest import manifest
 
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
@@ -472,7 +472,7 @@ def test_no_answer_from_prometheus_puts_a_non_finite_number_in_the_status(
     doc = body(controlReplicas=1)
     play(doc, [reading(acceptance=0.41, rps=6)] * 3)  # off at 60 s: more state to store
     for i, values in enumerate(checks):
-        readings = parse(answers(values))
+        readings = parse_answers(answers(values))
         now = T0 + datetime.timedelta(seconds=90 + 30 * i)
         result = control.check(doc, readings, None, now, now)
         assert result is not None

@@ -37,7 +37,9 @@ def test_valid_resource_renders_objects_and_reports_progress() -> None:
     b = body()
     wanted = reconcile.desired(b)
     assert [o["kind"] for o in wanted.objects] == ["Deployment", "Service"]
-    status, events = reconcile.observe(b, wanted, Observed(deployments=[wanted.objects[0]]), NOW)
+    status, events = reconcile.status_after_apply(
+        b, wanted, Observed(deployments=[wanted.objects[0]]), NOW
+    )
     c = conditions(status)
     assert status["phase"] == "Progressing"
     assert status["observedGeneration"] == 3
@@ -57,7 +59,7 @@ def test_ready_when_every_deployment_is_available() -> None:
     b = body()
     wanted = reconcile.desired(b)
     observed = Observed(deployments=[ready_deployment(wanted.objects[0])])
-    status, events = reconcile.observe(b, wanted, observed, NOW)
+    status, events = reconcile.status_after_apply(b, wanted, observed, NOW)
     assert status["phase"] == "Ready"
     assert conditions(status)["Ready"]["status"] == "True"
     assert "DeploymentsReady" in {e.reason for e in events}
@@ -67,7 +69,7 @@ def test_invalid_resource_applies_nothing_and_warns() -> None:
     b = body(gpus={"type": "H100-80GB", "count": 3})
     wanted = reconcile.desired(b)
     assert wanted.objects == []
-    status, events = reconcile.observe(b, wanted, Observed(), NOW)
+    status, events = reconcile.status_after_apply(b, wanted, Observed(), NOW)
     c = conditions(status)
     assert status["phase"] == "Invalid"
     assert c["Invalid"]["status"] == "True"
@@ -80,7 +82,7 @@ def test_invalid_resource_applies_nothing_and_warns() -> None:
 def test_apply_errors_degrade() -> None:
     b = body()
     wanted = reconcile.desired(b)
-    status, events = reconcile.observe(
+    status, events = reconcile.status_after_apply(
         b, wanted, Observed(apply_errors=["apply Service x/y: forbidden by RBAC"]), NOW
     )
     assert status["phase"] == "Degraded"
@@ -92,9 +94,9 @@ def test_second_pass_emits_nothing_and_keeps_transition_times() -> None:
     b = body()
     wanted = reconcile.desired(b)
     observed = Observed(deployments=[ready_deployment(wanted.objects[0])])
-    first, _ = reconcile.observe(b, wanted, observed, NOW)
+    first, _ = reconcile.status_after_apply(b, wanted, observed, NOW)
     b["status"] = first
-    second, events = reconcile.observe(b, reconcile.desired(b), observed, LATER)
+    second, events = reconcile.status_after_apply(b, reconcile.desired(b), observed, LATER)
     assert events == []
     assert second == first  # nothing to write either
     assert all(c["lastTransitionTime"] == NOW for c in second["conditions"])
@@ -103,10 +105,12 @@ def test_second_pass_emits_nothing_and_keeps_transition_times() -> None:
 def test_transition_moves_only_the_changed_condition() -> None:
     b = body()
     wanted = reconcile.desired(b)
-    first, _ = reconcile.observe(b, wanted, Observed(deployments=[wanted.objects[0]]), NOW)
+    first, _ = reconcile.status_after_apply(
+        b, wanted, Observed(deployments=[wanted.objects[0]]), NOW
+    )
     b["status"] = first
     ready = Observed(deployments=[ready_deployment(wanted.objects[0])])
-    second, events = reconcile.observe(b, wanted, ready, LATER)
+    second, events = reconcile.status_after_apply(b, wanted, ready, LATER)
     c = conditions(second)
     assert c["Ready"]["lastTransitionTime"] == LATER
     assert c["Planned"]["lastTransitionTime"] == NOW
@@ -117,7 +121,7 @@ def test_becoming_invalid_keeps_decisions_and_warns() -> None:
     b = body()
     b["status"] = {"decisions": [{"time": NOW, "action": "disable", "reason": "acceptance 0.4"}]}
     b["spec"]["speculation"] = {"method": "draft_model"}  # draft missing
-    status, events = reconcile.observe(b, reconcile.desired(b), Observed(), LATER)
+    status, events = reconcile.status_after_apply(b, reconcile.desired(b), Observed(), LATER)
     assert status["decisions"][0]["action"] == "disable"
     assert any(e.type == "Warning" and e.reason == "DraftRequired" for e in events)
 
@@ -132,7 +136,7 @@ def test_tight_plan_is_a_warning_event() -> None:
         }
     )
     wanted = reconcile.desired(b)
-    status, events = reconcile.observe(b, wanted, Observed(), NOW)
+    status, events = reconcile.status_after_apply(b, wanted, Observed(), NOW)
     assert status["plan"]["verdict"] == "tight"
     tight = next(e for e in events if e.reason == "PlanTight")
     assert tight.type == "Warning"

@@ -15,7 +15,7 @@ from specpilot.signals import (
     BadAnswerError,
     Signal,
     implausible,
-    parse,
+    parse_answers,
     queries,
 )
 
@@ -69,7 +69,7 @@ def labels(signal: Signal, role: str = "server", name: str = "chat") -> dict[str
 
 def test_answers_become_readings_per_resource_and_role() -> None:
     acceptance, p50, p99 = Signal.ACCEPTANCE, Signal.TPOT_P50, Signal.TPOT_P99
-    readings = parse(
+    readings = parse_answers(
         {
             "acceptance": answer(
                 (labels(acceptance), "0.71"), (labels(acceptance, name="other"), "0.4")
@@ -87,7 +87,9 @@ def test_answers_become_readings_per_resource_and_role() -> None:
 def test_nan_is_no_value_and_infinities_are_kept_to_be_named() -> None:
     """A quantile over no requests is NaN; no query answers an infinity legitimately."""
     p99 = Signal.TPOT_P99
-    readings = parse({"tpot": answer((labels(p99), "NaN"), (labels(p99, "baseline"), "+Inf"))})
+    readings = parse_answers(
+        {"tpot": answer((labels(p99), "NaN"), (labels(p99, "baseline"), "+Inf"))}
+    )
     assert readings == {("ml", "chat", "baseline"): {p99: math.inf}}
     assert implausible(readings["ml", "chat", "baseline"], "baseline") == [
         "Prometheus answered tpotP99 inf for the control replicas: not a finite number"
@@ -151,5 +153,5 @@ def test_possible_values_are_believed_at_their_bounds() -> None:
 )
 def test_bad_answers_are_errors_naming_the_query(bad: dict[str, Any], message: str) -> None:
     with pytest.raises(BadAnswerError, match=message) as caught:
-        parse({"acceptance": bad})
+        parse_answers({"acceptance": bad})
     assert "acceptance" in str(caught.value)

@@ -541,8 +541,8 @@ class LastMetrics(StatusModel):
     """From the control replicas (live A/B), or the reading recorded while speculation was off."""
 
 
-class Decision(StatusModel):
-    """One control decision, with the numbers behind it."""
+class DecisionRecord(StatusModel):
+    """One control decision as status.decisions keeps it, with the numbers behind it."""
 
     time: str
     action: str
@@ -615,7 +615,7 @@ class SpeculativeInferenceStatus(StatusModel):
     control: PolicyState | None = Field(
         default=None, description="The control loop's memory (hysteresis counts, crossover)."
     )
-    decisions: list[Decision] = Field(
+    decisions: list[DecisionRecord] = Field(
         default_factory=list,
         max_length=MAX_DECISIONS,
         description="Most recent control decisions, newest last.",

@@ -78,7 +78,7 @@ def dotted(loc: tuple[int | str, ...]) -> str:
     return text
 
 
-def parse(raw: Any) -> ParseResult:
+def parse_manifest(raw: Any) -> ParseResult:
     """Validate a manifest (a dict from YAML) and run every cross-field check that can run."""
     if not isinstance(raw, dict):
         return ParseResult(
