@@ -18,7 +18,7 @@ from enum import StrEnum
 from pydantic import BaseModel
 
 from specpilot.api.admin import DEFAULT_MAX_CHANGES_PER_HOUR
-from specpilot.api.models import PolicyMode, PolicySpec, PolicyState
+from specpilot.api.models import PolicyMode, PolicySpec, PolicyState, Thresholds
 from specpilot.findings import Finding, error, warning
 
 RE_ENABLE_LOAD_MARGIN = 0.8
@@ -51,6 +51,38 @@ class Action(StrEnum):
     DISABLE = "disable-speculation"
     ENABLE = "enable-speculation"
     STEP_QUANTIZATION = "step-quantization"
+
+
+class AcceptanceBand(StrEnum):
+    """The decision framework's acceptance bands (docs/policy.md)."""
+
+    NET_NEGATIVE = "net-negative"
+    """Below disableBelowAcceptance: speculation costs more than it saves, whatever the latency."""
+    REVIEW = "review"
+    """From disableBelowAcceptance to reviewBelowAcceptance: near break-even, so P99 TPOT against
+    a baseline decides; without a baseline the check holds."""
+    LIKELY_WIN = "likely-win"
+    """At or above reviewBelowAcceptance: kept unless latency regresses against a baseline."""
+
+
+def acceptance_band(acceptance: float, thresholds: Thresholds) -> AcceptanceBand:
+    """The one place the acceptance thresholds are compared with a reading."""
+    if acceptance < thresholds.disable_below_acceptance:
+        return AcceptanceBand.NET_NEGATIVE
+    if acceptance < thresholds.review_below_acceptance:
+        return AcceptanceBand.REVIEW
+    return AcceptanceBand.LIKELY_WIN
+
+
+def _band_text(acceptance: float, thresholds: Thresholds) -> str:
+    """The acceptance and the band it fell in, with the thresholds, for a reason."""
+    disable, review = thresholds.disable_below_acceptance, thresholds.review_below_acceptance
+    band = acceptance_band(acceptance, thresholds)
+    if band is AcceptanceBand.NET_NEGATIVE:
+        return f"acceptance {_fmt(acceptance)} < {disable:.2f}"
+    if band is AcceptanceBand.REVIEW:
+        return f"acceptance {_fmt(acceptance)} in the review band {disable:.2f}-{review:.2f}"
+    return f"acceptance {_fmt(acceptance)} >= {review:.2f}"
 
 
 class Signals(BaseModel):
@@ -213,15 +245,7 @@ def _while_on(
         and state.checkpoint_index < len(policy.quantization_ladder)
     )
     if breach is None and not quantization_drop:
-        rollout = state.rollout_acceptance if state.rollout_acceptance is not None else acceptance
-        return PolicyDecision(
-            action=Action.KEEP,
-            reason=f"speculation pays: acceptance {_fmt(acceptance)}",
-            state=state.model_copy(
-                update={"breaches": 0, "rollout_acceptance": rollout, "probes": 0}
-            ),
-            warnings=warnings,
-        )
+        return _no_breach(signals, state, policy, warnings)
     breaches = state.breaches + 1
     counted = state.model_copy(update={"breaches": breaches, "successes": 0})
     reason = (
@@ -258,7 +282,7 @@ def _while_on(
             acted=True,
         )
     # Low acceptance is about the traffic, not the load: nothing to wait for but a probe.
-    low_acceptance = acceptance < t.disable_below_acceptance
+    low_acceptance = acceptance_band(acceptance, t) is AcceptanceBand.NET_NEGATIVE
     return PolicyDecision(
         action=Action.DISABLE,
         reason=f"{evidence}; speculation disabled",
@@ -318,13 +342,49 @@ def _probe_wait(probes: int, policy: PolicySpec) -> float:
     return max(seconds(policy.cooldown), floor) * float(2 ** min(probes, MAX_PROBE_DOUBLINGS))
 
 
-def _breach(signals: Signals, policy: PolicySpec) -> str | None:
-    """Why speculation is not paying, or None."""
+def _no_breach(
+    signals: Signals, state: PolicyState, policy: PolicySpec, warnings: list[PolicyWarning]
+) -> PolicyDecision:
+    """Keep speculation, the breach count reset; or, in the review band without a P99 TPOT
+    baseline, where nothing decides, hold: nothing counted, speculation left on."""
     t = policy.thresholds
     acceptance = signals.acceptance
     assert acceptance is not None
-    if acceptance < t.disable_below_acceptance:
-        return f"acceptance {_fmt(acceptance)} < {t.disable_below_acceptance:.2f}"
+    band = _band_text(acceptance, t)
+    regression = _regression(signals.p99_tpot, signals.baseline_p99_tpot)
+    if regression is None and acceptance_band(acceptance, t) is AcceptanceBand.REVIEW:
+        return PolicyDecision(
+            action=Action.HOLD,
+            reason=f"holding: {band}, where P99 TPOT against a baseline decides, and there is "
+            "no baseline (no control replicas, and no reading without speculation at this "
+            "load); speculation stays on",
+            state=state,
+            warnings=warnings,
+        )
+    latency = (
+        "no P99 TPOT baseline to confirm it against"
+        if regression is None
+        else f"P99 TPOT {_fmt(signals.p99_tpot, 'ms')} is within "
+        f"{t.max_p99_tpot_regression:.0%} of the baseline's {_fmt(signals.baseline_p99_tpot, 'ms')}"
+    )
+    rollout = state.rollout_acceptance if state.rollout_acceptance is not None else acceptance
+    return PolicyDecision(
+        action=Action.KEEP,
+        reason=f"speculation pays: {band}, {latency}",
+        state=state.model_copy(update={"breaches": 0, "rollout_acceptance": rollout, "probes": 0}),
+        warnings=warnings,
+    )
+
+
+def _breach(signals: Signals, policy: PolicySpec) -> str | None:
+    """Why speculation is not paying, or None: acceptance in the net-negative band, or, in the
+    other bands, latency regressing against the baseline beyond what the thresholds allow."""
+    t = policy.thresholds
+    acceptance = signals.acceptance
+    assert acceptance is not None
+    band = _band_text(acceptance, t)
+    if acceptance_band(acceptance, t) is AcceptanceBand.NET_NEGATIVE:
+        return band
     for what, value, baseline, allowed in (
         ("P99 TPOT", signals.p99_tpot, signals.baseline_p99_tpot, t.max_p99_tpot_regression),
         ("median TTFT", signals.p50_ttft, signals.baseline_p50_ttft, t.max_p50_ttft_regression),
@@ -333,7 +393,7 @@ def _breach(signals: Signals, policy: PolicySpec) -> str | None:
         if regression is not None and regression > allowed:
             return (
                 f"{what} {_fmt(value, 'ms')} is {regression:.0%} above the baseline's "
-                f"{_fmt(baseline, 'ms')} at acceptance {_fmt(acceptance)}"
+                f"{_fmt(baseline, 'ms')} (more than {allowed:.0%}) at {band}"
             )
     return None
 

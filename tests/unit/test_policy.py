@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from specpilot.api.admin import DEFAULT_MAX_CHANGES_PER_HOUR
-from specpilot.api.models import PolicySpec
+from specpilot.api.models import PolicySpec, Thresholds
 from specpilot.findings import Severity
 from specpilot.local.stack import FAST_POLICY
 from specpilot.policy import Action, PolicyState, Signals, decide, policy_findings
@@ -109,10 +109,86 @@ def test_a_good_check_resets_the_breach_count() -> None:
 def test_review_band_decides_on_p99_against_the_baseline() -> None:
     fine = {"acceptance": 0.58, "p99_tpot": 0.030, "baseline_p99_tpot": 0.029}
     worse = {"acceptance": 0.58, "p99_tpot": 0.040, "baseline_p99_tpot": 0.029}
-    assert all(d.action is Action.KEEP for d in run([fine] * 5))
+    kept = run([fine] * 5)
+    assert all(d.action is Action.KEEP for d in kept)
+    assert kept[-1].reason == (
+        "speculation pays: acceptance 0.58 in the review band 0.50-0.65, "
+        "P99 TPOT 30.0 ms is within 10% of the baseline's 29.0 ms"
+    )
     decisions = run([worse] * 3)
     assert decisions[-1].action is Action.DISABLE
-    assert "38% above the baseline's 29.0 ms" in decisions[-1].reason
+    assert decisions[-1].reason.startswith(
+        "P99 TPOT 40.0 ms is 38% above the baseline's 29.0 ms (more than 10%) at acceptance 0.58 "
+        "in the review band 0.50-0.65 for 3 checks"
+    )
+
+
+def test_review_band_without_a_baseline_holds_and_counts_nothing() -> None:
+    """Near break-even only latency can tell; with nothing to compare, speculation stays on and
+    neither the breaches before nor a probe in progress are forgotten."""
+    state = PolicyState(breaches=2, probes=1)
+    decision = run([{"acceptance": 0.58, "p99_tpot": 0.030}], state=state)[0]
+    assert decision.action is Action.HOLD
+    assert decision.state == state
+    assert decision.reason.startswith(
+        "holding: acceptance 0.58 in the review band 0.50-0.65, where P99 TPOT against a "
+        "baseline decides, and there is no baseline"
+    )
+    assert decision.reason.endswith("speculation stays on")
+
+
+def test_above_the_review_band_speculation_is_kept_unless_latency_regresses() -> None:
+    alone = run([{"acceptance": 0.7}], state=PolicyState(breaches=2))[0]
+    assert alone.action is Action.KEEP
+    assert alone.state.breaches == 0
+    assert (
+        alone.reason
+        == "speculation pays: acceptance 0.70 >= 0.65, no P99 TPOT baseline to confirm it against"
+    )
+    worse = {"acceptance": 0.7, "p99_tpot": 0.040, "baseline_p99_tpot": 0.029}
+    decisions = run([worse] * 3)
+    assert decisions[-1].action is Action.DISABLE
+    assert decisions[-1].reason.startswith(
+        "P99 TPOT 40.0 ms is 38% above the baseline's 29.0 ms (more than 10%) at acceptance "
+        "0.70 >= 0.65 for 3 checks"
+    )
+
+
+THRESHOLD_CASES: dict[str, tuple[dict[str, Any], PolicyState, float]] = {
+    "disable_below_acceptance": ({"acceptance": 0.45}, PolicyState(), 0.40),
+    "review_below_acceptance": ({"acceptance": 0.58}, PolicyState(), 0.55),
+    "max_p99_tpot_regression": (
+        {"acceptance": 0.8, "p99_tpot": 0.040, "baseline_p99_tpot": 0.029},
+        PolicyState(),
+        0.5,
+    ),
+    "max_p50_ttft_regression": (
+        {"acceptance": 0.8, "p50_ttft": 0.44, "baseline_p50_ttft": 0.103},
+        PolicyState(),
+        5.0,
+    ),
+    "quantization_acceptance_drop": (
+        {"acceptance": 0.7},
+        PolicyState(pre_change_acceptance=0.8),
+        0.2,
+    ),
+}
+"""Per threshold: a reading, a state and another value of that threshold alone that together
+change the decision from the one the defaults give."""
+
+
+def test_every_threshold_changes_some_decision() -> None:
+    """A threshold the policy never reads is a knob that does nothing: each must have a case."""
+    assert set(THRESHOLD_CASES) == set(Thresholds.model_fields)
+    ladder = [{"model": "org/llama-70b-int8", "quantization": "int8"}]
+    for field, (reading, state, value) in THRESHOLD_CASES.items():
+        actions = []
+        for thresholds in (Thresholds(), Thresholds().model_copy(update={field: value})):
+            spec = policy(failureLimit=1, quantizationLadder=ladder).model_copy(
+                update={"thresholds": thresholds}
+            )
+            actions.append(decide(signals(T0, **reading), state, spec, T0).action)
+        assert actions[0] is not actions[1], f"{field} did not change the decision: {actions}"
 
 
 def test_mixed_workload_warning() -> None:

@@ -355,14 +355,21 @@ class Thresholds(SpecModel):
     """Decision thresholds; the defaults are the decision framework's."""
 
     disable_below_acceptance: float = Field(
-        default=0.50, ge=0, le=1, description="Acceptance below this is net-negative: disable."
+        default=0.50,
+        ge=0,
+        le=1,
+        description="Acceptance below this is net-negative: a breach whatever the latency "
+        "(failureLimit of them disable speculation).",
     )
     review_below_acceptance: float = Field(
         default=0.65,
         ge=0,
         le=1,
-        description="Between disableBelowAcceptance and this, decide on P99 TPOT against "
-        "the baseline.",
+        description="From disableBelowAcceptance up to this, acceptance is near break-even and "
+        "latency against the baseline decides: P99 TPOT beyond maxP99TpotRegression (or median "
+        "TTFT beyond maxP50TtftRegression) is a breach; without a P99 TPOT baseline the check "
+        "holds, speculation staying on. At or above it speculation is kept unless latency "
+        "regresses that much.",
     )
     max_p99_tpot_regression: float = Field(
         default=0.10,
