@@ -26,6 +26,7 @@ from specpilot.api.models import (
     PolicyState,
     SpeculativeInferenceSpec,
     SpeculativeInferenceStatus,
+    whole_seconds,
 )
 from specpilot.effective import target_identity, with_checkpoint
 from specpilot.findings import errors
@@ -141,11 +142,15 @@ def _rounded(value: float | None, digits: int = 3) -> float | None:
 
 
 def last_metrics(
-    namespace: str, name: str, readings: Readings | None, signals: Signals, sampled_at: str
+    namespace: str,
+    name: str,
+    readings: Readings | None,
+    signals: Signals,
+    sampled_at: datetime.datetime,
 ) -> LastMetrics:
     server = (readings or {}).get((namespace, name, "server"), {})
     return LastMetrics(
-        sampled_at=sampled_at,
+        sampled_at=whole_seconds(sampled_at),
         acceptance_rate=_rounded(server.get(Signal.ACCEPTANCE)),
         mean_accepted_length=_rounded(server.get(Signal.MEAN_ACCEPTED_LENGTH)),
         p50_tpot_ms=_ms(server.get(Signal.TPOT_P50)),
@@ -161,10 +166,6 @@ def last_metrics(
         p50_ttft_ms=_ms(server.get(Signal.TTFT_P50)),
         baseline_p50_ttft_ms=_ms(signals.baseline_p50_ttft),
     )
-
-
-def _iso(moment: datetime.datetime) -> str:
-    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _after_target_change(state: PolicyState, identity: str, now: datetime.datetime) -> PolicyState:
@@ -259,7 +260,7 @@ def check(
             decision_action, reason, acted = Action.HOLD, refusal, False
             new_state = state.model_copy(update={"breaches": 0})
     new_state = _remember(new_state, signals, now, state.speculation_on)
-    stamp = _iso(now)
+    stamp = whole_seconds(now)
     decisions = list(status.decisions)
     if decision_action not in (Action.KEEP, Action.HOLD) and not _repeated_recommendation(
         status.decisions, decision_action, acted, spec, now
@@ -303,7 +304,7 @@ def check(
             "control": new_state,
             "conditions": conditions,
             "decisions": decisions[-MAX_DECISIONS:],
-            "last_metrics": last_metrics(namespace, name, readings, signals, _iso(sampled_at))
+            "last_metrics": last_metrics(namespace, name, readings, signals, sampled_at)
             if signals.error is None
             else status.last_metrics,
             "kopf": None,
@@ -341,10 +342,7 @@ def _worth_writing(new: SpeculativeInferenceStatus, old: SpeculativeInferenceSta
 def _refreshed_recently(old: LastMetrics | None, new: LastMetrics | None) -> bool:
     if old is None or new is None:
         return old == new
-    age = datetime.datetime.fromisoformat(new.sampled_at) - datetime.datetime.fromisoformat(
-        old.sampled_at
-    )
-    return age.total_seconds() < METRICS_REFRESH_SECONDS
+    return (new.sampled_at - old.sampled_at).total_seconds() < METRICS_REFRESH_SECONDS
 
 
 def _repeated_recommendation(
@@ -357,10 +355,7 @@ def _repeated_recommendation(
     """In recommend mode the same advice stands every check; repeat it once per cooldown."""
     if acted or not history or history[-1].action != action.value:
         return False
-    last = datetime.datetime.strptime(history[-1].time, "%Y-%m-%dT%H:%M:%SZ").replace(
-        tzinfo=datetime.UTC
-    )
-    return (now - last).total_seconds() < seconds(spec.policy.cooldown)
+    return (now - history[-1].time).total_seconds() < seconds(spec.policy.cooldown)
 
 
 def _step_refusal(

@@ -7,6 +7,7 @@ explain each transition. The kopf handlers only fetch, call these, and write the
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -18,6 +19,7 @@ from specpilot.api.models import (
     EffectiveConfiguration,
     PlanSummary,
     SpeculativeInferenceStatus,
+    whole_seconds,
 )
 from specpilot.effective import active_checkpoint, speculation_wanted, with_checkpoint
 from specpilot.findings import Finding, Severity, errors
@@ -134,7 +136,7 @@ def _ready(deployments: list[Manifest]) -> tuple[bool, str]:
 
 
 def status_after_apply(
-    body: Mapping[str, Any], wanted: Desired, observed: Observed, now: str
+    body: Mapping[str, Any], wanted: Desired, observed: Observed, now: datetime.datetime
 ) -> tuple[dict[str, Any], list[Event]]:
     """The status to write and the Events for every condition that changed."""
     generation = body.get("metadata", {}).get("generation")
@@ -223,7 +225,7 @@ def status_after_apply(
             generation,
         )
     )
-    conditions = keep_transition_times(previous.conditions, conditions, now)
+    conditions = keep_transition_times(previous.conditions, conditions, whole_seconds(now))
     status = SpeculativeInferenceStatus(
         phase=phase,
         observed_generation=generation,
@@ -235,7 +237,7 @@ def status_after_apply(
         decisions=previous.decisions,
     )
     events = transition_events(previous.conditions, conditions)
-    return status.model_dump(by_alias=True, exclude_none=True), events
+    return status.model_dump(by_alias=True, exclude_none=True, mode="json"), events
 
 
 def _ready_condition(
@@ -279,7 +281,7 @@ def _plan_summary(result: Review) -> PlanSummary:
 
 
 def keep_transition_times(
-    before: list[Condition], after: list[Condition], now: str
+    before: list[Condition], after: list[Condition], now: datetime.datetime
 ) -> list[Condition]:
     """A condition's lastTransitionTime moves only when its status does."""
     old = {c.type: c for c in before}

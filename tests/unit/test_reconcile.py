@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import copy
+import datetime
 from typing import Any
 
 from specpilot import reconcile
+from specpilot.api.models import PolicyState, SpeculativeInferenceStatus
 from specpilot.reconcile import Observed
 from tests.conftest import manifest
 
-NOW, LATER = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"
+NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+LATER = datetime.datetime(2026, 1, 1, 0, 5, 0, 250_000, tzinfo=datetime.UTC)
+"""An operator's clock has fractions of a second; the times in status have whole seconds."""
+NOW_TEXT, LATER_TEXT = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"
 
 
 def body(**spec: Any) -> dict[str, Any]:
@@ -99,7 +104,7 @@ def test_second_pass_emits_nothing_and_keeps_transition_times() -> None:
     second, events = reconcile.status_after_apply(b, reconcile.desired(b), observed, LATER)
     assert events == []
     assert second == first  # nothing to write either
-    assert all(c["lastTransitionTime"] == NOW for c in second["conditions"])
+    assert all(c["lastTransitionTime"] == NOW_TEXT for c in second["conditions"])
 
 
 def test_transition_moves_only_the_changed_condition() -> None:
@@ -112,14 +117,16 @@ def test_transition_moves_only_the_changed_condition() -> None:
     ready = Observed(deployments=[ready_deployment(wanted.objects[0])])
     second, events = reconcile.status_after_apply(b, wanted, ready, LATER)
     c = conditions(second)
-    assert c["Ready"]["lastTransitionTime"] == LATER
-    assert c["Planned"]["lastTransitionTime"] == NOW
+    assert c["Ready"]["lastTransitionTime"] == LATER_TEXT
+    assert c["Planned"]["lastTransitionTime"] == NOW_TEXT
     assert [e.reason for e in events] == ["DeploymentsReady"]
 
 
 def test_becoming_invalid_keeps_decisions_and_warns() -> None:
     b = body()
-    b["status"] = {"decisions": [{"time": NOW, "action": "disable", "reason": "acceptance 0.4"}]}
+    b["status"] = {
+        "decisions": [{"time": NOW_TEXT, "action": "disable", "reason": "acceptance 0.4"}]
+    }
     b["spec"]["speculation"] = {"method": "draft_model"}  # draft missing
     status, events = reconcile.status_after_apply(b, reconcile.desired(b), Observed(), LATER)
     assert status["decisions"][0]["action"] == "disable"
@@ -159,3 +166,40 @@ def test_the_drift_event_names_the_last_writer_of_the_spec_other_than_specpilot(
     }
     assert reconcile.spec_writer(deployment) == "intruder"
     assert reconcile.spec_writer({"metadata": {}}) is None
+
+
+def test_status_times_keep_the_wire_format_older_versions_wrote() -> None:
+    """Times are datetimes in the models and the same strings on the wire, fractions of a second
+    only where the operator wrote some (status.control's times)."""
+    older = {
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "True",
+                "reason": "DeploymentsReady",
+                "message": "all replicas available",
+                "lastTransitionTime": "2026-01-01T00:00:00Z",
+            }
+        ],
+        "lastMetrics": {"sampledAt": "2026-01-01T00:00:30Z", "acceptanceRate": 0.41},
+        "control": {
+            **PolicyState().model_dump(by_alias=True, exclude_none=True, mode="json"),
+            "lastCheck": "2026-01-01T00:00:30.123456Z",
+            "lastChange": "2026-01-01T00:00:00Z",
+            "recentChanges": ["2026-01-01T00:00:30.500000Z"],
+        },
+        "decisions": [
+            {"time": "2026-01-01T00:00:30Z", "action": "disable-speculation", "reason": "x"}
+        ],
+    }
+    status = SpeculativeInferenceStatus.model_validate(older)
+    assert status.decisions[0].time == NOW + datetime.timedelta(seconds=30)
+    written = status.model_dump(by_alias=True, exclude_none=True, mode="json")
+    assert written == older
+    # reconciles wrote status.control's times with an offset (the client's isoformat)
+    offset = SpeculativeInferenceStatus.model_validate(
+        {"control": {"lastCheck": "2026-01-01T00:00:30.123456+00:00"}}
+    )
+    assert offset.model_dump(by_alias=True, mode="json")["control"]["lastCheck"] == (
+        "2026-01-01T00:00:30.123456Z"
+    )

@@ -10,7 +10,7 @@ import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, PlainSerializer
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
@@ -479,6 +479,29 @@ class SpeculativeInferenceSpec(SpecModel):
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
 
 
+def rfc3339(moment: datetime.datetime) -> str:
+    """A time as status holds it: RFC 3339 in UTC with a Z ('2026-01-01T00:00:00Z'), fractions of
+    a second only where there are some; what every version of the operator has written."""
+    return moment.astimezone(datetime.UTC).isoformat().removesuffix("+00:00") + "Z"
+
+
+def _in_utc(moment: datetime.datetime) -> datetime.datetime:
+    """A time read from status, in UTC; one without an offset is taken as UTC."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=datetime.UTC)
+    return moment.astimezone(datetime.UTC)
+
+
+Timestamp = Annotated[datetime.datetime, AfterValidator(_in_utc), PlainSerializer(rfc3339)]
+"""Every time in status: a UTC datetime in Python, `rfc3339` on the wire."""
+
+
+def whole_seconds(moment: datetime.datetime) -> datetime.datetime:
+    """The time a condition, a decision or a reading is stamped with: Kubernetes' times
+    (lastTransitionTime) have whole seconds, and status' other stamps follow them."""
+    return moment.replace(microsecond=0)
+
+
 class StatusModel(BaseModel):
     """Base of the status models: written by the operator, tolerant of fields it adds later."""
 
@@ -497,7 +520,7 @@ class Condition(StatusModel):
     status: Literal["True", "False", "Unknown"]
     reason: str = ""
     message: str = ""
-    last_transition_time: str | None = None
+    last_transition_time: Timestamp | None = None
     observed_generation: int | None = None
 
 
@@ -530,7 +553,7 @@ class EffectiveConfiguration(StatusModel):
 class LastMetrics(StatusModel):
     """The control loop's latest reading from Prometheus."""
 
-    sampled_at: str
+    sampled_at: Timestamp
     acceptance_rate: float | None = None
     mean_accepted_length: float | None = None
     p50_tpot_ms: float | None = None
@@ -551,7 +574,7 @@ class LastMetrics(StatusModel):
 class DecisionRecord(StatusModel):
     """One control decision as status.decisions keeps it, with the numbers behind it."""
 
-    time: str
+    time: Timestamp
     action: str
     reason: str
 
@@ -563,8 +586,8 @@ class PolicyState(StatusModel):
     speculation_on: bool = True
     breaches: int = 0
     successes: int = 0
-    last_check: datetime.datetime | None = None
-    last_change: datetime.datetime | None = None
+    last_check: Timestamp | None = None
+    last_change: Timestamp | None = None
     crossover_load: float | None = Field(
         default=None,
         description="Requests/s per replica at which speculation stopped paying (latency); "
@@ -602,7 +625,7 @@ class PolicyState(StatusModel):
     active_warnings: list[str] = Field(
         default_factory=list, description="Warnings standing now; each is posted once."
     )
-    recent_changes: list[datetime.datetime] = Field(
+    recent_changes: list[Timestamp] = Field(
         default_factory=list,
         description="When the control loop last changed the pods (disable, enable, quantization "
         "step): the changes of the last hour count against the operator's ceiling. Holds at "
