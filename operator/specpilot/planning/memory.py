@@ -231,16 +231,41 @@ def _footprint(
     )
 
 
+class _Budget(BaseModel):
+    """One replica's memory per GPU: the weights, and the KV cache left after them."""
+
+    gpu_memory_gb: float
+    usable_gb: float
+    """What vLLM may use: gpu_memory_gb x memory utilization."""
+    target: ModelFootprint
+    draft: ModelFootprint | None
+    overhead_gb: float
+    kv_cache_gb: float
+    tokens: int
+    tokens_without_speculation: int
+    max_model_len: int | None
+    concurrency: int
+    concurrency_without_speculation: int
+
+
 def plan(spec: SpeculativeInferenceSpec, version: Version) -> MemoryPlan:
     """Plan one replica's memory; every problem is a finding, never an exception."""
     findings: list[Finding] = []
     gpus = spec.gpus
     gpu_memory = gpus.memory_gb or (GPU_TYPES[gpus.type].memory_gb if gpus.type in GPU_TYPES else 0)
     utilization = gpus.memory_utilization or vllm_versions.default_gpu_memory_utilization(version)
-    tp, pp = spec.target.tensor_parallel_size, spec.target.pipeline_parallel_size
-    gpu_count = tp * pp
-    kv_bytes = _kv_dtype_bytes(spec)
-
+    gpu_count = spec.target.tensor_parallel_size * spec.target.pipeline_parallel_size
+    unsized = MemoryPlan(
+        verdict="does-not-fit",
+        vllm_version=str(version),
+        gpu_type=gpus.type,
+        gpu_count=gpu_count,
+        gpu_memory_gb=gpu_memory,
+        memory_utilization=utilization,
+        max_model_len=spec.target.max_model_len,
+        findings=[],
+    )
+    """The GPUs alone: all there is to plan when the target's architecture is unknown."""
     target_arch = resolve_architecture(spec.target.model, spec.target.architecture)
     if target_arch is None:
         findings.append(
@@ -252,33 +277,57 @@ def plan(spec: SpeculativeInferenceSpec, version: Version) -> MemoryPlan:
                 "add spec.target.architecture with the facts from its config.json.",
             )
         )
-        return MemoryPlan(
-            verdict="does-not-fit",
-            vllm_version=str(version),
-            gpu_type=gpus.type,
-            gpu_count=gpu_count,
-            gpu_memory_gb=gpu_memory,
-            memory_utilization=utilization,
-            max_model_len=spec.target.max_model_len,
-            findings=findings,
-        )
-
-    target = _footprint(
-        spec.target.model,
-        target_arch,
-        spec.target.quantization,
-        spec.target.dtype,
-        tp,
-        pp,
-        kv_bytes,
-    )
+        return unsized.model_copy(update={"findings": findings})
     draft_info = _resolve_draft(spec, target_arch, findings)
+    budget = _budget(spec, target_arch, draft_info, gpu_memory * utilization, gpu_memory)
+    ratio = _draft_ratio(spec, target_arch, draft_info)
+    findings += _memory_findings(spec, version, budget)
+    findings += _model_findings(spec, target_arch, draft_info, budget.max_model_len, ratio)
+    target, draft = budget.target, budget.draft
+    return unsized.model_copy(
+        update={
+            "verdict": _verdict(findings, budget.concurrency),
+            "target": target,
+            "draft": draft,
+            "overhead_gb_per_gpu": budget.overhead_gb,
+            "left_after_weights_gb": gpu_memory * gpu_count
+            - target.weights_gb
+            - (draft.weights_gb if draft else 0.0),
+            "kv_cache_gb_per_gpu": budget.kv_cache_gb,
+            "kv_cache_tokens": budget.tokens,
+            "kv_cache_tokens_without_speculation": budget.tokens_without_speculation,
+            "max_model_len": budget.max_model_len,
+            "max_concurrent_sequences": budget.concurrency,
+            "max_concurrent_sequences_without_speculation": (
+                budget.concurrency_without_speculation
+            ),
+            "draft_ratio": ratio,
+            "findings": findings,
+        }
+    )
+
+
+def _budget(
+    spec: SpeculativeInferenceSpec,
+    target_arch: ModelArchitecture,
+    draft_info: _Draft | None,
+    usable: float,
+    gpu_memory: float,
+) -> _Budget:
+    """The weights per GPU, what vLLM leaves for the KV cache after them and the overhead, and
+    how many tokens and full-length sequences that holds, with the draft and without it."""
+    tp, pp = spec.target.tensor_parallel_size, spec.target.pipeline_parallel_size
+    kv_bytes = _kv_dtype_bytes(spec)
+    dtype = spec.target.dtype
+    target = _footprint(
+        spec.target.model, target_arch, spec.target.quantization, dtype, tp, pp, kv_bytes
+    )
     draft = (
         _footprint(
             draft_info.model,
             draft_info.arch,
             draft_info.quantization,
-            spec.target.dtype,
+            dtype,
             draft_info.tensor_parallel_size,
             1,
             kv_bytes,
@@ -288,62 +337,39 @@ def plan(spec: SpeculativeInferenceSpec, version: Version) -> MemoryPlan:
     )
     draft_weights = draft.weights_gb_per_gpu if draft else 0.0
     draft_kv = draft.kv_bytes_per_token_per_gpu if draft else 0
-    overhead = (
-        gpus.overhead_gb if gpus.overhead_gb is not None else estimated_overhead_gb(target_arch, tp)
-    )
-    usable = gpu_memory * utilization
+    overhead = spec.gpus.overhead_gb
+    if overhead is None:
+        overhead = estimated_overhead_gb(target_arch, tp)
     kv_gb = usable - target.weights_gb_per_gpu - draft_weights - overhead
     tokens = _tokens(kv_gb, target.kv_bytes_per_token_per_gpu + draft_kv)
     tokens_plain = _tokens(kv_gb + draft_weights, target.kv_bytes_per_token_per_gpu)
     max_model_len = spec.target.max_model_len or target_arch.max_position_embeddings
-    concurrency = tokens // max_model_len if max_model_len else 0
-    concurrency_plain = tokens_plain // max_model_len if max_model_len else 0
-    ratio = (
-        target_arch.parameters_billions / draft_info.arch.parameters_billions
-        if draft_info
-        and spec.speculation
-        and spec.speculation.method is SpeculationMethod.DRAFT_MODEL
-        else None
-    )
-
-    findings += _memory_findings(
-        spec,
-        version,
-        gpu_memory,
-        usable,
-        target,
-        draft,
-        overhead,
-        kv_gb,
-        tokens,
-        max_model_len,
-        concurrency,
-        concurrency_plain,
-    )
-    findings += _model_findings(spec, target_arch, draft_info, max_model_len, ratio)
-
-    return MemoryPlan(
-        verdict=_verdict(findings, concurrency),
-        vllm_version=str(version),
-        gpu_type=gpus.type,
-        gpu_count=gpu_count,
+    return _Budget(
         gpu_memory_gb=gpu_memory,
-        memory_utilization=utilization,
+        usable_gb=usable,
         target=target,
         draft=draft,
-        overhead_gb_per_gpu=overhead,
-        left_after_weights_gb=gpu_memory * gpu_count
-        - target.weights_gb
-        - (draft.weights_gb if draft else 0.0),
-        kv_cache_gb_per_gpu=kv_gb,
-        kv_cache_tokens=tokens,
-        kv_cache_tokens_without_speculation=tokens_plain,
+        overhead_gb=overhead,
+        kv_cache_gb=kv_gb,
+        tokens=tokens,
+        tokens_without_speculation=tokens_plain,
         max_model_len=max_model_len,
-        max_concurrent_sequences=concurrency,
-        max_concurrent_sequences_without_speculation=concurrency_plain,
-        draft_ratio=ratio,
-        findings=findings,
+        concurrency=tokens // max_model_len if max_model_len else 0,
+        concurrency_without_speculation=tokens_plain // max_model_len if max_model_len else 0,
     )
+
+
+def _draft_ratio(
+    spec: SpeculativeInferenceSpec, target_arch: ModelArchitecture, draft_info: _Draft | None
+) -> float | None:
+    """Target parameters per draft parameter, for a separate draft model only."""
+    if (
+        draft_info is None
+        or spec.speculation is None
+        or spec.speculation.method is not SpeculationMethod.DRAFT_MODEL
+    ):
+        return None
+    return target_arch.parameters_billions / draft_info.arch.parameters_billions
 
 
 def _tokens(kv_gb: float, bytes_per_token: int) -> int:
@@ -362,19 +388,13 @@ _TIGHT_CODES = {"DraftVRAMShareHigh", "TargetVRAMShareHigh", "V0DraftWeightsUnpr
 
 
 def _memory_findings(
-    spec: SpeculativeInferenceSpec,
-    version: Version,
-    gpu_memory: float,
-    usable: float,
-    target: ModelFootprint,
-    draft: ModelFootprint | None,
-    overhead: float,
-    kv_gb: float,
-    tokens: int,
-    max_model_len: int | None,
-    concurrency: int,
-    concurrency_plain: int,
+    spec: SpeculativeInferenceSpec, version: Version, budget: _Budget
 ) -> list[Finding]:
+    """Whether the KV cache left after the weights holds a full-length sequence, and what the
+    draft's share of the memory costs."""
+    target, draft, gpu_memory = budget.target, budget.draft, budget.gpu_memory_gb
+    usable, overhead, kv_gb = budget.usable_gb, budget.overhead_gb, budget.kv_cache_gb
+    tokens, max_model_len, concurrency = budget.tokens, budget.max_model_len, budget.concurrency
     found: list[Finding] = []
     weights = target.weights_gb_per_gpu + (draft.weights_gb_per_gpu if draft else 0.0)
     draft_part = f" + draft {draft.weights_gb_per_gpu:.1f} GB" if draft else ""
@@ -436,13 +456,14 @@ def _memory_findings(
                 "quantize the target or add GPUs before adding a draft.",
             )
         )
-    if concurrency_plain > concurrency:
+    if budget.concurrency_without_speculation > concurrency:
         found.append(
             info(
                 "DraftCostsConcurrency",
                 "spec.speculation",
                 f"the draft's weights and KV layers cut full-length concurrency from "
-                f"{concurrency_plain} to {concurrency} sequences per replica.",
+                f"{budget.concurrency_without_speculation} to {concurrency} sequences per "
+                "replica.",
             )
         )
     if vllm_versions.supports(version, vllm_versions.Feature.V0_ENGINE) and (
