@@ -31,7 +31,7 @@ from specpilot.api.models import (
 from specpilot.effective import target_identity, with_checkpoint
 from specpilot.findings import errors
 from specpilot.finite import non_finite_paths
-from specpilot.policy import Action, Signals, decide, seconds
+from specpilot.policy import Action, PolicyDecision, Signals, decide, seconds
 from specpilot.reconcile import Event, condition, keep_transition_times
 from specpilot.rendering.args import is_speculating
 from specpilot.review import review
@@ -240,68 +240,22 @@ def check(
     if state.target != identity:
         state = _after_target_change(state, identity, now)
     signals = signals_for(namespace, name, readings, error, state, sampled_at)
-    if not is_speculating(spec):
-        decision_action, reason, new_state, warnings, acted = (
-            Action.KEEP,
-            "speculation is not configured",
-            state,
-            [],
-            False,
-        )
-    else:
-        decision = decide(signals, state, spec.policy, now, admin.max_changes_per_hour)
-        decision_action, reason, new_state = decision.action, decision.reason, decision.state
-        warnings, acted = decision.warnings, decision.acted
-    events: list[Event] = []
-    if decision_action is Action.STEP_QUANTIZATION and acted:
-        refusal = _step_refusal(body, spec, new_state.checkpoint_index, admin)
-        if refusal is not None:
-            events.append(Event(type="Warning", reason="QuantizationStepRefused", message=refusal))
-            decision_action, reason, acted = Action.HOLD, refusal, False
-            new_state = state.model_copy(update={"breaches": 0})
-    new_state = _remember(new_state, signals, now, state.speculation_on)
-    stamp = whole_seconds(now)
-    decisions = list(status.decisions)
-    if decision_action not in (Action.KEEP, Action.HOLD) and not _repeated_recommendation(
-        status.decisions, decision_action, acted, spec, now
-    ):
-        decisions = [
-            *decisions,
-            DecisionRecord(time=stamp, action=decision_action.value, reason=reason),
-        ]
-        if acted:
-            kind, event_reason = _ACTED_EVENTS[decision_action]
-            events.append(Event(type=kind, reason=event_reason, message=reason[:1024]))
-        else:
-            events.append(
-                Event(
-                    type="Normal",
-                    reason=_RECOMMENDED_EVENTS[decision_action],
-                    message=reason[:1024],
-                )
-            )
-    for warning in warnings:
-        if warning.code not in state.active_warnings:
-            events.append(Event(type="Warning", reason=warning.code, message=warning.message))
-    new_state = new_state.model_copy(update={"active_warnings": [w.code for w in warnings]})
-    metrics_now = _metrics_condition(signals, generation, ever_read=status.last_metrics is not None)
-    (metrics_now,) = keep_transition_times(status.conditions, [metrics_now], stamp)
-    previous = next((c for c in status.conditions if c.type == metrics_now.type), None)
-    conditions = [c for c in status.conditions if c.type != metrics_now.type] + [metrics_now]
-    if previous is None or (previous.status, previous.reason) != (
-        metrics_now.status,
-        metrics_now.reason,
-    ):
-        events.append(
-            Event(
-                type="Warning" if metrics_now.status == "False" else "Normal",
-                reason=metrics_now.reason,
-                message=metrics_now.message,
-            )
-        )
+    decision, events = _decision(body, spec, signals, state, now, admin)
+    decisions, decision_events = _recorded(status.decisions, decision, spec, now)
+    events += decision_events
+    events += [
+        Event(type="Warning", reason=w.code, message=w.message)
+        for w in decision.warnings
+        if w.code not in state.active_warnings
+    ]
+    conditions, metrics_events = _metrics_conditions(status, signals, generation, now)
+    events += metrics_events
+    new_state = _remember(decision.state, signals, now, state.speculation_on)
     updated = status.model_copy(
         update={
-            "control": new_state,
+            "control": new_state.model_copy(
+                update={"active_warnings": [w.code for w in decision.warnings]}
+            ),
             "conditions": conditions,
             "decisions": decisions[-MAX_DECISIONS:],
             "last_metrics": last_metrics(namespace, name, readings, signals, sampled_at)
@@ -315,14 +269,91 @@ def check(
     if non_finite and readings is not None:  # the API server would refuse every later write
         error = f"{IMPLAUSIBLE}: Prometheus' answer made {', '.join(non_finite)} non-finite"
         return check(body, None, error, sampled_at, now, admin)
-    rerender = acted and decision_action in _ACTED_EVENTS
     return CheckResult(
         status=written,
         events=events,
-        rerender=rerender,
-        action=decision_action,
+        rerender=decision.acted and decision.action in _ACTED_EVENTS,
+        action=decision.action,
         changed=_worth_writing(updated, status.model_copy(update={"kopf": None})),
     )
+
+
+def _decision(
+    body: Mapping[str, Any],
+    spec: SpeculativeInferenceSpec,
+    signals: Signals,
+    state: PolicyState,
+    now: datetime.datetime,
+    admin: AdminPolicy,
+) -> tuple[PolicyDecision, list[Event]]:
+    """The policy's decision under the operator's ceiling; a quantization step whose plan does
+    not fit is held instead, with a Warning Event."""
+    if not is_speculating(spec):
+        return PolicyDecision(
+            action=Action.KEEP, reason="speculation is not configured", state=state
+        ), []
+    decision = decide(signals, state, spec.policy, now, admin.max_changes_per_hour)
+    if decision.action is not Action.STEP_QUANTIZATION or not decision.acted:
+        return decision, []
+    refusal = _step_refusal(body, spec, decision.state.checkpoint_index, admin)
+    if refusal is None:
+        return decision, []
+    held = decision.model_copy(
+        update={
+            "action": Action.HOLD,
+            "reason": refusal,
+            "acted": False,
+            "state": state.model_copy(update={"breaches": 0}),
+        }
+    )
+    return held, [Event(type="Warning", reason="QuantizationStepRefused", message=refusal)]
+
+
+def _recorded(
+    history: list[DecisionRecord],
+    decision: PolicyDecision,
+    spec: SpeculativeInferenceSpec,
+    now: datetime.datetime,
+) -> tuple[list[DecisionRecord], list[Event]]:
+    """status.decisions with an action or a recommendation added, and its Event; a keep, a hold
+    or a recommendation repeated within the cooldown adds nothing."""
+    action = decision.action
+    if action in (Action.KEEP, Action.HOLD) or _repeated_recommendation(
+        history, action, decision.acted, spec, now
+    ):
+        return list(history), []
+    record = DecisionRecord(time=whole_seconds(now), action=action.value, reason=decision.reason)
+    message = decision.reason[:1024]
+    if decision.acted:
+        kind, reason = _ACTED_EVENTS[action]
+        event = Event(type=kind, reason=reason, message=message)
+    else:
+        event = Event(type="Normal", reason=_RECOMMENDED_EVENTS[action], message=message)
+    return [*history, record], [event]
+
+
+def _metrics_conditions(
+    status: SpeculativeInferenceStatus,
+    signals: Signals,
+    generation: int | None,
+    now: datetime.datetime,
+) -> tuple[list[Condition], list[Event]]:
+    """The conditions with MetricsAvailable for this check, and an Event when it changed."""
+    metrics = _metrics_condition(signals, generation, ever_read=status.last_metrics is not None)
+    (metrics_now,) = keep_transition_times(status.conditions, [metrics], whole_seconds(now))
+    previous = next((c for c in status.conditions if c.type == metrics_now.type), None)
+    conditions = [c for c in status.conditions if c.type != metrics_now.type] + [metrics_now]
+    if previous is not None and (previous.status, previous.reason) == (
+        metrics_now.status,
+        metrics_now.reason,
+    ):
+        return conditions, []
+    event = Event(
+        type="Warning" if metrics_now.status == "False" else "Normal",
+        reason=metrics_now.reason,
+        message=metrics_now.message,
+    )
+    return conditions, [event]
 
 
 def _worth_writing(new: SpeculativeInferenceStatus, old: SpeculativeInferenceStatus) -> bool:

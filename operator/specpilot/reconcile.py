@@ -142,78 +142,12 @@ def status_after_apply(
     generation = body.get("metadata", {}).get("generation")
     previous = SpeculativeInferenceStatus.model_validate(body.get("status") or {})
     result = wanted.review
-    plan = result.plan
-    conditions: list[Condition]
-    effective = previous.effective
     if result.resource is None:
-        problems = errors(result.findings)
-        first = problems[0].code if problems else "Invalid"
-        planned_reason = "DoesNotFit" if plan and plan.verdict == "does-not-fit" else "Invalid"
-        conditions = [
-            condition("Invalid", True, first, _summary(problems), generation),
-            condition(
-                "Ready", False, "InvalidSpec", "the spec has errors; nothing applied", generation
-            ),
-            condition("Planned", False, planned_reason, _summary(problems), generation),
-            condition("Degraded", False, "InvalidSpec", "", generation),
-        ]
-        phase = "Invalid"
+        conditions, phase = _invalid_conditions(result, generation), "Invalid"
+        effective = previous.effective
     else:
-        spec = result.resource.spec
-        assert plan is not None  # a valid resource always has a plan
-        ready, waiting = _ready(observed.deployments)
-        degraded = bool(observed.apply_errors)
-        planned_reason = "PlanTight" if plan.verdict == "tight" else "PlanFits"
-        plan_message = (
-            f"{plan.verdict}: {plan.kv_cache_gb_per_gpu:.1f} GB KV cache per GPU, "
-            f"{plan.max_concurrent_sequences} full-length sequences per replica"
-        )
-        warnings = _summary(result.findings, Severity.WARNING)
-        speculating = wanted.speculation
-        spec_reason = (
-            "SpeculationOn"
-            if speculating
-            else ("SpeculationOffBySpec" if not is_speculating(spec) else "SpeculationOffByPolicy")
-        )
-        conditions = [
-            condition("Invalid", False, "Valid", "", generation),
-            condition(
-                "Planned",
-                True,
-                planned_reason,
-                plan_message + (f"; {warnings}" if warnings else ""),
-                generation,
-            ),
-            condition(
-                "SpeculationActive",
-                speculating,
-                spec_reason,
-                _speculation_message(result, speculating),
-                generation,
-            ),
-            _ready_condition(ready, waiting, observed.apply_errors, generation),
-            condition(
-                "Degraded",
-                degraded,
-                "ApplyFailed" if degraded else "AsExpected",
-                "; ".join(observed.apply_errors) or "all objects applied",
-                generation,
-            ),
-        ]
-        phase = "Degraded" if degraded else ("Ready" if ready else "Progressing")
-        effective = EffectiveConfiguration(
-            speculation="on" if speculating else "off",
-            method=spec.speculation.method.value if spec.speculation else "none",
-            target_model=spec.target.model,
-            target_quantization=spec.target.quantization.value,
-            checkpoint_index=wanted.checkpoint_index,
-            num_speculative_tokens=(
-                spec.speculation.effective_num_speculative_tokens
-                if spec.speculation and speculating
-                else None
-            ),
-            vllm_version=str(result.version),
-        )
+        conditions, phase = _applied_conditions(wanted, observed, generation)
+        effective = _effective_configuration(wanted)
     metrics = next((c for c in previous.conditions if c.type == "MetricsAvailable"), None)
     conditions.append(
         metrics
@@ -230,7 +164,7 @@ def status_after_apply(
         phase=phase,
         observed_generation=generation,
         conditions=conditions,
-        plan=_plan_summary(result) if plan else None,
+        plan=_plan_summary(result) if result.plan else None,
         effective=effective,
         last_metrics=previous.last_metrics,
         control=previous.control,
@@ -238,6 +172,92 @@ def status_after_apply(
     )
     events = transition_events(previous.conditions, conditions)
     return status.model_dump(by_alias=True, exclude_none=True, mode="json"), events
+
+
+def _invalid_conditions(result: Review, generation: int | None) -> list[Condition]:
+    """Invalid, with the first error's code; nothing applied."""
+    problems = errors(result.findings)
+    first = problems[0].code if problems else "Invalid"
+    plan = result.plan
+    planned_reason = "DoesNotFit" if plan and plan.verdict == "does-not-fit" else "Invalid"
+    return [
+        condition("Invalid", True, first, _summary(problems), generation),
+        condition(
+            "Ready", False, "InvalidSpec", "the spec has errors; nothing applied", generation
+        ),
+        condition("Planned", False, planned_reason, _summary(problems), generation),
+        condition("Degraded", False, "InvalidSpec", "", generation),
+    ]
+
+
+def _applied_conditions(
+    wanted: Desired, observed: Observed, generation: int | None
+) -> tuple[list[Condition], str]:
+    """The conditions of a valid resource whose objects were applied, and its phase."""
+    result = wanted.review
+    assert result.resource is not None
+    assert result.plan is not None  # a valid resource always has a plan
+    spec, plan = result.resource.spec, result.plan
+    ready, waiting = _ready(observed.deployments)
+    degraded = bool(observed.apply_errors)
+    planned_reason = "PlanTight" if plan.verdict == "tight" else "PlanFits"
+    plan_message = (
+        f"{plan.verdict}: {plan.kv_cache_gb_per_gpu:.1f} GB KV cache per GPU, "
+        f"{plan.max_concurrent_sequences} full-length sequences per replica"
+    )
+    warnings = _summary(result.findings, Severity.WARNING)
+    speculating = wanted.speculation
+    spec_reason = (
+        "SpeculationOn"
+        if speculating
+        else ("SpeculationOffBySpec" if not is_speculating(spec) else "SpeculationOffByPolicy")
+    )
+    conditions = [
+        condition("Invalid", False, "Valid", "", generation),
+        condition(
+            "Planned",
+            True,
+            planned_reason,
+            plan_message + (f"; {warnings}" if warnings else ""),
+            generation,
+        ),
+        condition(
+            "SpeculationActive",
+            speculating,
+            spec_reason,
+            _speculation_message(result, speculating),
+            generation,
+        ),
+        _ready_condition(ready, waiting, observed.apply_errors, generation),
+        condition(
+            "Degraded",
+            degraded,
+            "ApplyFailed" if degraded else "AsExpected",
+            "; ".join(observed.apply_errors) or "all objects applied",
+            generation,
+        ),
+    ]
+    return conditions, "Degraded" if degraded else ("Ready" if ready else "Progressing")
+
+
+def _effective_configuration(wanted: Desired) -> EffectiveConfiguration:
+    """What the applied pods run: the spec, with the control loop's decisions applied."""
+    result = wanted.review
+    assert result.resource is not None
+    spec, speculating = result.resource.spec, wanted.speculation
+    return EffectiveConfiguration(
+        speculation="on" if speculating else "off",
+        method=spec.speculation.method.value if spec.speculation else "none",
+        target_model=spec.target.model,
+        target_quantization=spec.target.quantization.value,
+        checkpoint_index=wanted.checkpoint_index,
+        num_speculative_tokens=(
+            spec.speculation.effective_num_speculative_tokens
+            if spec.speculation and speculating
+            else None
+        ),
+        vllm_version=str(result.version),
+    )
 
 
 def _ready_condition(
