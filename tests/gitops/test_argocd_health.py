@@ -4,6 +4,7 @@ reconcile core writes: Healthy, Progressing and Degraded where an SRE would expe
 from __future__ import annotations
 
 import copy
+import datetime
 from typing import Any
 
 import lupa.lua51 as lua51
@@ -45,7 +46,8 @@ def reconciled(doc: dict[str, Any], ready: bool = True, errors: list[str] | None
         }
         deployments.append(applied)
     observed = Observed(deployments=deployments, apply_errors=errors or [])
-    status, _ = reconcile.observe(doc, wanted, observed, "2026-01-01T00:00:00Z")
+    at = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    status, _ = reconcile.status_after_apply(doc, wanted, observed, at)
     return {**doc, "status": status}
 
 

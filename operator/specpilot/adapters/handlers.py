@@ -36,10 +36,6 @@ RESOURCE = (GROUP, VERSION, PLURAL)
 logger = logging.getLogger(__name__)
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 _MANAGED: dict[str, bool] = {}
 """uid -> whether the resource is valid, for the operator's gauges."""
 
@@ -95,7 +91,8 @@ def run_reconcile(
                         + (_restored(changed_by) if drift else str(changed)),
                     )
                 )
-        status, events = reconcile.observe(raw, wanted, observed, _now())
+        now = datetime.datetime.now(datetime.UTC)
+        status, events = reconcile.status_after_apply(raw, wanted, observed, now)
         if status_changed(raw.get("status"), status):
             try:
                 control_loop.observe(writer.patch_status(raw, status))

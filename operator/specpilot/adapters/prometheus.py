@@ -16,7 +16,7 @@ import aiohttp
 from pydantic import BaseModel, ConfigDict
 
 from specpilot.adapters import telemetry
-from specpilot.signals import BadAnswerError, Readings, parse, queries
+from specpilot.signals import BadAnswerError, Readings, parse_answers, queries
 
 RETRIES = 2
 BACKOFF_SECONDS = 0.5
@@ -60,7 +60,7 @@ class PrometheusClient:
                 *(self._query(session, endpoint, q, at) for q in expressions.values())
             )
         try:
-            return parse(dict(zip(expressions, answers, strict=True))), at
+            return parse_answers(dict(zip(expressions, answers, strict=True))), at
         except BadAnswerError as exc:
             raise MetricsError(f"Prometheus at {endpoint.describe()}: {exc}") from exc
 
