@@ -5,6 +5,7 @@ no module finds files through __file__."""
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -53,6 +54,11 @@ def test_no_lab_module_finds_files_through_its_own_path() -> None:
 
 
 def test_the_lab_wheel_runs_without_the_checkout(tmp_path: Path) -> None:
+    source = tmp_path / "lab"
+    shutil.copytree(
+        REPO / "lab", source, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+    )
+    wheels = tmp_path / "wheels"
     subprocess.run(
         [
             sys.executable,
@@ -62,13 +68,13 @@ def test_the_lab_wheel_runs_without_the_checkout(tmp_path: Path) -> None:
             "--no-deps",
             "-q",
             "--wheel-dir",
-            str(tmp_path),
-            str(REPO / "lab"),
+            str(wheels),
+            str(source),
         ],
         check=True,
         timeout=300,
     )
-    (wheel,) = tmp_path.glob("specpilot_lab-*.whl")
+    (wheel,) = wheels.glob("specpilot_lab-*.whl")
     unpacked = tmp_path / "site"
     with zipfile.ZipFile(wheel) as archive:
         archive.extractall(unpacked)

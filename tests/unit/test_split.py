@@ -4,6 +4,7 @@ lab/): not in its wheel, not in its command, not in any import of its source."""
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -20,6 +21,18 @@ LAB_MODULES = {"sim", "podrunner", "loadgen", "local", "demo", "controlplane", "
 
 
 def test_the_operator_wheel_holds_no_lab_module(tmp_path: Path) -> None:
+    # Built from what the image's build stage copies (a checkout's build/ folder may hold modules
+    # of an older layout, which setuptools would pack too).
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    shutil.copytree(
+        REPO / "operator",
+        source / "operator",
+        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"),
+    )
+    wheels = tmp_path / "wheels"
     subprocess.run(
         [
             sys.executable,
@@ -29,13 +42,13 @@ def test_the_operator_wheel_holds_no_lab_module(tmp_path: Path) -> None:
             "--no-deps",
             "-q",
             "--wheel-dir",
-            str(tmp_path),
-            str(REPO),
+            str(wheels),
+            str(source),
         ],
         check=True,
         timeout=300,
     )
-    (wheel,) = tmp_path.glob("specpilot-*.whl")
+    (wheel,) = wheels.glob("specpilot-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
     assert "specpilot/cli.py" in names
