@@ -1,7 +1,9 @@
-# One image for the operator (`specpilot run`, the default) and the vLLM stand-in
-# (`specpilot sim serve ...`). Multi-stage: wheels are built in the first stage, the runtime
-# stage has no compiler and no pip cache, and runs as an unprivileged user with a numeric UID
-# (so `runAsNonRoot` can be verified by the kubelet). Base images are pinned to a patch release.
+# The operator's image (`specpilot run`, the default; also plan, render, validate, crd). Only the
+# specpilot distribution (operator/) is copied and installed: the lab (lab/, specpilot-lab: the
+# vLLM stand-in, pod runner, load generator, demo) has its own image, lab/Dockerfile.
+# Multi-stage: wheels are built in the first stage, the runtime stage has no compiler and no pip
+# cache, and runs as an unprivileged user with a numeric UID (so `runAsNonRoot` can be verified by
+# the kubelet). Base images are pinned to a patch release.
 FROM python:3.11.10-slim-bookworm AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./

@@ -16,8 +16,8 @@ import random
 import statistics
 from dataclasses import dataclass
 
-from specpilot.sim.engine import Arrival, Engine, Request
-from specpilot.sim.vllm_args import parse
+from specpilot_lab.sim.engine import Arrival, Engine, Request
+from specpilot_lab.sim.vllm_args import parse
 
 TARGET = "meta-llama/Llama-3.1-70B-Instruct"
 BASE = [TARGET, "--tensor-parallel-size", "4", "--max-model-len", "8192"]

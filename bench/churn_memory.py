@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -19,10 +20,11 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from specpilot.api.models import GROUP, PLURAL, VERSION
-from specpilot.local.controlplane import REPO, ControlPlane
-from specpilot.local.operator_process import OperatorProcess, wait_for
-from specpilot.local.stack import install_crds
+from specpilot_lab.local.controlplane import ControlPlane
+from specpilot_lab.local.operator_process import OperatorProcess, wait_for
+from specpilot_lab.local.stack import install_crds
 
+REPO = Path(__file__).resolve().parent.parent
 NAMESPACE = "churn"
 UPDATES_PER_ROUND = 300
 

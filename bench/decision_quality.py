@@ -36,9 +36,9 @@ from specpilot.control import check
 from specpilot.reconcile import desired
 from specpilot.rendering.manifests import LABEL_ROLE
 from specpilot.signals import Signal
-from specpilot.sim.engine import Arrival, Engine, Request
-from specpilot.sim.podrunner import pod_template
-from specpilot.sim.vllm_args import parse
+from specpilot_lab.sim.engine import Arrival, Engine, Request
+from specpilot_lab.sim.podrunner import pod_template
+from specpilot_lab.sim.vllm_args import parse
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "manifests" / "examples" / "llama-70b-int8-draft.yaml"

@@ -27,10 +27,10 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from specpilot.api.models import GROUP, PLURAL, VERSION
-from specpilot.local.controlplane import ControlPlane
-from specpilot.local.operator_process import wait_for
-from specpilot.local.stack import LocalStack, install_crds
-from specpilot.sim import loadgen
+from specpilot_lab.local.controlplane import ControlPlane
+from specpilot_lab.local.operator_process import wait_for
+from specpilot_lab.local.stack import LocalStack, install_crds
+from specpilot_lab.sim import loadgen
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "manifests" / "examples" / "llama-70b-int8-draft.yaml"

@@ -37,10 +37,10 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from specpilot.api.models import GROUP, PLURAL, VERSION
-from specpilot.local.controlplane import ControlPlane
-from specpilot.local.operator_process import OperatorProcess
-from specpilot.local.prometheus import Prometheus
-from specpilot.local.stack import install_crds
+from specpilot_lab.local.controlplane import ControlPlane
+from specpilot_lab.local.operator_process import OperatorProcess
+from specpilot_lab.local.prometheus import Prometheus
+from specpilot_lab.local.stack import install_crds
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "manifests" / "examples" / "llama-70b-int8-draft.yaml"

@@ -42,12 +42,12 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from specpilot.api.models import GROUP, PLURAL, VERSION
-from specpilot.demo.run import NAMESPACE, POLICY, demo_resource, demo_trace
-from specpilot.local.controlplane import ControlPlane
-from specpilot.local.operator_process import OperatorProcess, wait_for
-from specpilot.local.stack import LocalStack, install_crds
 from specpilot.policy import seconds
-from specpilot.sim import loadgen
+from specpilot_lab.demo.run import NAMESPACE, POLICY, demo_resource, demo_trace
+from specpilot_lab.local.controlplane import ControlPlane
+from specpilot_lab.local.operator_process import OperatorProcess, wait_for
+from specpilot_lab.local.stack import LocalStack, install_crds
+from specpilot_lab.sim import loadgen
 
 DAY = ((6, 4, 4), (4, 4, 30), (4, 30, 30), (4, 30, 8), (4, 8, 8), (2, 8, 4))
 """(hours, QPS at the start, QPS at the end): the whole resource's load, over 24 hours."""

@@ -15,7 +15,7 @@ cmd=${1:-}
 case "$cmd" in
   up)
     shift
-    exec "$PYTHON" -m specpilot.local.controlplane "$@"
+    exec "$PYTHON" -m specpilot_lab.local.controlplane "$@"
     ;;
   assets)
     exec bash scripts/kube-assets.sh

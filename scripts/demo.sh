@@ -12,4 +12,4 @@ example=manifests/examples/llama-70b-int8-draft.yaml
 echo "== the memory plan for $example (specpilot plan)"
 .venv/bin/specpilot plan "$example"
 echo
-exec .venv/bin/specpilot demo "$@"
+exec .venv/bin/specpilot-lab demo "$@"

@@ -12,9 +12,10 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from specpilot.api.models import GROUP, PLURAL, VERSION
-from specpilot.local.controlplane import REPO, ControlPlane
-from specpilot.local.operator_process import OperatorProcess
-from specpilot.local.stack import install_crds
+from specpilot_lab.local.controlplane import ControlPlane
+from specpilot_lab.local.operator_process import OperatorProcess
+from specpilot_lab.local.stack import install_crds
+from tests.conftest import REPO
 
 
 @pytest.fixture(scope="session")

@@ -16,8 +16,8 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from specpilot.api.models import GROUP, PLURAL, VERSION
-from specpilot.local.controlplane import ControlPlane
-from specpilot.local.operator_process import OperatorProcess, free_port, wait_for
+from specpilot_lab.local.controlplane import ControlPlane
+from specpilot_lab.local.operator_process import OperatorProcess, free_port, wait_for
 from tests.corpus.cases import DEEP_LEVELS, Case, cases
 from tests.integration.conftest import example
 

@@ -17,10 +17,10 @@ import pytest
 from kubernetes import client as k8s
 
 from specpilot.api.models import GROUP, PLURAL, VERSION
-from specpilot.local.controlplane import ControlPlane
-from specpilot.local.operator_process import wait_for
-from specpilot.local.stack import FAST_POLICY, LocalStack
-from specpilot.sim import loadgen
+from specpilot_lab.local.controlplane import ControlPlane
+from specpilot_lab.local.operator_process import wait_for
+from specpilot_lab.local.stack import FAST_POLICY, LocalStack
+from specpilot_lab.sim import loadgen
 from tests.integration.conftest import example
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,8 @@ import kubernetes
 import pytest
 from kubernetes.client.rest import ApiException
 
-from specpilot.local.controlplane import REPO, ControlPlane
+from specpilot_lab.local.controlplane import ControlPlane
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""The README's main command, end to end: `specpilot demo` (what scripts/demo.sh runs once the
+"""The README's main command, end to end: `specpilot-lab demo` (what scripts/demo.sh runs once the
 environment is set up) on its own control plane, simulated pods, Prometheus and operator."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ def test_the_demo_turns_speculation_off_in_the_surge_and_draws_the_timeline(
     tmp_path: Path,
 ) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "specpilot", "demo", "--output", str(tmp_path)],
+        [sys.executable, "-m", "specpilot_lab", "demo", "--output", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=900,

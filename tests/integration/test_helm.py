@@ -34,9 +34,10 @@ from kubernetes.client.exceptions import ApiException
 from specpilot.api.admin import PROMETHEUS_URL_ANNOTATION
 from specpilot.api.models import GROUP, PLURAL, VERSION
 from specpilot.cli import run_operator
-from specpilot.local.controlplane import REPO, ControlPlane
-from specpilot.local.operator_process import OperatorProcess, wait_for
-from specpilot.local.stack import FAST_POLICY
+from specpilot_lab.local.controlplane import ControlPlane
+from specpilot_lab.local.operator_process import OperatorProcess, wait_for
+from specpilot_lab.local.stack import FAST_POLICY
+from tests.conftest import REPO
 from tests.integration.conftest import condition, example, get
 from tests.pod_security import restricted_violations
 

@@ -20,8 +20,8 @@ import pytest
 from kubernetes import client as k8s
 
 from specpilot.api.models import GROUP, PLURAL, VERSION
-from specpilot.local.controlplane import ControlPlane
-from specpilot.local.operator_process import OperatorProcess, wait_for
+from specpilot_lab.local.controlplane import ControlPlane
+from specpilot_lab.local.operator_process import OperatorProcess, wait_for
 from tests.integration.conftest import (
     account_without,
     condition,

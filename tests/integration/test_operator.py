@@ -9,8 +9,8 @@ import pytest
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from specpilot.local.controlplane import ControlPlane
-from specpilot.local.operator_process import OperatorProcess, free_port, wait_for
+from specpilot_lab.local.controlplane import ControlPlane
+from specpilot_lab.local.operator_process import OperatorProcess, free_port, wait_for
 from tests.integration.conftest import (
     account_without,
     condition,

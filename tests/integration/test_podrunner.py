@@ -1,7 +1,7 @@
 """The pod runner on a real API server: a process per replica, status, service discovery, rollout.
 
 Children are a stand-in (a tiny HTTP server written to the test's folder) that records its argv
-and environment, so the tests check exactly what the runner would hand to `specpilot.sim serve`.
+and environment, so the tests check exactly what the runner would hand to `specpilot_lab.sim serve`.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 
-from specpilot.local.controlplane import ControlPlane
-from specpilot.local.operator_process import wait_for
 from specpilot.review import render
-from specpilot.sim.podrunner import (
+from specpilot_lab.local.controlplane import ControlPlane
+from specpilot_lab.local.operator_process import wait_for
+from specpilot_lab.sim.podrunner import (
     ANNOTATION_GPU_TYPE,
     PodRunner,
     PodState,
@@ -318,7 +318,7 @@ def test_command_stops_children_when_it_ends(
     command = [
         sys.executable,
         "-c",
-        "from specpilot.sim.podrunner import podrunner; podrunner()",
+        "from specpilot_lab.sim.podrunner import podrunner; podrunner()",
         "--namespace", harness.namespace,
         "--command", shlex.join(harness.command),
         "--sd-file", str(harness.sd_file),

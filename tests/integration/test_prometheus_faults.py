@@ -23,10 +23,10 @@ import trustme
 from kubernetes import client as k8s
 
 from specpilot.api.admin import PROMETHEUS_URL_ANNOTATION
-from specpilot.local.controlplane import ControlPlane
-from specpilot.local.operator_process import OperatorProcess, wait_for
-from specpilot.local.stack import FAST_POLICY
 from specpilot.signals import SIGNAL_LABEL
+from specpilot_lab.local.controlplane import ControlPlane
+from specpilot_lab.local.operator_process import OperatorProcess, wait_for
+from specpilot_lab.local.stack import FAST_POLICY
 from tests.integration.conftest import condition, create, example, get, patch_spec
 
 pytestmark = pytest.mark.integration

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from kubernetes import client as k8s
 
-from specpilot.local.controlplane import ControlPlane
-from specpilot.local.operator_process import wait_for
 from specpilot.review import render
-from specpilot.sim.podrunner import PodRunner
+from specpilot_lab.local.controlplane import ControlPlane
+from specpilot_lab.local.operator_process import wait_for
+from specpilot_lab.sim.podrunner import PodRunner
 from tests.integration.conftest import example
 
 pytestmark = pytest.mark.integration
@@ -90,7 +90,7 @@ P99_TPOT = (
 def test_prometheus_scrapes_simulated_pods_and_answers_the_control_loops_queries(
     api: k8s.ApiClient, control_plane: ControlPlane, namespace: str, tmp_path: Path
 ) -> None:
-    from specpilot.local.prometheus import Prometheus
+    from specpilot_lab.local.prometheus import Prometheus
 
     doc = example("eagle3-single-h100.yaml", namespace)
     deployment = render(doc)[0]

@@ -27,10 +27,10 @@ from kubernetes.client.exceptions import ApiException
 
 from specpilot.api.admin import PROMETHEUS_URL_ANNOTATION
 from specpilot.api.models import GROUP, PLURAL, VERSION
-from specpilot.local.controlplane import ControlPlane
-from specpilot.local.operator_process import OperatorProcess, wait_for
-from specpilot.local.stack import FAST_POLICY
 from specpilot.signals import SIGNAL_LABEL
+from specpilot_lab.local.controlplane import ControlPlane
+from specpilot_lab.local.operator_process import OperatorProcess, wait_for
+from specpilot_lab.local.stack import FAST_POLICY
 from tests.integration.conftest import condition, example, get, service_account_kubeconfig
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from specpilot.local.prometheus import Prometheus
+from specpilot_lab.local.prometheus import Prometheus
 from tests.conftest import REPO
 
 OBSERVABILITY = REPO / "manifests" / "observability"

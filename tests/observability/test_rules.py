@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from specpilot.local.prometheus import prometheus_bin
+from specpilot_lab.local.prometheus import prometheus_bin
 from tests.conftest import REPO
 
 RULES = REPO / "manifests" / "observability" / "specpilot-rules.yaml"

@@ -16,6 +16,7 @@ from pathlib import Path
 from tests.conftest import REPO
 
 DOCKERFILE = REPO / "Dockerfile"
+LAB_DOCKERFILE = REPO / "lab" / "Dockerfile"
 
 
 def instructions() -> list[tuple[str, str]]:
@@ -32,7 +33,14 @@ def instructions() -> list[tuple[str, str]]:
 def test_hadolint_finds_nothing() -> None:
     hadolint = Path(sys.executable).parent / "hadolint"
     result = subprocess.run(
-        [str(hadolint), "--no-color", "--failure-threshold", "info", str(DOCKERFILE)],
+        [
+            str(hadolint),
+            "--no-color",
+            "--failure-threshold",
+            "info",
+            str(DOCKERFILE),
+            str(LAB_DOCKERFILE),
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -43,6 +51,16 @@ def test_hadolint_finds_nothing() -> None:
 def test_the_installed_version_is_the_projects() -> None:
     version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
     assert f"specpilot=={version}" in DOCKERFILE.read_text()
+    lab = tomllib.loads((REPO / "lab" / "pyproject.toml").read_text())["project"]
+    assert f"specpilot-lab=={lab['version']}" in LAB_DOCKERFILE.read_text()
+    assert f"specpilot=={version}" in lab["dependencies"]
+
+
+def test_the_operator_image_installs_only_the_operator() -> None:
+    """The lab (lab/, specpilot-lab) is neither copied nor installed; lab/Dockerfile has it."""
+    for keyword, rest in instructions():
+        if keyword in ("COPY", "RUN"):
+            assert "lab" not in rest, (keyword, rest)
 
 
 def test_base_images_are_pinned_to_a_patch_release() -> None:
@@ -103,7 +121,7 @@ def test_entrypoint_and_default_command_run_from_the_built_wheel(tmp_path: Path)
         )
 
     cli = "from specpilot.cli import main; main()"
-    for args in (command, ["sim", "serve"], ["render"]):
+    for args in (command, ["render"]):
         result = from_wheel(cli, *args, "--help")
         assert result.returncode == 0, result.stderr
         assert "Usage" in result.stdout or "usage" in result.stdout

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from specpilot.api.admin import DEFAULT_MAX_CHANGES_PER_HOUR
 from specpilot.api.models import PolicySpec, Thresholds
 from specpilot.findings import Severity
-from specpilot.local.stack import FAST_POLICY
 from specpilot.policy import Action, PolicyState, Signals, decide, policy_findings
 from specpilot.review import review
+from specpilot_lab.local.stack import FAST_POLICY
 from tests.conftest import manifest
 
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)

@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from specpilot.sim.engine import Engine
+from specpilot_lab.sim.engine import Engine
 
 ENGINE_KEY = web.AppKey("engine", Engine)
 DEFAULT_ECHO = 0.3

@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 
 from specpilot.api.models import Quantization, SpeculationMethod
 from specpilot.catalog import MODELS
-from specpilot.sim import physics
-from specpilot.sim.engine import Engine
-from specpilot.sim.vllm_args import parse
+from specpilot_lab.sim import physics
+from specpilot_lab.sim.engine import Engine
+from specpilot_lab.sim.vllm_args import parse
 
 LLAMA_70B = MODELS["meta-llama/Llama-3.1-70B-Instruct"]
 LLAMA_8B = MODELS["meta-llama/Llama-3.1-8B-Instruct"]

@@ -9,13 +9,15 @@ from __future__ import annotations
 import contextlib
 import json
 import tempfile
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from specpilot.local.controlplane import REPO, ControlPlane
-from specpilot.local.operator_process import OperatorProcess
-from specpilot.local.prometheus import Prometheus
-from specpilot.sim.podrunner import PodRunner
+from specpilot.api.crd import crd_yaml
+from specpilot_lab.local.controlplane import ControlPlane
+from specpilot_lab.local.operator_process import OperatorProcess
+from specpilot_lab.local.prometheus import Prometheus
+from specpilot_lab.sim.podrunner import PodRunner
 
 FAST_POLICY = {
     "mode": "auto",
@@ -28,15 +30,21 @@ FAST_POLICY = {
 """spec.policy sped up for local runs (the demo, the end-to-end tests), so a surge plays out in
 minutes; the production defaults are a 30s interval, a 5m window and a 10m cooldown."""
 
-CRD_FILES = (
-    REPO / "crds" / "specpilot.io_speculativeinferences.yaml",
-    REPO / "crds" / "kopf-peering.yaml",
-)
+PEERING_CRDS = "kopf-peering.yaml"
+"""kopf's peering CRDs, shipped with the lab (a copy of crds/kopf-peering.yaml; a test keeps them
+equal)."""
+
+
+def crd_documents() -> list[str]:
+    """What `install_crds` applies: the SpeculativeInference CRD as the operator generates it
+    (`specpilot crd`) and kopf's peering CRDs; no file of a source checkout is needed."""
+    peering = resources.files(__package__ or "specpilot_lab.local") / "assets" / PEERING_CRDS
+    return [crd_yaml(), peering.read_text()]
 
 
 def install_crds(plane: ControlPlane) -> None:
-    for crd in CRD_FILES:
-        plane.kubectl("apply", "-f", str(crd))
+    for document in crd_documents():
+        plane.kubectl("apply", "-f", "-", input=document)
     plane.kubectl(
         "wait",
         "--for=condition=Established",

@@ -10,12 +10,13 @@ Usage in tests::
         subprocess.run(["kubectl", "--kubeconfig", str(cp.kubeconfig), "get", "ns"], check=True)
         restricted = cp.user_kubeconfig("specpilot-operator", groups=["specpilot:operators"])
 
-By hand, from the repository root (Ctrl-C stops it)::
+By hand (Ctrl-C stops it)::
 
-    python -m specpilot.local.controlplane
+    python -m specpilot_lab.local.controlplane
 
 Binaries come from $KUBEBUILDER_ASSETS (a folder with ``etcd`` and ``kube-apiserver``) or from
-``scripts/kube-assets.sh``, which builds and caches them. Certificates are made with the
+the lab's ``kube-assets.sh`` recipe (``specpilot_lab.local.assets``; scripts/kube-assets.sh in a
+checkout), which builds and caches them. Certificates are made with the
 ``openssl`` command-line tool; the module only needs the standard library.
 """
 
@@ -42,11 +43,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from specpilot.processes import die_with_parent
+from specpilot_lab.local.assets import AssetsError, run_script
+from specpilot_lab.processes import die_with_parent
 
-REPO = Path(__file__).resolve().parents[3]
-"""The source checkout this module runs from (the asset scripts live there)."""
-ASSETS_SCRIPT = REPO / "scripts" / "kube-assets.sh"
+ASSETS_SCRIPT = "kube-assets.sh"
 
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -93,16 +93,11 @@ def find_assets() -> Path:
     env = os.environ.get("KUBEBUILDER_ASSETS")
     if env and _has_assets(Path(env)):
         return Path(env).resolve()
-    # The script logs (and may build for ~10 minutes) on stderr, which we let through.
-    proc = subprocess.run(
-        ["bash", str(ASSETS_SCRIPT)], stdout=subprocess.PIPE, text=True, check=False
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.strip()]
-    if proc.returncode != 0 or not lines:
-        raise ControlPlaneError(
-            f"{ASSETS_SCRIPT} failed (exit {proc.returncode}); see its messages on stderr"
-        )
-    folder = Path(lines[-1].strip())
+    # The recipe logs (and may build for ~10 minutes) on stderr, which we let through.
+    try:
+        folder = run_script(ASSETS_SCRIPT)
+    except AssetsError as exc:
+        raise ControlPlaneError(str(exc)) from exc
     if not _has_assets(folder):
         raise ControlPlaneError(f"{ASSETS_SCRIPT} printed {folder}, which lacks the binaries")
     return folder
@@ -539,7 +534,7 @@ def _default_tmp_root() -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m specpilot.local.controlplane",
+        prog="python -m specpilot_lab.local.controlplane",
         description="Start a test control plane (etcd + kube-apiserver) until Ctrl-C.",
     )
     parser.add_argument("--assets", help="folder with etcd and kube-apiserver")

@@ -1,4 +1,4 @@
-"""`specpilot sim serve MODEL [vLLM flags]`: start a simulated vLLM server.
+"""`specpilot-lab sim serve MODEL [vLLM flags]`: start a simulated vLLM server.
 
 Simulator-only settings come from the environment, so the argument list stays exactly vLLM's:
 SPECPILOT_SIM_GPU (catalog GPU type, default H100-80GB), SPECPILOT_SIM_TIME_SCALE (default 1),
@@ -14,9 +14,9 @@ from collections.abc import Mapping, Sequence
 
 from aiohttp import web
 
-from specpilot.sim.engine import Engine
-from specpilot.sim.server import application
-from specpilot.sim.vllm_args import SimArgsError, parse
+from specpilot_lab.sim.engine import Engine
+from specpilot_lab.sim.server import application
+from specpilot_lab.sim.vllm_args import SimArgsError, parse
 
 
 def build_engine(argv: Sequence[str], env: Mapping[str, str]) -> Engine:

@@ -1,5 +1,5 @@
 # mypy: disallow-untyped-calls=False
-"""`specpilot podrunner`: run the pods of specpilot's Deployments as local processes.
+"""`specpilot-lab podrunner`: run the pods of specpilot's Deployments as local processes.
 
 The test control plane (docs/control-plane.md) has no kubelet and no deployment controller, so a
 Deployment never gets pods and its status stays empty. The pod runner plays both roles, for
@@ -44,7 +44,6 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
-from specpilot.processes import die_with_parent
 from specpilot.rendering.manifests import (
     ANNOTATION_GPU_TYPE,
     ANNOTATION_TARGET_QUANTIZATION,
@@ -52,6 +51,7 @@ from specpilot.rendering.manifests import (
     LABEL_MANAGED_BY,
     Manifest,
 )
+from specpilot_lab.processes import die_with_parent
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ SIMULATOR_ENV_FROM_ANNOTATIONS = {
 ENV_TIME_SCALE = "SPECPILOT_SIM_TIME_SCALE"
 ENV_POD_NAME = "SPECPILOT_POD_NAME"
 LOOPBACK = "127.0.0.1"
-DEFAULT_COMMAND = (sys.executable, "-m", "specpilot.sim", "serve")
+DEFAULT_COMMAND = (sys.executable, "-m", "specpilot_lab.sim", "serve")
 FIELD_MANAGER = "specpilot-podrunner"
 
 TICK_SECONDS = 0.5
@@ -920,7 +920,7 @@ class PodRunner:
     "command",
     default=None,
     help="Command prefix for each replica, split like a shell; the rewritten vLLM args follow. "
-    "Default: the running Python with -m specpilot.sim serve.",
+    "Default: the running Python with -m specpilot_lab.sim serve.",
 )
 def podrunner(
     namespaces: tuple[str, ...],

@@ -1,4 +1,4 @@
-"""`specpilot demo`: the control loop on a laptop, end to end.
+"""`specpilot-lab demo`: the control loop on a laptop, end to end.
 
 A local control plane, simulated vLLM pods (the pod runner), a real Prometheus and the operator;
 an example resource with one control replica; a trace of low load, a surge and low load again.
@@ -12,6 +12,7 @@ import asyncio
 import datetime
 import threading
 import time
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +22,16 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from specpilot.api.models import GROUP, PLURAL, VERSION
-from specpilot.demo.timeline import Decision, Series, Timeline, render_png, summary_table
-from specpilot.local.controlplane import REPO, ControlPlane
-from specpilot.local.operator_process import wait_for
-from specpilot.local.stack import FAST_POLICY, LocalStack, install_crds
 from specpilot.signals import Signal, signal_expressions
-from specpilot.sim import loadgen
+from specpilot_lab.demo.timeline import Decision, Series, Timeline, render_png, summary_table
+from specpilot_lab.local.controlplane import ControlPlane
+from specpilot_lab.local.operator_process import wait_for
+from specpilot_lab.local.stack import FAST_POLICY, LocalStack, install_crds
+from specpilot_lab.sim import loadgen
 
-EXAMPLE = REPO / "manifests" / "examples" / "llama-70b-int8-draft.yaml"
+EXAMPLE = "llama-70b-int8-draft.yaml"
+"""The resource the demo applies: manifests/examples/llama-70b-int8-draft.yaml, shipped with the lab
+(package data; a test keeps the two equal)."""
 NAMESPACE = "specpilot-demo"
 POLICY = {**FAST_POLICY, "controlReplicas": 1}
 """The example's policy, sped up, with one control replica as the live baseline."""
@@ -38,7 +41,8 @@ STEP = 5.0
 
 
 def demo_resource() -> dict[str, Any]:
-    doc: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
+    text = (resources.files(__package__ or "specpilot_lab.demo") / EXAMPLE).read_text()
+    doc: dict[str, Any] = yaml.safe_load(text)
     doc["metadata"]["namespace"] = NAMESPACE
     doc["spec"]["policy"] = {**doc["spec"].get("policy", {}), **POLICY}
     doc["spec"]["monitoring"] = {}  # the operator's --prometheus-url: the local one
@@ -106,7 +110,7 @@ def _play(api: k8s.ApiClient, stack: LocalStack, output: Path) -> None:
     k8s.CustomObjectsApi(api).create_namespaced_custom_object(
         GROUP, VERSION, NAMESPACE, PLURAL, doc
     )
-    click.echo(f"== applied {EXAMPLE.relative_to(REPO)} as {NAMESPACE}/{name} with this policy:")
+    click.echo(f"== applied manifests/examples/{EXAMPLE} as {NAMESPACE}/{name} with this policy:")
     click.echo("   " + ", ".join(f"{k}={v}" for k, v in POLICY.items()))
     wait_for(lambda: len(stack.targets(NAMESPACE, name)) >= 2, timeout=120, what="ready pods")
     started = time.time()

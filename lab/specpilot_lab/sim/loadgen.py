@@ -26,7 +26,7 @@ from click.core import ParameterSource
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
-from specpilot.sim.engine import Arrival
+from specpilot_lab.sim.engine import Arrival
 
 MAX_IN_FLIGHT = 1024
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"

@@ -18,10 +18,10 @@ from specpilot.api.models import SpeculationMethod, SpeculativeInferenceSpec
 from specpilot.catalog import GPU_TYPES, lookup_model
 from specpilot.findings import Severity
 from specpilot.planning.memory import MemoryPlan, ModelFootprint, plan
-from specpilot.sim import physics
-from specpilot.sim.metrics import VLLMMetrics
-from specpilot.sim.vllm_args import ServerConfig, SimArgsError
 from specpilot.vllm_versions import Feature, supports
+from specpilot_lab.sim import physics
+from specpilot_lab.sim.metrics import VLLMMetrics
+from specpilot_lab.sim.vllm_args import ServerConfig, SimArgsError
 
 WORDS = ("the", "model", "answers", "with", "a", "short", "and", "useful", "sentence", "here")
 

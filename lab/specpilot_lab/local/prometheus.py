@@ -13,19 +13,14 @@ from typing import Any
 
 import yaml
 
-from specpilot.local.controlplane import REPO
-from specpilot.local.operator_process import free_port, wait_for
+from specpilot_lab.local.assets import run_script
+from specpilot_lab.local.operator_process import free_port, wait_for
 
 
 def prometheus_bin() -> Path:
-    result = subprocess.run(
-        ["bash", str(REPO / "scripts" / "prometheus-assets.sh")],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=600,
-    )
-    return Path(result.stdout.strip().splitlines()[-1])
+    """The folder holding `prometheus` and `promtool` ($PROMETHEUS_BIN_DIR, the PATH, or the
+    lab's prometheus-assets.sh recipe, which unpacks Debian's package into the cache)."""
+    return run_script("prometheus-assets.sh", timeout=600, quiet=True)
 
 
 class Prometheus:

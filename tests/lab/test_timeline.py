@@ -8,7 +8,7 @@ import pytest
 from matplotlib.image import imread
 
 from specpilot.api.models import Thresholds
-from specpilot.demo.timeline import (
+from specpilot_lab.demo.timeline import (
     DISABLE_BELOW,
     REVIEW_BELOW,
     Decision,

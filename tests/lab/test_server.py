@@ -13,9 +13,9 @@ import openai
 import pytest
 from aiohttp import web
 
-from specpilot.sim.serve import build_engine
-from specpilot.sim.server import application
-from specpilot.sim.vllm_args import SimArgsError, parse
+from specpilot_lab.sim.serve import build_engine
+from specpilot_lab.sim.server import application
+from specpilot_lab.sim.vllm_args import SimArgsError, parse
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 EAGLE3 = (

@@ -15,7 +15,7 @@ from aiohttp import web
 from click.testing import CliRunner, Result
 from pydantic import ValidationError
 
-from specpilot.sim.loadgen import (
+from specpilot_lab.sim.loadgen import (
     NO_SERVER,
     Distribution,
     Segment,
@@ -27,9 +27,9 @@ from specpilot.sim.loadgen import (
     report,
     run,
 )
-from specpilot.sim.loadgen import Result as LoadResult
+from specpilot_lab.sim.loadgen import Result as LoadResult
 from tests.conftest import REPO
-from tests.sim.test_server import EAGLE3, MODEL, SimServer, free_port
+from tests.lab.test_server import EAGLE3, MODEL, SimServer, free_port
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -144,8 +144,8 @@ def test_cli_without_a_trace() -> None:
 
 
 def invoke(*args: str) -> Result:
-    """`specpilot loadgen ARGS` through the top-level CLI, as a user would run it."""
-    from specpilot.cli import main
+    """`specpilot-lab loadgen ARGS` through the lab's CLI, as a user would run it."""
+    from specpilot_lab.cli import main
 
     return CliRunner().invoke(main, ["loadgen", *args])
 

@@ -1,0 +1,5 @@
+"""`python -m specpilot_lab` is the `specpilot-lab` command."""
+
+from specpilot_lab.cli import main
+
+main()
