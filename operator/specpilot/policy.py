@@ -4,7 +4,7 @@ Input: the latest signals for one resource, the state carried in its status, its
 the time and the operator's ceiling on changes per hour. Output: one decision (keep, hold,
 disable, enable, step quantization) with a reason that holds the numbers, and the next state.
 Acting on the decision is the adapters' job; the thresholds are the decision framework's
-(docs/policy.md). `policy_findings` refuses or warns on a spec.policy that would make the pods
+(docs/policy.md). `flapping_findings` refuses or warns on a spec.policy that would make the pods
 flap, before the policy ever runs.
 """
 
@@ -476,7 +476,7 @@ def _while_off(
     )
 
 
-def policy_findings(policy: PolicySpec) -> list[Finding]:
+def flapping_findings(policy: PolicySpec) -> list[Finding]:
     """What in spec.policy would make the pods flap: a cooldown under two intervals (refused),
     a cooldown shorter than a GPU pod restart, or one check being enough to act (warnings)."""
     found: list[Finding] = []

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from specpilot.api.admin import DEFAULT_MAX_CHANGES_PER_HOUR
 from specpilot.api.models import PolicySpec, Thresholds
 from specpilot.findings import Severity
-from specpilot.policy import Action, PolicyState, Signals, decide, policy_findings
+from specpilot.policy import Action, PolicyState, Signals, decide, flapping_findings
 from specpilot.review import review
 from specpilot_lab.local.stack import FAST_POLICY
 from tests.conftest import manifest
@@ -408,7 +408,7 @@ def test_never_more_changes_in_an_hour_than_the_ceiling(
 
 
 def findings_by_code(**fields: Any) -> dict[str, Any]:
-    return {(f.code, f.path): f for f in policy_findings(policy(**fields))}
+    return {(f.code, f.path): f for f in flapping_findings(policy(**fields))}
 
 
 def test_the_flapping_policy_of_the_issue_is_refused_and_warned_about() -> None:
@@ -431,11 +431,11 @@ def test_cooldown_floors() -> None:
         ("CooldownShorterThanRestart", Severity.WARNING)
     ]
     assert findings_by_code(cooldown="5m") == {}
-    assert policy_findings(PolicySpec()) == []  # the defaults
+    assert flapping_findings(PolicySpec()) == []  # the defaults
 
 
 def test_the_local_demo_policy_is_accepted_with_a_warning() -> None:
-    found = policy_findings(PolicySpec.model_validate(FAST_POLICY))
+    found = flapping_findings(PolicySpec.model_validate(FAST_POLICY))
     assert [(f.code, f.severity) for f in found] == [
         ("CooldownShorterThanRestart", Severity.WARNING)
     ]

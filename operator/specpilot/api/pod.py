@@ -34,7 +34,7 @@ def pod_findings(spec: SpeculativeInferenceSpec, policy: PodPolicy) -> list[Find
         schema_findings(pod)
         + volume_findings(pod, policy)
         + mount_findings(pod)
-        + policy_findings(spec, policy)
+        + admin_rule_findings(spec, policy)
     )
 
 
@@ -63,7 +63,7 @@ def volume_findings(pod: PodOverrides, policy: PodPolicy) -> list[Finding]:
             seen.add(name)
         kinds = sorted(set(volume) - {"name"} - RESTRICTED_VOLUME_TYPES)
         if kinds == ["hostPath"] and not policy.allow_host_path:
-            continue  # refused by the admin's policy (policy_findings); a warning adds nothing
+            continue  # refused by the admin's policy (admin_rule_findings); a warning adds nothing
         if kinds:
             found.append(
                 warning(
@@ -143,7 +143,7 @@ def _mount_fix(mount_path: str) -> str:
     return "give each mount its own path."
 
 
-def policy_findings(spec: SpeculativeInferenceSpec, policy: PodPolicy) -> list[Finding]:
+def admin_rule_findings(spec: SpeculativeInferenceSpec, policy: PodPolicy) -> list[Finding]:
     """The admin's pod policy (PodPolicy): what a namespace user may not put into GPU pods that
     the operator creates with its own rights."""
     found: list[Finding] = []

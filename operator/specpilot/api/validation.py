@@ -31,7 +31,7 @@ from specpilot.api.models import (
     SpeculativeInferenceSpec,
 )
 from specpilot.findings import Finding, error, shown
-from specpilot.policy import policy_findings
+from specpilot.policy import flapping_findings
 
 MANAGED_FLAGS = {
     "--model": "spec.target.model",
@@ -402,7 +402,7 @@ def cross_field_findings(spec: SpeculativeInferenceSpec) -> list[Finding]:
         )
     found += _speculation_findings(spec)
     found += _extra_args_findings(spec.vllm.extra_args)
-    found += policy_findings(spec.policy)
+    found += flapping_findings(spec.policy)
     return found
 
 
