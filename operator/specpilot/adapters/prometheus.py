@@ -160,7 +160,7 @@ class PrometheusClient:
             except (requests.RequestException, ValueError) as exc:
                 # Includes answers that are not JSON (requests' JSONDecodeError is both).
                 refused = isinstance(exc, requests.exceptions.SSLError)
-                problem = f"{type(exc).__name__}: {exc}".rstrip(": ")
+                problem = _describe(exc)
                 continue
             except (KeyError, TypeError) as exc:
                 raise MetricsError(
@@ -237,6 +237,14 @@ class PrometheusClient:
                 session.close()
             self._sessions.clear()
             self._connections.clear()
+
+
+def _describe(exc: Exception) -> str:
+    """The cause, short: requests wraps it in urllib3's MaxRetryError, whose text repeats the
+    whole URL with its query (kilobytes, which would push the cause out of a condition)."""
+    cause: Any = exc.args[0] if exc.args else exc
+    detail = getattr(cause, "reason", None) or cause
+    return f"{type(exc).__name__}: {detail}".rstrip(": ")
 
 
 _REFUSAL = re.compile(r"HTTP Status Code (\d+) \((.*)\)\Z", re.DOTALL)
