@@ -82,6 +82,8 @@ class ControlLoop:
         self.reads = asyncio.Semaphore(READ_CONCURRENCY)
         """Held from a read's start until its thread ends, even when the loop stopped waiting:
         a thread reading a hung endpoint keeps its slot, so no read queues behind it."""
+        self.read_threads = 0
+        """Reads whose thread is running, waited for or not."""
         self.tasks: set[asyncio.Task[None]] = set()
         self.pool = ThreadPoolExecutor(CHECK_CONCURRENCY, thread_name_prefix="specpilot-check")
         self.read_pool = ThreadPoolExecutor(READ_CONCURRENCY, thread_name_prefix="specpilot-read")
@@ -218,10 +220,12 @@ class ControlLoop:
         )
 
         def ended(done: asyncio.Future[tuple[Readings, float]]) -> None:
+            self.read_threads -= 1
             self.reads.release()
             if not done.cancelled():
                 done.exception()  # retrieved: a read nobody waited for any more fails quietly
 
+        self.read_threads += 1
         future.add_done_callback(ended)
         return future
 

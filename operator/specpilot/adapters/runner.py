@@ -109,12 +109,17 @@ def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
 
 
 def _kube_connection(memo: kopf.Memo) -> KubeConnection:
-    """Loaded by whichever of the login and startup handlers runs first, then shared."""
+    """Loaded by `run` before kopf starts; loaded here for an operator started otherwise (e.g.
+    kopf's KopfRunner with a memo of its own)."""
     if getattr(memo, "kube_connection", None) is None:
-        # A connection per concurrent control check and per reconcile thread.
-        memo.kube_connection = KubeConnection.load(pool_size=CHECK_CONCURRENCY + HANDLER_THREADS)
+        memo.kube_connection = _load_kube_connection()
     connection: KubeConnection = memo.kube_connection
     return connection
+
+
+def _load_kube_connection() -> KubeConnection:
+    # A connection per concurrent control check and per reconcile thread.
+    return KubeConnection.load(pool_size=CHECK_CONCURRENCY + HANDLER_THREADS)
 
 
 @kopf.on.startup()
@@ -187,5 +192,5 @@ def run(options: RunOptions) -> None:
         peering_name=None if options.standalone else options.peering,
         priority=priority,
         liveness_endpoint=options.liveness,
-        memo=kopf.Memo(options=options),
+        memo=kopf.Memo(options=options, kube_connection=_load_kube_connection()),
     )
