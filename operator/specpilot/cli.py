@@ -376,7 +376,7 @@ def run_operator(
 ) -> None:
     """Run the operator (reconciles SpeculativeInference resources; the control loop reads
     Prometheus and turns speculation off and on)."""
-    from specpilot.adapters.control_loop import DefaultCredentials
+    from specpilot.adapters.prometheus import DefaultCredentials
     from specpilot.adapters.runner import RunOptions, run
 
     run(

@@ -54,7 +54,9 @@ class LoggingPrometheus:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
-                form = urllib.parse.parse_qs(self.rfile.read(length).decode())
+                # Parameters in the URL or the body, as Prometheus takes them.
+                form = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+                form |= urllib.parse.parse_qs(self.rfile.read(length).decode())
                 owner.authorizations.append(self.headers.get("Authorization"))
                 body = owner.answer(form.get("query", [""])[0])
                 self.send_response(200)

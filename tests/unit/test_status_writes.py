@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 import pytest
+from kubernetes import client as k8s
 
 from specpilot.adapters.kube import KubeWriter, NonFiniteStatusError
 from specpilot.finite import non_finite_paths
@@ -36,8 +37,8 @@ class RecordingStatusApi:
 
 
 def writer_with(api: RecordingStatusApi) -> KubeWriter:
-    """A writer whose status API is `api` (constructing a real one asks a server)."""
-    writer = KubeWriter.__new__(KubeWriter)
+    """A writer whose status API is `api` (building one asks no server)."""
+    writer = KubeWriter(k8s.ApiClient())
     writer._custom = api
     return writer
 

@@ -16,40 +16,30 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
 from specpilot import control
 from specpilot.adapters import telemetry
-from specpilot.adapters.kube import (
-    KubeWriter,
-    NonFiniteStatusError,
-    SecretError,
-    describe_api_error,
-)
-from specpilot.adapters.prometheus import Endpoint, MetricsError, PrometheusClient
-from specpilot.api.admin import PROMETHEUS_URL_ANNOTATION, AdminPolicy, bound_to
-from specpilot.api.models import (
-    SecretKeyRef,
-    SpeculativeInferenceSpec,
-    SpeculativeInferenceStatus,
-)
-from specpilot.policy import seconds
+from specpilot.adapters.kube import SecretError
+from specpilot.adapters.prometheus import Endpoint, MetricsError
+from specpilot.adapters.runtime import Key, Registration, Runtime
+from specpilot.adapters.writers import StatusConflictError, StatusWriteError
+from specpilot.api.admin import PROMETHEUS_URL_ANNOTATION, bound_to
+from specpilot.api.models import SecretKeyRef, SpeculativeInferenceStatus
 from specpilot.signals import Readings
 
 TICK_SECONDS = 1.0
-STATUS_CONFLICT_RETRIES = 3
 CHECK_CONCURRENCY = 16
 """Checks in flight at once: each is a read and a status write, mostly waiting on the API server,
 so a thousand resources fit in one cycle."""
 READ_CONCURRENCY = 8
-"""Prometheus endpoints read at once, whatever the number of tenants."""
+"""Prometheus endpoints read at once, whatever the number of tenants; also the width of the read
+threads' pool, so a read never waits for a thread."""
 READS_PER_NAMESPACE = 2
 """Reads in flight for endpoints only one namespace uses (its own Prometheus or token)."""
 READ_DEADLINE_SECONDS = 15.0
@@ -57,81 +47,6 @@ READ_DEADLINE_SECONDS = 15.0
 MAX_BACKOFF_SECONDS = 300.0
 """The longest a failing endpoint waits for its next read."""
 logger = logging.getLogger(__name__)
-
-Key = tuple[str, str]
-
-
-class Registration(BaseModel):
-    """What the loop needs to know about a resource between checks."""
-
-    model_config = ConfigDict(frozen=True)
-
-    interval: float
-    window: str
-    prometheus_url: str | None
-    bearer_token_secret: SecretKeyRef | None
-    ca_bundle_secret: SecretKeyRef | None
-
-
-REGISTRY: dict[Key, Registration] = {}
-"""Valid resources under control, kept current by the reconcile handlers."""
-
-BODIES: dict[Key, dict[str, Any]] = {}
-"""The newest version of every resource seen on kopf's watch or in a write's answer. A check
-starts from it instead of reading the resource: a stale copy costs a 409 and one read."""
-
-
-def observe(body: Any, deleted: bool = False) -> None:
-    """Keep `body` if it is newer than the copy held (resourceVersions are etcd revisions)."""
-    meta = body["metadata"]
-    key = (meta["namespace"], meta["name"])
-    if deleted:
-        BODIES.pop(key, None)
-        return
-    held = BODIES.get(key)
-    if held is None or _revision(meta) >= _revision(held["metadata"]):
-        BODIES[key] = dict(body)
-
-
-def attempts(writer: KubeWriter, namespace: str, name: str) -> Iterator[dict[str, Any] | None]:
-    """The resource for each try of a read, decide, write cycle (None once it is gone): the
-    newest copy held first, then a fresh read after every conflicting write (409)."""
-    held = BODIES.get((namespace, name))
-    for attempt in range(STATUS_CONFLICT_RETRIES):
-        if attempt or held is None:
-            held = writer.get_resource(namespace, name)
-            if held is not None:
-                observe(held)
-        yield held
-
-
-def _revision(meta: Any) -> int:
-    try:
-        return int(meta.get("resourceVersion") or 0)
-    except ValueError:  # not an etcd revision: always take the newer copy
-        return 0
-
-
-def register(namespace: str, name: str, spec: SpeculativeInferenceSpec | None) -> None:
-    """Track a resource (spec given) or stop tracking it (None: invalid, deleted, mode off)."""
-    key = (namespace, name)
-    if spec is None or spec.policy.mode.value == "off":
-        REGISTRY.pop(key, None)
-        return
-    REGISTRY[key] = Registration(
-        interval=seconds(spec.policy.interval),
-        window=spec.policy.window,
-        prometheus_url=spec.monitoring.prometheus_url,
-        bearer_token_secret=spec.monitoring.bearer_token_secret,
-        ca_bundle_secret=spec.monitoring.ca_bundle_secret,
-    )
-
-
-class DefaultCredentials(BaseModel):
-    """The operator-wide Prometheus' token and CA (flags): sent to that Prometheus alone."""
-
-    bearer_token_file: Path | None = None
-    ca_file: Path | None = None
 
 
 class EndpointHealth(BaseModel):
@@ -145,25 +60,18 @@ class EndpointHealth(BaseModel):
 
 
 class ControlLoop:
-    """Owns the loop's runtime state: when each resource was last checked, the reads in flight
-    and each endpoint's health."""
+    """Owns the loop's schedule: when each resource was last checked, the reads in flight and
+    each endpoint's health. What it shares with the handlers is in the `Runtime`."""
 
     def __init__(
         self,
-        writer: KubeWriter,
-        admin: AdminPolicy,
-        credentials: DefaultCredentials,
-        reconcile: Callable[[str, str, KubeWriter, str], bool],
-        client: PrometheusClient | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        runtime: Runtime,
+        reconcile: Callable[[str, str, str], bool],
         read_deadline: float = READ_DEADLINE_SECONDS,
     ) -> None:
-        self.writer = writer
-        self.admin = admin
-        self.credentials = credentials
+        self.runtime = runtime
         self.reconcile = reconcile
-        self.client = client or PrometheusClient()
-        self.clock = clock
+        """Re-render a resource after a decision: (namespace, name, trigger) -> ok."""
         self.read_deadline = read_deadline
         self.last_check: dict[Key, float] = {}
         self.health: dict[Endpoint, EndpointHealth] = {}
@@ -172,8 +80,13 @@ class ControlLoop:
         self.reading: dict[Endpoint, str] = {}
         """Endpoints being read now, with the namespace they count against ('' when shared)."""
         self.reads = asyncio.Semaphore(READ_CONCURRENCY)
+        """Held from a read's start until its thread ends, even when the loop stopped waiting:
+        a thread reading a hung endpoint keeps its slot, so no read queues behind it."""
+        self.read_threads = 0
+        """Reads whose thread is running, waited for or not."""
         self.tasks: set[asyncio.Task[None]] = set()
         self.pool = ThreadPoolExecutor(CHECK_CONCURRENCY, thread_name_prefix="specpilot-check")
+        self.read_pool = ThreadPoolExecutor(READ_CONCURRENCY, thread_name_prefix="specpilot-read")
 
     async def run(self) -> None:
         while True:
@@ -183,13 +96,18 @@ class ControlLoop:
                 logger.exception("control loop tick failed")
             await asyncio.sleep(TICK_SECONDS)
 
+    def close(self) -> None:
+        """Stop the threads; a read still running ends at its own timeout."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.read_pool.shutdown(wait=False, cancel_futures=True)
+
     async def tick(self) -> None:
         """Start a read for every endpoint with due resources, and return: a slow or dead
         endpoint delays only the resources behind it."""
-        now = self.clock()
+        now = self.runtime.clock.monotonic()
         due = [
             (key, reg)
-            for key, reg in list(REGISTRY.items())
+            for key, reg in self.runtime.registry.items()
             if now - self.last_check.get(key, float("-inf")) >= reg.interval
             and key not in self.checking
         ]
@@ -214,7 +132,7 @@ class ControlLoop:
             started += len(keys)
             name = endpoint.describe() if isinstance(endpoint, Endpoint) else "held"
             self._spawn(
-                self._read_and_check(endpoint, window, keys, interval=_interval(keys)),
+                self._read_and_check(endpoint, window, keys, interval=self._interval(keys)),
                 name=f"specpilot-read {name}",
             )
         telemetry.CONTROL_CYCLE_RESOURCES.observe(started)
@@ -232,12 +150,16 @@ class ControlLoop:
             return False
         return list(self.reading.values()).count(namespace) >= READS_PER_NAMESPACE
 
+    def _interval(self, keys: list[Key]) -> float:
+        registrations = (self.runtime.registry.get(key) for key in keys)
+        return min((r.interval for r in registrations if r is not None), default=TICK_SECONDS)
+
     async def _read_and_check(
         self, endpoint: Endpoint | str, window: str, keys: list[Key], interval: float
     ) -> None:
         try:
             with telemetry.CONTROL_CYCLE_SECONDS.time():
-                readings, error, at = await self._read(endpoint, window, interval)
+                readings, error, at = await self._read(endpoint, window, interval, keys)
                 loop = asyncio.get_running_loop()
                 outcomes = await asyncio.gather(
                     *(
@@ -257,40 +179,73 @@ class ControlLoop:
                 self.reading.pop(endpoint, None)
 
     async def _read(
-        self, endpoint: Endpoint | str, window: str, interval: float
+        self, endpoint: Endpoint | str, window: str, interval: float, keys: list[Key]
     ) -> tuple[Readings | None, str | None, float]:
+        now = self.runtime.clock.now().timestamp()
         if isinstance(endpoint, str):
-            return None, endpoint, time.time()
+            return None, endpoint, now
         health = self.health.get(endpoint)
-        if health is not None and self.clock() < health.retry_at:
-            return None, _circuit_open(endpoint, health), time.time()
-        async with self.reads:
-            with telemetry.PROMETHEUS_READ_SECONDS.time():
-                try:
-                    readings, at = await asyncio.wait_for(
-                        self.client.read(endpoint, window), self.read_deadline
-                    )
-                except (MetricsError, TimeoutError) as exc:
-                    telemetry.PROMETHEUS_READ_ERRORS.inc()
-                    message = str(exc) or (
-                        f"Prometheus at {endpoint.describe()} did not answer within "
-                        f"{self.read_deadline:.0f}s (TimeoutError)"
-                    )
-                    logger.warning("%s", message)
-                    self._failed(endpoint, message, interval)
-                    return None, message, time.time()
+        if health is not None and self.runtime.clock.monotonic() < health.retry_at:
+            return None, _circuit_open(endpoint, health), now
+        await self.reads.acquire()
+        try:
+            reading = self._start_read(endpoint, window)
+        except BaseException:
+            self.reads.release()
+            raise
+        with telemetry.PROMETHEUS_READ_SECONDS.time():
+            try:
+                readings, at = await asyncio.wait_for(asyncio.shield(reading), self.read_deadline)
+            except (MetricsError, TimeoutError) as exc:
+                telemetry.PROMETHEUS_READ_ERRORS.inc()
+                message = str(exc) or (
+                    f"Prometheus at {endpoint.describe()} did not answer within "
+                    f"{self.read_deadline:.0f}s (TimeoutError)"
+                )
+                logger.warning("%s", message)
+                self._failed(endpoint, message, interval)
+                if isinstance(exc, MetricsError) and exc.credentials_refused:
+                    self._forget_credentials(keys)
+                return None, message, self.runtime.clock.now().timestamp()
         self.health.pop(endpoint, None)
         return readings, None, at
+
+    def _start_read(
+        self, endpoint: Endpoint, window: str
+    ) -> asyncio.Future[tuple[Readings, float]]:
+        """The read in a thread of its own pool; its slot is released when the thread ends."""
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(
+            self.read_pool, self.runtime.prometheus.read, endpoint, window, self.read_deadline
+        )
+
+        def ended(done: asyncio.Future[tuple[Readings, float]]) -> None:
+            self.read_threads -= 1
+            self.reads.release()
+            if not done.cancelled():
+                done.exception()  # retrieved: a read nobody waited for any more fails quietly
+
+        self.read_threads += 1
+        future.add_done_callback(ended)
+        return future
+
+    def _forget_credentials(self, keys: list[Key]) -> None:
+        """Prometheus refused what the Secrets gave: read them again before the next try."""
+        for namespace, name in keys:
+            reg = self.runtime.registry.get((namespace, name))
+            for ref in (reg.bearer_token_secret, reg.ca_bundle_secret) if reg else ():
+                if ref is not None:
+                    self.runtime.secrets.invalidate(namespace, ref)
 
     def _failed(self, endpoint: Endpoint, message: str, interval: float) -> None:
         """Back off: the next read waits one interval, doubled per failure in a row."""
         health = self.health.get(endpoint) or EndpointHealth()
         failures = health.failures + 1
         wait = min(interval * 2 ** (failures - 1), MAX_BACKOFF_SECONDS)
-        retry_wall = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=wait)
+        retry_wall = self.runtime.clock.now() + datetime.timedelta(seconds=wait)
         self.health[endpoint] = EndpointHealth(
             failures=failures,
-            retry_at=self.clock() + wait,
+            retry_at=self.runtime.clock.monotonic() + wait,
             retry_at_wall=retry_wall.strftime("%Y-%m-%dT%H:%M:%SZ"),
             last_error=message,
         )
@@ -299,37 +254,39 @@ class ControlLoop:
         """Where this resource's metrics are and which credentials go there, or why it cannot
         be read (a held check). A credential goes only where its owner allowed: the operator's
         token to the operator's Prometheus, a Secret to the URLs its annotation names."""
-        url = reg.prometheus_url or self.admin.prometheus_url
+        admin = self.runtime.admin
+        url = reg.prometheus_url or admin.prometheus_url
         if url is None:
             return (
                 "no Prometheus URL: set spec.monitoring.prometheusUrl or run the operator "
                 "with --prometheus-url"
             )
-        if not self.admin.allows_prometheus(url):
+        if not admin.allows_prometheus(url):
             return (
                 f"spec.monitoring.prometheusUrl {url} is not a Prometheus endpoint the "
                 "operator's admin allows; ask them to allow it (specpilot run "
                 "--allowed-prometheus-url, chart allowedPrometheusUrls), or remove the field "
                 "to use the operator-wide Prometheus"
             )
-        default = self.admin.is_default_prometheus(url)
+        default = admin.is_default_prometheus(url)
+        credentials = self.runtime.credentials
         try:
             token = (
                 self._bound_secret(namespace, reg.bearer_token_secret, url)
                 if reg.bearer_token_secret
-                else _read_file(self.credentials.bearer_token_file if default else None)
+                else _read_file(credentials.bearer_token_file if default else None)
             )
             ca = (
                 self._bound_secret(namespace, reg.ca_bundle_secret, url)
                 if reg.ca_bundle_secret
-                else _read_file(self.credentials.ca_file if default else None)
+                else _read_file(credentials.ca_file if default else None)
             )
         except (SecretError, OSError) as exc:
             return f"cannot read Prometheus credentials: {exc}"
         return Endpoint(url=url, bearer_token=token, ca_bundle=ca)
 
     def _bound_secret(self, namespace: str, ref: SecretKeyRef, url: str) -> str:
-        secret = self.writer.read_secret_key(namespace, ref)
+        secret = self.runtime.secrets.read(namespace, ref)
         if not bound_to(secret.annotations.get(PROMETHEUS_URL_ANNOTATION, ""), url):
             raise SecretError(
                 f"Secret {namespace}/{ref.name} is not bound to {url}: whoever owns the Secret "
@@ -345,15 +302,16 @@ class ControlLoop:
         error: str | None,
         at: float,
     ) -> None:
+        runtime = self.runtime
         sampled_at = datetime.datetime.fromtimestamp(at, datetime.UTC)
-        for body in attempts(self.writer, namespace, name):
+        for body in runtime.attempts(namespace, name):
             if body is None:
-                REGISTRY.pop((namespace, name), None)
+                runtime.registry.forget((namespace, name))
                 return
-            now = datetime.datetime.now(datetime.UTC)
-            if _checked_recently(body, now):
+            now = runtime.clock.now()
+            if self._checked_recently(body, now):
                 return
-            result = control.check(body, readings, error, sampled_at, now, self.admin)
+            result = control.check(body, readings, error, sampled_at, now, runtime.admin)
             if result is None:
                 return
             if not result.worth_writing:
@@ -362,31 +320,26 @@ class ControlLoop:
                 telemetry.CONTROL_DECISIONS.labels(action=result.action.value).inc()
                 return
             try:
-                observe(self.writer.patch_status(body, result.status))
-            except ApiException as exc:
-                if exc.status == 409:
-                    telemetry.STATUS_CONFLICTS.labels(writer="control").inc()
-                    continue  # changed meanwhile: read it again and redo the check
-                self._status_write_failed(body, describe_api_error(exc, "write status"))
-                return
-            except NonFiniteStatusError as exc:
-                self._status_write_failed(body, str(exc))
-                return
+                runtime.status.write(body, result.status, writer="control")
+            except StatusConflictError:
+                continue  # changed meanwhile: read it again and redo the check
+            except StatusWriteError:
+                return  # said in an Event; the next interval tries again
             telemetry.CONTROL_DECISIONS.labels(action=result.action.value).inc()
             for event in result.events:
-                self.writer.post_event(body, event.type, event.reason, event.message)
+                runtime.events.post(body, event.type, event.reason, event.message)
             if result.rerender:
-                self.reconcile(namespace, name, self.writer, "control")
+                self.reconcile(namespace, name, "control")
             return
         logger.info("%s/%s kept changing; checking it next interval", namespace, name)
 
-    def _status_write_failed(self, body: dict[str, Any], message: str) -> None:
-        """Nothing in status can say it (the write is what failed): an Event and a metric do,
-        so the user learns why the status stands still."""
+    def _checked_recently(self, body: dict[str, Any], now: datetime.datetime) -> bool:
+        control = SpeculativeInferenceStatus.model_validate(body.get("status") or {}).control
         meta = body["metadata"]
-        logger.error("%s/%s: %s", meta["namespace"], meta["name"], message)
-        telemetry.STATUS_WRITE_ERRORS.labels(writer="control").inc()
-        self.writer.post_event(body, "Warning", "StatusWriteFailed", message)
+        registration = self.runtime.registry.get((meta["namespace"], meta["name"]))
+        if control is None or control.last_check is None or registration is None:
+            return False
+        return (now - control.last_check).total_seconds() < registration.interval / 2
 
 
 def _circuit_open(endpoint: Endpoint, health: EndpointHealth) -> str:
@@ -399,11 +352,6 @@ def _circuit_open(endpoint: Endpoint, health: EndpointHealth) -> str:
 def _sole_namespace(keys: list[Key]) -> str:
     namespaces = {namespace for namespace, _ in keys}
     return next(iter(namespaces)) if len(namespaces) == 1 else ""
-
-
-def _interval(keys: list[Key]) -> float:
-    intervals = [REGISTRY[key].interval for key in keys if key in REGISTRY]
-    return min(intervals, default=TICK_SECONDS)
 
 
 def _fair_order(
@@ -425,11 +373,3 @@ def _fair_order(
 
 def _read_file(path: Path | None) -> str | None:
     return path.read_text().strip() if path is not None else None
-
-
-def _checked_recently(body: dict[str, Any], now: datetime.datetime) -> bool:
-    control = SpeculativeInferenceStatus.model_validate(body.get("status") or {}).control
-    registration = REGISTRY.get((body["metadata"]["namespace"], body["metadata"]["name"]))
-    if control is None or control.last_check is None or registration is None:
-        return False
-    return (now - control.last_check).total_seconds() < registration.interval / 2

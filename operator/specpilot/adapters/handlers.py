@@ -7,25 +7,17 @@ resource, and an event on an owned Deployment (drift, rollout progress) runs it 
 from __future__ import annotations
 
 import copy
-import datetime
 import logging
-import threading
-from collections import defaultdict
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any
 
 import kopf
-from kubernetes.client.exceptions import ApiException
 
 from specpilot import reconcile
-from specpilot.adapters import control_loop, telemetry
-from specpilot.adapters.kube import (
-    ApplyError,
-    KubeWriter,
-    NonFiniteStatusError,
-    describe_api_error,
-    status_changed,
-)
+from specpilot.adapters import telemetry
+from specpilot.adapters.kube import ApplyError, status_changed
+from specpilot.adapters.runtime import Runtime
+from specpilot.adapters.writers import StatusConflictError, StatusWriteError
 from specpilot.api.admin import AdminPolicy, monitoring_findings
 from specpilot.api.models import GROUP, PLURAL, VERSION
 from specpilot.findings import Severity
@@ -36,45 +28,27 @@ RESOURCE = (GROUP, VERSION, PLURAL)
 logger = logging.getLogger(__name__)
 
 
-_MANAGED: dict[str, bool] = {}
-"""uid -> whether the resource is valid, for the operator's gauges."""
-
-
-def _track(uid: str, valid: bool) -> None:
-    _MANAGED[uid] = valid
-    _update_gauges()
-
-
-def _update_gauges() -> None:
-    telemetry.RESOURCES_MANAGED.set(len(_MANAGED))
-    telemetry.INVALID_RESOURCES.set(sum(1 for valid in _MANAGED.values() if not valid))
-
-
-_LOCKS: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
-"""One reconcile at a time per resource: the resource's and its Deployment's handlers race."""
-
-
 def run_reconcile(
     body: Mapping[str, Any],
-    writer: KubeWriter,
-    admin: AdminPolicy,
+    runtime: Runtime,
     trigger: str,
     changed_by: str | None = None,
 ) -> bool:
     """Apply what the resource asks for and record the outcome; False if anything failed.
-    `changed_by` names whoever changed an owned object, for the drift Event."""
+    `changed_by` names whoever changed an owned object, for the drift Event. StatusConflictError
+    if the resource changed meanwhile (the caller reads it again and redoes it)."""
     raw = copy.deepcopy(dict(body))
     key = (raw["metadata"]["namespace"], raw["metadata"]["name"])
-    with _LOCKS[key], telemetry.RECONCILE_SECONDS.time():
-        wanted = reconcile.desired(raw, admin)
-        _track(raw["metadata"]["uid"], wanted.review.valid)
+    with runtime.locks.hold(key), telemetry.RECONCILE_SECONDS.time():
+        wanted = reconcile.desired(raw, runtime.admin)
+        runtime.managed.track(raw["metadata"]["uid"], wanted.review.valid)
         spec = wanted.review.resource.spec if wanted.review.resource else None
-        control_loop.register(key[0], key[1], spec)
+        runtime.registry.register(key[0], key[1], spec)
         observed = reconcile.Observed()
         applied_events = []
         for obj in wanted.objects:
             try:
-                applied, changed = writer.apply(obj, raw)
+                applied, changed = runtime.kube.apply(obj, raw)
             except ApplyError as exc:
                 telemetry.APPLY_ERRORS.labels(kind=obj["kind"]).inc()
                 observed.apply_errors.append(str(exc))
@@ -91,39 +65,17 @@ def run_reconcile(
                         + (_restored(changed_by) if drift else str(changed)),
                     )
                 )
-        now = datetime.datetime.now(datetime.UTC)
-        status, events = reconcile.status_after_apply(raw, wanted, observed, now)
+        status, events = reconcile.status_after_apply(raw, wanted, observed, runtime.clock.now())
         if status_changed(raw.get("status"), status):
             try:
-                control_loop.observe(writer.patch_status(raw, status))
-            except ApiException as exc:
-                if exc.status == 409:
-                    raise  # reconcile_latest reads the resource again and redoes it
-                _status_write_failed(raw, describe_api_error(exc, "write status"))
-            except NonFiniteStatusError as exc:
-                _status_write_failed(raw, str(exc))
+                runtime.status.write(raw, status, writer="reconcile")
+            except StatusWriteError as exc:
+                raise kopf.TemporaryError(str(exc), delay=30) from exc  # said in an Event
         for event in applied_events + events:
-            kopf.event(
-                kopf.Body(cast(kopf.RawBody, raw)),
-                type=event.type,
-                reason=event.reason,
-                message=event.message,
-            )
+            runtime.events.post(raw, event.type, event.reason, event.message)
     ok = not observed.apply_errors
     telemetry.RECONCILES.labels(trigger=trigger, result="ok" if ok else "error").inc()
     return ok
-
-
-def _status_write_failed(raw: dict[str, Any], message: str) -> None:
-    """Say it where the user looks (the write that failed was the status), then retry later."""
-    telemetry.STATUS_WRITE_ERRORS.labels(writer="reconcile").inc()
-    kopf.event(
-        kopf.Body(cast(kopf.RawBody, raw)),
-        type="Warning",
-        reason="StatusWriteFailed",
-        message=message[:1024],
-    )
-    raise kopf.TemporaryError(message, delay=30)
 
 
 def _restored(changed_by: str | None) -> str:
@@ -133,29 +85,26 @@ def _restored(changed_by: str | None) -> str:
 def reconcile_latest(
     namespace: str,
     name: str,
-    writer: KubeWriter,
-    admin: AdminPolicy,
+    runtime: Runtime,
     trigger: str,
     changed_by: str | None = None,
 ) -> bool:
     """Reconcile the stored resource; a conflicting write meanwhile (409) means: read, redo."""
-    for body in control_loop.attempts(writer, namespace, name):
+    for body in runtime.attempts(namespace, name):
         if body is None:
             return True  # deleted meanwhile
         try:
-            return run_reconcile(body, writer, admin, trigger, changed_by)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-            telemetry.STATUS_CONFLICTS.labels(writer="reconcile").inc()
+            return run_reconcile(body, runtime, trigger, changed_by)
+        except StatusConflictError:
             logger.info("%s/%s changed during the reconcile; reconciling again", namespace, name)
     raise kopf.TemporaryError("the resource kept changing during reconciles", delay=5)
 
 
 @kopf.on.event(*RESOURCE)
-async def remember_resource(body: kopf.Body, type: str | None, **_: Any) -> None:
+async def remember_resource(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
     """Every version the watch delivers, for the control loop's checks (no read per check)."""
-    control_loop.observe(body, deleted=type == "DELETED")
+    runtime: Runtime = memo.runtime
+    runtime.bodies.observe(body, deleted=type == "DELETED")
 
 
 @kopf.on.resume(*RESOURCE)
@@ -163,8 +112,7 @@ async def remember_resource(body: kopf.Body, type: str | None, **_: Any) -> None
 @kopf.on.update(*RESOURCE)
 def reconcile_resource(body: kopf.Body, memo: kopf.Memo, reason: str, **_: Any) -> None:
     meta = body["metadata"]
-    admin = memo.options.admin
-    if not reconcile_latest(meta["namespace"], meta["name"], memo.writer, admin, str(reason)):
+    if not reconcile_latest(meta["namespace"], meta["name"], memo.runtime, str(reason)):
         raise kopf.TemporaryError("some objects could not be applied (see Degraded)", delay=30)
 
 
@@ -181,14 +129,14 @@ def owned_deployment_changed(body: kopf.Body, type: str | None, memo: kopf.Memo,
     meta = body["metadata"]
     owner = meta["labels"][LABEL_RESOURCE]
     changed_by = reconcile.spec_writer(body)
-    reconcile_latest(meta["namespace"], owner, memo.writer, memo.options.admin, "drift", changed_by)
+    reconcile_latest(meta["namespace"], owner, memo.runtime, "drift", changed_by)
 
 
 @kopf.on.delete(*RESOURCE, optional=True)
-def forget_resource(body: kopf.Body, **_: Any) -> None:
-    _MANAGED.pop(body["metadata"]["uid"], None)
-    control_loop.register(body["metadata"]["namespace"], body["metadata"]["name"], None)
-    _update_gauges()
+def forget_resource(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    runtime: Runtime = memo.runtime
+    runtime.managed.forget(body["metadata"]["uid"])
+    runtime.registry.forget((body["metadata"]["namespace"], body["metadata"]["name"]))
 
 
 def validate(body: kopf.Body, warnings: list[str], memo: kopf.Memo, **_: Any) -> None:

@@ -1,16 +1,19 @@
-"""Kubernetes I/O for the operator: server-side apply of owned objects and status writes.
+"""Kubernetes I/O for the operator: server-side apply of owned objects, reads, status writes
+and Events, over the operator's one API client.
 
-Translation only: what to apply and what status to write is decided in `specpilot.reconcile`.
+Translation only: what to apply and what status to write is decided in `specpilot.reconcile`;
+what a failed status write or Event means is decided by `adapters.writers`.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime
-import logging
+import threading
 from collections.abc import Mapping
 from typing import Any, Literal
 
+import urllib3
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
@@ -21,8 +24,9 @@ from specpilot.api.models import GROUP, PLURAL, VERSION, SecretKeyRef
 from specpilot.finite import non_finite_paths
 from specpilot.rendering.manifests import FIELD_MANAGER, Manifest
 
-logger = logging.getLogger(__name__)
-
+REQUEST_TIMEOUT_SECONDS = 60.0
+"""The longest one API call may take (kopf's own calls have the same, settings.networking): a hung
+API server must not hold a reconcile thread or a check forever."""
 
 Change = Literal["created", "updated"] | None
 
@@ -76,10 +80,26 @@ def describe_api_error(exc: ApiException, action: str) -> str:
 
 
 class KubeWriter:
-    def __init__(self, api_client: k8s.ApiClient) -> None:
-        self._dynamic = DynamicClient(api_client)
+    """The operator's one Kubernetes API client, wrapped; every call bounded by a timeout."""
+
+    def __init__(
+        self, api_client: k8s.ApiClient, request_timeout: float = REQUEST_TIMEOUT_SECONDS
+    ) -> None:
+        self._api_client = api_client
+        self._timeout = request_timeout
         self._custom = k8s.CustomObjectsApi(api_client)
         self._core = k8s.CoreV1Api(api_client)
+        self._discovery_lock = threading.Lock()
+        self._dynamic_client: DynamicClient | None = None
+
+    @property
+    def _dynamic(self) -> DynamicClient:
+        """Built at the first apply: its discovery asks the API server, which nothing else
+        needs up front."""
+        with self._discovery_lock:
+            if self._dynamic_client is None:
+                self._dynamic_client = DynamicClient(self._api_client)
+            return self._dynamic_client
 
     def apply(self, obj: Manifest, owner: Mapping[str, Any]) -> tuple[Manifest, Change]:
         """Server-side apply under the `specpilot` field manager; says what it changed."""
@@ -100,16 +120,19 @@ class KubeWriter:
                 namespace=meta["namespace"],
                 field_manager=FIELD_MANAGER,
                 force_conflicts=True,
+                _request_timeout=self._timeout,
             ).to_dict()
         except ApiException as exc:
             raise ApplyError(describe_api_error(exc, what)) from exc
+        except urllib3.exceptions.HTTPError as exc:
+            raise ApplyError(f"{what}: {exc}") from exc
         if before is None:
             return applied, "created"
         return applied, "updated" if applied["metadata"]["resourceVersion"] != before else None
 
     def _existing_version(self, resource: Any, name: str, namespace: str) -> str | None:
         try:
-            existing = resource.get(name=name, namespace=namespace)
+            existing = resource.get(name=name, namespace=namespace, _request_timeout=self._timeout)
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -120,7 +143,7 @@ class KubeWriter:
     def get_resource(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             body: dict[str, Any] = self._custom.get_namespaced_custom_object(  # type: ignore[assignment]
-                GROUP, VERSION, namespace, PLURAL, name
+                GROUP, VERSION, namespace, PLURAL, name, _request_timeout=self._timeout
             )
         except ApiException as exc:
             if exc.status == 404:
@@ -132,7 +155,11 @@ class KubeWriter:
         """One key of a Secret, decoded; SecretError says what to fix."""
         what = f"Secret {namespace}/{ref.name}"
         try:
-            secret = self._core.read_namespaced_secret(ref.name, namespace)
+            secret = self._core.read_namespaced_secret(
+                ref.name, namespace, _request_timeout=self._timeout
+            )
+        except urllib3.exceptions.HTTPError as exc:
+            raise SecretError(f"get {what}: {exc}") from exc
         except ApiException as exc:
             if exc.status == 404:
                 raise SecretError(f"{what} does not exist") from exc
@@ -148,13 +175,16 @@ class KubeWriter:
             annotations=(secret.metadata.annotations if secret.metadata else None) or {},
         )
 
-    def post_event(self, owner: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-        """A core/v1 Event on the resource, as `kubectl describe` and kopf's own events show.
-
-        Used outside kopf's handlers (the control loop), where kopf's posting is unavailable.
-        """
+    def create_event(
+        self,
+        owner: Mapping[str, Any],
+        type_: str,
+        reason: str,
+        message: str,
+        at: datetime.datetime,
+    ) -> None:
+        """A core/v1 Event on the resource, as `kubectl describe` shows; raises ApiException."""
         meta = owner["metadata"]
-        now = datetime.datetime.now(datetime.UTC)
         event = k8s.CoreV1Event(
             metadata=k8s.V1ObjectMeta(
                 generate_name=f"{meta['name']}.", namespace=meta["namespace"]
@@ -169,20 +199,21 @@ class KubeWriter:
             ),
             type=type_,
             reason=reason,
-            message=message[:1024],
+            message=message,
             source=k8s.V1EventSource(component=FIELD_MANAGER),
             reporting_component=FIELD_MANAGER,
-            first_timestamp=now,
-            last_timestamp=now,
+            first_timestamp=at,
+            last_timestamp=at,
             count=1,
         )
-        try:
-            self._core.create_namespaced_event(meta["namespace"], event)
-        except ApiException as exc:
-            logger.warning("%s", describe_api_error(exc, f"post Event {reason}"))
+        self._core.create_namespaced_event(meta["namespace"], event, _request_timeout=self._timeout)
+
+    def close(self) -> None:
+        self._api_client.close()
 
     def patch_status(self, body: Mapping[str, Any], status: dict[str, Any]) -> dict[str, Any]:
-        """Write status; the resourceVersion precondition turns a stale write into a 409.
+        """Write status; the resourceVersion precondition turns a stale write into a 409
+        (ApiException; urllib3's HTTPError for a timeout or a lost connection).
         Returns the resource as stored after the write. NonFiniteStatusError, naming the JSON
         paths, for a status holding NaN or Infinity (nothing is sent)."""
         meta = body["metadata"]
@@ -204,6 +235,7 @@ class KubeWriter:
             meta["name"],
             patch,
             field_manager=FIELD_MANAGER,
+            _request_timeout=self._timeout,
         )
         return written
 

@@ -14,13 +14,13 @@ from typing import Any
 
 import kopf
 import prometheus_client
-from kubernetes import client as k8s
-from kubernetes import config as k8s_config
 from pydantic import BaseModel
 
 from specpilot.adapters import handlers  # importing registers the reconcile handlers
-from specpilot.adapters.control_loop import CHECK_CONCURRENCY, ControlLoop, DefaultCredentials
+from specpilot.adapters.control_loop import CHECK_CONCURRENCY, ControlLoop
 from specpilot.adapters.kube import KubeWriter
+from specpilot.adapters.prometheus import DefaultCredentials
+from specpilot.adapters.runtime import KubeConnection, Runtime
 from specpilot.adapters.webhook import (
     ServiceWebhookServer,
     self_signed_certificate,
@@ -92,21 +92,46 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         settings.admission.managed = (
             options.webhook_configuration if options.manage_webhook else None
         )
-    memo.writer = KubeWriter(_api_client())
+    memo.runtime = Runtime(
+        kube=KubeWriter(_kube_connection(memo).api_client()),
+        admin=options.admin,
+        credentials=options.credentials,
+    )
     if options.metrics_port is not None:
         prometheus_client.start_http_server(options.metrics_port, addr=options.metrics_address)
+
+
+@kopf.on.login()
+def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
+    """kopf's watches use the credentials our client uses, loaded once (kopf's own login would
+    load them a second time, its own way)."""
+    return _kube_connection(memo).connection_info()
+
+
+def _kube_connection(memo: kopf.Memo) -> KubeConnection:
+    """Loaded by `run` before kopf starts; loaded here for an operator started otherwise (e.g.
+    kopf's KopfRunner with a memo of its own)."""
+    if getattr(memo, "kube_connection", None) is None:
+        memo.kube_connection = _load_kube_connection()
+    connection: KubeConnection = memo.kube_connection
+    return connection
+
+
+def _load_kube_connection() -> KubeConnection:
+    # A connection per concurrent control check and per reconcile thread.
+    return KubeConnection.load(pool_size=CHECK_CONCURRENCY + HANDLER_THREADS)
 
 
 @kopf.on.startup()
 async def start_control_loop(memo: kopf.Memo, **_: Any) -> None:
     """One background task reads metrics for every resource (see adapters.control_loop)."""
-    options: RunOptions = memo.options
+    runtime: Runtime = memo.runtime
 
-    def reconcile(namespace: str, name: str, writer: KubeWriter, trigger: str) -> bool:
-        return handlers.reconcile_latest(namespace, name, writer, options.admin, trigger)
+    def reconcile(namespace: str, name: str, trigger: str) -> bool:
+        return handlers.reconcile_latest(namespace, name, runtime, trigger)
 
-    loop = ControlLoop(memo.writer, options.admin, options.credentials, reconcile)
-    memo.control_task = asyncio.create_task(loop.run(), name="specpilot-control-loop")
+    memo.control_loop = ControlLoop(runtime, reconcile)
+    memo.control_task = asyncio.create_task(memo.control_loop.run(), name="specpilot-control-loop")
 
 
 @kopf.on.cleanup()
@@ -116,17 +141,12 @@ async def stop_control_loop(memo: kopf.Memo, **_: Any) -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-
-
-def _api_client() -> k8s.ApiClient:
-    configuration = k8s.Configuration()
-    try:
-        k8s_config.load_incluster_config(client_configuration=configuration)
-    except k8s_config.ConfigException:
-        k8s_config.load_kube_config(client_configuration=configuration)
-    # A connection per concurrent control check and per reconcile thread.
-    configuration.connection_pool_maxsize = CHECK_CONCURRENCY + HANDLER_THREADS
-    return k8s.ApiClient(configuration)
+    loop: ControlLoop | None = getattr(memo, "control_loop", None)
+    if loop is not None:
+        loop.close()
+    runtime: Runtime | None = getattr(memo, "runtime", None)
+    if runtime is not None:
+        runtime.close()
 
 
 def _webhook_server(options: RunOptions) -> kopf.WebhookServer:
@@ -172,5 +192,5 @@ def run(options: RunOptions) -> None:
         peering_name=None if options.standalone else options.peering,
         priority=priority,
         liveness_endpoint=options.liveness,
-        memo=kopf.Memo(options=options),
+        memo=kopf.Memo(options=options, kube_connection=_load_kube_connection()),
     )
