@@ -32,10 +32,10 @@ from typing import Any
 
 import yaml
 
-from specpilot.control import check
+from specpilot.control.check import check
+from specpilot.control.signals import Signal
 from specpilot.reconcile import desired
 from specpilot.rendering.manifests import LABEL_ROLE
-from specpilot.signals import Signal
 from specpilot_lab.sim.engine import Arrival, Engine, Request
 from specpilot_lab.sim.podrunner import pod_template
 from specpilot_lab.sim.vllm_args import parse

@@ -42,7 +42,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from specpilot.api.models import GROUP, PLURAL, VERSION
-from specpilot.policy import seconds
+from specpilot.control.policy import seconds
 from specpilot_lab.demo.run import NAMESPACE, POLICY, demo_resource, demo_trace
 from specpilot_lab.local.controlplane import ControlPlane
 from specpilot_lab.local.operator_process import OperatorProcess, wait_for

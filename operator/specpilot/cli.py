@@ -15,10 +15,10 @@ from specpilot.api.admin import DEFAULT_MAX_CHANGES_PER_HOUR, AdminPolicy, PodPo
 from specpilot.api.crd import crd_yaml
 from specpilot.api.documents import safe_load_all
 from specpilot.api.reference import markdown_reference
+from specpilot.assessment import Assessment, assess
 from specpilot.findings import Finding, errors
 from specpilot.planning.memory import MemoryPlan, ModelFootprint
 from specpilot.rendering.manifests import manifests
-from specpilot.review import Review, review
 
 EXIT_INVALID = 2
 
@@ -56,7 +56,7 @@ def _print_findings(findings: list[Finding], err: bool = False) -> None:
         click.echo(f"  {f.severity.value:<8} {f.code:<{width}}  {f}", err=err)
 
 
-def _report_errors(doc: Any, result: Review) -> None:
+def _report_errors(doc: Any, result: Assessment) -> None:
     problems = errors(result.findings)
     click.echo(f"{_name(doc)}: {len(problems)} error(s)", err=True)
     _print_findings(problems, err=True)
@@ -76,7 +76,7 @@ def validate(file: TextIO, output: str) -> None:
     failed = False
     reports = []
     for doc in _documents(file):
-        result = review(doc)
+        result = assess(doc)
         failed |= not result.valid
         reports.append(
             {
@@ -102,7 +102,7 @@ def plan(file: TextIO, output: str) -> None:
     failed = False
     reports = []
     for doc in _documents(file):
-        result = review(doc)
+        result = assess(doc)
         failed |= not result.valid
         if output == "json":
             reports.append(
@@ -138,7 +138,7 @@ def render(file: TextIO, speculation: str) -> None:
     """Print the Kubernetes manifests the operator would apply."""
     rendered = []
     for doc in _documents(file):
-        result = review(doc)
+        result = assess(doc)
         if result.resource is None:
             _report_errors(doc, result)
             sys.exit(EXIT_INVALID)

@@ -1,12 +1,15 @@
 """What the operator should make true for one resource: pure functions, no Kubernetes client.
 
-`desired` turns a resource body into the objects to apply. `status_after_apply` turns what the
+`desired` turns a resource body into the objects to apply: the one place where the control
+loop's decisions (status.control: speculation off, a ladder step) become what the pods run; the
+control loop never writes the user's spec. `status_after_apply` turns what the
 API server reported back (applied objects, errors) into the status to write and the Events that
 explain each transition. The kopf handlers only fetch, call these, and write the results.
 """
 
 from __future__ import annotations
 
+import copy
 import datetime
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -15,17 +18,21 @@ from pydantic import BaseModel
 
 from specpilot.api.admin import AdminPolicy
 from specpilot.api.models import (
+    Checkpoint,
     Condition,
     EffectiveConfiguration,
     PlanSummary,
+    PolicyMode,
+    PolicyState,
+    SpeculativeInferenceSpec,
     SpeculativeInferenceStatus,
+    TargetSpec,
     whole_seconds,
 )
-from specpilot.effective import active_checkpoint, speculation_wanted, with_checkpoint
+from specpilot.assessment import Assessment, assess
 from specpilot.findings import Finding, Severity, errors
 from specpilot.rendering.args import is_speculating
 from specpilot.rendering.manifests import FIELD_MANAGER, Manifest, manifests
-from specpilot.review import Review, review
 
 CONDITION_TYPES = (
     "Ready",
@@ -38,6 +45,52 @@ CONDITION_TYPES = (
 MAX_MESSAGE = 1024
 
 
+def target_identity(target: TargetSpec) -> str:
+    return f"{target.model}@{target.quantization.value}"
+
+
+def active_checkpoint(
+    spec: SpeculativeInferenceSpec, control: PolicyState | None
+) -> tuple[int, Checkpoint | None]:
+    """The ladder step the pods run, if the control loop stepped spec.target back."""
+    if (
+        control is None
+        or spec.policy.mode is not PolicyMode.AUTO
+        or control.checkpoint_index == 0
+        or control.target != target_identity(spec.target)
+        or control.checkpoint_index > len(spec.policy.quantization_ladder)
+    ):
+        return 0, None
+    index = control.checkpoint_index
+    return index, spec.policy.quantization_ladder[index - 1]
+
+
+def speculation_wanted(spec: SpeculativeInferenceSpec, control: PolicyState | None) -> bool:
+    """Speculation as configured, unless the control loop (auto mode) turned it off."""
+    turned_off = (
+        spec.policy.mode is PolicyMode.AUTO and control is not None and not control.speculation_on
+    )
+    return is_speculating(spec) and not turned_off
+
+
+def with_checkpoint(body: Mapping[str, Any], checkpoint: Checkpoint) -> dict[str, Any]:
+    """The resource as if spec.target were the checkpoint, for planning and rendering.
+
+    The checkpoint is served under spec.target's name (unless extraArgs names one), so clients
+    keep working when the control loop steps the target back.
+    """
+    effective = copy.deepcopy(dict(body))
+    spec = effective["spec"]
+    original = spec["target"]["model"]
+    spec["target"]["model"] = checkpoint.model
+    spec["target"]["quantization"] = checkpoint.quantization.value
+    vllm = spec.setdefault("vllm", {})
+    extra = list(vllm.get("extraArgs") or [])
+    if not any(str(a).split("=")[0] == "--served-model-name" for a in extra):
+        vllm["extraArgs"] = [*extra, "--served-model-name", original]
+    return effective
+
+
 class Event(BaseModel):
     type: Literal["Normal", "Warning"]
     reason: str
@@ -46,7 +99,7 @@ class Event(BaseModel):
 
 
 class Desired(BaseModel):
-    review: Review
+    assessment: Assessment
     objects: list[Manifest]
     speculation: bool
     """Whether the server pods speculate."""
@@ -68,14 +121,14 @@ def desired(body: Mapping[str, Any], admin: AdminPolicy | None = None) -> Desire
     What the control loop decided (status.control) is applied here: speculation turned off, or
     the target stepped back along the quantization ladder, whose plan is then the one reported.
     """
-    result = review(dict(body), admin)
+    result = assess(dict(body), admin)
     if result.resource is None:
-        return Desired(review=result, objects=[], speculation=False)
+        return Desired(assessment=result, objects=[], speculation=False)
     spec = result.resource.spec
     control = SpeculativeInferenceStatus.model_validate(body.get("status") or {}).control
     index, checkpoint = active_checkpoint(spec, control)
     if checkpoint is not None:
-        stepped = review(with_checkpoint(body, checkpoint), admin)
+        stepped = assess(with_checkpoint(body, checkpoint), admin)
         if stepped.resource is not None:
             result = stepped
         else:
@@ -83,7 +136,9 @@ def desired(body: Mapping[str, Any], admin: AdminPolicy | None = None) -> Desire
     assert result.resource is not None
     speculation = speculation_wanted(result.resource.spec, control)
     objects = manifests(result.resource, result.version, speculation=speculation)
-    return Desired(review=result, objects=objects, speculation=speculation, checkpoint_index=index)
+    return Desired(
+        assessment=result, objects=objects, speculation=speculation, checkpoint_index=index
+    )
 
 
 def spec_writer(obj: Mapping[str, Any]) -> str | None:
@@ -141,7 +196,7 @@ def status_after_apply(
     """The status to write and the Events for every condition that changed."""
     generation = body.get("metadata", {}).get("generation")
     previous = SpeculativeInferenceStatus.model_validate(body.get("status") or {})
-    result = wanted.review
+    result = wanted.assessment
     if result.resource is None:
         conditions, phase = _invalid_conditions(result, generation), "Invalid"
         effective = previous.effective
@@ -174,7 +229,7 @@ def status_after_apply(
     return status.model_dump(by_alias=True, exclude_none=True, mode="json"), events
 
 
-def _invalid_conditions(result: Review, generation: int | None) -> list[Condition]:
+def _invalid_conditions(result: Assessment, generation: int | None) -> list[Condition]:
     """Invalid, with the first error's code; nothing applied."""
     problems = errors(result.findings)
     first = problems[0].code if problems else "Invalid"
@@ -194,7 +249,7 @@ def _applied_conditions(
     wanted: Desired, observed: Observed, generation: int | None
 ) -> tuple[list[Condition], str]:
     """The conditions of a valid resource whose objects were applied, and its phase."""
-    result = wanted.review
+    result = wanted.assessment
     assert result.resource is not None
     assert result.plan is not None  # a valid resource always has a plan
     spec, plan = result.resource.spec, result.plan
@@ -242,7 +297,7 @@ def _applied_conditions(
 
 def _effective_configuration(wanted: Desired) -> EffectiveConfiguration:
     """What the applied pods run: the spec, with the control loop's decisions applied."""
-    result = wanted.review
+    result = wanted.assessment
     assert result.resource is not None
     spec, speculating = result.resource.spec, wanted.speculation
     return EffectiveConfiguration(
@@ -270,7 +325,7 @@ def _ready_condition(
     return condition("Ready", False, "DeploymentsProgressing", f"waiting: {waiting}", generation)
 
 
-def _speculation_message(result: Review, speculating: bool) -> str:
+def _speculation_message(result: Assessment, speculating: bool) -> str:
     spec = result.resource.spec if result.resource else None
     if spec is None or spec.speculation is None or not is_speculating(spec):
         return "speculation is not configured"
@@ -280,7 +335,7 @@ def _speculation_message(result: Review, speculating: bool) -> str:
     return f"{method} is configured but the control loop turned it off (see status.decisions)"
 
 
-def _plan_summary(result: Review) -> PlanSummary:
+def _plan_summary(result: Assessment) -> PlanSummary:
     plan = result.plan
     assert plan is not None
     return PlanSummary(

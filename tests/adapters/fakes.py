@@ -10,7 +10,7 @@ from typing import Any
 from specpilot.adapters.kube import SecretError, SecretKey
 from specpilot.adapters.prometheus import Endpoint, MetricsError, PrometheusClient
 from specpilot.api.models import SecretKeyRef
-from specpilot.signals import Readings
+from specpilot.control.signals import Readings
 
 
 class FakeClock:

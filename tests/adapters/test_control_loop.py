@@ -22,7 +22,7 @@ from specpilot.adapters.prometheus import DefaultCredentials, Endpoint
 from specpilot.adapters.runtime import SECRET_TTL_SECONDS, Runtime
 from specpilot.api.admin import PROMETHEUS_URL_ANNOTATION, AdminPolicy
 from specpilot.api.models import SpeculativeInferenceSpec
-from specpilot.signals import Readings
+from specpilot.control.signals import Readings
 from tests.adapters.fakes import FakeClock, FakeKube, FakePrometheus
 from tests.conftest import manifest
 

@@ -18,7 +18,7 @@ import pytest
 import trustme
 
 from specpilot.adapters.prometheus import Endpoint, MetricsError, PrometheusClient
-from specpilot.signals import SIGNAL_LABEL, Signal
+from specpilot.control.signals import SIGNAL_LABEL, Signal
 from tests.adapters.fakes import FakeClock
 
 WINDOW = "5m"

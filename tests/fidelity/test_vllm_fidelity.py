@@ -19,9 +19,9 @@ import pytest
 from packaging.version import Version
 
 from specpilot.api.models import SpeculativeInferenceSpec
+from specpilot.assessment import assess, render
 from specpilot.findings import Severity
 from specpilot.rendering.args import server_args
-from specpilot.review import render, review
 from tests.conftest import BASE_MANIFEST, EXAMPLES, REPO, load_example
 
 pytestmark = pytest.mark.fidelity
@@ -150,7 +150,7 @@ def rendered_cases(version: str) -> list[dict[str, Any]]:
             continue
         doc = copy.deepcopy(doc)
         doc["spec"].setdefault("vllm", {})["image"] = f"vllm/vllm-openai:v{version}"
-        if not review(doc).valid:
+        if not assess(doc).valid:
             continue  # refused for this release: covered by the refusal cases below
         for speculation in (True, False):
             container = render(doc, speculation=speculation)[0]["spec"]["template"]["spec"][
@@ -186,7 +186,7 @@ def _args_as_if(doc: dict[str, Any], render_as: str) -> list[str]:
 def _refused(doc: dict[str, Any], version: str, code: str) -> None:
     doc = copy.deepcopy(doc)
     doc["spec"]["vllm"] = {"image": f"vllm/vllm-openai:v{version}"}
-    codes = {f.code for f in review(doc).findings if f.severity is Severity.ERROR}
+    codes = {f.code for f in assess(doc).findings if f.severity is Severity.ERROR}
     assert code in codes, f"specpilot does not refuse this ({codes})"
 
 

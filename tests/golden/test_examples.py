@@ -13,15 +13,15 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from specpilot.assessment import assess, render
 from specpilot.findings import InvalidResourceError
-from specpilot.review import render, review
 from tests.conftest import EXAMPLES, load_example
 
 GOLDEN = Path(__file__).parent / "expected"
 KUBERNETES_VERSION = "1.30.0"
 NOT_IN_CORE_SCHEMAS = {"PodMonitor"}  # a Prometheus Operator CRD, checked for shape below
 
-RENDERABLE = [p for p in EXAMPLES if review(load_example(p)).valid]
+RENDERABLE = [p for p in EXAMPLES if assess(load_example(p)).valid]
 
 
 def _render_text(path: Path) -> str:
@@ -52,7 +52,7 @@ def test_required_examples_exist() -> None:
         "legacy-vllm-0.6",
         "does-not-fit",
     } <= names
-    assert not review(load_example(EXAMPLES[0].parent / "does-not-fit.yaml")).valid
+    assert not assess(load_example(EXAMPLES[0].parent / "does-not-fit.yaml")).valid
 
 
 @pytest.mark.parametrize("path", RENDERABLE, ids=lambda p: p.stem)

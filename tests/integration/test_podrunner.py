@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 
-from specpilot.review import render
+from specpilot.assessment import render
 from specpilot_lab.local.controlplane import ControlPlane
 from specpilot_lab.local.operator_process import wait_for
 from specpilot_lab.sim.podrunner import (

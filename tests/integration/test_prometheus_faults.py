@@ -23,7 +23,7 @@ import trustme
 from kubernetes import client as k8s
 
 from specpilot.api.admin import PROMETHEUS_URL_ANNOTATION
-from specpilot.signals import SIGNAL_LABEL
+from specpilot.control.signals import SIGNAL_LABEL
 from specpilot_lab.local.controlplane import ControlPlane
 from specpilot_lab.local.operator_process import OperatorProcess, wait_for
 from specpilot_lab.local.stack import FAST_POLICY

@@ -27,7 +27,7 @@ from kubernetes.client.exceptions import ApiException
 
 from specpilot.api.admin import PROMETHEUS_URL_ANNOTATION
 from specpilot.api.models import GROUP, PLURAL, VERSION
-from specpilot.signals import SIGNAL_LABEL
+from specpilot.control.signals import SIGNAL_LABEL
 from specpilot_lab.local.controlplane import ControlPlane
 from specpilot_lab.local.operator_process import OperatorProcess, wait_for
 from specpilot_lab.local.stack import FAST_POLICY

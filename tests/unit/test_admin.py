@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from specpilot.api.admin import AdminPolicy, bound_to, normalized_url, url_problem
-from specpilot.review import review
+from specpilot.assessment import assess
 from tests.conftest import manifest
 
 DEFAULT = "http://prometheus.monitoring:9090"
@@ -74,6 +74,6 @@ def test_a_plain_url_has_no_problem() -> None:
 
 def test_a_resource_url_with_userinfo_is_refused_naming_the_field() -> None:
     doc = manifest(monitoring={"prometheusUrl": "http://admin:secret@prometheus:9090"})
-    (finding,) = [f for f in review(doc).findings if f.severity.value == "error"]
+    (finding,) = [f for f in assess(doc).findings if f.severity.value == "error"]
     assert finding.path == "spec.monitoring.prometheusUrl"
     assert "user:password" in finding.fix

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from specpilot.assessment import assess
 from specpilot.findings import Severity, related
-from specpilot.review import review
 from tests.corpus.cases import Case, cases
 
 CASES = cases()
@@ -18,7 +18,7 @@ def test_the_corpus_is_large_and_its_names_unique() -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_refused_with_the_field_named(case: Case) -> None:
-    errors = [f for f in review(case.document).findings if f.severity is Severity.ERROR]
+    errors = [f for f in assess(case.document).findings if f.severity is Severity.ERROR]
     assert errors, f"{case.name} was accepted"
     named = [f for f in errors if any(related(p, case.field) for p in (f.path, *f.also))]
     assert named, f"{case.name}: no error names {case.field}: {[str(f) for f in errors]}"

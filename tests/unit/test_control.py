@@ -11,12 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from specpilot import control, reconcile
+from specpilot import reconcile
 from specpilot.api.admin import AdminPolicy
-from specpilot.control import CheckResult
-from specpilot.finite import non_finite_paths
-from specpilot.policy import Action
-from specpilot.signals import QUERIES, Readings, Signal, implausible, parse_answers
+from specpilot.api.finite import non_finite_paths
+from specpilot.control import check as control
+from specpilot.control.check import CheckResult
+from specpilot.control.policy import Action
+from specpilot.control.signals import QUERIES, Readings, Signal, implausible, parse_answers
 from tests.conftest import manifest
 
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
@@ -234,8 +235,8 @@ def test_an_int4_target_whose_acceptance_drops_steps_back_to_int8() -> None:
     assert "acceptance 0.70 fell more than 0.05 below 0.78" in stepped[0].message
     wanted = reconcile.desired(doc)
     assert wanted.checkpoint_index == 1
-    assert wanted.review.resource is not None
-    assert wanted.review.resource.spec.target.quantization.value == "int8"
+    assert wanted.assessment.resource is not None
+    assert wanted.assessment.resource.spec.target.quantization.value == "int8"
     server = wanted.objects[0]["spec"]["template"]
     assert server["metadata"]["annotations"]["specpilot.io/target-quantization"] == "int8"
     args = server["spec"]["containers"][0]["args"]

@@ -9,15 +9,15 @@ import pytest
 
 from specpilot.api.admin import AdminPolicy, PodPolicy
 from specpilot.api.pod import HOME, SHM_MOUNT
+from specpilot.assessment import assess, render
 from specpilot.findings import Finding, Severity
-from specpilot.review import render, review
 from tests.conftest import manifest
 
 CACHE = {"name": "cache", "persistentVolumeClaim": {"claimName": "hf-cache"}}
 
 
 def errors(pod: dict[str, Any], admin: AdminPolicy | None = None, **spec: Any) -> list[Finding]:
-    result = review(manifest(pod=pod, **spec), admin)
+    result = assess(manifest(pod=pod, **spec), admin)
     return [f for f in result.findings if f.severity is Severity.ERROR]
 
 

@@ -11,7 +11,7 @@ import yaml
 
 from specpilot.api.admin import AdminPolicy, PodPolicy
 from specpilot.api.pod import MANAGED_MOUNTS
-from specpilot.review import render, review
+from specpilot.assessment import assess, render
 from tests.conftest import manifest
 from tests.pod_security import restricted_violations
 
@@ -56,7 +56,7 @@ def test_a_users_home_replaces_the_default_one() -> None:
 
 
 def test_root_is_refused() -> None:
-    result = review(manifest(pod={"runAsUser": 0}))
+    result = assess(manifest(pod={"runAsUser": 0}))
     assert not result.valid
     assert any(f.path == "spec.pod.runAsUser" for f in result.findings)
 
@@ -73,7 +73,7 @@ def test_a_volume_the_profile_forbids_is_a_warning_naming_it(
     source: dict[str, Any], admin: AdminPolicy
 ) -> None:
     doc = manifest(pod={"volumes": [{"name": "models", **source}]})
-    result = review(doc, admin)
+    result = assess(doc, admin)
     assert result.valid, result.findings
     (finding,) = [f for f in result.findings if f.code == "VolumeNotRestricted"]
     assert finding.path == "spec.pod.volumes[0]"
@@ -87,7 +87,7 @@ def test_a_volume_named_like_specpilots_own_is_refused() -> None:
     mounts = template["spec"]["containers"][0]["volumeMounts"]
     assert {m["name"]: m["mountPath"] for m in mounts} == MANAGED_MOUNTS
     for name in MANAGED_MOUNTS:
-        result = review(manifest(pod={"volumes": [{"name": name, "emptyDir": {}}]}))
+        result = assess(manifest(pod={"volumes": [{"name": name, "emptyDir": {}}]}))
         assert not result.valid
         assert any(f.code == "ReservedVolumeName" for f in result.findings)
 

@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 from specpilot.api.admin import DEFAULT_MAX_CHANGES_PER_HOUR
 from specpilot.api.models import PolicySpec, Thresholds
+from specpilot.assessment import assess
+from specpilot.control.policy import Action, PolicyState, Signals, decide, flapping_findings
 from specpilot.findings import Severity
-from specpilot.policy import Action, PolicyState, Signals, decide, flapping_findings
-from specpilot.review import review
 from specpilot_lab.local.stack import FAST_POLICY
 from tests.conftest import manifest
 
@@ -443,9 +443,9 @@ def test_the_local_demo_policy_is_accepted_with_a_warning() -> None:
 
 def test_validation_refuses_the_flapping_policy() -> None:
     flapping = {"interval": "2s", "cooldown": "0s", "failureLimit": 1, "consecutiveSuccessLimit": 1}
-    result = review(manifest(policy=flapping))
+    result = assess(manifest(policy=flapping))
     assert not result.valid
     codes = {(f.code, f.severity) for f in result.findings}
     assert ("CooldownTooShort", Severity.ERROR) in codes
     assert ("SingleCheckActs", Severity.WARNING) in codes
-    assert review(manifest(policy=FAST_POLICY)).valid
+    assert assess(manifest(policy=FAST_POLICY)).valid

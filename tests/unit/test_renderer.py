@@ -9,9 +9,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from specpilot.assessment import assess, render
 from specpilot.findings import InvalidResourceError
 from specpilot.rendering.manifests import LABEL_RESOURCE, LABEL_ROLE, LABEL_SPECULATION
-from specpilot.review import render, review
 from tests.conftest import manifest
 
 
@@ -174,9 +174,9 @@ def test_version_refusals_name_the_version_and_field(
 
 
 def test_draft_model_works_again_from_0_15() -> None:
-    assert review(manifest(vllm={"image": "vllm/vllm-openai:v0.15.0"})).valid
-    assert not review(manifest(vllm={"image": "vllm/vllm-openai:v0.14.1"})).valid
-    assert review(manifest(vllm={"image": "vllm/vllm-openai:v0.9.2"})).valid  # V0 fallback
+    assert assess(manifest(vllm={"image": "vllm/vllm-openai:v0.15.0"})).valid
+    assert not assess(manifest(vllm={"image": "vllm/vllm-openai:v0.14.1"})).valid
+    assert assess(manifest(vllm={"image": "vllm/vllm-openai:v0.9.2"})).valid  # V0 fallback
 
 
 def test_memory_utilization_default_follows_the_release() -> None:
@@ -194,14 +194,14 @@ def test_draft_tp_of_one_is_fine_on_v0_and_for_eagle() -> None:
             "draft": {"model": "meta-llama/Llama-3.1-8B-Instruct", "tensorParallelSize": 1},
         },
     )
-    assert review(v0).valid
+    assert assess(v0).valid
     eagle = manifest(
         speculation={
             "method": "eagle3",
             "draft": {"model": "yuhuili/EAGLE3-LLaMA3.3-Instruct-70B", "tensorParallelSize": 1},
         }
     )
-    assert review(eagle).valid
+    assert assess(eagle).valid
     three = manifest(
         speculation={
             "method": "eagle3",
@@ -215,7 +215,7 @@ def test_draft_tp_of_one_is_fine_on_v0_and_for_eagle() -> None:
         },
         gpus={"type": "H100-80GB", "count": 8},
     )
-    assert not review(three).valid
+    assert not assess(three).valid
 
 
 def test_per_batch_size_schedule_on_current_vllm() -> None:
@@ -323,7 +323,7 @@ def test_render_properties(version: str, method: str, k: int, tp: int, extra: li
         gpus={"type": "H200-141GB", "count": tp},
         speculation=speculation,
     )
-    result = review(doc)
+    result = assess(doc)
     if not result.valid:
         return  # refusals are covered above; here: whatever renders is well formed
     args = container(doc)["args"]

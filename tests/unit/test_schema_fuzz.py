@@ -19,7 +19,7 @@ from hypothesis_jsonschema import from_schema
 from specpilot.adapters.handlers import validate
 from specpilot.adapters.runner import RunOptions
 from specpilot.api.crd import custom_resource_definition
-from specpilot.review import review
+from specpilot.assessment import assess
 
 Schema = dict[str, Any]
 
@@ -89,7 +89,7 @@ FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(Heal
 @FUZZ
 @given(DOCUMENTS)
 def test_review_gives_every_drawn_document_a_verdict(doc: dict[str, Any]) -> None:
-    result = review(doc)
+    result = assess(doc)
     assert result.valid or any(f.severity == "error" for f in result.findings)
 
 
@@ -112,7 +112,7 @@ def test_the_strategy_reaches_the_memory_plan() -> None:
     @FUZZ
     @given(DOCUMENTS)
     def draw(doc: dict[str, Any]) -> None:
-        planned.append(review(doc).plan is not None)
+        planned.append(assess(doc).plan is not None)
 
     draw()
     assert any(planned)

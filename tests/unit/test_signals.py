@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from specpilot.signals import (
+from specpilot.control.signals import (
     GROUP_BY,
     PLAUSIBLE,
     QUERIES,

@@ -10,7 +10,7 @@ import pytest
 from kubernetes import client as k8s
 
 from specpilot.adapters.kube import KubeWriter, NonFiniteStatusError
-from specpilot.finite import non_finite_paths
+from specpilot.api.finite import non_finite_paths
 
 
 def test_non_finite_numbers_are_named_by_their_json_path() -> None:

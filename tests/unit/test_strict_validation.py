@@ -12,14 +12,14 @@ from packaging.version import Version
 
 from specpilot.api.documents import safe_load_all
 from specpilot.api.validation import BASELINE_SUFFIX, MAX_DEPTH
+from specpilot.assessment import assess
 from specpilot.findings import Finding, Severity
 from specpilot.rendering.manifests import manifests
-from specpilot.review import review
 from tests.conftest import manifest
 
 
 def errors_at(doc: dict[str, Any], path: str) -> list[Finding]:
-    return [f for f in review(doc).findings if f.severity is Severity.ERROR and f.path == path]
+    return [f for f in assess(doc).findings if f.severity is Severity.ERROR and f.path == path]
 
 
 def with_value(path: str, value: Any) -> dict[str, Any]:
@@ -71,7 +71,7 @@ def test_a_string_number_is_named_like_any_other_type_error() -> None:
 
 
 def test_a_required_field_of_the_wrong_type_is_not_also_reported_missing() -> None:
-    result = review(with_value("spec.gpus.count", "2"))
+    result = assess(with_value("spec.gpus.count", "2"))
     assert [f.code for f in result.findings if f.path == "spec.gpus.count"] == ["InvalidField"]
     assert not any("required" in f.message for f in result.findings)
 
@@ -80,14 +80,14 @@ def test_enums_and_literals_take_their_string_values() -> None:
     doc = manifest()
     doc["spec"]["target"] |= {"quantization": "fp8", "dtype": "bfloat16"}
     doc["spec"]["policy"] = {"mode": "recommend"}
-    result = review(doc)
+    result = assess(doc)
     assert result.resource is not None, result.findings
     assert result.resource.spec.policy.mode.value == "recommend"
 
 
 def test_a_whole_float_is_an_integer_as_the_api_server_stores_it() -> None:
     """The API server accepts 2.0 for an integer field and hands back 2."""
-    result = review(with_value("spec.target.tensorParallelSize", 2.0))
+    result = assess(with_value("spec.target.tensorParallelSize", 2.0))
     assert result.resource is not None, result.findings
     assert result.resource.spec.target.tensor_parallel_size == 2
     (finding,) = errors_at(
@@ -98,7 +98,7 @@ def test_a_whole_float_is_an_integer_as_the_api_server_stores_it() -> None:
 
 def test_keys_json_cannot_spell_are_read_as_kubectl_sends_them() -> None:
     doc = manifest(pod={"nodeSelector": {1: "a", False: "b", None: "c"}})
-    result = review(doc)
+    result = assess(doc)
     assert result.resource is not None, result.findings
     assert result.resource.spec.pod.node_selector == {"1": "a", "false": "b", "null": "c"}
 
@@ -108,7 +108,7 @@ def test_keys_json_cannot_spell_are_read_as_kubectl_sends_them() -> None:
     ["spec.pod.affinity", "spec.pod.resources", "status.kopf", "metadata.annotations"],
 )
 def test_a_free_form_field_nested_hundreds_deep_is_refused_naming_it(where: str) -> None:
-    result = review(with_value(where, nested(600)))
+    result = assess(with_value(where, nested(600)))
     (finding,) = [f for f in result.findings if f.code == "NestingTooDeep"]
     assert finding.path.startswith(where + ".a.a")
     assert f"more than {MAX_DEPTH} levels" in finding.message
@@ -118,8 +118,8 @@ def test_a_free_form_field_nested_hundreds_deep_is_refused_naming_it(where: str)
 
 def test_nesting_is_measured_from_the_document_root_up_to_the_limit() -> None:
     above = 3  # the document, spec and pod hold the affinity
-    fits = review(with_value("spec.pod.affinity", nested(MAX_DEPTH - above)))
-    deeper = review(with_value("spec.pod.affinity", nested(MAX_DEPTH - above + 1)))
+    fits = assess(with_value("spec.pod.affinity", nested(MAX_DEPTH - above)))
+    deeper = assess(with_value("spec.pod.affinity", nested(MAX_DEPTH - above + 1)))
     assert not any(f.code == "NestingTooDeep" for f in fits.findings)
     assert any(f.code == "NestingTooDeep" for f in deeper.findings)
 
@@ -130,7 +130,7 @@ def test_deep_lists_and_other_problems_are_reported_together() -> None:
         deep = [deep]
     doc = manifest(replicas=-1)
     doc["spec"]["vllm"]["extraArgs"] = deep
-    result = review(doc)
+    result = assess(doc)
     codes = {f.path: f.code for f in result.findings if f.severity is Severity.ERROR}
     assert codes["spec.replicas"] == "InvalidField"
     assert any(
@@ -142,7 +142,7 @@ def test_a_document_containing_itself_is_refused_not_unrolled() -> None:
     """YAML aliases can make a list contain itself (twice: unrolled, 2**32 items)."""
     (doc,) = safe_load_all(yaml.safe_dump(manifest()) + "extra: &loop [*loop, *loop]\n")
     doc["spec"]["vllm"]["extraArgs"] = doc.pop("extra")
-    result = review(doc)
+    result = assess(doc)
     (finding,) = [f for f in result.findings if f.code == "NestingTooDeep"]
     assert finding.path == "spec.vllm.extraArgs[0]"
     assert "1 more place" in finding.message
@@ -151,7 +151,7 @@ def test_a_document_containing_itself_is_refused_not_unrolled() -> None:
 def test_the_input_document_is_not_changed() -> None:
     doc = manifest(replicas="many", pod={"affinity": nested(100)})
     before = copy.deepcopy(doc)
-    review(doc)
+    assess(doc)
     assert doc == before
 
 
@@ -189,7 +189,7 @@ def test_every_child_object_is_named_after_its_resource_or_with_the_reserved_suf
     doc = manifest()
     doc["spec"]["policy"] = {"controlReplicas": 1}
     doc["spec"]["monitoring"] = {"podMonitor": True}
-    result = review(doc)
+    result = assess(doc)
     assert result.resource is not None, result.findings
     name = result.resource.metadata.name
     children = manifests(result.resource, Version(result.vllm_version or ""))
@@ -202,7 +202,7 @@ def test_the_api_servers_managed_fields_mirroring_a_deep_spec_are_not_what_is_na
     deep; the finding names the field the user wrote."""
     doc = with_value("spec.pod.affinity", nested(600))
     doc["metadata"]["managedFields"] = [{"manager": "kubectl", "fieldsV1": nested(600)}]
-    result = review(doc)
+    result = assess(doc)
     (finding,) = [f for f in result.findings if f.code == "NestingTooDeep"]
     assert finding.path.startswith("spec.pod.affinity.")
     assert "more place" not in finding.message

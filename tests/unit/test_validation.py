@@ -6,17 +6,17 @@ from typing import Any
 
 import pytest
 
+from specpilot.assessment import Assessment, assess
 from specpilot.findings import Severity
-from specpilot.review import Review, review
 from tests.conftest import manifest
 
 
-def error_paths(result: Review) -> dict[str, str]:
+def error_paths(result: Assessment) -> dict[str, str]:
     return {f.path: f.code for f in result.findings if f.severity is Severity.ERROR}
 
 
 def test_valid_base_manifest() -> None:
-    result = review(manifest())
+    result = assess(manifest())
     assert result.valid, result.findings
     assert result.plan is not None
     assert result.plan.verdict == "fits"
@@ -34,7 +34,7 @@ def test_many_problems_reported_together() -> None:
         replicas=-1,
     )
     doc["spec"]["vllm"]["extraArgs"] = ["--tensor-parallel-size=4"]
-    result = review(doc)
+    result = assess(doc)
     assert not result.valid
     paths = error_paths(result)
     assert paths["spec.target.tensorParallelSize"] == "InvalidField"
@@ -51,20 +51,20 @@ def test_many_problems_reported_together() -> None:
 
 def test_cross_field_checks_run_beside_type_errors() -> None:
     doc = manifest(gpus={"type": "H100-80GB", "count": 3}, replicas="many")
-    paths = error_paths(review(doc))
+    paths = error_paths(assess(doc))
     assert paths["spec.replicas"] == "InvalidField"
     assert paths["spec.gpus.count"] == "GPUCountMismatch"
 
 
 def test_gpu_count_must_match_parallelism() -> None:
     doc = manifest(gpus={"type": "H100-80GB", "count": 4})
-    finding = next(f for f in review(doc).findings if f.code == "GPUCountMismatch")
+    finding = next(f for f in assess(doc).findings if f.code == "GPUCountMismatch")
     assert finding.path == "spec.gpus.count"
     assert "set spec.gpus.count to 2" in finding.fix
 
 
 def test_unknown_gpu_type_lists_the_catalog() -> None:
-    result = review(manifest(gpus={"type": "H800", "count": 2}))
+    result = assess(manifest(gpus={"type": "H800", "count": 2}))
     finding = next(f for f in result.findings if f.path == "spec.gpus.type")
     assert "H800" in finding.message
     assert "H100-80GB" in finding.fix
@@ -72,7 +72,7 @@ def test_unknown_gpu_type_lists_the_catalog() -> None:
 
 
 def test_draft_model_without_a_draft() -> None:
-    result = review(manifest(speculation={"method": "draft_model"}))
+    result = assess(manifest(speculation={"method": "draft_model"}))
     assert error_paths(result)["spec.speculation.draft"] == "DraftRequired"
 
 
@@ -88,7 +88,7 @@ def test_draft_larger_than_target() -> None:
             "draft": {"model": "meta-llama/Llama-3.1-70B-Instruct"},
         },
     )
-    assert error_paths(review(doc))["spec.speculation.draft.model"] == "DraftNotSmaller"
+    assert error_paths(assess(doc))["spec.speculation.draft.model"] == "DraftNotSmaller"
 
 
 def test_impossible_memory() -> None:
@@ -99,7 +99,7 @@ def test_impossible_memory() -> None:
             "maxModelLen": 8192,
         }
     )
-    result = review(doc)
+    result = assess(doc)
     assert error_paths(result)["spec.gpus"] == "WeightsExceedMemory"
     assert result.plan is not None
     assert result.plan.verdict == "does-not-fit"
@@ -108,7 +108,7 @@ def test_impossible_memory() -> None:
 def test_unknown_field_suggests_the_right_name() -> None:
     doc = manifest()
     doc["spec"]["target"]["tensorParalellSize"] = 2
-    finding = next(f for f in review(doc).findings if f.code == "UnknownField")
+    finding = next(f for f in assess(doc).findings if f.code == "UnknownField")
     assert finding.path == "spec.target.tensorParalellSize"
     assert "did you mean tensorParallelSize?" in finding.fix
 
@@ -116,7 +116,7 @@ def test_unknown_field_suggests_the_right_name() -> None:
 def test_unknown_method_lists_the_methods() -> None:
     finding = next(
         f
-        for f in review(manifest(speculation={"method": "lookahead"})).findings
+        for f in assess(manifest(speculation={"method": "lookahead"})).findings
         if f.path == "spec.speculation.method"
     )
     assert "'draft_model'" in finding.fix
@@ -208,20 +208,20 @@ def test_unknown_method_lists_the_methods() -> None:
     ],
 )
 def test_cross_field_errors(section: str, value: Any, path: str, code: str) -> None:
-    result = review(manifest(**{section: value}))
+    result = assess(manifest(**{section: value}))
     assert error_paths(result).get(path) == code, result.findings
 
 
 def test_hostile_model_name_is_rejected() -> None:
     doc = manifest()
     doc["spec"]["target"]["model"] = "meta-llama/x; rm -rf / #"
-    finding = next(f for f in review(doc).findings if f.path == "spec.target.model")
+    finding = next(f for f in assess(doc).findings if f.path == "spec.target.model")
     assert "Hugging Face id" in finding.fix
 
 
 def test_explicit_version_wins_over_image_tag() -> None:
     doc = manifest(vllm={"image": "registry.local/vllm:prod", "version": "0.11.0"})
-    result = review(doc)
+    result = assess(doc)
     assert result.vllm_version == "0.11.0"
     # draft_model is not available on 0.11: the refusal names version and field.
     finding = next(f for f in result.findings if f.code == "MethodUnsupportedByVersion")
@@ -230,7 +230,7 @@ def test_explicit_version_wins_over_image_tag() -> None:
 
 
 def test_not_a_mapping() -> None:
-    result = review(["not", "a", "mapping"])
+    result = assess(["not", "a", "mapping"])
     assert not result.valid
     assert result.findings[0].code == "NotAnObject"
 
@@ -239,6 +239,6 @@ def test_wrong_kind_and_name() -> None:
     doc = manifest()
     doc["kind"] = "Deployment"
     doc["metadata"]["name"] = "Llama_70B"
-    paths = error_paths(review(doc))
+    paths = error_paths(assess(doc))
     assert "kind" in paths
     assert "metadata.name" in paths

@@ -22,7 +22,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from specpilot.api.models import GROUP, PLURAL, VERSION
-from specpilot.signals import Signal, signal_expressions
+from specpilot.control.signals import Signal, signal_expressions
 from specpilot_lab.demo.timeline import Decision, Series, Timeline, render_png, summary_table
 from specpilot_lab.local.controlplane import ControlPlane
 from specpilot_lab.local.operator_process import wait_for

@@ -23,7 +23,6 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from specpilot import control
 from specpilot.adapters import telemetry
 from specpilot.adapters.kube import SecretError
 from specpilot.adapters.prometheus import Endpoint, MetricsError
@@ -31,7 +30,8 @@ from specpilot.adapters.runtime import Key, Registration, Runtime
 from specpilot.adapters.writers import StatusConflictError, StatusWriteError
 from specpilot.api.admin import PROMETHEUS_URL_ANNOTATION, bound_to
 from specpilot.api.models import SecretKeyRef, SpeculativeInferenceStatus
-from specpilot.signals import Readings
+from specpilot.control.check import check
+from specpilot.control.signals import Readings
 
 TICK_SECONDS = 1.0
 CHECK_CONCURRENCY = 16
@@ -311,7 +311,7 @@ class ControlLoop:
             now = runtime.clock.now()
             if self._checked_recently(body, now):
                 return
-            result = control.check(body, readings, error, sampled_at, now, runtime.admin)
+            result = check(body, readings, error, sampled_at, now, runtime.admin)
             if result is None:
                 return
             if not result.worth_writing:

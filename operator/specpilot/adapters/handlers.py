@@ -20,9 +20,9 @@ from specpilot.adapters.runtime import Runtime
 from specpilot.adapters.writers import StatusConflictError, StatusWriteError
 from specpilot.api.admin import AdminPolicy, monitoring_findings
 from specpilot.api.models import GROUP, PLURAL, VERSION
+from specpilot.assessment import assess
 from specpilot.findings import Severity
 from specpilot.rendering.manifests import LABEL_MANAGED_BY, LABEL_RESOURCE
-from specpilot.review import review
 
 RESOURCE = (GROUP, VERSION, PLURAL)
 logger = logging.getLogger(__name__)
@@ -41,8 +41,8 @@ def run_reconcile(
     key = (raw["metadata"]["namespace"], raw["metadata"]["name"])
     with runtime.locks.hold(key), telemetry.RECONCILE_SECONDS.time():
         wanted = reconcile.desired(raw, runtime.admin)
-        runtime.managed.track(raw["metadata"]["uid"], wanted.review.valid)
-        spec = wanted.review.resource.spec if wanted.review.resource else None
+        runtime.managed.track(raw["metadata"]["uid"], wanted.assessment.valid)
+        spec = wanted.assessment.resource.spec if wanted.assessment.resource else None
         runtime.registry.register(key[0], key[1], spec)
         observed = reconcile.Observed()
         applied_events = []
@@ -146,7 +146,7 @@ def validate(body: kopf.Body, warnings: list[str], memo: kopf.Memo, **_: Any) ->
     warns of a Prometheus URL this operator will not read, which only the operator knows.
     """
     admin: AdminPolicy = memo.options.admin
-    result = review(dict(body), admin)
+    result = assess(dict(body), admin)
     if result.resource is not None:
         result.findings += monitoring_findings(result.resource.spec.monitoring, admin)
     for finding in result.findings:

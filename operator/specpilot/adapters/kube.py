@@ -20,8 +20,8 @@ from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import ResourceNotFoundError
 from pydantic import BaseModel
 
+from specpilot.api.finite import non_finite_paths
 from specpilot.api.models import GROUP, PLURAL, VERSION, SecretKeyRef
-from specpilot.finite import non_finite_paths
 from specpilot.rendering.manifests import FIELD_MANAGER, Manifest
 
 REQUEST_TIMEOUT_SECONDS = 60.0

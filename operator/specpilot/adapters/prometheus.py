@@ -33,7 +33,7 @@ from urllib3.util.retry import Retry
 
 from specpilot.adapters import telemetry
 from specpilot.adapters.clock import Clock, SystemClock
-from specpilot.signals import BadAnswerError, Readings, parse_answers, queries
+from specpilot.control.signals import BadAnswerError, Readings, parse_answers, queries
 
 RETRIES = 2
 BACKOFF_SECONDS = 0.5

@@ -25,7 +25,7 @@ from specpilot.adapters.prometheus import DefaultCredentials, PrometheusClient
 from specpilot.adapters.writers import EventWriter, StatusWriter
 from specpilot.api.admin import AdminPolicy
 from specpilot.api.models import SecretKeyRef, SpeculativeInferenceSpec
-from specpilot.policy import seconds
+from specpilot.control.policy import seconds
 
 Key = tuple[str, str]
 """(namespace, name) of a SpeculativeInference."""

@@ -30,8 +30,8 @@ from specpilot.api.models import (
     SpeculativeInference,
     SpeculativeInferenceSpec,
 )
+from specpilot.control.policy import flapping_findings
 from specpilot.findings import Finding, error, shown
-from specpilot.policy import flapping_findings
 
 MANAGED_FLAGS = {
     "--model": "spec.target.model",

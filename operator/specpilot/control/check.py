@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from specpilot.api.admin import AdminPolicy
+from specpilot.api.finite import non_finite_paths
 from specpilot.api.models import (
     MAX_DECISIONS,
     Condition,
@@ -28,14 +29,18 @@ from specpilot.api.models import (
     SpeculativeInferenceStatus,
     whole_seconds,
 )
-from specpilot.effective import target_identity, with_checkpoint
+from specpilot.assessment import assess
+from specpilot.control.policy import Action, PolicyDecision, Signals, decide, seconds
+from specpilot.control.signals import Readings, Signal, implausible
 from specpilot.findings import errors
-from specpilot.finite import non_finite_paths
-from specpilot.policy import Action, PolicyDecision, Signals, decide, seconds
-from specpilot.reconcile import Event, condition, keep_transition_times
+from specpilot.reconcile import (
+    Event,
+    condition,
+    keep_transition_times,
+    target_identity,
+    with_checkpoint,
+)
 from specpilot.rendering.args import is_speculating
-from specpilot.review import review
-from specpilot.signals import Readings, Signal, implausible
 
 NO_SERIES = "Prometheus has no series for this resource"
 IMPLAUSIBLE = "implausible metrics"
@@ -228,7 +233,7 @@ def check(
 ) -> CheckResult | None:
     """The outcome of one check, or None when the resource is not under control (invalid)."""
     admin = admin or AdminPolicy()
-    result = review(dict(body), admin)
+    result = assess(dict(body), admin)
     if result.resource is None:
         return None
     spec = result.resource.spec
@@ -394,7 +399,7 @@ def _step_refusal(
 ) -> str | None:
     """Why the next checkpoint cannot run on these GPUs, or None when its plan fits."""
     checkpoint = spec.policy.quantization_ladder[index - 1]
-    stepped = review(with_checkpoint(body, checkpoint), admin)
+    stepped = assess(with_checkpoint(body, checkpoint), admin)
     problems = errors(stepped.findings)
     if not problems:
         return None

@@ -1,7 +1,7 @@
-"""One verdict on a manifest: parse, cross-field checks, vLLM release, memory plan.
+"""One assessment of a manifest: parse, cross-field checks, vLLM release, memory plan.
 
-`specpilot validate`, `specpilot plan`, `specpilot render` and the admission webhook all call
-`review`, so each gives the same answer for the same manifest.
+`specpilot validate`, `specpilot plan`, `specpilot render`, the admission webhook, the reconcile
+and the control check all call `assess`, so each gives the same answer for the same manifest.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from specpilot.rendering.manifests import Manifest, manifests
 MEMORY_INPUTS = ("spec.target", "spec.speculation", "spec.gpus", "spec.vllm")
 
 
-class Review(BaseModel):
+class Assessment(BaseModel):
     resource: SpeculativeInference | None
     """The resource, when it has no errors at all."""
     vllm_version: str | None
@@ -41,14 +41,14 @@ class Review(BaseModel):
         return Version(self.vllm_version)
 
 
-def review(raw: Any, admin: AdminPolicy | None = None) -> Review:
+def assess(raw: Any, admin: AdminPolicy | None = None) -> Assessment:
     """`admin`: the operator's rules (specpilot run's flags); the defaults where None."""
     admin = admin or AdminPolicy()
     parsed = parse_manifest(raw)
     findings = list(parsed.findings)
     resource = parsed.repaired
     if resource is None:
-        return Review(resource=None, vllm_version=None, plan=None, findings=findings)
+        return Assessment(resource=None, vllm_version=None, plan=None, findings=findings)
 
     def keep(new: list[Finding]) -> list[Finding]:
         return [f for f in new if not f.involves(parsed.dropped)]
@@ -64,7 +64,7 @@ def review(raw: Any, admin: AdminPolicy | None = None) -> Review:
             memory_plan = plan(spec, version)
             findings += keep(memory_plan.findings)
     has_errors = any(f.severity is Severity.ERROR for f in findings)
-    return Review(
+    return Assessment(
         resource=None if has_errors else resource,
         vllm_version=str(version) if version else None,
         plan=memory_plan,
@@ -74,7 +74,7 @@ def review(raw: Any, admin: AdminPolicy | None = None) -> Review:
 
 def render(raw: Any, speculation: bool = True, admin: AdminPolicy | None = None) -> list[Manifest]:
     """Manifests for a valid resource; raises InvalidResourceError with every error otherwise."""
-    result = review(raw, admin)
+    result = assess(raw, admin)
     if result.resource is None:
         raise InvalidResourceError(errors(result.findings))
     return manifests(result.resource, result.version, speculation=speculation)
