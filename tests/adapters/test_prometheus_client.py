@@ -4,78 +4,41 @@ without an operator or an API server. Backoffs are recorded, not slept."""
 
 from __future__ import annotations
 
-import http.server
-import json
 import math
-import re
-import ssl
 import threading
-import urllib.parse
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import trustme
 
 from specpilot.adapters.prometheus import Endpoint, MetricsError, PrometheusClient
-from specpilot.control.signals import SIGNAL_LABEL, Signal
+from specpilot.control.signals import Signal
 from tests.adapters.fakes import FakeClock
+from tests.prometheus_stub import PrometheusStub, series, signals_asked, vector
 
 WINDOW = "5m"
 
 
-class LocalPrometheus:
+class LocalPrometheus(PrometheusStub):
     """/api/v1/query answering per `mode`: good, error (500), refused (400), garbage (not JSON),
     nan, empty, scalar (not a vector), hang (until the test ends). With `token` set, a request
-    without that bearer token gets 401."""
+    without that bearer token gets 401. Keep-alive, as Prometheus serves."""
 
     def __init__(self, tls: trustme.LeafCert | None = None) -> None:
         self.mode = "good"
-        self.token: str | None = None
-        self.requests: list[dict[str, Any]] = []
-        self.clients: set[int] = set()
-        """Client ports seen: one per connection, so reuse shows as few ports."""
         self.released = threading.Event()
-        owner = self
+        super().__init__(tls, keep_alive=True)
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"  # keep-alive, as Prometheus serves
+    @property
+    def clients(self) -> set[int]:
+        """Client ports seen: one per connection, so reuse shows as few ports."""
+        return {r["client"][1] for r in self.requests}
 
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length", 0))
-                body = self.rfile.read(length).decode()
-                form = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
-                form |= urllib.parse.parse_qs(body)
-                owner.clients.add(self.client_address[1])
-                owner.requests.append(
-                    {"form": form, "authorization": self.headers.get("Authorization")}
-                )
-                status, answer = owner.answer(form.get("query", [""])[0])
-                if owner.token and self.headers.get("Authorization") != f"Bearer {owner.token}":
-                    status, answer = 401, b'{"status":"error","error":"unauthorized"}'
-                if owner.mode == "hang":
-                    owner.released.wait()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
+    def before_answering(self) -> None:
+        if self.mode == "hang":
+            self.released.wait()
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        scheme = "http"
-        if tls is not None:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            tls.configure_cert(context)
-            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
-            scheme = "https"
-        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def answer(self, promql: str) -> tuple[int, bytes]:
+    def respond(self, promql: str) -> tuple[int, bytes]:
         if self.mode == "error":
             return 500, b'{"status":"error","errorType":"internal","error":"injected"}'
         if self.mode == "refused":
@@ -84,20 +47,13 @@ class LocalPrometheus:
             return 200, b"<html>not Prometheus</html>"
         if self.mode == "scalar":
             return 200, b'{"status":"success","data":{"resultType":"scalar","result":[1,"2"]}}'
-        signals = re.findall(rf'"{SIGNAL_LABEL}", "(\w+)"', promql)
-        labels = {"namespace": "ml", "specpilot_io_resource": "chat",
-                  "specpilot_io_role": "server"}  # fmt: skip
         value = "NaN" if self.mode == "nan" else "0.5"
-        result = [{"metric": {**labels, SIGNAL_LABEL: s}, "value": [1.0, value]} for s in signals]
-        if self.mode == "empty":
-            result = []
-        answer = {"status": "success", "data": {"resultType": "vector", "result": result}}
-        return 200, json.dumps(answer).encode()
+        result = [series("ml", "chat", s, value) for s in signals_asked(promql)]
+        return 200, vector([] if self.mode == "empty" else result)
 
     def stop(self) -> None:
         self.released.set()
-        self.server.shutdown()
-        self.server.server_close()
+        super().stop()
 
 
 @pytest.fixture

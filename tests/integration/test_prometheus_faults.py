@@ -8,13 +8,7 @@ faults while the operator runs.
 
 from __future__ import annotations
 
-import http.server
-import json
-import re
-import ssl
-import threading
 import time
-import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,11 +17,11 @@ import trustme
 from kubernetes import client as k8s
 
 from specpilot.api.admin import PROMETHEUS_URL_ANNOTATION
-from specpilot.control.signals import SIGNAL_LABEL
 from specpilot_lab.local.controlplane import ControlPlane
 from specpilot_lab.local.operator_process import OperatorProcess, wait_for
 from specpilot_lab.local.stack import FAST_POLICY
 from tests.integration.conftest import condition, create, example, get, patch_spec
+from tests.prometheus_stub import PrometheusStub, series, signals_asked, vector
 
 pytestmark = pytest.mark.integration
 
@@ -47,75 +41,36 @@ ABSURD = {
 a decision or a baseline."""
 
 
-class FaultyPrometheus:
+class FaultyPrometheus(PrometheusStub):
     """/api/v1/query (HTTPS with `tls`) answering per `mode`: good, error (500), refused (400),
     slow (beyond the client's 10 s timeout), garbage (not JSON), nan (every value NaN), empty
     (no series), or an impossible value for one signal (`ABSURD`)."""
 
     def __init__(self, namespace: str, tls: trustme.LeafCert | None = None) -> None:
         self.mode = "good"
-        self.queries = 0
-        self.token: str | None = None
-        """When set, queries without `Authorization: Bearer <token>` get 401."""
-        owner = self
+        self.namespace = namespace
+        super().__init__(tls)
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length", 0))
-                # Parameters in the URL or the body, as Prometheus takes them.
-                form = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
-                form |= urllib.parse.parse_qs(self.rfile.read(length).decode())
-                owner.queries += 1
-                status, body = owner.answer(form.get("query", [""])[0], namespace)
-                if owner.token and self.headers.get("Authorization") != f"Bearer {owner.token}":
-                    status, body = 401, b'{"status":"error","error":"unauthorized"}'
-                if owner.mode == "slow":
-                    time.sleep(12)
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+    @property
+    def queries(self) -> int:
+        return len(self.requests)
 
-            def log_message(self, *args: Any) -> None:
-                pass
+    def before_answering(self) -> None:
+        if self.mode == "slow":
+            time.sleep(12)  # the fault itself: slower than the client's timeout
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        scheme = "http"
-        if tls is not None:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            tls.configure_cert(context)
-            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
-            scheme = "https"
-        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def answer(self, promql: str, namespace: str) -> tuple[int, bytes]:
+    def respond(self, promql: str) -> tuple[int, bytes]:
         if self.mode == "error":
             return 500, b'{"status":"error","errorType":"internal","error":"injected"}'
         if self.mode == "refused":
             return 400, b'{"status":"error","errorType":"bad_data","error":"injected parse error"}'
         if self.mode == "garbage":
             return 200, b"<html>not Prometheus</html>"
-        signals = re.findall(rf'"{SIGNAL_LABEL}", "(\w+)"', promql)
-        labels = {"namespace": namespace, "specpilot_io_resource": NAME,
-                  "specpilot_io_role": "server"}  # fmt: skip
-        result = [
-            {"metric": {**labels, SIGNAL_LABEL: s}, "value": [time.time(), value]}
-            for s in signals
-            if s in GOOD
-            for value in [
-                "NaN" if self.mode == "nan" else str(ABSURD.get(self.mode, {}).get(s, GOOD[s]))
-            ]
-        ]
         if self.mode == "empty":
-            result = []
-        return 200, json.dumps(
-            {"status": "success", "data": {"resultType": "vector", "result": result}}
-        ).encode()
-
-    def stop(self) -> None:
-        self.server.shutdown()
+            return 200, vector([])
+        values = {s: "NaN" if self.mode == "nan" else ABSURD.get(self.mode, {}).get(s, GOOD[s])
+                  for s in signals_asked(promql) if s in GOOD}  # fmt: skip
+        return 200, vector([series(self.namespace, NAME, s, v) for s, v in values.items()])
 
 
 @pytest.fixture

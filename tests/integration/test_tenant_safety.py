@@ -8,13 +8,8 @@ request, so the tests see exactly which credential reached which endpoint.
 
 from __future__ import annotations
 
-import http.server
-import json
-import re
 import socket
 import threading
-import time
-import urllib.parse
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,11 +22,11 @@ from kubernetes.client.exceptions import ApiException
 
 from specpilot.api.admin import PROMETHEUS_URL_ANNOTATION
 from specpilot.api.models import GROUP, PLURAL, VERSION
-from specpilot.control.signals import SIGNAL_LABEL
 from specpilot_lab.local.controlplane import ControlPlane
 from specpilot_lab.local.operator_process import OperatorProcess, wait_for
 from specpilot_lab.local.stack import FAST_POLICY
 from tests.integration.conftest import condition, example, get, service_account_kubeconfig
+from tests.prometheus_stub import PrometheusStub, series, signals_asked, vector
 
 pytestmark = pytest.mark.integration
 
@@ -41,64 +36,29 @@ GOOD = {"acceptance": 0.8, "tpotP50": 0.02, "tpotP99": 0.03, "ttftP50": 0.1, "re
         "requestsPerSecond": 2.0}  # fmt: skip
 
 
-class LoggingPrometheus:
-    """Prometheus' query API answering good readings for every resource it is asked about, and
-    logging each request's Authorization header (None when there was none)."""
+class LoggingPrometheus(PrometheusStub):
+    """Good readings for every resource in `resources`, and the Authorization header of every
+    request (None when there was none) in `authorizations`."""
 
     def __init__(self) -> None:
-        self.authorizations: list[str | None] = []
         self.resources: list[tuple[str, str]] = []
-        """(namespace, name) whose readings this Prometheus should return."""
-        owner = self
+        """(namespace, name) whose readings this Prometheus returns."""
+        super().__init__()
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length", 0))
-                # Parameters in the URL or the body, as Prometheus takes them.
-                form = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
-                form |= urllib.parse.parse_qs(self.rfile.read(length).decode())
-                owner.authorizations.append(self.headers.get("Authorization"))
-                body = owner.answer(form.get("query", [""])[0])
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+    @property
+    def authorizations(self) -> list[str | None]:
+        return [r["authorization"] for r in self.requests]
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def answer(self, promql: str) -> bytes:
-        signals = re.findall(rf'"{SIGNAL_LABEL}", "(\w+)"', promql)
-        result = [
-            {
-                "metric": {
-                    "namespace": namespace,
-                    "specpilot_io_resource": name,
-                    "specpilot_io_role": "server",
-                    SIGNAL_LABEL: s,
-                },
-                "value": [time.time(), str(GOOD[s])],
-            }
-            for namespace, name in self.resources
-            for s in signals
-            if s in GOOD
-        ]
-        return json.dumps(
-            {"status": "success", "data": {"resultType": "vector", "result": result}}
-        ).encode()
+    def respond(self, promql: str) -> tuple[int, bytes]:
+        asked = [s for s in signals_asked(promql) if s in GOOD]
+        return 200, vector(
+            [series(ns, name, s, GOOD[s]) for ns, name in self.resources for s in asked]
+        )
 
     @property
     def reads(self) -> int:
         """Complete reads: a check sends five queries."""
-        return len(self.authorizations) // 5
-
-    def stop(self) -> None:
-        self.server.shutdown()
+        return len(self.requests) // 5
 
 
 class SilentPrometheus:
