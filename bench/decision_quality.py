@@ -7,9 +7,9 @@ target edited from INT8 to AWQ-INT4 mid-trace (the ladder holds the INT8 checkpo
 
 Every configuration a policy can choose (speculation on or off, each checkpoint) is simulated over
 the whole trace once, so all policies see the same requests. Time is cut into windows of one
-check interval. The operator's policy is `specpilot.control.check`, the function the control loop
-calls. It gets each window's readings (what Prometheus would answer) at the window's end. Its
-decision takes effect from the next window, as a rollout would. The static policies keep
+check interval. The operator's policy is `specpilot.control.check.check`, the function the
+control loop calls. It gets each window's readings (what Prometheus would answer) at the window's
+end. Its decision takes effect from the next window, as a rollout would. The static policies keep
 speculation on or off throughout. The oracle takes, in each window, whichever of on and off had
 the lower P99 TPOT. Switching is modelled as instantaneous, with the queue carried over (each
 window's outcome is that configuration's outcome in the continuous run).

@@ -1,5 +1,5 @@
 """The control loop: each tick, read Prometheus once per endpoint for all the resources that are
-due, then check each one (`specpilot.control.check`) and apply what it decided.
+due, then check each one (`specpilot.control.check.check`) and apply what it decided.
 
 The loop is one asyncio task of the operator, not a timer per resource, so the cost of reading
 metrics does not grow with the number of resources. Endpoints are read concurrently, each within a
