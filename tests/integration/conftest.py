@@ -10,6 +10,7 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
+from prometheus_client.parser import text_string_to_metric_families
 
 from specpilot.api.models import GROUP, PLURAL, VERSION
 from specpilot_lab.local.controlplane import ControlPlane
@@ -97,6 +98,17 @@ def event_reasons(api: k8s.ApiClient, namespace: str, name: str) -> list[str]:
         namespace, field_selector=f"involvedObject.name={name}"
     )
     return [e.reason for e in sorted(events.items, key=lambda e: e.metadata.creation_timestamp)]
+
+
+def counter(operator: OperatorProcess, sample: str, **labels: str) -> float:
+    """The operator's own metric `sample` (e.g. specpilot_reconciles_total), summed over the
+    series whose labels include `labels`; 0 before the first one is counted."""
+    return sum(
+        found.value
+        for family in text_string_to_metric_families(operator.metrics())
+        for found in family.samples
+        if found.name == sample and labels.items() <= found.labels.items()
+    )
 
 
 def container_args(api: k8s.ApiClient, namespace: str, name: str) -> list[str]:

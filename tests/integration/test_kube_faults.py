@@ -26,6 +26,7 @@ from tests.integration.conftest import (
     account_without,
     condition,
     container_args,
+    counter,
     create,
     deployment,
     event_reasons,
@@ -38,6 +39,8 @@ from tests.integration.conftest import (
 pytestmark = pytest.mark.integration
 
 EXAMPLE = "llama-70b-int8-draft.yaml"
+RECONCILES = "specpilot_reconciles_total"
+"""The operator's own counter of reconciles, by trigger (create, update, resume, drift, control)."""
 HISTORY = [{"time": "2026-11-20T10:00:00Z", "action": "disable-speculation", "reason": "earlier"}]
 
 
@@ -185,6 +188,11 @@ def test_another_writer_taking_an_owned_field_by_server_side_apply_is_undone_onc
             },
         }
     )
+    # Positive signals instead of pauses: the operator counts its reconciles by trigger, and a
+    # "drift" reconcile follows every write to the Deployment (no controller-manager here writes
+    # it). The first is for the operator's own create; once it is handled, the intruder's write
+    # is the next one and the operator's correction, a write of its own, the one after that.
+    wait_for(lambda: counter(operator, RECONCILES, trigger="drift") >= 1, what=operator.output)
     apply = ("apply", "--server-side", "--field-manager=intruder", "-f", "-")
     refused = control_plane.kubectl(*apply, input=intruder, check=False)
     assert refused.returncode != 0
@@ -192,9 +200,18 @@ def test_another_writer_taking_an_owned_field_by_server_side_apply_is_undone_onc
     assert '"specpilot"' in refused.stderr, refused.stderr
     assert container_args(api, namespace, name) == original
 
+    before = counter(operator, RECONCILES, trigger="drift")
     control_plane.kubectl(*apply, "--force-conflicts", input=intruder)
     wait_for(lambda: container_args(api, namespace, name) == original, what=operator.output)
-    time.sleep(3)  # a second correction, if any, would show by now
+    corrected = deployment(api, namespace, name).metadata.generation
+    # Handled: the intruder's write and the correction. A second correction would have been
+    # made by then, in the reconcile of the first one's write, and would have moved the spec.
+    wait_for(
+        lambda: counter(operator, RECONCILES, trigger="drift") >= before + 2,
+        what=operator.output,
+    )
+    assert deployment(api, namespace, name).metadata.generation == corrected
+    wait_for(lambda: "DriftCorrected" in event_reasons(api, namespace, name), what="the Event")
     assert event_reasons(api, namespace, name).count("DriftCorrected") == 1
     events = k8s.CoreV1Api(api).list_namespaced_event(
         namespace, field_selector=f"involvedObject.name={name},reason=DriftCorrected"
@@ -242,9 +259,13 @@ def test_status_writes_refused_with_409_are_redone_on_a_fresh_read(
     wait_for(lambda: reconciled(api, namespace, "c"), what=operator.output)
     write_status(api, namespace, "c", {"decisions": HISTORY})
     churn.set()
-    for tokens in (2, 3, 4):
+    for tokens in (2, 3, 4):  # one at a time: each change its own reconcile under the churn
         patch_spec(api, namespace, "c", {"speculation": {"numSpeculativeTokens": tokens}})
-        time.sleep(2)
+        wait_for(
+            lambda: speculative_tokens(api, namespace, "c") == tokens,  # noqa: B023
+            timeout=60,
+            what=operator.output,
+        )
     body = wait_for(
         lambda: speculative_tokens(api, namespace, "c") == 4 and reconciled(api, namespace, "c"),
         timeout=60,

@@ -2,6 +2,9 @@
 
 Time runs `time_scale` times faster than the wall clock: every duration the engine reports (to
 clients and in metrics) is simulated time, so a scaled run looks like a real one, only shorter.
+Steps follow one another on the engine's own clock, paced by the wall clock: a step that starts
+late because the machine is busy is made up by sleeping less after it, so what the engine
+reports does not depend on how loaded the machine is (up to MAX_LAG_SECONDS behind).
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ from specpilot.vllm_versions import Feature, supports
 from specpilot_lab.sim import physics
 from specpilot_lab.sim.metrics import VLLMMetrics
 from specpilot_lab.sim.vllm_args import ServerConfig, SimArgsError
+
+MAX_LAG_SECONDS = 1.0
+"""How far behind its schedule (wall seconds) the engine catches up; beyond it, the machine cannot
+run the engine at this load and time scale, and the lost time shows as latency."""
 
 WORDS = ("the", "model", "answers", "with", "a", "short", "and", "useful", "sentence", "here")
 
@@ -146,6 +153,10 @@ class Engine:
         self.running: list[Request] = []
         self._wake = asyncio.Event()
         self._start = 0.0
+        self._clock = 0.0
+        """Simulated time the steps have reached (serving HTTP)."""
+        self._step_end: float | None = None
+        """When the step under way ends, in simulated time (serving HTTP)."""
         self._words = itertools.cycle(WORDS)
 
     def now(self) -> float:
@@ -160,8 +171,14 @@ class Engine:
         echo: float,
         at: float | None = None,
     ) -> Request:
-        """Queue a request; `at` is its arrival in simulated time (now, when serving HTTP)."""
-        arrival = self.now() if at is None else at
+        """Queue a request; `at` is its arrival in simulated time (now, when serving HTTP: at
+        the latest the end of the step under way, which a late engine has not reached yet)."""
+        if at is not None:
+            arrival = at
+        elif self._step_end is not None:
+            arrival = min(self.now(), self._step_end)
+        else:
+            arrival = self.now()
         request = Request(prompt_tokens, max_tokens, temperature, echo, arrival=arrival)
         self.waiting.append(request)
         self.metrics.waiting.labels(**self.metrics.labels).set(len(self.waiting))
@@ -169,16 +186,23 @@ class Engine:
         return request
 
     async def run(self) -> None:
+        """Serve: each step lasts its simulated duration on the engine's clock, and sleeps until
+        the wall clock (scaled) reaches its end; the time spent outside the sleep (this loop's
+        own work, the HTTP handlers, waiting for a CPU) is part of the step, not added to it."""
         self._start = asyncio.get_running_loop().time()
         while True:
             self._admit()
             if not self.running:
                 self._wake.clear()
                 await self._wake.wait()
+                self._clock = self.now()  # idle until now: the next step starts on arrival
                 continue
             seconds = self._step_seconds()
-            await asyncio.sleep(seconds / self.time_scale)
-            self._advance(seconds, self.now())
+            self._clock = max(self._clock, self.now() - MAX_LAG_SECONDS * self.time_scale)
+            self._step_end = self._clock + seconds
+            await asyncio.sleep(max(0.0, (self._step_end - self.now()) / self.time_scale))
+            self._clock, self._step_end = self._step_end, None
+            self._advance(seconds, self._clock)
 
     def simulate(self, arrivals: list[Arrival]) -> list[Request]:
         """Play arrivals in simulated time only (discrete events, no sleeping, deterministic).
