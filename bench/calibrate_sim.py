@@ -17,7 +17,7 @@ import statistics
 from dataclasses import dataclass
 
 from specpilot_lab.sim.engine import Arrival, Engine, Request
-from specpilot_lab.sim.vllm_args import parse
+from specpilot_lab.sim.vllm_args import parse_server_args
 
 TARGET = "meta-llama/Llama-3.1-70B-Instruct"
 BASE = [TARGET, "--tensor-parallel-size", "4", "--max-model-len", "8192"]
@@ -94,7 +94,7 @@ def mean_tpot_ms(requests: list[Request]) -> float:
 
 
 def run(argv: list[str], workload: Workload, qps: float, duration: float, seed: int) -> float:
-    engine = Engine(parse(argv, ENV), seed=seed)
+    engine = Engine(parse_server_args(argv, ENV), seed=seed)
     return mean_tpot_ms(engine.simulate(arrivals(workload, qps, duration, seed)))
 
 
@@ -105,7 +105,7 @@ def acceptance_at(temperature: float, duration: float, seed: int) -> float:
         '{"method": "draft_model", "model": '
         '"meta-llama/Llama-3.1-8B-Instruct", "num_speculative_tokens": 5}',
     ]
-    engine = Engine(parse(argv, {"SPECPILOT_SIM_GPU": "H100-80GB"}), seed=seed)
+    engine = Engine(parse_server_args(argv, {"SPECPILOT_SIM_GPU": "H100-80GB"}), seed=seed)
     work = Workload("chat", 180, 1.0, 220, 0.8, echo=0.2, temperature=temperature)
     engine.simulate(arrivals(work, 1.0, duration, seed))
     counters = {m.name: m for m in engine.metrics.registry.collect()}

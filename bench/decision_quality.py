@@ -38,7 +38,7 @@ from specpilot.reconcile import desired
 from specpilot.rendering.manifests import LABEL_ROLE
 from specpilot_lab.sim.engine import Arrival, Engine, Request
 from specpilot_lab.sim.podrunner import pod_template
-from specpilot_lab.sim.vllm_args import parse
+from specpilot_lab.sim.vllm_args import parse_server_args
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "manifests" / "examples" / "llama-70b-int8-draft.yaml"
@@ -186,7 +186,7 @@ class Simulations:
         template = pod_template(deployment)
         key = (*template.args, *sorted(f"{k}={v}" for k, v in template.env.items()))
         if key not in self.runs:
-            engine = Engine(parse(template.args, template.env), seed=self.seed)
+            engine = Engine(parse_server_args(template.args, template.env), seed=self.seed)
             windows = [Window() for _ in range(self.scenario.windows)]
             for request in engine.simulate(self.arrivals):
                 windows[min(len(windows) - 1, int(request.arrival // INTERVAL_S))].requests.append(

@@ -12,7 +12,7 @@ from specpilot.api.models import Quantization, SpeculationMethod
 from specpilot.catalog import MODELS
 from specpilot_lab.sim import physics
 from specpilot_lab.sim.engine import Engine
-from specpilot_lab.sim.vllm_args import parse
+from specpilot_lab.sim.vllm_args import parse_server_args
 
 LLAMA_70B = MODELS["meta-llama/Llama-3.1-70B-Instruct"]
 LLAMA_8B = MODELS["meta-llama/Llama-3.1-8B-Instruct"]
@@ -33,7 +33,7 @@ NGRAM = ["--speculative-config", '{"method": "ngram", "num_speculative_tokens": 
 
 def tpot(argv: list[str], batch: int, temperature: float = 0.0, echo: float = 0.6) -> float:
     """Simulated seconds per output token for a steady decode batch of `batch` requests."""
-    engine = Engine(parse(argv, {"SPECPILOT_SIM_GPU": "H100-80GB"}))
+    engine = Engine(parse_server_args(argv, {"SPECPILOT_SIM_GPU": "H100-80GB"}))
     context = batch * 1500
     step = physics.STEP_OVERHEAD_S + engine.target.step_seconds(
         engine.hw, batch * (engine.k + 1), context

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from specpilot_lab.sim.serve import build_engine
 from specpilot_lab.sim.server import application
-from specpilot_lab.sim.vllm_args import SimArgsError, parse
+from specpilot_lab.sim.vllm_args import SimArgsError, parse_server_args
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 EAGLE3 = (
@@ -183,13 +183,15 @@ def test_legacy_release_exports_v0_metrics() -> None:
 
 def test_arguments_vllm_would_refuse_are_refused() -> None:
     with pytest.raises(SimArgsError, match="unrecognized arguments: --bogus"):
-        parse([MODEL, "--bogus", "1"], {})
+        parse_server_args([MODEL, "--bogus", "1"], {})
     with pytest.raises(SimArgsError, match="unrecognized arguments: --speculative-model"):
-        parse(
+        parse_server_args(
             [MODEL, "--speculative-model", "[ngram]", "--num-speculative-tokens", "3"],
             {"SPECPILOT_SIM_VLLM_VERSION": "0.33.0"},
         )
     with pytest.raises(SimArgsError, match="tensor_parallel_size"):
-        parse([MODEL, "--speculative-config", '{"method": "ngram", "tensor_parallel_size": 2}'], {})
+        parse_server_args(
+            [MODEL, "--speculative-config", '{"method": "ngram", "tensor_parallel_size": 2}'], {}
+        )
     with pytest.raises(SimArgsError, match="vLLM would not start"):
         build_engine(["meta-llama/Llama-3.1-70B-Instruct", "--max-model-len", "8192"], {})

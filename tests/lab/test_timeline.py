@@ -11,7 +11,7 @@ from specpilot.api.models import Thresholds
 from specpilot_lab.demo.timeline import (
     DISABLE_BELOW,
     REVIEW_BELOW,
-    Decision,
+    DecisionMark,
     Series,
     Timeline,
     render_png,
@@ -35,11 +35,11 @@ def demo_timeline() -> Timeline:
         baseline_p99_tpot_ms=series(*((t, 45.0) for t in ticks)),
         speculation=[(0.0, True), (130.0, False), (220.0, True)],
         decisions=[
-            Decision(t=60.0, action="keep", reason="acceptance 0.80"),
-            Decision(t=130.0, action="disable-speculation", reason="acceptance 0.40 < 0.50"),
-            Decision(t=180.0, action="hold", reason="cooldown"),
-            Decision(t=220.0, action="enable-speculation", reason="load back down"),
-            Decision(t=250.0, action="step-quantization", reason="memory"),
+            DecisionMark(t=60.0, action="keep", reason="acceptance 0.80"),
+            DecisionMark(t=130.0, action="disable-speculation", reason="acceptance 0.40 < 0.50"),
+            DecisionMark(t=180.0, action="hold", reason="cooldown"),
+            DecisionMark(t=220.0, action="enable-speculation", reason="load back down"),
+            DecisionMark(t=250.0, action="step-quantization", reason="memory"),
         ],
     )
 
@@ -162,7 +162,7 @@ def test_decisions_land_in_their_phase_and_passive_ones_are_counted() -> None:
 
 
 def test_a_decision_on_a_boundary_belongs_to_the_phase_it_starts() -> None:
-    timeline = Timeline(decisions=[Decision(t=50.0, action="disable-speculation")])
+    timeline = Timeline(decisions=[DecisionMark(t=50.0, action="disable-speculation")])
     by_phase = rows(summary_table(timeline, [("a", 0.0, 50.0), ("b", 50.0, 100.0)]))
     assert by_phase["a"].endswith("-")
     assert by_phase["b"].endswith("50s disable-speculation")

@@ -23,7 +23,7 @@ from kubernetes import config as k8s_config
 
 from specpilot.api.models import GROUP, PLURAL, VERSION
 from specpilot.control.signals import Signal, signal_expressions
-from specpilot_lab.demo.timeline import Decision, Series, Timeline, render_png, summary_table
+from specpilot_lab.demo.timeline import DecisionMark, Series, Timeline, render_png, summary_table
 from specpilot_lab.local.controlplane import ControlPlane
 from specpilot_lab.local.operator_process import wait_for
 from specpilot_lab.local.stack import FAST_POLICY, LocalStack, install_crds
@@ -186,7 +186,7 @@ def _timeline(
         offered[bucket] = offered.get(bucket, 0) + 1
     qps = Series(points=[(b * STEP, n / STEP) for b, n in sorted(offered.items())])
     decisions = [
-        Decision(t=_seconds(d["time"]) - started, action=d["action"], reason=d["reason"])
+        DecisionMark(t=_seconds(d["time"]) - started, action=d["action"], reason=d["reason"])
         for d in status.get("decisions", [])
     ]
     speculation = [(0.0, True)] + [

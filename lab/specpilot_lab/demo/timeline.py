@@ -52,7 +52,7 @@ class Series(BaseModel):
         return statistics.fmean(values) if values else None
 
 
-class Decision(BaseModel):
+class DecisionMark(BaseModel):
     """One decision of the control loop, as reported in its Event."""
 
     t: float
@@ -74,7 +74,7 @@ class Timeline(BaseModel):
     """P99 time per output token of the control replica without speculation; may be empty."""
     speculation: list[tuple[float, bool]] = []
     """Step function: from each time on, whether speculation is on. Off before the first step."""
-    decisions: list[Decision] = []
+    decisions: list[DecisionMark] = []
 
     def end(self) -> float:
         """The last time anything was recorded (0 for an empty timeline)."""
@@ -206,7 +206,7 @@ def _shade(ax: Axes, spans: Iterable[tuple[float, float]], *, labelled: bool) ->
         ax.axvspan(start, stop, color=_SPECULATION_SHADE, alpha=0.6, label=label, zorder=0)
 
 
-def _mark_decisions(axes: Sequence[Axes], decisions: Iterable[Decision]) -> None:
+def _mark_decisions(axes: Sequence[Axes], decisions: Iterable[DecisionMark]) -> None:
     """A vertical line on every panel for each acting decision, labelled above the top panel."""
     for decision in sorted(decisions, key=lambda d: d.t):
         if decision.action in PASSIVE_ACTIONS:
@@ -263,7 +263,7 @@ def summary_table(timeline: Timeline, phases: list[tuple[str, float, float]]) ->
     return "\n".join(lines) + "\n"
 
 
-def _decisions_in(decisions: Iterable[Decision], start: float, end: float) -> str:
+def _decisions_in(decisions: Iterable[DecisionMark], start: float, end: float) -> str:
     inside = sorted((d for d in decisions if start <= d.t < end), key=lambda d: d.t)
     acting = [f"{d.t:.0f}s {d.action}" for d in inside if d.action not in PASSIVE_ACTIONS]
     passive = Counter(d.action for d in inside if d.action in PASSIVE_ACTIONS)

@@ -16,11 +16,11 @@ from aiohttp import web
 
 from specpilot_lab.sim.engine import Engine
 from specpilot_lab.sim.server import application
-from specpilot_lab.sim.vllm_args import SimArgsError, parse
+from specpilot_lab.sim.vllm_args import SimArgsError, parse_server_args
 
 
 def build_engine(argv: Sequence[str], env: Mapping[str, str]) -> Engine:
-    config = parse(argv, env)
+    config = parse_server_args(argv, env)
     return Engine(
         config,
         time_scale=float(env.get("SPECPILOT_SIM_TIME_SCALE", "1")),

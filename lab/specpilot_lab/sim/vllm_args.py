@@ -188,7 +188,7 @@ def _speculation(args: argparse.Namespace) -> Speculation | None:
     )
 
 
-def parse(argv: Sequence[str], env: Mapping[str, str]) -> ServerConfig:
+def parse_server_args(argv: Sequence[str], env: Mapping[str, str]) -> ServerConfig:
     """The server configuration for `vllm serve ARGV` in the emulated vLLM release."""
     version = _emulated_version(argv, env)
     args = _parser(version).parse_args(list(argv))
