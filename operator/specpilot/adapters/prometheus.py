@@ -21,7 +21,6 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +33,11 @@ from urllib3.util.retry import Retry
 
 from specpilot.adapters import telemetry
 from specpilot.adapters.clock import Clock, SystemClock
-from specpilot.control.signals import QUERIES, BadAnswerError, Readings, parse_answers, queries
+from specpilot.control.signals import BadAnswerError, Readings, parse_answers, queries
 
 RETRIES = 2
 BACKOFF_SECONDS = 0.5
 TIMEOUT_SECONDS = 10.0
-QUERY_THREADS = len(QUERIES) * 8
-"""A read's five queries go out at once (Prometheus evaluates them in parallel: sequential, a
-thousand resources' read took seconds), for up to the control loop's eight reads in flight."""
 IDLE_SECONDS = 600.0
 """An endpoint not read for this long loses its cached connection (tokens rotate, URLs go)."""
 
@@ -111,7 +107,6 @@ class PrometheusClient:
         self._lock = threading.Lock()
         self._sessions: dict[str | None, tuple[requests.Session, _TrustAdapter]] = {}
         self._connections: dict[Endpoint, tuple[PrometheusConnect, float]] = {}
-        self._queries = ThreadPoolExecutor(QUERY_THREADS, thread_name_prefix="specpilot-query")
 
     def read(
         self, endpoint: Endpoint, window: str, deadline: float | None = None
@@ -123,12 +118,10 @@ class PrometheusClient:
         connection = self._connection(endpoint)
         expressions = queries(window)
         telemetry.PROMETHEUS_QUERIES.inc(len(expressions))
-        asked = {
-            name: self._queries.submit(self._query, connection, endpoint, promql, at, until)
+        answers = {
+            name: self._query(connection, endpoint, promql, at, until)
             for name, promql in expressions.items()
         }
-        wait(asked.values())  # all of them: none is left running past the read
-        answers = {name: answer.result() for name, answer in asked.items()}
         try:
             return parse_answers(answers), at
         except BadAnswerError as exc:
@@ -244,7 +237,6 @@ class PrometheusClient:
                 session.close()
             self._sessions.clear()
             self._connections.clear()
-        self._queries.shutdown(wait=False, cancel_futures=True)
 
 
 def _describe(exc: Exception) -> str:
