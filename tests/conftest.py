@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -52,3 +54,16 @@ def load_example(path: Path) -> dict[str, Any]:
 @pytest.fixture
 def base() -> dict[str, Any]:
     return copy.deepcopy(BASE_MANIFEST)
+
+
+def build_wheel(source: Path, into: Path, name: str) -> Path:
+    """The wheel of the distribution at `source` (no dependencies), built into `into`; `name`
+    is its file-name prefix (specpilot, specpilot_lab)."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "--wheel-dir", str(into),
+         str(source)],
+        check=True,
+        timeout=300,
+    )  # fmt: skip
+    (wheel,) = into.glob(f"{name}-*.whl")
+    return wheel

@@ -15,7 +15,7 @@ import yaml
 
 from specpilot.api.crd import crd_yaml
 from specpilot_lab.local.stack import crd_documents
-from tests.conftest import REPO
+from tests.conftest import REPO, build_wheel
 
 LAB = REPO / "lab" / "specpilot_lab"
 EXAMPLE = "llama-70b-int8-draft.yaml"
@@ -58,23 +58,7 @@ def test_the_lab_wheel_runs_without_the_checkout(tmp_path: Path) -> None:
     shutil.copytree(
         REPO / "lab", source, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
     )
-    wheels = tmp_path / "wheels"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "-q",
-            "--wheel-dir",
-            str(wheels),
-            str(source),
-        ],
-        check=True,
-        timeout=300,
-    )
-    (wheel,) = wheels.glob("specpilot_lab-*.whl")
+    wheel = build_wheel(source, tmp_path / "wheels", "specpilot_lab")
     unpacked = tmp_path / "site"
     with zipfile.ZipFile(wheel) as archive:
         archive.extractall(unpacked)

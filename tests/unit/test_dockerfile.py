@@ -13,7 +13,7 @@ import tomllib
 import zipfile
 from pathlib import Path
 
-from tests.conftest import REPO
+from tests.conftest import REPO, build_wheel
 
 DOCKERFILE = REPO / "Dockerfile"
 LAB_DOCKERFILE = REPO / "lab" / "Dockerfile"
@@ -81,22 +81,7 @@ def test_runtime_stage_runs_as_a_numeric_non_root_user() -> None:
 
 
 def test_entrypoint_and_default_command_run_from_the_built_wheel(tmp_path: Path) -> None:
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "-q",
-            "--wheel-dir",
-            str(tmp_path),
-            str(REPO),
-        ],
-        check=True,
-        timeout=300,
-    )
-    wheel = next(tmp_path.glob("specpilot-*.whl"))
+    wheel = build_wheel(REPO, tmp_path, "specpilot")
     unpacked = tmp_path / "site"
     with zipfile.ZipFile(wheel) as archive:
         archive.extractall(unpacked)

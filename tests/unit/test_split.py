@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import ast
 import shutil
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 from click.testing import CliRunner
 
 from specpilot.cli import main
-from tests.conftest import REPO
+from tests.conftest import REPO, build_wheel
 
 OPERATOR = REPO / "operator" / "specpilot"
 OPERATOR_COMMANDS = {"plan", "render", "validate", "crd", "run"}
@@ -32,23 +30,7 @@ def test_the_operator_wheel_holds_no_lab_module(tmp_path: Path) -> None:
         source / "operator",
         ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"),
     )
-    wheels = tmp_path / "wheels"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "-q",
-            "--wheel-dir",
-            str(wheels),
-            str(source),
-        ],
-        check=True,
-        timeout=300,
-    )
-    (wheel,) = wheels.glob("specpilot-*.whl")
+    wheel = build_wheel(source, tmp_path / "wheels", "specpilot")
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
     assert "specpilot/cli.py" in names
