@@ -18,6 +18,12 @@ import trustme
 from specpilot.control.signals import SIGNAL_LABEL
 
 UNAUTHORIZED = (401, b'{"status":"error","error":"unauthorized"}')
+FAULTS = {
+    "error": (500, b'{"status":"error","errorType":"internal","error":"injected"}'),
+    "refused": (400, b'{"status":"error","errorType":"bad_data","error":"injected parse error"}'),
+    "garbage": (200, b"<html>not Prometheus</html>"),
+}
+"""Answers a failing Prometheus gives, by the stand-ins' mode names."""
 
 
 class PrometheusStub:

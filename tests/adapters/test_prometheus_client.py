@@ -14,7 +14,7 @@ import trustme
 from specpilot.adapters.prometheus import Endpoint, MetricsError, PrometheusClient
 from specpilot.control.signals import Signal
 from tests.adapters.fakes import FakeClock
-from tests.prometheus_stub import PrometheusStub, series, signals_asked, vector
+from tests.prometheus_stub import FAULTS, PrometheusStub, series, signals_asked, vector
 
 WINDOW = "5m"
 
@@ -39,12 +39,8 @@ class LocalPrometheus(PrometheusStub):
             self.released.wait()
 
     def respond(self, promql: str) -> tuple[int, bytes]:
-        if self.mode == "error":
-            return 500, b'{"status":"error","errorType":"internal","error":"injected"}'
-        if self.mode == "refused":
-            return 400, b'{"status":"error","errorType":"bad_data","error":"injected parse error"}'
-        if self.mode == "garbage":
-            return 200, b"<html>not Prometheus</html>"
+        if self.mode in FAULTS:
+            return FAULTS[self.mode]
         if self.mode == "scalar":
             return 200, b'{"status":"success","data":{"resultType":"scalar","result":[1,"2"]}}'
         value = "NaN" if self.mode == "nan" else "0.5"

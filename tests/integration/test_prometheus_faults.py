@@ -21,7 +21,7 @@ from specpilot_lab.local.controlplane import ControlPlane
 from specpilot_lab.local.operator_process import OperatorProcess, wait_for
 from specpilot_lab.local.stack import FAST_POLICY
 from tests.integration.conftest import condition, create, example, get, patch_spec
-from tests.prometheus_stub import PrometheusStub, series, signals_asked, vector
+from tests.prometheus_stub import FAULTS, PrometheusStub, series, signals_asked, vector
 
 pytestmark = pytest.mark.integration
 
@@ -60,12 +60,8 @@ class FaultyPrometheus(PrometheusStub):
             time.sleep(12)  # the fault itself: slower than the client's timeout
 
     def respond(self, promql: str) -> tuple[int, bytes]:
-        if self.mode == "error":
-            return 500, b'{"status":"error","errorType":"internal","error":"injected"}'
-        if self.mode == "refused":
-            return 400, b'{"status":"error","errorType":"bad_data","error":"injected parse error"}'
-        if self.mode == "garbage":
-            return 200, b"<html>not Prometheus</html>"
+        if self.mode in FAULTS:
+            return FAULTS[self.mode]
         if self.mode == "empty":
             return 200, vector([])
         values = {s: "NaN" if self.mode == "nan" else ABSURD.get(self.mode, {}).get(s, GOOD[s])
