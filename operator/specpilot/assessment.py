@@ -18,6 +18,7 @@ from specpilot.api.validation import parse_manifest
 from specpilot.findings import Finding, InvalidResourceError, Severity, errors, related
 from specpilot.planning.memory import MemoryPlan, plan
 from specpilot.rendering.compat import compatibility_findings, resolve_version
+from specpilot.rendering.extra_args import extra_args_findings
 from specpilot.rendering.manifests import Manifest, manifests
 
 MEMORY_INPUTS = ("spec.target", "spec.speculation", "spec.gpus", "spec.vllm")
@@ -60,6 +61,7 @@ def assess(raw: Any, admin: AdminPolicy | None = None) -> Assessment:
     memory_plan = None
     if version is not None and not errors(version_findings):
         findings += keep(compatibility_findings(spec, version))
+        findings += keep(extra_args_findings(spec, version))
         if not any(related(d, m) for d in parsed.dropped for m in MEMORY_INPUTS):
             memory_plan = plan(spec, version)
             findings += keep(memory_plan.findings)

@@ -224,12 +224,14 @@ def read_args(table: ServeTable, args: list[str]) -> Reading:
         option, explicit, matches = found
         if option is None:
             kind: Literal["unknown", "ambiguous"] = "ambiguous" if matches else "unknown"
-            problems.append(Problem(index=index, kind=kind, written=args[index], candidates=matches))
+            problems.append(
+                Problem(index=index, kind=kind, written=args[index], candidates=matches)
+            )
             while n < len(tokens) and resolved[n] is None and tokens[n][1] != "--":
                 n += 1  # its values go with it
             continue
         if explicit is not None:
-            if option.nargs == 0 or isinstance(option.nargs, int) and option.nargs > 1:
+            if option.nargs == 0 or (isinstance(option.nargs, int) and option.nargs > 1):
                 problems.append(Problem(index=index, kind="unexpected-value", written=args[index]))
                 continue
             values = [explicit]

@@ -27,10 +27,11 @@ import os
 import platform
 import sys
 import tempfile
+from pathlib import Path
 from typing import Any
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
 os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -125,8 +126,14 @@ def resolve(argv: list[str]) -> dict[str, Any]:
     for action in serve._actions:
         base = type(action)
 
-        def record(self: Any, parser: Any, namespace: Any, values: Any, option_string: Any = None,
-                   _base: Any = base) -> None:
+        def record(
+            self: Any,
+            parser: Any,
+            namespace: Any,
+            values: Any,
+            option_string: Any = None,
+            _base: Any = base,
+        ) -> None:
             applied.append([option_string, self.dest])
             _base.__call__(self, parser, namespace, values, option_string)
 
@@ -138,7 +145,7 @@ def resolve(argv: list[str]) -> dict[str, Any]:
     except SystemExit:
         message = stderr.getvalue().strip().splitlines()
         return {"ok": False, "error": message[-1] if message else "exit", "applied": applied}
-    except Exception as exc:  # noqa: BLE001 - vLLM's own refusals (ValueError, AssertionError)
+    except Exception as exc:  # vLLM's own refusals (ValueError, AssertionError)
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}", "applied": applied}
     return {"ok": True, "error": None, "applied": [a for a in applied if a[0] is not None]}
 
@@ -152,8 +159,7 @@ def main() -> int:
     if command == "table":
         result: Any = table()
     elif command == "resolve" and len(sys.argv) == 3:
-        with open(sys.argv[2], encoding="utf-8") as f:
-            cases = json.load(f)
+        cases = json.loads(Path(sys.argv[2]).read_text(encoding="utf-8"))
         result = [{"name": c["name"], **resolve(c["argv"])} for c in cases]
     else:
         print(__doc__, file=sys.stderr)

@@ -33,31 +33,6 @@ from specpilot.api.models import (
 from specpilot.control.policy import flapping_findings
 from specpilot.findings import Finding, error, shown
 
-MANAGED_FLAGS = {
-    "--model": "spec.target.model",
-    "--tensor-parallel-size": "spec.target.tensorParallelSize",
-    "-tp": "spec.target.tensorParallelSize",
-    "--pipeline-parallel-size": "spec.target.pipelineParallelSize",
-    "-pp": "spec.target.pipelineParallelSize",
-    "--gpu-memory-utilization": "spec.gpus.memoryUtilization",
-    "--max-model-len": "spec.target.maxModelLen",
-    "--quantization": "spec.target.quantization",
-    "-q": "spec.target.quantization",
-    "--dtype": "spec.target.dtype",
-    "--kv-cache-dtype": "spec.target.kvCacheDtype",
-    "--port": "spec.vllm.port",
-    "--host": "spec.vllm.port",
-    "--speculative-config": "spec.speculation",
-    "--speculative-model": "spec.speculation.draft.model",
-    "--num-speculative-tokens": "spec.speculation.numSpeculativeTokens",
-    "--speculative-draft-tensor-parallel-size": "spec.speculation.draft.tensorParallelSize",
-    "--speculative-model-quantization": "spec.speculation.draft.quantization",
-    "--speculative-disable-by-batch-size": "spec.speculation.disableByBatchSize",
-    "--spec-decoding-acceptance-method": "spec.speculation.acceptanceMethod",
-    "--ngram-prompt-lookup-max": "spec.speculation.ngram.promptLookupMax",
-    "--ngram-prompt-lookup-min": "spec.speculation.ngram.promptLookupMin",
-}
-MANAGED_PREFIXES = ("--speculative-", "--typical-acceptance-sampler-")
 MAX_REPAIR_ROUNDS = 20
 
 
@@ -529,29 +504,15 @@ def _schedule_findings(spec: SpeculativeInferenceSpec) -> list[Finding]:
 
 
 def _extra_args_findings(args: list[str]) -> list[Finding]:
-    found: list[Finding] = []
-    for i, arg in enumerate(args):
-        flag = arg.split("=", 1)[0]
-        owner = MANAGED_FLAGS.get(flag) or (
-            "spec.speculation" if flag.startswith(MANAGED_PREFIXES) else None
+    """Control characters only: what each argument means depends on the vLLM release
+    (specpilot.rendering.extra_args judges that once the release is known)."""
+    return [
+        error(
+            "ControlCharacterInExtraArgs",
+            f"spec.vllm.extraArgs[{i}]",
+            "the argument holds a control character (newline, tab or NUL).",
+            "give each argument as its own list item, without control characters.",
         )
-        if owner:
-            found.append(
-                error(
-                    "ManagedFlagInExtraArgs",
-                    f"spec.vllm.extraArgs[{i}]",
-                    f"{flag} is set by specpilot from {owner}; passing it again would "
-                    "contradict the plan.",
-                    f"remove it from extraArgs and set {owner} instead.",
-                )
-            )
-        elif any(ord(c) < 32 for c in arg):
-            found.append(
-                error(
-                    "ControlCharacterInExtraArgs",
-                    f"spec.vllm.extraArgs[{i}]",
-                    "the argument holds a control character (newline, tab or NUL).",
-                    "give each argument as its own list item, without control characters.",
-                )
-            )
-    return found
+        for i, arg in enumerate(args)
+        if any(ord(c) < 32 for c in arg)
+    ]
