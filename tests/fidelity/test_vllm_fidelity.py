@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import subprocess
+import tempfile
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from specpilot.api.models import SpeculativeInferenceSpec
 from specpilot.assessment import assess, render
 from specpilot.findings import Severity
 from specpilot.rendering.args import server_args
+from specpilot.rendering.extra_args import extra_args_findings
+from specpilot.vllm_cli import ServeTable, read_args, serve_table
 from tests.conftest import BASE_MANIFEST, EXAMPLES, REPO, load_example
 
 pytestmark = pytest.mark.fidelity
@@ -312,3 +315,79 @@ def test_what_specpilot_refuses_vllm_refuses_too(tmp_path: Path) -> None:
             assert not result["ok"], f"{name}: vLLM {version} accepted it"
             needle = verdict.removeprefix("fail:").lower()
             assert needle in (result["error"] or "").lower(), f"{name}: {result['error']}"
+
+
+EXTRA_ARGS_CASES: list[dict[str, Any]] = json.loads(
+    (HERE / "cases" / "extra-args.json").read_text()
+)
+REFUSED_BY_VLLM_ITSELF = {"model", "config", "help"}
+"""Dests after which vLLM does not serve although argparse read them: a second model, a config
+file (missing here), the help text (it exits)."""
+
+
+@cache
+def real_readings(version: str) -> dict[str, dict[str, Any]]:
+    """What the real `vllm serve` parser of `version` makes of every extraArgs case."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "cases.json"
+        path.write_text(json.dumps(EXTRA_ARGS_CASES))
+        result = subprocess.run(
+            [vllm_python(version), str(HERE / "serve_options.py"), "resolve", str(path)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=600,
+            cwd=REPO,
+        )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {r["name"]: r for r in json.loads(result.stdout)}
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_shipped_option_table_matches_the_real_parser(version: str) -> None:
+    """Drift: the table the operator ships is what tests/fidelity/serve_options.py reads from
+    the release's parser today (regenerate it with that script)."""
+    result = subprocess.run(
+        [vllm_python(version), str(HERE / "serve_options.py"), "table"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    fresh = ServeTable.model_validate_json(result.stdout)
+    assert fresh.model_dump(exclude={"python"}) == serve_table(version).model_dump(
+        exclude={"python"}
+    )
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("case", EXTRA_ARGS_CASES, ids=lambda c: c["name"])
+def test_extra_args_are_judged_as_the_real_parser_reads_them(
+    version: str, case: dict[str, Any]
+) -> None:
+    """specpilot's reading of an argument list is vLLM's: the same options applied in the same
+    order, and a refusal exactly where vLLM's parser refuses. Every managed option specpilot
+    refuses is one vLLM either refuses or applies to that managed dest."""
+    real = real_readings(version)[case["name"]]
+    reading = read_args(serve_table(version), case["argv"])
+    mine = [a.option.dest for a in reading.applied]
+    if reading.problems:
+        assert not real["ok"], f"vLLM {version} accepts what specpilot reads as {reading.problems}"
+    elif real["ok"]:
+        assert mine == [dest for _, dest in real["applied"]], real
+    else:
+        assert REFUSED_BY_VLLM_ITSELF & set(mine), f"vLLM {version} refuses it: {real['error']}"
+    doc = resource(vllm={"image": f"vllm/vllm-openai:v{version}", "extraArgs": case["argv"]})
+    spec = SpeculativeInferenceSpec.model_validate(doc["spec"])
+    found = extra_args_findings(spec, Version(version))
+    if not found:
+        assert real["ok"], f"specpilot accepts what vLLM {version} refuses: {real['error']}"
+    for finding in found:
+        assert finding.severity is Severity.ERROR, finding
+        index = int(finding.path.rsplit("[", 1)[1].rstrip("]"))
+        dests = {a.option.dest for a in reading.applied if a.index == index}
+        if finding.code == "ManagedFlagInExtraArgs":
+            assert not real["ok"] or dests & {dest for _, dest in real["applied"]}, real
+        elif finding.code == "InvalidExtraArg":
+            assert not real["ok"]
