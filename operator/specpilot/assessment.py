@@ -6,7 +6,7 @@ and the control check all call `assess`, so each gives the same answer for the s
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from packaging.version import Version
 from pydantic import BaseModel
@@ -16,12 +16,15 @@ from specpilot.api.models import SpeculativeInference
 from specpilot.api.pod import pod_findings
 from specpilot.api.validation import parse_manifest
 from specpilot.findings import Finding, InvalidResourceError, Severity, errors, related
-from specpilot.planning.memory import MemoryPlan, plan
+from specpilot.planning.memory import MemoryPlan, Verdict, plan
 from specpilot.rendering.compat import compatibility_findings, resolve_version
 from specpilot.rendering.extra_args import extra_args_findings
 from specpilot.rendering.manifests import Manifest, manifests
 
 MEMORY_INPUTS = ("spec.target", "spec.speculation", "spec.gpus", "spec.vllm")
+CANNOT_BE_DEPLOYED: Literal["cannot-be-deployed"] = "cannot-be-deployed"
+OverallVerdict = Verdict | Literal["cannot-be-deployed"]
+"""The memory plan's verdict, unless an error of any kind stops the resource from deploying."""
 
 
 class Assessment(BaseModel):
@@ -34,6 +37,14 @@ class Assessment(BaseModel):
     @property
     def valid(self) -> bool:
         return self.resource is not None
+
+    @property
+    def verdict(self) -> OverallVerdict | None:
+        """What the resource gets: never "fits" beside an error that keeps it from deploying;
+        None when there is neither an error nor a plan."""
+        if errors(self.findings):
+            return CANNOT_BE_DEPLOYED
+        return self.plan.verdict if self.plan is not None else None
 
     @property
     def version(self) -> Version:

@@ -105,21 +105,13 @@ def plan(file: TextIO, output: str) -> None:
         result = assess(doc)
         failed |= not result.valid
         if output == "json":
-            reports.append(
-                {
-                    "name": _name(doc),
-                    "valid": result.valid,
-                    "plan": result.plan.model_dump(mode="json") if result.plan else None,
-                    "findings": [f.model_dump(mode="json") for f in result.findings],
-                }
-            )
+            reports.append(_plan_report(doc, result))
             continue
         if result.plan is not None:
             click.echo(format_plan(_name(doc), result.plan))
+        click.echo(_verdict_line(result))
         click.echo("Findings:" if result.findings else "Findings: none")
         _print_findings(result.findings)
-        if not result.valid:
-            click.echo(f"\n{_name(doc)} cannot be deployed: fix the errors above.")
     if output == "json":
         click.echo(json.dumps(reports, indent=2))
     sys.exit(EXIT_INVALID if failed else 0)
@@ -415,6 +407,45 @@ def run_operator(
     )
 
 
+def _plan_report(doc: Any, result: Assessment) -> dict[str, Any]:
+    """`plan -o json`: the verdict is the whole resource's; plan.memoryVerdict is what the
+    memory alone says (plan.verdict repeats the overall one, so no field says "fits" beside an
+    error)."""
+    memory_plan = None
+    if result.plan is not None:
+        memory_plan = result.plan.model_dump(mode="json")
+        memory_plan["memoryVerdict"] = memory_plan["verdict"]
+        memory_plan["verdict"] = result.verdict
+    problems = errors(result.findings)
+    return {
+        "name": _name(doc),
+        "valid": result.valid,
+        "verdict": result.verdict,
+        "reasons": [str(f) for f in problems],
+        "memoryUnit": "GB = 10^9 bytes",
+        "plan": memory_plan,
+        "findings": [f.model_dump(mode="json") for f in result.findings],
+    }
+
+
+def _verdict_line(result: Assessment) -> str:
+    problems = errors(result.findings)
+    if not problems:
+        return f"Verdict: {VERDICT_WORDS.get(str(result.verdict), 'no plan')}\n"
+    memory = (
+        f"; the memory alone: {VERDICT_WORDS[result.plan.verdict]}"
+        if result.plan is not None
+        else ""
+    )
+    return (
+        f"Verdict: CANNOT BE DEPLOYED: {len(problems)} error(s), listed below{memory}.\n"
+        "Fix the errors; nothing of this resource is applied until then.\n"
+    )
+
+
+VERDICT_WORDS = {"fits": "fits", "tight": "fits, but tight", "does-not-fit": "DOES NOT FIT"}
+
+
 def _gb(value: float) -> str:
     return f"{value:8.1f} GB"
 
@@ -435,6 +466,7 @@ def format_plan(title: str, p: MemoryPlan) -> str:
     lines = [
         f"{title}: vLLM {p.vllm_version} on {gpus} x {p.gpu_type} "
         f"({p.gpu_memory_gb:g} GB each, memory utilization {p.memory_utilization:g})",
+        "  (GB = 10^9 bytes; an 80 GB GPU is the catalog's nominal 80 x 10^9)",
         "",
     ]
     weights_per_gpu = 0.0
@@ -464,6 +496,4 @@ def format_plan(title: str, p: MemoryPlan) -> str:
         )
     if p.draft_ratio is not None:
         lines.append(f"  draft:target size ratio:            1:{p.draft_ratio:.0f}")
-    verdict = {"fits": "fits", "tight": "fits, but tight", "does-not-fit": "DOES NOT FIT"}
-    lines += ["", f"Verdict: {verdict[p.verdict]}", ""]
-    return "\n".join(lines)
+    return "\n".join([*lines, ""])

@@ -44,3 +44,14 @@ def test_the_admins_pod_policy_refuses_at_admission() -> None:
         admit(doc, strict)
     assert "spec.pod.serviceAccountName" in str(refused.value)
     assert "--pod-refuse-service-account" in str(refused.value)
+
+
+def test_admission_refuses_snake_case_fields_and_managed_extra_args() -> None:
+    doc = manifest(vllm={"extraArgs": ["-sc", "{}"], "tensor_parallel_size": 4})
+    with pytest.raises(kopf.AdmissionError) as refused:
+        admit(doc, AdminPolicy(prometheus_url=OPERATOR_WIDE))
+    message = str(refused.value)
+    assert message.startswith("2 error(s): ")
+    assert "spec.vllm.tensor_parallel_size: not a field" in message
+    assert "did you mean spec.target.tensorParallelSize or" in message
+    assert "spec.vllm.extraArgs[0]: -sc (vLLM reads it as --speculative-config)" in message

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -35,15 +36,62 @@ def test_plan_json() -> None:
     assert code == 2
     report = json.loads(out)[0]
     assert report["valid"] is False
-    assert report["plan"]["verdict"] == "does-not-fit"
+    assert report["verdict"] == report["plan"]["verdict"] == "cannot-be-deployed"
+    assert report["plan"]["memoryVerdict"] == "does-not-fit"
+    assert report["reasons"][0].startswith("spec.gpus: weights need")
     assert any(f["code"] == "WeightsExceedMemory" for f in report["findings"])
 
 
 def test_plan_of_does_not_fit_exits_2_with_the_reason() -> None:
     code, out, _ = run("plan", str(EXAMPLES / "does-not-fit.yaml"))
     assert code == 2
-    assert "DOES NOT FIT" in out
+    assert (
+        "Verdict: CANNOT BE DEPLOYED: 1 error(s), listed below; the memory alone: DOES NOT FIT"
+        in out
+    )
     assert "WeightsExceedMemory" in out
+
+
+def _with(tmp_path: Path, change: dict[str, Any]) -> str:
+    doc = yaml.safe_load((EXAMPLES / "llama-70b-int8-draft.yaml").read_text())
+    for section, fields in change.items():
+        doc["spec"].setdefault(section, {}).update(fields)
+    path = tmp_path / "resource.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return str(path)
+
+
+def test_plan_never_says_fits_beside_an_error(tmp_path: Path) -> None:
+    """The issue's case: the memory fits, but extraArgs would serve another context length."""
+    path = _with(tmp_path, {"vllm": {"extraArgs": ["--max-model", "131072"]}})
+    code, out, _ = run("plan", path)
+    assert code == 2
+    assert "Verdict: fits" not in out
+    assert "Verdict: CANNOT BE DEPLOYED: 1 error(s), listed below; the memory alone: fits" in out
+    assert "--max-model (vLLM reads it as --max-model-len) sets vLLM 0.33.0's max_model_len" in out
+    code, out, _ = run("plan", "-o", "json", path)
+    report = json.loads(out)[0]
+    assert (report["valid"], report["verdict"]) == (False, "cannot-be-deployed")
+    assert report["plan"]["verdict"] == "cannot-be-deployed"
+    assert report["plan"]["memoryVerdict"] == "fits"
+    assert report["memoryUnit"] == "GB = 10^9 bytes"
+
+
+@pytest.mark.parametrize("command", ["plan", "render", "validate"])
+def test_snake_case_fields_are_refused_not_applied(tmp_path: Path, command: str) -> None:
+    path = _with(tmp_path, {"vllm": {"tensor_parallel_size": 4}, "target": {"max_model_len": 1}})
+    code, out, err = run(command, path)
+    assert code == 2
+    text = out + err
+    assert "spec.vllm.tensor_parallel_size: not a field" in text
+    assert "did you mean spec.target.tensorParallelSize or" in text
+    assert "spec.target.max_model_len: not a field" in text
+    assert "did you mean spec.target.maxModelLen?" in text
+
+
+def test_plan_names_the_memory_unit() -> None:
+    _, out, _ = run("plan", str(EXAMPLES / "llama-70b-int8-draft.yaml"))
+    assert "(GB = 10^9 bytes;" in out
 
 
 def test_render_prints_manifests() -> None:

@@ -21,6 +21,7 @@ from itertools import pairwise
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic.alias_generators import to_camel
 from pydantic_core import ErrorDetails
 
 from specpilot.api.models import (
@@ -73,7 +74,7 @@ def parse_manifest(raw: Any) -> ParseResult:
     for _ in range(MAX_REPAIR_ROUNDS):
         try:
             repaired = SpeculativeInference.model_validate_json(
-                json.dumps(data, default=str), strict=True
+                json.dumps(data, default=str), strict=True, by_alias=True, by_name=False
             )
         except ValidationError as exc:
             new = [_finding_from_error(e) for e in exc.errors()]
@@ -273,7 +274,9 @@ def _finding_from_error(err: ErrorDetails) -> Finding:
     ctx = err.get("ctx", {})
     message = err["msg"][0].lower() + err["msg"][1:]
     if kind == "extra_forbidden":
-        return error("UnknownField", path, "unknown field.", _unknown_field_fix(err["loc"]))
+        return error(
+            "UnknownField", path, _unknown_field_message(err["loc"]), _unknown_field_fix(err["loc"])
+        )
     if kind in ("enum", "literal_error"):
         fix = f"use one of {ctx.get('expected', 'the listed values')}."
     elif kind in _RANGE_WORDS:
@@ -307,19 +310,55 @@ def _pattern_fix(loc: tuple[int | str, ...]) -> str:
     return hints.get(last, "use a value of the documented form (see kubectl explain).")
 
 
+def _unknown_field_message(loc: tuple[int | str, ...]) -> str:
+    name = str(loc[-1])
+    if "_" in name and name != to_camel(name):
+        return "not a field (the resource's field names are camelCase; this one is not applied)."
+    return "unknown field."
+
+
 def _unknown_field_fix(loc: tuple[int | str, ...]) -> str:
+    """The field meant: the camelCase spelling here or anywhere in the spec, or a close name."""
     model: type[BaseModel] | None = SpeculativeInference
     for part in loc[:-1]:
         if model is None or isinstance(part, int):
             continue
         model = _field_model(model, part)
+    name = str(loc[-1])
+    meant = to_camel(name).lower()
+    here = [alias for _, alias in _aliases(model) if alias.lower() == meant]
+    if here and here[0] != name:
+        return f"did you mean {dotted((*loc[:-1], here[0]))}? Otherwise remove it."
+    elsewhere = [
+        path.lstrip(".")
+        for path, field_name, alias in _field_paths(SpeculativeInference, "")
+        if (name == field_name or meant == alias.lower()) and not path.startswith(".status")
+    ]
+    if elsewhere:
+        return f"did you mean {' or '.join(elsewhere[:3])}? Otherwise remove it."
     if model is None:
         return "remove it."
-    known = [f.alias or n for n, f in model.model_fields.items()]
+    known = [alias for _, alias in _aliases(model)]
     close = difflib.get_close_matches(str(loc[-1]), known, n=1)
     if close:
         return f"did you mean {close[0]}? Otherwise remove it."
     return f"remove it (known fields: {', '.join(known)})."
+
+
+def _aliases(model: type[BaseModel] | None) -> list[tuple[str, str]]:
+    """(Python name, name on the wire) of each field of `model`."""
+    fields = model.model_fields.items() if model is not None else []
+    return [(name, field.alias or name) for name, field in fields]
+
+
+def _field_paths(model: type[BaseModel], prefix: str) -> Iterator[tuple[str, str, str]]:
+    """(dotted camelCase path, Python name, alias) of every field under `model`."""
+    for name, alias in _aliases(model):
+        path = f"{prefix}.{alias}"
+        yield path, name, alias
+        nested = _field_model(model, alias)
+        if nested is not None:
+            yield from _field_paths(nested, path)
 
 
 def _field_model(model: type[BaseModel], alias: str | int) -> type[BaseModel] | None:
