@@ -144,8 +144,11 @@ class VLLMSpec(SpecModel):
         default_factory=list,
         max_length=64,
         description=(
-            "Additional vLLM server arguments, one list item per argument. Options specpilot "
-            "manages (parallelism, memory, speculation) are rejected: set the matching field."
+            "Additional vLLM server arguments, one list item per argument, read as the image's "
+            "vLLM release reads them (underscores, =VALUE, abbreviations, short aliases). Options "
+            "specpilot manages (model, parallelism, memory, context length, speculation) are "
+            "rejected under any spelling: set the matching field. Options the release does not "
+            "have are rejected too (see docs/extra-args.md)."
         ),
     )
     port: int = Field(default=8000, ge=1024, le=65535, description="Container port for the API.")
@@ -291,7 +294,9 @@ class GPUSpec(SpecModel):
         alias="memoryGB",
         gt=0,
         le=4096,
-        description="Memory per GPU in GB; required for type custom, overrides the catalog.",
+        description="Memory per GPU in GB (10^9 bytes, the vendor's figure: 80 for an H100 80GB; "
+        "nvidia-smi reports MiB, so GB = MiB x 0.001049); required for type custom, overrides "
+        "the catalog.",
     )
     memory_utilization: float | None = Field(
         default=None,
@@ -305,8 +310,8 @@ class GPUSpec(SpecModel):
         alias="overheadGB",
         ge=0,
         le=4096,
-        description="Memory per GPU reserved for activations and non-torch allocations; "
-        "estimated from the model if unset (see docs/planner.md).",
+        description="Memory per GPU in GB (10^9 bytes) reserved for activations and non-torch "
+        "allocations; estimated from the model if unset (see docs/planner.md).",
     )
     resource_name: str = Field(
         default="nvidia.com/gpu",
@@ -317,7 +322,8 @@ class GPUSpec(SpecModel):
     shm_size: str = Field(
         default="16Gi",
         pattern=r"^[0-9]+(Mi|Gi)$",
-        description="Size of the in-memory /dev/shm volume (NCCL needs it with TP > 1).",
+        description="Size of the in-memory /dev/shm volume (NCCL needs it with TP > 1), as a "
+        "Kubernetes quantity in Mi or Gi (binary: 1Gi = 2^30 bytes).",
     )
 
 
@@ -528,8 +534,8 @@ class PlanSummary(StatusModel):
     """The memory plan the pods were rendered from."""
 
     verdict: Literal["fits", "tight", "does-not-fit"]
-    weights_gb_per_gpu: float = Field(alias="weightsGBPerGPU")
-    kv_cache_gb_per_gpu: float = Field(alias="kvCacheGBPerGPU")
+    weights_gb_per_gpu: float = Field(alias="weightsGBPerGPU", description="GB = 10^9 bytes.")
+    kv_cache_gb_per_gpu: float = Field(alias="kvCacheGBPerGPU", description="GB = 10^9 bytes.")
     max_concurrent_sequences: int
     max_concurrent_sequences_without_speculation: int
     draft_ratio: str | None = None
