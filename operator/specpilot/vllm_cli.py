@@ -62,12 +62,16 @@ class ServeTable(BaseModel):
         return {string: option for option in self.options for string in option.options}
 
 
-def known_releases() -> list[Version]:
+@cache
+def known_releases() -> tuple[Version, ...]:
+    """The releases specpilot ships a parser table for, oldest first."""
     folder = resources.files("specpilot").joinpath(TABLE_DIR)
-    return sorted(
-        Version(entry.name.removesuffix(".json"))
-        for entry in folder.iterdir()
-        if entry.name.endswith(".json")
+    return tuple(
+        sorted(
+            Version(entry.name.removesuffix(".json"))
+            for entry in folder.iterdir()
+            if entry.name.endswith(".json")
+        )
     )
 
 

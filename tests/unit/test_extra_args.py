@@ -10,6 +10,8 @@ import argparse
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from specpilot.assessment import assess
 from specpilot.findings import Finding, Severity
@@ -200,3 +202,21 @@ def test_the_reading_is_pythons_argparse(release: str, args: list[str]) -> None:
     assert bool(reading.problems) == refused, (reading, applied)
     if not refused:
         assert [a.option.dest for a in reading.applied] == applied
+
+
+def _words(release: str) -> list[str]:
+    """Option strings, their prefixes and = forms, and values of each shape argparse tells apart."""
+    strings = sorted(serve_table(release).by_string())
+    picked = [*strings[::7], "-tp", "-q", "-pp", "--max-model-len", "--served-model-name"]
+    words = picked + [s[: max(3, len(s) // 2)] for s in picked] + [f"{s}=1" for s in picked[::3]]
+    return [*words, "1", "-1", "-2.5", "x y", "auto", "--", "-x", "--nope", "-tp2", ""]
+
+
+@pytest.mark.parametrize("release", [str(r) for r in known_releases()])
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_any_argument_list_is_read_as_argparse_reads_it(release: str, data: st.DataObject) -> None:
+    args = data.draw(st.lists(st.sampled_from(_words(release)), max_size=6))
+    if "--" in args:
+        args = args[: args.index("--")]  # after "--" argparse reads positionals only
+    test_the_reading_is_pythons_argparse(release, args)
