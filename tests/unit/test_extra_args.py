@@ -220,3 +220,12 @@ def test_any_argument_list_is_read_as_argparse_reads_it(release: str, data: st.D
     if "--" in args:
         args = args[: args.index("--")]  # after "--" argparse reads positionals only
     test_the_reading_is_pythons_argparse(release, args)
+
+
+def test_an_option_specpilot_renders_for_the_release_cannot_be_given_again() -> None:
+    """vLLM before 0.6.2 gets --use-v2-block-manager from specpilot (speculation needs it)."""
+    found = findings_for(["--use-v2-block-manager"], "0.6.1")
+    assert codes(found) == {"spec.vllm.extraArgs[0]": "ManagedFlagInExtraArgs"}
+    assert "specpilot sets itself for this resource" in found[0].message
+    assert "vLLM 0.6.1's use_v2_block_manager" in found[0].message
+    assert findings_for(["--use-v2-block-manager"], "0.8.2") == []

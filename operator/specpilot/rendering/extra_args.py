@@ -84,7 +84,7 @@ def extra_args_findings(spec: SpeculativeInferenceSpec, version: Version) -> lis
         dest = applied.option.dest
         owner = managed_field(dest) or (MANAGED_DESTS.get(dest) if dest in rendered else None)
         if owner or dest in rendered:
-            found.append(_managed(applied, owner or "the resource", release))
+            found.append(_managed(applied, owner, version))
         elif dest == "config":
             found.append(_config_file(applied))
         elif applied.option.exits:
@@ -103,22 +103,30 @@ def _path(index: int) -> str:
 
 
 def _spelling(applied: Applied) -> str:
-    canonical = applied.option.options[0]
-    long_forms = [o for o in applied.option.options if o.startswith("--")]
-    canonical = long_forms[0] if long_forms else canonical
-    return (
-        "" if applied.written.split("=", 1)[0] == canonical else f" (vLLM reads it as {canonical})"
+    """How vLLM spells the option the user wrote, when the user wrote it otherwise."""
+    written = applied.written.split("=", 1)[0]
+    normalized = "--" + written[2:].replace("_", "-") if written.startswith("--") else written
+    options = applied.option.options
+    named = "--" + applied.option.dest.replace("_", "-")
+    long_forms = [o for o in options if o.startswith("--")]
+    full = next(
+        (o for o in long_forms if o.startswith(normalized)),
+        named if named in options else (long_forms or options)[0],
     )
+    return "" if written == full else f" (vLLM reads it as {full})"
 
 
-def _managed(applied: Applied, owner: str, release: Version) -> Finding:
+def _managed(applied: Applied, owner: str | None, version: Version) -> Finding:
+    written = applied.written.split("=", 1)[0]
+    source = f"from {owner}" if owner else "itself for this resource"
     return error(
         "ManagedFlagInExtraArgs",
         _path(applied.index),
-        f"{applied.written.split('=', 1)[0]}{_spelling(applied)} sets vLLM {release}'s "
-        f"{applied.option.dest}, which specpilot sets from {owner}; passing it again would "
-        "contradict the plan.",
-        f"remove it from extraArgs and set {owner} instead.",
+        f"{written}{_spelling(applied)} sets vLLM {version}'s {applied.option.dest}, which "
+        f"specpilot sets {source}; passing it again would contradict the plan.",
+        f"remove it from extraArgs and set {owner} instead."
+        if owner
+        else "remove it from extraArgs.",
     )
 
 
