@@ -52,6 +52,6 @@ def test_admission_refuses_snake_case_fields_and_managed_extra_args() -> None:
         admit(doc, AdminPolicy(prometheus_url=OPERATOR_WIDE))
     message = str(refused.value)
     assert message.startswith("2 error(s): ")
-    assert "spec.vllm.tensor_parallel_size: not a field" in message
+    assert "spec.vllm.tensor_parallel_size: not a field of spec.vllm" in message
     assert "did you mean spec.target.tensorParallelSize or" in message
     assert "spec.vllm.extraArgs[0]: -sc (vLLM reads it as --speculative-config)" in message

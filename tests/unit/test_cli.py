@@ -83,7 +83,7 @@ def test_snake_case_fields_are_refused_not_applied(tmp_path: Path, command: str)
     code, out, err = run(command, path)
     assert code == 2
     text = out + err
-    assert "spec.vllm.tensor_parallel_size: not a field" in text
+    assert "spec.vllm.tensor_parallel_size: not a field of spec.vllm, so it is not applied" in text
     assert "did you mean spec.target.tensorParallelSize or" in text
     assert "spec.target.max_model_len: not a field" in text
     assert "did you mean spec.target.maxModelLen?" in text

@@ -242,3 +242,46 @@ def test_wrong_kind_and_name() -> None:
     paths = error_paths(assess(doc))
     assert "kind" in paths
     assert "metadata.name" in paths
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "meant"),
+    [
+        ("target", "tensor_parallel_size", "spec.target.tensorParallelSize"),
+        ("target", "tensor-parallel-size", "spec.target.tensorParallelSize"),
+        ("target", "MaxModelLen", "spec.target.maxModelLen"),
+        ("gpus", "memory_utilization", "spec.gpus.memoryUtilization"),
+        ("gpus", "memory_gb", "spec.gpus.memoryGB"),
+    ],
+)
+def test_another_spelling_of_a_field_is_refused_not_applied(
+    section: str, key: str, meant: str
+) -> None:
+    doc = manifest()
+    doc["spec"][section][key] = 1
+    result = assess(doc)
+    finding = next(f for f in result.findings if f.code == "UnknownField")
+    assert finding.path == f"spec.{section}.{key}"
+    assert "field names are camelCase, and this one is not applied" in finding.message
+    assert finding.fix == f"did you mean {meant}? Otherwise remove it."
+    assert not result.valid
+
+
+def test_a_field_under_the_wrong_parent_points_to_where_it_lives() -> None:
+    doc = manifest()
+    doc["spec"]["vllm"]["tensor_parallel_size"] = 4
+    finding = next(f for f in assess(doc).findings if f.code == "UnknownField")
+    assert str(finding) == (
+        "spec.vllm.tensor_parallel_size: not a field of spec.vllm, so it is not applied. Fix: "
+        "did you mean spec.target.tensorParallelSize or "
+        "spec.speculation.draft.tensorParallelSize? Otherwise remove it."
+    )
+
+
+def test_a_snake_case_field_never_reaches_the_plan() -> None:
+    """A snake_case field is not applied, and no plan is made from the fields around it."""
+    doc = manifest()
+    doc["spec"]["target"]["tensor_parallel_size"] = 1
+    result = assess(doc)
+    assert result.plan is None  # spec.target lost a field: nothing is planned with the rest
+    assert result.verdict == "cannot-be-deployed"

@@ -21,7 +21,6 @@ from itertools import pairwise
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
-from pydantic.alias_generators import to_camel
 from pydantic_core import ErrorDetails
 
 from specpilot.api.models import (
@@ -312,34 +311,47 @@ def _pattern_fix(loc: tuple[int | str, ...]) -> str:
 
 def _unknown_field_message(loc: tuple[int | str, ...]) -> str:
     name = str(loc[-1])
-    if "_" in name and name != to_camel(name):
-        return "not a field (the resource's field names are camelCase; this one is not applied)."
-    return "unknown field."
+    if any(_spelled_alike(name, alias) for _, alias in _aliases(_model_at(loc[:-1]))):
+        return "not a field: the resource's field names are camelCase, and this one is not applied."
+    return f"not a field of {dotted(loc[:-1]) or 'the resource'}, so it is not applied."
+
+
+def _spelled_alike(written: str, alias: str) -> bool:
+    """The same name in another case or with - or _ (tensor_parallel_size, TensorParallelSize)."""
+    return written != alias and _squashed(written) == _squashed(alias)
+
+
+def _squashed(name: str) -> str:
+    return name.replace("_", "").replace("-", "").lower()
+
+
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = SpeculativeInference
+    for part in loc:
+        if model is None or isinstance(part, int):
+            continue
+        model = _field_model(model, part)
+    return model
 
 
 def _unknown_field_fix(loc: tuple[int | str, ...]) -> str:
     """The field meant: the camelCase spelling here or anywhere in the spec, or a close name."""
-    model: type[BaseModel] | None = SpeculativeInference
-    for part in loc[:-1]:
-        if model is None or isinstance(part, int):
-            continue
-        model = _field_model(model, part)
+    model = _model_at(loc[:-1])
     name = str(loc[-1])
-    meant = to_camel(name).lower()
-    here = [alias for _, alias in _aliases(model) if alias.lower() == meant]
-    if here and here[0] != name:
+    here = [alias for _, alias in _aliases(model) if _spelled_alike(name, alias)]
+    if here:
         return f"did you mean {dotted((*loc[:-1], here[0]))}? Otherwise remove it."
     elsewhere = [
         path.lstrip(".")
         for path, field_name, alias in _field_paths(SpeculativeInference, "")
-        if (name == field_name or meant == alias.lower()) and not path.startswith(".status")
+        if (name == field_name or _spelled_alike(name, alias)) and not path.startswith(".status")
     ]
     if elsewhere:
         return f"did you mean {' or '.join(elsewhere[:3])}? Otherwise remove it."
     if model is None:
         return "remove it."
     known = [alias for _, alias in _aliases(model)]
-    close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+    close = difflib.get_close_matches(name, known, n=1)
     if close:
         return f"did you mean {close[0]}? Otherwise remove it."
     return f"remove it (known fields: {', '.join(known)})."
