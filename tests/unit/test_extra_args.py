@@ -205,15 +205,17 @@ def test_the_reading_is_pythons_argparse(release: str, args: list[str]) -> None:
 
 
 def _words(release: str) -> list[str]:
-    """Option strings, their prefixes and = forms, and values of each shape argparse tells apart."""
+    """Option strings, their prefixes and = forms, and values of each shape argparse tells apart;
+    none that vLLM rewrites first (a '.', -O), which the fidelity tests cover."""
     strings = sorted(serve_table(release).by_string())
     picked = [*strings[::7], "-tp", "-q", "-pp", "--max-model-len", "--served-model-name"]
     words = picked + [s[: max(3, len(s) // 2)] for s in picked] + [f"{s}=1" for s in picked[::3]]
-    return [*words, "1", "-1", "-2.5", "x y", "auto", "--", "-x", "--nope", "-tp2", ""]
+    words += ["1", "-1", "-25", "x y", "auto", "--", "-x", "--nope", "-tp2", ""]
+    return [w for w in words if "." not in w and not w.startswith("-O")]
 
 
 @pytest.mark.parametrize("release", [str(r) for r in known_releases()])
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(data=st.data())
 def test_any_argument_list_is_read_as_argparse_reads_it(release: str, data: st.DataObject) -> None:
     args = data.draw(st.lists(st.sampled_from(_words(release)), max_size=6))
