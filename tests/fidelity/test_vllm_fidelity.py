@@ -370,6 +370,8 @@ def test_extra_args_are_judged_as_the_real_parser_reads_them(
     order, and a refusal exactly where vLLM's parser refuses. Every managed option specpilot
     refuses is one vLLM either refuses or applies to that managed dest."""
     real = real_readings(version)[case["name"]]
+    recorded = [dest for _, dest in real["applied"]] if real["ok"] else "refused"
+    assert recorded == case["vllm"][version], "the real parser changed: update the case file"
     reading = read_args(serve_table(version), case["argv"])
     mine = [a.option.dest for a in reading.applied]
     if reading.problems:
