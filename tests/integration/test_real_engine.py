@@ -270,92 +270,98 @@ def decisions(stack: LocalStack, action: str) -> float:
     return counter(stack.operator, "specpilot_control_decisions_total", action=action)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="class")
 def copy_draft(api: k8s.ApiClient, stack: LocalStack) -> Iterator[tuple[str, str]]:
     """A resource whose draft is an exact copy of the target, served by a real engine under
-    load; (name, host:port of its replica). Removed, engine stopped, when the module's
-    tests of it are done."""
+    load; (name, host:port of its replica). Removed, its engine stopped, after the tests of
+    `TestExactCopyDraft`: before the next test starts an engine of its own."""
     namespace, name = stack.namespaces[0], "copy"
     k8s.CustomObjectsApi(api).create_namespaced_custom_object(
         GROUP, VERSION, namespace, PLURAL, resource(namespace, name, COPY_DRAFT)
     )
-    target = ready(stack, namespace, name, speculating=True)
-    with Load(stack, namespace, name) as load:
-        wait_for(lambda: load.completed >= 4, timeout=120, what=lambda: engine_log(stack, name))
-        yield name, target
-    remove(api, stack, namespace, name)
+    try:
+        target = ready(stack, namespace, name, speculating=True)
+        with Load(stack, namespace, name) as load:
+            wait_for(lambda: load.completed >= 4, timeout=120, what=lambda: engine_log(stack, name))
+            yield name, target
+    finally:
+        remove(api, stack, namespace, name)
 
 
-def test_every_query_of_the_operator_answers_from_a_real_engine(
-    api: k8s.ApiClient, stack: LocalStack, copy_draft: tuple[str, str]
-) -> None:
-    namespace, (name, target) = stack.namespaces[0], copy_draft
-    key = (namespace, name, "server")
-    expressions = queries(WINDOW)
+class TestExactCopyDraft:
+    """One engine: the tiny target with an exact copy as its draft (acceptance 1.0)."""
 
-    def answered() -> dict[str, dict[str, Any]] | None:
-        answers = {query: prometheus_answer(stack, expressions[query]) for query in QUERIES}
-        readings = parse_answers({q: answers[q] for q in QUERIES}).get(key, {})
-        wanted = {signal for signals in QUERIES.values() for signal in signals}
-        return answers if wanted <= set(readings) else None
+    def test_every_query_of_the_operator_answers_from_a_real_engine(
+        self, api: k8s.ApiClient, stack: LocalStack, copy_draft: tuple[str, str]
+    ) -> None:
+        namespace, (name, target) = stack.namespaces[0], copy_draft
+        key = (namespace, name, "server")
+        expressions = queries(WINDOW)
 
-    answers = wait_for(
-        answered,
-        timeout=90,
-        what=lambda: json.dumps(
-            {q: prometheus_answer(stack, expressions[q]) for q in QUERIES}, indent=1
-        ),
-    )
-    for query, answer in answers.items():
-        assert answer["data"]["result"], f"{query}: no series"
-    readings = parse_answers(answers)
-    assert set(readings) == {key}, readings  # only this resource, only serving replicas
-    values = readings[key]
-    assert implausible(values) == [], values
-    # What a copy of the target must show at temperature 0 with 5 speculative tokens: every
-    # draft token accepted, 1 + 5 tokens per step (fewer only at a request's last steps).
-    assert values[Signal.ACCEPTANCE] == pytest.approx(1.0, abs=0.02)
-    assert 4.0 <= values[Signal.MEAN_ACCEPTED_LENGTH] <= 6.0
-    assert values[Signal.REPLICAS] == 1
-    assert values[Signal.REQUESTS_PER_SECOND] > 0
-    assert values[Signal.GENERATION_TOKENS_PER_SECOND] > values[Signal.REQUESTS_PER_SECOND]
-    assert 0 < values[Signal.KV_CACHE_USAGE] <= 1 or values[Signal.KV_CACHE_USAGE] == 0
-    for p50, p99 in ((Signal.TPOT_P50, Signal.TPOT_P99), (Signal.TTFT_P50, Signal.TTFT_P99)):
-        assert 0 < values[p50] <= values[p99] < 60, values
-    # The counters behind the acceptance, straight from the engine.
-    metrics = scrape(target)
-    drafted = total(metrics, "vllm:spec_decode_num_draft_tokens_total")
-    assert drafted > 0
-    assert total(metrics, "vllm:spec_decode_num_accepted_tokens_total") == drafted
+        def answered() -> dict[str, dict[str, Any]] | None:
+            answers = {query: prometheus_answer(stack, expressions[query]) for query in QUERIES}
+            readings = parse_answers({q: answers[q] for q in QUERIES}).get(key, {})
+            wanted = {signal for signals in QUERIES.values() for signal in signals}
+            return answers if wanted <= set(readings) else None
 
+        answers = wait_for(
+            answered,
+            timeout=90,
+            what=lambda: json.dumps(
+                {q: prometheus_answer(stack, expressions[q]) for q in QUERIES}, indent=1
+            ),
+        )
+        for query, answer in answers.items():
+            assert answer["data"]["result"], f"{query}: no series"
+        readings = parse_answers(answers)
+        assert set(readings) == {key}, readings  # only this resource, only serving replicas
+        values = readings[key]
+        assert implausible(values) == [], values
+        # What a copy of the target must show at temperature 0 with 5 speculative tokens: every
+        # draft token accepted, 1 + 5 tokens per step (fewer only at a request's last steps).
+        assert values[Signal.ACCEPTANCE] == pytest.approx(1.0, abs=0.02)
+        assert 4.0 <= values[Signal.MEAN_ACCEPTED_LENGTH] <= 6.0
+        assert values[Signal.REPLICAS] == 1
+        assert values[Signal.REQUESTS_PER_SECOND] > 0
+        assert values[Signal.GENERATION_TOKENS_PER_SECOND] > values[Signal.REQUESTS_PER_SECOND]
+        assert 0 < values[Signal.KV_CACHE_USAGE] <= 1 or values[Signal.KV_CACHE_USAGE] == 0
+        for p50, p99 in ((Signal.TPOT_P50, Signal.TPOT_P99), (Signal.TTFT_P50, Signal.TTFT_P99)):
+            assert 0 < values[p50] <= values[p99] < 60, values
+        # The counters behind the acceptance, straight from the engine.
+        metrics = scrape(target)
+        drafted = total(metrics, "vllm:spec_decode_num_draft_tokens_total")
+        assert drafted > 0
+        assert total(metrics, "vllm:spec_decode_num_accepted_tokens_total") == drafted
 
-def test_a_real_high_acceptance_keeps_speculation(
-    api: k8s.ApiClient, stack: LocalStack, copy_draft: tuple[str, str]
-) -> None:
-    namespace, (name, _) = stack.namespaces[0], copy_draft
-    kept = decisions(stack, "keep")
+    def test_a_real_high_acceptance_keeps_speculation(
+        self, api: k8s.ApiClient, stack: LocalStack, copy_draft: tuple[str, str]
+    ) -> None:
+        namespace, (name, _) = stack.namespaces[0], copy_draft
+        kept = decisions(stack, "keep")
 
-    def acceptance() -> float | None:
-        last = get(api, namespace, name).get("status", {}).get("lastMetrics") or {}
-        value: float | None = last.get("acceptanceRate")
-        return value
+        def acceptance() -> float | None:
+            last = get(api, namespace, name).get("status", {}).get("lastMetrics") or {}
+            value: float | None = last.get("acceptanceRate")
+            return value
 
-    wait_for(
-        lambda: acceptance() is not None, timeout=90, what=lambda: str(get(api, namespace, name))
-    )
-    # More checks than the failureLimit (3) that a low acceptance would need to disable.
-    wait_for(
-        lambda: decisions(stack, "keep") >= kept + 4,
-        timeout=30 * 5,
-        what=lambda: str(get(api, namespace, name).get("status")),
-    )
-    status = get(api, namespace, name)["status"]
-    assert status["lastMetrics"]["acceptanceRate"] == pytest.approx(1.0, abs=0.02)
-    assert status.get("decisions", []) == []
-    assert status["effective"]["speculation"] == "on"
-    assert "--speculative-config" in " ".join(container_args(api, namespace, name))
-    assert "SpeculationDisabled" not in reasons(api, namespace, name)
-    assert "MetricsRead" in reasons(api, namespace, name)
+        wait_for(
+            lambda: acceptance() is not None,
+            timeout=90,
+            what=lambda: str(get(api, namespace, name)),
+        )
+        # More checks than the failureLimit (3) that a low acceptance would need to disable.
+        wait_for(
+            lambda: decisions(stack, "keep") >= kept + 4,
+            timeout=30 * 5,
+            what=lambda: str(get(api, namespace, name).get("status")),
+        )
+        status = get(api, namespace, name)["status"]
+        assert status["lastMetrics"]["acceptanceRate"] == pytest.approx(1.0, abs=0.02)
+        assert status.get("decisions", []) == []
+        assert status["effective"]["speculation"] == "on"
+        assert "--speculative-config" in " ".join(container_args(api, namespace, name))
+        assert "SpeculationDisabled" not in reasons(api, namespace, name)
+        assert "MetricsRead" in reasons(api, namespace, name)
 
 
 def test_a_real_low_acceptance_disables_speculation_and_restarts_the_server_without_it(
@@ -369,7 +375,7 @@ def test_a_real_low_acceptance_disables_speculation_and_restarts_the_server_with
     )
     try:
         speculative = ready(stack, namespace, name, speculating=True)
-        with Load(stack, namespace, name) as load:
+        with Load(stack, namespace, name):
             disabled = wait_for(
                 lambda: next(
                     (e for e in events(api, namespace, name) if e.reason == "SpeculationDisabled"),
@@ -380,10 +386,14 @@ def test_a_real_low_acceptance_disables_speculation_and_restarts_the_server_with
                     f"{get(api, namespace, name).get('status')}\n" + engine_log(stack, name)
                 ),
             )
-            counters = scrape(speculative)  # the old server still runs during the rollout
-            plain = ready(stack, namespace, name, speculating=False)
-            served = load.completed
-            wait_for(lambda: load.completed >= served + 4, timeout=120)
+        # The load stops here, so the old engine idles while the new one starts on these cores.
+        counters = scrape(speculative)  # the old server still runs during the rollout
+        plain = ready(stack, namespace, name, speculating=False)
+        answer = post(
+            f"http://{plain}/v1/completions",
+            {"model": TARGET, "prompt": "the cat sat on the", "max_tokens": 16, "temperature": 0},
+        )
+        assert answer["usage"]["completion_tokens"] > 0
         # The Event carries the real reading: the independent draft's tokens are never accepted.
         assert disabled.type == "Warning"
         found = re.search(r"acceptance (\d+\.\d+) < 0\.50", disabled.message)

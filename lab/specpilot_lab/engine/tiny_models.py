@@ -8,7 +8,7 @@ own environment does not), as scripts/vllm-cpu-env.sh does:
 It writes, deterministically (fixed seeds, a corpus generated from a fixed word list):
 
 - OUT_DIR/target:       a byte-level BPE tokenizer trained here, and a random-weight Llama
-                        (hidden 128, 2 layers, 4 heads, 2 KV heads; about 1.3 M parameters);
+                        (hidden 128, 2 layers, 4 heads, 2 KV heads; 0.73 M parameters);
 - OUT_DIR/copy:         an exact copy of the target (a draft whose acceptance is 1.0 at
                         temperature 0);
 - OUT_DIR/independent:  a Llama of the same shape from another seed, same tokenizer (a draft
