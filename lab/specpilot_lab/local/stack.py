@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from specpilot.api.crd import crd_yaml
+from specpilot_lab.engine.vllm_cpu import CpuEngine
 from specpilot_lab.local.controlplane import ControlPlane
 from specpilot_lab.local.operator_process import OperatorProcess
 from specpilot_lab.local.prometheus import Prometheus
-from specpilot_lab.engine.vllm_cpu import CpuEngine
 from specpilot_lab.sim.podrunner import PodRunner
 
 FAST_POLICY = {
