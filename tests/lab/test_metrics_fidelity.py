@@ -94,6 +94,7 @@ def test_the_recording_is_a_speculating_engine_after_requests() -> None:
     }
     assert samples["vllm:spec_decode_num_draft_tokens_total"] > 0
     assert samples["vllm:request_success_total"] == 8
+    assert 0 < samples["vllm:prefix_cache_hits_total"] < samples["vllm:prefix_cache_queries_total"]
     assert "vllm:cache_config_info" in REAL
 
 
