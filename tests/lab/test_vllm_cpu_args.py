@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from specpilot_lab.engine.vllm_cpu import CpuEngine, cpu_args, map_model, parse_model_map
-from specpilot_lab.sim.podrunner import pod_command
+from specpilot_lab.sim.podrunner import pod_command, podrunner
 
 RENDERED = [
     "RedHatAI/Meta-Llama-3.1-70B-Instruct-quantized.w8a8",
@@ -122,3 +123,15 @@ def test_the_pod_command_runs_the_api_server_module_on_loopback() -> None:
     assert command[4] == "/m/target"
     assert flag(command, "--host") == "127.0.0.1"
     assert flag(command, "--port") == "4321"
+
+
+def test_the_command_needs_the_engine_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SPECPILOT_VLLM_CPU_PYTHON", raising=False)
+    result = CliRunner().invoke(podrunner, ["--engine", "vllm-cpu"])
+    assert result.exit_code == 2
+    assert "--engine-python" in result.output
+    result = CliRunner().invoke(
+        podrunner, ["--engine", "vllm-cpu", "--engine-python", "/p", "--model-map", "bad"]
+    )
+    assert result.exit_code == 2
+    assert "ID=FOLDER" in result.output
