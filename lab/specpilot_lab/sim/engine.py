@@ -54,6 +54,8 @@ class Request:
     prefilled: bool = False
     first_token_at: float | None = None
     finished_at: float | None = None
+    scheduled_at: float | None = None
+    """When the engine first scheduled it (the end of its queue time)."""
 
     @property
     def context(self) -> int:
@@ -191,7 +193,7 @@ class Engine:
         own work, the HTTP handlers, waiting for a CPU) is part of the step, not added to it."""
         self._start = asyncio.get_running_loop().time()
         while True:
-            self._admit()
+            self._admit(self._clock)
             if not self.running:
                 self._wake.clear()
                 await self._wake.wait()
@@ -219,7 +221,7 @@ class Engine:
                 requests.append(
                     self.submit(a.prompt_tokens, a.max_tokens, a.temperature, a.echo, at=a.at)
                 )
-            self._admit()
+            self._admit(clock)
             if not self.running:
                 if not pending:
                     break  # waiting requests that can never fit: vLLM would reject them too
@@ -233,7 +235,7 @@ class Engine:
     def _kv_used(self) -> int:
         return sum(r.context for r in self.running)
 
-    def _admit(self) -> None:
+    def _admit(self, now: float) -> None:
         used = self._kv_used()
         while (
             self.waiting
@@ -241,6 +243,8 @@ class Engine:
             and used + self.waiting[0].context + 1 <= self.capacity
         ):
             request = self.waiting.popleft()
+            if request.scheduled_at is None:
+                request.scheduled_at = max(now, request.arrival)
             self.running.append(request)
             used += request.context
         self._publish_gauges()
@@ -290,6 +294,7 @@ class Engine:
                 if request.first_token_at is None:  # not a recompute after preemption
                     request.first_token_at = now
                     m.prompt_tokens.labels(**lab).inc(request.prompt_tokens)
+                    m.record_prefill(request.prompt_tokens)
                     m.ttft.labels(**lab).observe(now - request.arrival)
                     self._emit(request, 1, now)
                 continue
@@ -324,6 +329,8 @@ class Engine:
         self.running.remove(request)
         request.stream.put_nowait(None)
         m.e2e.labels(**lab).observe(now - request.arrival)
+        if request.first_token_at is not None and request.scheduled_at is not None:
+            m.record_finished(request.arrival, request.scheduled_at, request.first_token_at, now)
         if m.request_tpot is not None and request.generated > 1 and request.first_token_at:
             m.request_tpot.labels(**lab).observe(
                 (now - request.first_token_at) / (request.generated - 1)
@@ -334,4 +341,5 @@ class Engine:
         while self.running and self._kv_used() > self.capacity:
             victim = self.running.pop()
             victim.prefilled = False
+            self.metrics.record_preemption()
             self.waiting.appendleft(victim)

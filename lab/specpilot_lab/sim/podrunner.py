@@ -51,6 +51,13 @@ from specpilot.rendering.manifests import (
     LABEL_MANAGED_BY,
     Manifest,
 )
+from specpilot_lab.engine.vllm_cpu import (
+    DEFAULT_KV_CACHE_BYTES,
+    DEFAULT_MAX_MODEL_LEN,
+    CpuEngine,
+    parse_model_map,
+)
+from specpilot_lab.engine.vllm_cpu import ENV as CPU_ENGINE_ENV
 from specpilot_lab.processes import die_with_parent
 
 logger = logging.getLogger(__name__)
@@ -184,13 +191,23 @@ def rewrite_args(args: Sequence[str], port: int, host: str = LOOPBACK) -> list[s
     return out
 
 
-def pod_command(prefix: Sequence[str], args: Sequence[str], port: int) -> list[str]:
+def pod_command(
+    prefix: Sequence[str], args: Sequence[str], port: int, engine: CpuEngine | None = None
+) -> list[str]:
+    """The replica's command: the prefix, then the container args (adapted to the real CPU
+    engine first, with `engine`), with --host and --port rewritten."""
+    if engine is not None:
+        return [*engine.command, *rewrite_args(engine.args(args), port)]
     return [*prefix, *rewrite_args(args, port)]
 
 
-def pod_env(base: Mapping[str, str], template: PodTemplate, name: str) -> dict[str, str]:
-    """The runner's environment, then the container's literals, then the simulator settings."""
-    return {**base, **template.env, ENV_POD_NAME: name}
+def pod_env(
+    base: Mapping[str, str], template: PodTemplate, name: str, engine: CpuEngine | None = None
+) -> dict[str, str]:
+    """The runner's environment, then the container's literals, then the simulator settings
+    (and, for the real CPU engine, no network and no usage reports)."""
+    extra = CPU_ENGINE_ENV if engine is not None else {}
+    return {**base, **template.env, **extra, ENV_POD_NAME: name}
 
 
 @dataclass(frozen=True)
@@ -476,6 +493,7 @@ class PodRunner:
         api_client: Any = None,
         grace_seconds: float = DEFAULT_GRACE_SECONDS,
         tick_seconds: float = TICK_SECONDS,
+        engine: CpuEngine | None = None,
     ) -> None:
         self.namespaces = sorted(set(namespaces))
         self.time_scale = time_scale
@@ -483,6 +501,8 @@ class PodRunner:
         self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="specpilot-podrunner-"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.command = list(command or DEFAULT_COMMAND)
+        self.engine = engine
+        """With an engine, replicas run on the real vLLM CPU engine (`command` is unused)."""
         self.grace_seconds = grace_seconds
         self.tick_seconds = tick_seconds
         self._owns_client = api_client is None
@@ -697,8 +717,8 @@ class PodRunner:
             name=name,
             index=index,
             port=port,
-            command=pod_command(self.command, template.args, port),
-            env=pod_env(os.environ, template, name),
+            command=pod_command(self.command, template.args, port, self.engine),
+            env=pod_env(os.environ, template, name, self.engine),
             log_path=self.log_dir / f"{template.namespace}_{name}.log",
         )
         self._spawn(pod, now)
@@ -922,21 +942,77 @@ class PodRunner:
     help="Command prefix for each replica, split like a shell; the rewritten vLLM args follow. "
     "Default: the running Python with -m specpilot_lab.sim serve.",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["sim", "vllm-cpu"]),
+    default="sim",
+    show_default=True,
+    help="sim: the simulator (or --command). vllm-cpu: the real vLLM CPU engine of "
+    "scripts/vllm-cpu-env.sh, with the CPU adjustments of docs/podrunner.md.",
+)
+@click.option(
+    "--engine-python",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="SPECPILOT_VLLM_CPU_PYTHON",
+    default=None,
+    help="vllm-cpu: the engine virtualenv's python (scripts/vllm-cpu-env.sh's last line). "
+    "Env: SPECPILOT_VLLM_CPU_PYTHON.",
+)
+@click.option(
+    "--model-map",
+    "model_map",
+    multiple=True,
+    help="vllm-cpu: MODEL_ID=FOLDER (repeatable; MODEL_ID * for every other model), or "
+    "@FILE.json holding such pairs: which local model serves a rendered model id.",
+)
+@click.option(
+    "--kv-cache-memory-bytes",
+    type=int,
+    default=DEFAULT_KV_CACHE_BYTES,
+    show_default=True,
+    help="vllm-cpu: the KV cache of each engine (replaces --gpu-memory-utilization).",
+)
+@click.option(
+    "--max-model-len",
+    type=int,
+    default=DEFAULT_MAX_MODEL_LEN,
+    show_default=True,
+    help="vllm-cpu: the longest --max-model-len passed on (the tiny models' positions).",
+)
 def podrunner(
     namespaces: tuple[str, ...],
     time_scale: float,
     sd_file: Path | None,
     log_dir: Path | None,
     command: str | None,
+    engine: str,
+    engine_python: Path | None,
+    model_map: tuple[str, ...],
+    kv_cache_memory_bytes: int,
+    max_model_len: int,
 ) -> None:
-    """Run specpilot's Deployments as local simulator processes (a test cluster's kubelet)."""
+    """Run specpilot's Deployments as local processes (a test cluster's kubelet): simulated
+    vLLM servers, or real vLLM CPU engines serving tiny local models."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    cpu_engine = None
+    if engine == "vllm-cpu":
+        if engine_python is None:
+            raise click.UsageError(
+                "--engine vllm-cpu needs --engine-python (or SPECPILOT_VLLM_CPU_PYTHON): "
+                "the last line of scripts/vllm-cpu-env.sh"
+            )
+        try:
+            mapping = parse_model_map(model_map)
+        except (OSError, ValueError) as exc:
+            raise click.UsageError(str(exc)) from exc
+        cpu_engine = CpuEngine(engine_python, mapping, kv_cache_memory_bytes, max_model_len)
     runner = PodRunner(
         namespaces,
         time_scale=time_scale,
         sd_file=sd_file,
         log_dir=log_dir,
         command=shlex.split(command) if command else None,
+        engine=cpu_engine,
     )
 
     def handle(signum: int, frame: FrameType | None) -> None:
