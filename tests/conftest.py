@@ -19,7 +19,7 @@ BASE_MANIFEST: dict[str, Any] = {
     "spec": {
         "vllm": {"image": "vllm/vllm-openai:v0.33.0"},
         "target": {
-            "model": "meta-llama/Llama-3.1-70B-Instruct",
+            "model": "RedHatAI/Meta-Llama-3.1-70B-Instruct-quantized.w8a8",
             "quantization": "int8",
             "tensorParallelSize": 2,
             "maxModelLen": 8192,
