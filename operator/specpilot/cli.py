@@ -15,7 +15,7 @@ from specpilot.api.admin import DEFAULT_MAX_CHANGES_PER_HOUR, AdminPolicy, PodPo
 from specpilot.api.crd import crd_yaml
 from specpilot.api.documents import safe_load_all
 from specpilot.api.reference import markdown_reference
-from specpilot.assessment import Assessment, assess
+from specpilot.assessment import Assessment, assess, checkpoint_models
 from specpilot.findings import Finding, errors
 from specpilot.planning.memory import MemoryPlan, ModelFootprint
 from specpilot.rendering.manifests import manifests
@@ -63,6 +63,38 @@ def _report_errors(doc: Any, result: Assessment) -> None:
 
 
 FILE_ARGUMENT = click.argument("file", type=click.File("r"))
+CHECKPOINT_DIR_OPTION = click.option(
+    "--checkpoint-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    envvar="SPECPILOT_CHECKPOINT_DIR",
+    help="Read checkpoint metadata from DIR/ORG/NAME/config.json (and "
+    "model.safetensors.index.json) before asking the hub.",
+)
+OFFLINE_OPTION = click.option(
+    "--offline",
+    is_flag=True,
+    envvar="SPECPILOT_OFFLINE",
+    help="Never ask the Hugging Face hub: models not under --checkpoint-dir are planned from "
+    "specpilot's catalog or spec.*.architecture (the plan names the source).",
+)
+
+
+def _assess_all(
+    file: TextIO, checkpoint_dir: Path | None, offline: bool
+) -> Iterator[tuple[Any, Assessment]]:
+    """Each document with its assessment, planned from the checkpoints it names (read once per
+    model for this command)."""
+    from specpilot.adapters.checkpoints import CheckpointReader
+
+    reader = CheckpointReader(local_dir=checkpoint_dir, use_hub=not offline)
+    try:
+        for doc in _documents(file):
+            yield doc, assess(doc, checkpoints=reader.read(checkpoint_models(doc)))
+    finally:
+        reader.close()
+
+
 OUTPUT_OPTION = click.option(
     "-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True
 )
@@ -71,12 +103,13 @@ OUTPUT_OPTION = click.option(
 @main.command()
 @FILE_ARGUMENT
 @OUTPUT_OPTION
-def validate(file: TextIO, output: str) -> None:
+@CHECKPOINT_DIR_OPTION
+@OFFLINE_OPTION
+def validate(file: TextIO, output: str, checkpoint_dir: Path | None, offline: bool) -> None:
     """Check manifests; report every problem with its field and fix (exit 2 if any error)."""
     failed = False
     reports = []
-    for doc in _documents(file):
-        result = assess(doc)
+    for doc, result in _assess_all(file, checkpoint_dir, offline):
         failed |= not result.valid
         reports.append(
             {
@@ -97,12 +130,13 @@ def validate(file: TextIO, output: str) -> None:
 @main.command()
 @FILE_ARGUMENT
 @OUTPUT_OPTION
-def plan(file: TextIO, output: str) -> None:
+@CHECKPOINT_DIR_OPTION
+@OFFLINE_OPTION
+def plan(file: TextIO, output: str, checkpoint_dir: Path | None, offline: bool) -> None:
     """Show the memory plan: weights, KV cache, concurrency, verdict (exit 2 if it cannot run)."""
     failed = False
     reports = []
-    for doc in _documents(file):
-        result = assess(doc)
+    for doc, result in _assess_all(file, checkpoint_dir, offline):
         failed |= not result.valid
         if output == "json":
             reports.append(
@@ -134,15 +168,18 @@ def plan(file: TextIO, output: str) -> None:
     show_default=True,
     help="off renders the same resource without speculation (what the control loop applies).",
 )
-def render(file: TextIO, speculation: str) -> None:
+@CHECKPOINT_DIR_OPTION
+@OFFLINE_OPTION
+def render(file: TextIO, speculation: str, checkpoint_dir: Path | None, offline: bool) -> None:
     """Print the Kubernetes manifests the operator would apply."""
     rendered = []
-    for doc in _documents(file):
-        result = assess(doc)
+    for doc, result in _assess_all(file, checkpoint_dir, offline):
         if result.resource is None:
             _report_errors(doc, result)
             sys.exit(EXIT_INVALID)
-        rendered += manifests(result.resource, result.version, speculation=speculation == "on")
+        rendered += manifests(
+            result.resource, result.version, speculation == "on", result.checkpoints
+        )
     click.echo(yaml.safe_dump_all(rendered, sort_keys=False, width=1000), nl=False)
 
 
@@ -340,6 +377,8 @@ def _prometheus_urls(
     help="Refuse Secrets in the GPU pods: spec.pod env valueFrom.secretKeyRef, secret volumes "
     "and projected secret sources.",
 )
+@CHECKPOINT_DIR_OPTION
+@OFFLINE_OPTION
 @click.option(
     "--max-gpus-per-resource",
     type=click.IntRange(min=1),
@@ -373,6 +412,8 @@ def run_operator(
     pod_refuse_service_account: bool,
     pod_refuse_secret_env: bool,
     max_gpus_per_resource: int | None,
+    checkpoint_dir: Path | None,
+    offline: bool,
 ) -> None:
     """Run the operator (reconciles SpeculativeInference resources; the control loop reads
     Prometheus and turns speculation off and on)."""
@@ -411,6 +452,8 @@ def run_operator(
             credentials=DefaultCredentials(
                 bearer_token_file=prometheus_token_file, ca_file=prometheus_ca_file
             ),
+            checkpoint_dir=checkpoint_dir,
+            read_hub=not offline,
         )
     )
 

@@ -94,6 +94,36 @@ def availability(feature: Feature) -> str:
     return " and ".join(span.describe() for span in FEATURES[feature])
 
 
+class Engine(StrEnum):
+    V0 = "V0"
+    V1 = "V1"
+
+
+V1_DEFAULT = Version("0.8.0")
+V1_EAGLE = Version("0.8.3")
+V0_SPECULATION = ("draft_model",)
+"""Methods the V1 engine could not run before V0 went away: vLLM fell back to V0 for them."""
+
+
+def engine(version: Version, speculation_method: str | None) -> Engine:
+    """Which engine a release runs for this speculation method (None: no speculation).
+
+    V1 is the default from 0.8.0 and the only engine from 0.10.0 (the V0 feature boundary in
+    FEATURES). In between, the V1 oracle fell back to V0 for what V1 could not run: a separate
+    draft model until V0 was gone (V1 draft_model arrives in 0.15.0), and EAGLE before its V1
+    proposer (0.8.3). docs/vllm-versions.md has the evidence, file by file.
+    """
+    if version < V1_DEFAULT:
+        return Engine.V0
+    if not supports(version, Feature.V0_ENGINE):
+        return Engine.V1
+    if speculation_method in V0_SPECULATION:
+        return Engine.V0
+    if speculation_method in ("eagle", "eagle3") and version < V1_EAGLE:
+        return Engine.V0
+    return Engine.V1
+
+
 def default_gpu_memory_utilization(version: Version) -> float:
     return 0.92 if version >= Version("0.20.0") else 0.9
 

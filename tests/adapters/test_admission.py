@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import kopf
 import pytest
 
+from specpilot.adapters.checkpoints import CheckpointReader
 from specpilot.adapters.handlers import validate
 from specpilot.adapters.runner import RunOptions
 from specpilot.api.admin import AdminPolicy, PodPolicy
-from tests.conftest import manifest
+from tests.conftest import CHECKPOINTS, manifest
 
 OPERATOR_WIDE = "http://prometheus:9090"  # the URL tests/conftest.py's manifest names
+RUNTIME = SimpleNamespace(checkpoints=CheckpointReader(local_dir=CHECKPOINTS, use_hub=False))
+"""What the webhook reads of the operator's runtime: its checkpoint reader (fixtures, no hub)."""
 
 
 def admit(doc: dict[str, object], admin: AdminPolicy) -> list[str]:
     warnings: list[str] = []
-    validate(
-        body=kopf.Body(doc), warnings=warnings, memo=kopf.Memo(options=RunOptions(admin=admin))
-    )
+    memo = kopf.Memo(options=RunOptions(admin=admin), runtime=RUNTIME)
+    validate(body=kopf.Body(doc), warnings=warnings, memo=memo)
     return warnings
 
 

@@ -18,6 +18,7 @@ from kubernetes.client.exceptions import ApiException
 from prometheus_client import REGISTRY
 
 from specpilot.adapters import handlers
+from specpilot.adapters.checkpoints import CheckpointReader
 from specpilot.adapters.kube import KubeWriter, SecretError
 from specpilot.adapters.runtime import KeyedLocks, Runtime
 from specpilot.adapters.writers import StatusConflictError, StatusWriteError
@@ -27,6 +28,9 @@ from tests.adapters.fakes import FakeClock, FakeKube
 from tests.conftest import manifest
 
 RESOURCE_PATH = f"/apis/{GROUP}/{VERSION}/namespaces/ml/{PLURAL}/chat"
+
+OFFLINE = CheckpointReader(use_hub=False)
+"""No test reaches the hub: models are planned from the catalog."""
 
 
 class LocalApiServer:
@@ -122,7 +126,7 @@ def server() -> Iterator[LocalApiServer]:
 def runtime_for(server: LocalApiServer, request_timeout: float = 5.0) -> Runtime:
     configuration = k8s.Configuration(host=server.url)
     kube = KubeWriter(k8s.ApiClient(configuration), request_timeout=request_timeout)
-    return Runtime(kube=kube, admin=AdminPolicy(), clock=FakeClock())
+    return Runtime(kube=kube, admin=AdminPolicy(), clock=FakeClock(), checkpoints=OFFLINE)
 
 
 def failures(writer: str) -> float:
@@ -200,7 +204,7 @@ def test_secret_reads_name_what_to_fix(server: LocalApiServer) -> None:
 def test_a_reconcile_redoes_on_conflict_and_uses_the_one_event_writer() -> None:
     body = resource("7")
     kube = FakeKube(body, status_answers=[ApiException(status=409, reason="Conflict")])
-    runtime = Runtime(kube=kube, admin=AdminPolicy(), clock=FakeClock())  # type: ignore[arg-type]
+    runtime = Runtime(kube=kube, admin=AdminPolicy(), clock=FakeClock(), checkpoints=OFFLINE)  # type: ignore[arg-type]
     runtime.bodies.observe(body)
     assert handlers.reconcile_latest("ml", "chat", runtime, "create")
     assert len(kube.status_writes) == 1
@@ -213,7 +217,7 @@ def test_a_reconcile_redoes_on_conflict_and_uses_the_one_event_writer() -> None:
 def test_a_reconcile_whose_status_write_fails_retries_later_with_an_event() -> None:
     body = resource("7")
     kube = FakeKube(body, status_answers=[ApiException(status=500, reason="Internal")])
-    runtime = Runtime(kube=kube, admin=AdminPolicy(), clock=FakeClock())  # type: ignore[arg-type]
+    runtime = Runtime(kube=kube, admin=AdminPolicy(), clock=FakeClock(), checkpoints=OFFLINE)  # type: ignore[arg-type]
     before = failures("reconcile")
     with pytest.raises(kopf.TemporaryError, match="HTTP 500"):
         handlers.reconcile_latest("ml", "chat", runtime, "create")

@@ -8,7 +8,7 @@ when a checkpoint cannot be read, each with its source named.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -174,7 +174,7 @@ def weight_bytes_from_index(index: Mapping[str, Any]) -> int | None:
     return None
 
 
-def weight_bytes_from_headers(headers: list[Mapping[str, Any]]) -> int:
+def weight_bytes_from_headers(headers: Sequence[Mapping[str, Any]]) -> int:
     """Bytes of every tensor listed in safetensors headers (dtype x shape, no guessing)."""
     total = 0
     for header in headers:

@@ -29,9 +29,18 @@ FULL_PRECISION_BYTES = {"float": 4.0, "float32": 4.0}
 """Bytes per unquantized parameter by dtype; everything else (auto, bfloat16, half) is 2."""
 
 PROFILED_BATCH_TOKENS = 8192
-"""Tokens in vLLM's profiling forward pass (max_num_batched_tokens on datacenter GPUs)."""
-ACTIVATION_BYTES_PER_TOKEN_PER_HIDDEN = 18
-"""Peak live activation bytes per token per hidden unit in a BF16 decoder layer (QKV, MLP)."""
+"""Tokens in V1's profiling forward pass (max_num_batched_tokens on datacenter GPUs)."""
+V0_MIN_BATCHED_TOKENS = 2048
+V0_CHUNKED_PREFILL_ABOVE = 32768
+"""V0 turns chunked prefill on by itself only above this max_model_len; below it, its profiling
+pass runs max(max_model_len, 2048) tokens at once, so the activation peak grows with it."""
+ACTIVATION_BYTES_PER_TOKEN_PER_HIDDEN = 2.0
+ACTIVATION_BYTES_PER_TOKEN_PER_INTERMEDIATE = 7.2
+"""Peak activation bytes per profiled token: 2 per hidden unit (the residual stream, whole on
+every GPU) and 7.2 per MLP unit (gate/up outputs and their product, split by TP). Fitted on V0
+logs of Llama-3.1-8B (110 KB/token) and Qwen2.5-7B (143 KB/token); docs/planner.md."""
+INTERMEDIATE_PER_HIDDEN = 3.5
+"""A model without intermediate_size in its facts (spec architecture) is assumed this wide."""
 PROFILED_SEQUENCES = 256
 NON_TORCH_GB = 1.0
 NCCL_GB = 0.5
@@ -84,6 +93,10 @@ class MemoryPlan(BaseModel):
     max_concurrent_sequences_without_speculation: int = 0
     draft_ratio: float | None = None
     """Target parameters per draft parameter (9.0 means 1:9)."""
+    engine: vllm_versions.Engine = vllm_versions.Engine.V1
+    """The engine this release runs for this speculation method (V0 or V1)."""
+    profiled_tokens: int = 0
+    """Tokens in vLLM's profiling pass, which sets the activation peak."""
 
 
 def kv_bytes_per_token_per_gpu(
@@ -99,11 +112,24 @@ def kv_bytes_per_token_per_gpu(
     return int(2 * layers_per_stage * kv_heads_per_gpu * arch.head_dim * dtype_bytes)
 
 
-def estimated_overhead_gb(arch: CheckpointFacts, tensor_parallel: int) -> float:
-    """Activation peak of vLLM's profiling pass plus non-torch memory, per GPU."""
-    activations = (
-        PROFILED_BATCH_TOKENS * arch.hidden_size * ACTIVATION_BYTES_PER_TOKEN_PER_HIDDEN
-    ) / tensor_parallel
+def profiled_tokens(engine: vllm_versions.Engine, max_model_len: int | None) -> int:
+    """Tokens in the profiling forward pass whose activation peak vLLM keeps free."""
+    if engine is vllm_versions.Engine.V1:
+        return PROFILED_BATCH_TOKENS
+    if max_model_len is None or max_model_len > V0_CHUNKED_PREFILL_ABOVE:
+        return V0_MIN_BATCHED_TOKENS
+    return max(max_model_len, V0_MIN_BATCHED_TOKENS)
+
+
+def estimated_overhead_gb(arch: CheckpointFacts, tensor_parallel: int, tokens: int) -> float:
+    """Activation peak of vLLM's profiling pass (`tokens` at once) plus non-torch memory, per
+    GPU."""
+    intermediate = arch.intermediate_size or INTERMEDIATE_PER_HIDDEN * arch.hidden_size
+    per_token = (
+        ACTIVATION_BYTES_PER_TOKEN_PER_HIDDEN * arch.hidden_size
+        + ACTIVATION_BYTES_PER_TOKEN_PER_INTERMEDIATE * intermediate / tensor_parallel
+    )
+    activations = tokens * per_token
     logits = PROFILED_SEQUENCES * arch.vocab_size * 4
     nccl = NCCL_GB if tensor_parallel > 1 else 0.0
     return NON_TORCH_GB + nccl + (activations + logits) / GB
@@ -295,6 +321,13 @@ def plan(
             draft_info.quantization, draft_info.arch, "spec.speculation.draft.quantization"
         )
         findings += quantization_findings
+    speculation = spec.speculation
+    method = (
+        speculation.method.value
+        if speculation is not None and speculation.method is not SpeculationMethod.NONE
+        else None
+    )
+    engine = vllm_versions.engine(version, method)
     budget = _budget(
         spec,
         target_arch,
@@ -303,9 +336,10 @@ def plan(
         draft_choice,
         gpu_memory * utilization,
         gpu_memory,
+        engine,
     )
     ratio = _draft_ratio(spec, target_arch, draft_info)
-    findings += _memory_findings(spec, version, budget)
+    findings += _memory_findings(spec, version, engine, budget)
     findings += _model_findings(
         spec, target_arch, budget.target.quantization, draft_info, budget.max_model_len, ratio
     )
@@ -328,6 +362,8 @@ def plan(
                 budget.concurrency_without_speculation
             ),
             "draft_ratio": ratio,
+            "engine": engine,
+            "profiled_tokens": profiled_tokens(engine, budget.max_model_len),
             "findings": findings,
         }
     )
@@ -341,6 +377,7 @@ def _budget(
     draft_choice: QuantizationChoice | None,
     usable: float,
     gpu_memory: float,
+    engine: vllm_versions.Engine,
 ) -> _Budget:
     """The weights per GPU, what vLLM leaves for the KV cache after them and the overhead, and
     how many tokens and full-length sequences that holds, with the draft and without it."""
@@ -371,13 +408,13 @@ def _budget(
     )
     draft_weights = draft.weights_gb_per_gpu if draft else 0.0
     draft_kv = draft.kv_bytes_per_token_per_gpu if draft else 0
+    max_model_len = spec.target.max_model_len or target_arch.max_position_embeddings
     overhead = spec.gpus.overhead_gb
     if overhead is None:
-        overhead = estimated_overhead_gb(target_arch, tp)
+        overhead = estimated_overhead_gb(target_arch, tp, profiled_tokens(engine, max_model_len))
     kv_gb = usable - target.weights_gb_per_gpu - draft_weights - overhead
     tokens = _tokens(kv_gb, target.kv_bytes_per_token_per_gpu + draft_kv)
     tokens_plain = _tokens(kv_gb + draft_weights, target.kv_bytes_per_token_per_gpu)
-    max_model_len = spec.target.max_model_len or target_arch.max_position_embeddings
     return _Budget(
         gpu_memory_gb=gpu_memory,
         usable_gb=usable,
@@ -422,7 +459,10 @@ _TIGHT_CODES = {"DraftVRAMShareHigh", "TargetVRAMShareHigh", "V0DraftWeightsUnpr
 
 
 def _memory_findings(
-    spec: SpeculativeInferenceSpec, version: Version, budget: _Budget
+    spec: SpeculativeInferenceSpec,
+    version: Version,
+    engine: vllm_versions.Engine,
+    budget: _Budget,
 ) -> list[Finding]:
     """Whether the KV cache left after the weights holds a full-length sequence, and what the
     draft's share of the memory costs."""
@@ -500,7 +540,7 @@ def _memory_findings(
                 "replica.",
             )
         )
-    if vllm_versions.supports(version, vllm_versions.Feature.V0_ENGINE) and (
+    if engine is vllm_versions.Engine.V0 and (
         spec.speculation is not None
         and spec.speculation.method in (SpeculationMethod.DRAFT_MODEL, SpeculationMethod.EAGLE)
     ):

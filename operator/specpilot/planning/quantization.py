@@ -14,9 +14,14 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from specpilot.api.models import Quantization
+from specpilot.api.models import ArchitectureOverride, Quantization
 from specpilot.findings import Finding, error
-from specpilot.planning.checkpoint import TORCH_DTYPE_BYTES, CheckpointFacts
+from specpilot.planning.checkpoint import (
+    TORCH_DTYPE_BYTES,
+    CheckpointFacts,
+    Checkpoints,
+    facts_for,
+)
 
 ON_THE_FLY = {Quantization.FP8: "fp8", Quantization.BITSANDBYTES: "bitsandbytes"}
 """What vLLM can quantize an unquantized checkpoint to while loading it."""
@@ -151,3 +156,17 @@ def weight_bytes(facts: CheckpointFacts, choice: QuantizationChoice, dtype: str)
             + f", {embeddings / 1e9:.2f}B embedding parameters x 2 bytes"
         ),
     )
+
+
+def quantization_flag(
+    requested: Quantization,
+    model: str,
+    override: ArchitectureOverride | None,
+    checkpoints: Checkpoints,
+) -> str | None:
+    """The --quantization value the command carries for a model: the planner's own choice."""
+    facts, _ = facts_for(model, override, checkpoints, "")
+    if facts is None:
+        return ON_THE_FLY.get(requested)
+    choice, _ = resolve(requested, facts, "")
+    return choice.flag
