@@ -80,7 +80,8 @@ def test_a_quantization_contradicting_the_checkpoint_is_an_error_naming_the_fix(
     p = plan(spec(FP8_8B, "awq"), V1, read(FP8_8B))
     (finding,) = [f for f in p.findings if f.code == "QuantizationContradictsCheckpoint"]
     assert finding.path == "spec.target.quantization"
-    assert "fp8" in finding.message and FP8_8B in finding.message
+    assert "fp8" in finding.message
+    assert FP8_8B in finding.message
     assert "fp8 or none" in finding.fix
     assert p.verdict == "does-not-fit"
 
@@ -186,7 +187,7 @@ def test_mla_caches_one_latent_per_layer_whole_on_every_gpu() -> None:
     # 27 x (512 + 64) x 2 bytes = 31,104: vllm#15871's 0.95 GiB for 32,768 tokens.
     for tp in (1, 2, 4):
         assert kv_bytes_per_token_per_gpu(facts, tp, 1, 2.0) == 31_104
-    assert 32_768 * 31_104 / 2**30 == pytest.approx(0.95, abs=0.005)
+    assert pytest.approx(0.95, abs=0.005) == 32_768 * 31_104 / 2**30
 
 
 def test_a_config_without_the_planners_facts_is_refused_naming_the_field() -> None:
@@ -204,9 +205,11 @@ def test_an_unreadable_checkpoint_is_a_warning_and_the_catalog_still_plans() -> 
     p = plan(s, V1, unreadable)
     (finding,) = [f for f in p.findings if f.code == "CheckpointUnreadable"]
     assert finding.severity == "warning"
-    assert AWQ_70B in finding.message and "hub unreachable" in finding.message
+    assert AWQ_70B in finding.message
+    assert "hub unreachable" in finding.message
     assert "specpilot's catalog" in finding.message
-    assert p.target is not None and p.target.facts_source == "specpilot's catalog"
+    assert p.target is not None
+    assert p.target.facts_source == "specpilot's catalog"
     # The catalog knows this one is an AWQ checkpoint: still no flag.
     assert quantization_arg(server_args(s, V1, unreadable)) is None
     nothing = plan(spec(QWEN3_8B), V1, Checkpoints(unreadable={QWEN3_8B: "timeout"}))
