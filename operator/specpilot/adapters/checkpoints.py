@@ -22,7 +22,6 @@ from typing import Any
 from specpilot.adapters.clock import Clock, SystemClock
 from specpilot.planning.checkpoint import (
     CheckpointFacts,
-    CheckpointFactsError,
     Checkpoints,
     facts_from_config,
     weight_bytes_from_headers,
@@ -37,7 +36,6 @@ FAILURE_TTL_SECONDS = 300.0
 """How long a failed read stands before the next assessment tries again (a hub outage must not
 cost every reconcile the full timeout)."""
 MAX_HEADER_BYTES = 100_000_000
-OFF_VALUES = {"", "0", "false", "no", "off"}
 
 
 class CheckpointReader:
@@ -84,7 +82,7 @@ class CheckpointReader:
                 facts = future.result(timeout=self._timeout)
             except FutureTimeout:
                 problem = f"no answer within {self._timeout:g} s"
-            except (OSError, ValueError, CheckpointFactsError) as exc:
+            except Exception as exc:  # any failure of the read is a finding, never a crash
                 problem = _describe(exc)
             else:
                 if facts is not None:
@@ -118,10 +116,14 @@ class CheckpointReader:
         return candidate
 
     def _read_hub(self, model: str) -> CheckpointFacts:
-        from huggingface_hub import HfApi
-        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+        from huggingface_hub import HfApi, constants
+        from huggingface_hub.errors import (
+            EntryNotFoundError,
+            LocalEntryNotFoundError,
+            NotASafetensorsRepoError,
+        )
 
-        offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() not in OFF_VALUES
+        offline = constants.HF_HUB_OFFLINE  # HF_HUB_OFFLINE, as huggingface_hub read it
         api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None)
 
         def download(filename: str) -> Any:
@@ -140,13 +142,24 @@ class CheckpointReader:
             weight_bytes = weight_bytes_from_index(download(INDEX))
         except (EntryNotFoundError, LocalEntryNotFoundError):
             if not offline:  # one safetensors file: its header, by a range request
-                metadata = api.get_safetensors_metadata(model)
-                weight_bytes = sum(
-                    info.data_offsets[1] - info.data_offsets[0]
-                    for file in metadata.files_metadata.values()
-                    for info in file.tensors.values()
-                )
+                weight_bytes = _single_file_bytes(api, model, NotASafetensorsRepoError)
         return facts_from_config(model, f"{model}'s config.json on the hub", config, weight_bytes)
+
+
+def _single_file_bytes(api: Any, model: str, not_safetensors: type[Exception]) -> int | None:
+    """Tensor bytes from model.safetensors' header; None for a repository without safetensors
+    (e.g. pytorch_model.bin only): its weights are then estimated from its config."""
+    try:
+        metadata = api.get_safetensors_metadata(model)
+    except not_safetensors:
+        return None
+    return int(
+        sum(
+            info.data_offsets[1] - info.data_offsets[0]
+            for file in metadata.files_metadata.values()
+            for info in file.tensors.values()
+        )
+    )
 
 
 def _read_directory(model: str, directory: Path) -> CheckpointFacts:
