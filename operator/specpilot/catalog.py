@@ -122,6 +122,7 @@ MODELS: dict[str, ModelArchitecture] = {
     "hugging-quants/Meta-Llama-3.1-70B-Instruct-AWQ-INT4": _LLAMA_31_70B,
     "hugging-quants/Meta-Llama-3.1-70B-Instruct-GPTQ-INT4": _LLAMA_31_70B,
     "hugging-quants/Meta-Llama-3.1-8B-Instruct-AWQ-INT4": _LLAMA_31_8B,
+    "hugging-quants/Meta-Llama-3.1-8B-Instruct-GPTQ-INT4": _LLAMA_31_8B,
     "turboderp/Qwama-0.5B-Instruct": _QWAMA_05B,
     "yuhuili/EAGLE-LLaMA3.1-Instruct-8B": _EAGLE_LLAMA_31_8B,
     "yuhuili/EAGLE3-LLaMA3.1-Instruct-8B": _EAGLE3_LLAMA_31_8B,
@@ -153,6 +154,7 @@ CATALOG_QUANTIZATION: dict[str, dict[str, object]] = {
     "hugging-quants/Meta-Llama-3.1-70B-Instruct-AWQ-INT4": {"quant_method": "awq", "bits": 4},
     "hugging-quants/Meta-Llama-3.1-8B-Instruct-AWQ-INT4": {"quant_method": "awq", "bits": 4},
     "hugging-quants/Meta-Llama-3.1-70B-Instruct-GPTQ-INT4": {"quant_method": "gptq", "bits": 4},
+    "hugging-quants/Meta-Llama-3.1-8B-Instruct-GPTQ-INT4": {"quant_method": "gptq", "bits": 4},
     "Qwen/Qwen2.5-72B-Instruct-AWQ": {"quant_method": "awq", "bits": 4},
     "Qwen/Qwen2.5-72B-Instruct-GPTQ-Int4": {"quant_method": "gptq", "bits": 4},
 }

@@ -35,6 +35,7 @@ class Feature(StrEnum):
     KV_CACHE_USAGE_METRIC = "vllm:kv_cache_usage_perc"
     SPLIT_TPOT_METRICS = "vllm:request_time_per_output_token_seconds"
     OLD_TPOT_METRIC = "vllm:time_per_output_token_seconds"
+    CUDA_GRAPHS_IN_BUDGET = "CUDA graph memory profiled inside gpu_memory_utilization"
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ FEATURES: dict[Feature, tuple[Span, ...]] = {
     Feature.KV_CACHE_USAGE_METRIC: (_span("0.9.2"),),
     Feature.SPLIT_TPOT_METRICS: (_span("0.11.0"),),
     Feature.OLD_TPOT_METRIC: (_span(until="0.12.0"),),
+    Feature.CUDA_GRAPHS_IN_BUDGET: (_span("0.21.0"),),
 }
 
 

@@ -42,8 +42,16 @@ logs of Llama-3.1-8B (110 KB/token) and Qwen2.5-7B (143 KB/token); docs/planner.
 INTERMEDIATE_PER_HIDDEN = 3.5
 """A model without intermediate_size in its facts (spec architecture) is assumed this wide."""
 PROFILED_SEQUENCES = 256
-NON_TORCH_GB = 1.0
+NON_TORCH_GB = {vllm_versions.Engine.V0: 0.25, vllm_versions.Engine.V1: 1.0}
+"""CUDA context and allocator slack: V0 logs 0.05-0.35 GiB; V1 adds its compile and sampler
+buffers (docs/planner.md, the startup-log table)."""
+CUDA_GRAPHS_GB = 1.0
+"""CUDA graphs, counted inside the budget from the release that profiles them (0.7-2.2 GiB)."""
 NCCL_GB = 0.5
+FOUR_BIT_ACTIVATION_FACTOR = 1.5
+"""4-bit weight GEMMs (AWQ, GPTQ) peak 1.5x higher in the profiling pass: V0 logs of
+Qwen2.5-72B-AWQ (5.66 GiB) and Qwen3-32B-AWQ (2.74 GiB) against the BF16 fit."""
+FOUR_BIT = (Quantization.INT4, Quantization.AWQ, Quantization.GPTQ, Quantization.BITSANDBYTES)
 
 DRAFT_VRAM_SHARE_LIMIT = 0.15
 TARGET_VRAM_SHARE_LIMIT = 0.70
@@ -121,18 +129,30 @@ def profiled_tokens(engine: vllm_versions.Engine, max_model_len: int | None) -> 
     return max(max_model_len, V0_MIN_BATCHED_TOKENS)
 
 
-def estimated_overhead_gb(arch: CheckpointFacts, tensor_parallel: int, tokens: int) -> float:
-    """Activation peak of vLLM's profiling pass (`tokens` at once) plus non-torch memory, per
-    GPU."""
+def estimated_overhead_gb(
+    arch: CheckpointFacts,
+    tensor_parallel: int,
+    tokens: int,
+    engine: vllm_versions.Engine,
+    version: Version,
+    precision: Quantization,
+) -> float:
+    """Activation peak of vLLM's profiling pass (`tokens` at once) plus non-torch memory (and
+    CUDA graphs where the release counts them), per GPU."""
     intermediate = arch.intermediate_size or INTERMEDIATE_PER_HIDDEN * arch.hidden_size
     per_token = (
         ACTIVATION_BYTES_PER_TOKEN_PER_HIDDEN * arch.hidden_size
         + ACTIVATION_BYTES_PER_TOKEN_PER_INTERMEDIATE * intermediate / tensor_parallel
     )
-    activations = tokens * per_token
+    activations = tokens * per_token * (FOUR_BIT_ACTIVATION_FACTOR if precision in FOUR_BIT else 1)
     logits = PROFILED_SEQUENCES * arch.vocab_size * 4
     nccl = NCCL_GB if tensor_parallel > 1 else 0.0
-    return NON_TORCH_GB + nccl + (activations + logits) / GB
+    graphs = (
+        CUDA_GRAPHS_GB
+        if vllm_versions.supports(version, vllm_versions.Feature.CUDA_GRAPHS_IN_BUDGET)
+        else 0.0
+    )
+    return NON_TORCH_GB[engine] + graphs + nccl + (activations + logits) / GB
 
 
 def _draft_head_estimate(model: str, target: CheckpointFacts) -> CheckpointFacts:
@@ -336,6 +356,7 @@ def plan(
         draft_choice,
         gpu_memory * utilization,
         gpu_memory,
+        version,
         engine,
     )
     ratio = _draft_ratio(spec, target_arch, draft_info)
@@ -377,6 +398,7 @@ def _budget(
     draft_choice: QuantizationChoice | None,
     usable: float,
     gpu_memory: float,
+    version: Version,
     engine: vllm_versions.Engine,
 ) -> _Budget:
     """The weights per GPU, what vLLM leaves for the KV cache after them and the overhead, and
@@ -411,7 +433,14 @@ def _budget(
     max_model_len = spec.target.max_model_len or target_arch.max_position_embeddings
     overhead = spec.gpus.overhead_gb
     if overhead is None:
-        overhead = estimated_overhead_gb(target_arch, tp, profiled_tokens(engine, max_model_len))
+        overhead = estimated_overhead_gb(
+            target_arch,
+            tp,
+            profiled_tokens(engine, max_model_len),
+            engine,
+            version,
+            target.quantization,
+        )
     kv_gb = usable - target.weights_gb_per_gpu - draft_weights - overhead
     tokens = _tokens(kv_gb, target.kv_bytes_per_token_per_gpu + draft_kv)
     tokens_plain = _tokens(kv_gb + draft_weights, target.kv_bytes_per_token_per_gpu)

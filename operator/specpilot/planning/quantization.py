@@ -55,6 +55,8 @@ BYTES_PER_PARAMETER = {
     Quantization.GPTQ: 0.5,
     Quantization.BITSANDBYTES: 0.5,
 }
+MLP_ONLY_METHODS = ("fbgemm_fp8",)
+"""Methods that quantize only the MLP: Meta's FP8 405B keeps attention in BF16."""
 GROUP_SIZE = 128
 GROUP_SCALE_BYTES = 2.5
 """A 16-bit scale and a 4-bit zero point per group of 128 weights (AWQ, GPTQ, bitsandbytes)."""
@@ -144,18 +146,29 @@ def weight_bytes(facts: CheckpointFacts, choice: QuantizationChoice, dtype: str)
             total=parameters * dtype_bytes,
             basis=f"{facts.parameters_billions:g}B parameters x {dtype_bytes} bytes",
         )
-    embeddings = min(facts.embedding_parameters, parameters)
-    linear = parameters - embeddings
+    unquantized = min(facts.embedding_parameters, parameters)
+    kept = "embedding"
+    if facts.quantization is not None and facts.quantization.method in MLP_ONLY_METHODS:
+        unquantized = min(unquantized + attention_parameters(facts), parameters)
+        kept = "embedding and attention"
+    linear = parameters - unquantized
     per_parameter = BYTES_PER_PARAMETER[choice.precision]
     scales = linear / GROUP_SIZE * GROUP_SCALE_BYTES if per_parameter < 1 else 0.0
     return WeightBytes(
-        total=linear * per_parameter + scales + embeddings * 2,
+        total=linear * per_parameter + scales + unquantized * 2,
         basis=(
-            f"estimated: {linear / 1e9:.2f}B linear parameters x {per_parameter:g} bytes"
+            f"estimated: {linear / 1e9:.2f}B quantized parameters x {per_parameter:g} bytes"
             + (" + group scales" if scales else "")
-            + f", {embeddings / 1e9:.2f}B embedding parameters x 2 bytes"
+            + f", {unquantized / 1e9:.2f}B {kept} parameters x 2 bytes"
         ),
     )
+
+
+def attention_parameters(facts: CheckpointFacts) -> float:
+    """Q, K, V and output projections of every layer."""
+    q = facts.attention_heads * facts.head_dim
+    kv = facts.kv_heads * facts.head_dim
+    return float(facts.layers * facts.hidden_size * (2 * q + 2 * kv))
 
 
 def quantization_flag(
