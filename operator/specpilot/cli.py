@@ -464,11 +464,19 @@ def _gb(value: float) -> str:
 
 def _model_row(role: str, model: ModelFootprint, gpus: int) -> str:
     precision = "BF16/FP16" if model.quantization.value == "none" else model.quantization.upper()
+    stored = (
+        f"quantized with {model.checkpoint_quantization}"
+        if model.checkpoint_quantization
+        else "unquantized"
+    )
+    flag = f"--quantization {model.quantization_flag}" if model.quantization_flag else "no flag"
     return (
         f"  {role:<7} {model.model}\n"
         f"          {precision}, {model.parameters_billions:g}B parameters, TP "
         f"{model.tensor_parallel_size}: {_gb(model.weights_gb_per_gpu)} per GPU, "
-        f"{_gb(model.weights_gb).strip()} in all"
+        f"{_gb(model.weights_gb).strip()} in all\n"
+        f"          facts: {model.facts_source}; checkpoint {stored} ({flag}); "
+        f"weights: {model.weights_basis}"
     )
 
 
@@ -493,6 +501,7 @@ def format_plan(title: str, p: MemoryPlan) -> str:
         f"  {'vLLM may use':<34}{_gb(usable)}",
         f"  {'weights':<34}{_gb(weights_per_gpu)}",
         f"  {'activations + non-torch (est.)':<34}{_gb(p.overhead_gb_per_gpu)}",
+        f"  {'':<34}({p.engine.value} engine, {p.profiled_tokens:,}-token profiling pass)",
         f"  {'KV cache':<34}{_gb(p.kv_cache_gb_per_gpu)}",
         "",
         f"  left after weights, all GPUs:       {p.left_after_weights_gb:.1f} GB",
@@ -504,6 +513,12 @@ def format_plan(title: str, p: MemoryPlan) -> str:
             f"  full-length sequences ({p.max_model_len:,} tokens): "
             f"{p.max_concurrent_sequences} ({p.max_concurrent_sequences_without_speculation} "
             "without speculation)"
+        )
+    if p.draft is not None:
+        lines.append(
+            "  the draft's attention layers take their KV from the same pool: every token costs "
+            f"{p.target.kv_bytes_per_token_per_gpu if p.target else 0:,} + "
+            f"{p.draft.kv_bytes_per_token_per_gpu:,} bytes per GPU"
         )
     if p.draft_ratio is not None:
         lines.append(f"  draft:target size ratio:            1:{p.draft_ratio:.0f}")
