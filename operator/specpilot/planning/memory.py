@@ -510,8 +510,9 @@ def _memory_findings(
                 f"{draft_part}) plus {overhead:.1f} GB overhead, but vLLM may use only "
                 f"{usable:.1f} GB of each {gpu_memory:.0f} GB GPU: nothing is left for the "
                 f"KV cache ({kv_gb:.1f} GB).",
-                "quantize the target (spec.target.quantization: int8) or the draft, add GPUs "
-                "(spec.target.tensorParallelSize and spec.gpus.count), or choose a larger GPU.",
+                "quantize the target (spec.target.quantization: fp8, or an int8/int4 checkpoint "
+                "in spec.target.model) or the draft, add GPUs (spec.target.tensorParallelSize "
+                "and spec.gpus.count), or choose a larger GPU.",
             )
         )
     elif max_model_len is not None and tokens < max_model_len:
@@ -544,8 +545,8 @@ def _memory_findings(
                 "spec.speculation.draft",
                 f"the draft takes {draft.weights_gb_per_gpu:.1f} GB per GPU, {draft_share:.0%} of "
                 f"GPU memory (rule of thumb: at most {DRAFT_VRAM_SHARE_LIMIT:.0%}).",
-                "quantize the draft (spec.speculation.draft.quantization: int8) or pick a smaller "
-                "one.",
+                "quantize the draft (spec.speculation.draft.quantization: fp8, or an int8 "
+                "checkpoint of it) or pick a smaller one.",
             )
         )
     target_share = target.weights_gb_per_gpu / gpu_memory if gpu_memory else 0.0
