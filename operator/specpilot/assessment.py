@@ -6,6 +6,7 @@ and the control check all call `assess`, so each gives the same answer for the s
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from packaging.version import Version
@@ -106,7 +107,7 @@ def checkpoint_models(raw: Any) -> list[str]:
 
     def section(value: Any, *keys: str) -> Any:
         for key in keys:
-            value = value.get(key) if isinstance(value, dict) else None
+            value = value.get(key) if isinstance(value, Mapping) else None
         return value
 
     spec = section(raw, "spec")

@@ -48,3 +48,18 @@ def test_the_admins_pod_policy_refuses_at_admission() -> None:
         admit(doc, strict)
     assert "spec.pod.serviceAccountName" in str(refused.value)
     assert "--pod-refuse-service-account" in str(refused.value)
+
+
+def test_a_quantization_the_checkpoint_contradicts_is_refused_at_admission() -> None:
+    """The webhook reads the checkpoint through the operator's runtime, as the reconcile does."""
+    doc = manifest(
+        target={"model": "RedHatAI/Meta-Llama-3-8B-Instruct-FP8", "quantization": "awq"},
+        speculation={"method": "ngram"},
+        gpus={"type": "H100-80GB", "count": 1},
+    )
+    with pytest.raises(kopf.AdmissionError) as refused:
+        admit(doc, AdminPolicy(prometheus_url=OPERATOR_WIDE))
+    assert "spec.target.quantization" in str(refused.value)
+    assert "already quantized with fp8" in str(refused.value)
+    doc["spec"]["target"]["quantization"] = "fp8"
+    admit(doc, AdminPolicy(prometheus_url=OPERATOR_WIDE))

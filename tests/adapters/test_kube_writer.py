@@ -25,7 +25,7 @@ from specpilot.adapters.writers import StatusConflictError, StatusWriteError
 from specpilot.api.admin import AdminPolicy
 from specpilot.api.models import GROUP, PLURAL, VERSION, SecretKeyRef
 from tests.adapters.fakes import FakeClock, FakeKube
-from tests.conftest import manifest
+from tests.conftest import CHECKPOINTS, manifest
 
 RESOURCE_PATH = f"/apis/{GROUP}/{VERSION}/namespaces/ml/{PLURAL}/chat"
 
@@ -223,6 +223,37 @@ def test_a_reconcile_whose_status_write_fails_retries_later_with_an_event() -> N
         handlers.reconcile_latest("ml", "chat", runtime, "create")
     assert [reason for _, reason, _ in kube.events] == ["StatusWriteFailed"]
     assert failures("reconcile") == before + 1
+
+
+class RecordingKube(FakeKube):
+    def __init__(self, body: dict[str, Any]) -> None:
+        super().__init__(body)
+        self.applied: list[dict[str, Any]] = []
+
+    def apply(self, obj: dict[str, Any], owner: Any) -> tuple[dict[str, Any], str]:
+        self.applied.append(obj)
+        return super().apply(obj, owner)
+
+
+def test_a_reconcile_plans_and_renders_from_the_checkpoints_it_reads() -> None:
+    """An FP8 checkpoint with quantization: fp8 (the issue's case): its method is read from its
+    config.json, so the pods get no --quantization vLLM would refuse."""
+    body = resource("7")
+    body["spec"]["target"] |= {
+        "model": "RedHatAI/Meta-Llama-3-8B-Instruct-FP8",
+        "quantization": "fp8",
+    }
+    body["spec"]["speculation"] = {"method": "ngram"}
+    kube = RecordingKube(body)
+    reader = CheckpointReader(local_dir=CHECKPOINTS, use_hub=False)
+    runtime = Runtime(kube=kube, admin=AdminPolicy(), clock=FakeClock(), checkpoints=reader)  # type: ignore[arg-type]
+    runtime.bodies.observe(body)
+    assert handlers.reconcile_latest("ml", "chat", runtime, "create")
+    args = kube.applied[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[0] == "RedHatAI/Meta-Llama-3-8B-Instruct-FP8"
+    assert "--quantization" not in args
+    plan = kube.status_writes[-1]["plan"]
+    assert plan["weightsGBPerGPU"] == pytest.approx(9.081 / 2, abs=0.01)
 
 
 def test_locks_keep_one_reconcile_per_resource_and_are_pruned() -> None:
