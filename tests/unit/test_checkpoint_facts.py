@@ -10,6 +10,7 @@ import pytest
 from packaging.version import Version
 
 from specpilot.api.models import SpeculativeInferenceSpec
+from specpilot.assessment import checkpoint_models
 from specpilot.planning.checkpoint import (
     CheckpointFactsError,
     Checkpoints,
@@ -214,3 +215,14 @@ def test_an_unreadable_checkpoint_is_a_warning_and_the_catalog_still_plans() -> 
     assert quantization_arg(server_args(s, V1, unreadable)) is None
     nothing = plan(spec(QWEN3_8B), V1, Checkpoints(unreadable={QWEN3_8B: "timeout"}))
     assert {"CheckpointUnreadable", "UnknownTargetModel"} <= codes(nothing)
+
+
+def test_every_checkpoint_a_manifest_names_is_read_and_nothing_else() -> None:
+    doc = manifest(
+        target={"model": W8A8_70B, "quantization": "int8"},
+        speculation={"method": "draft_model", "draft": {"model": LLAMA_8B}},
+        policy={"quantizationLadder": [{"model": AWQ_70B}, {"model": W8A8_70B}, "junk"]},
+    )
+    assert checkpoint_models(doc) == [W8A8_70B, LLAMA_8B, AWQ_70B]
+    assert checkpoint_models({"spec": {"target": "nonsense"}}) == []
+    assert checkpoint_models(["not", "a", "manifest"]) == []
