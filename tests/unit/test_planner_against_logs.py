@@ -31,10 +31,12 @@ def planned(record: dict[str, Any]) -> MemoryPlan:
     gpus = dict(record["gpus"])
     if "memoryGiB" in gpus:  # what the log printed; the planner takes GB
         gpus["memoryGB"] = round(gpus.pop("memoryGiB") * GIB / 1e9, 3)
-    doc = manifest(target=record["target"], speculation=None, gpus=gpus)
+    doc = manifest(target=record["target"], speculation=record.get("speculation"), gpus=gpus)
     doc["spec"]["vllm"] = {"image": f"vllm/vllm-openai:v{record['vllm']}"}
     spec = SpeculativeInferenceSpec.model_validate(doc["spec"])
-    return plan(spec, Version(record["vllm"]), READER.read([spec.target.model]))
+    draft = spec.speculation.draft if spec.speculation else None
+    models = [spec.target.model, *([draft.model] if draft else [])]
+    return plan(spec, Version(record["vllm"]), READER.read(models))
 
 
 def relative_error(planned_gib: float, logged_gib: float) -> float:
@@ -47,6 +49,9 @@ def test_planner_against_startup_log(record: dict[str, Any]) -> None:
     logged, checks = record["logged"], record["checks"]
     assert p.target is not None
     weights = p.target.weights_gb_per_gpu * 1e9 / GIB
+    if checks.get("weights_include_draft"):  # V1 logs one figure for target and drafter
+        assert p.draft is not None
+        weights += p.draft.weights_gb_per_gpu * 1e9 / GIB
     error = relative_error(weights, logged["weights_gib_per_gpu"])
     assert abs(error) <= checks["weights_tolerance"], f"weights {weights:.3f} GiB ({error:+.1%})"
     assert p.engine == checks.get("planned_engine", logged["engine"])
