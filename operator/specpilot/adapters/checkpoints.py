@@ -30,7 +30,6 @@ from specpilot.planning.checkpoint import (
 
 CONFIG = "config.json"
 INDEX = "model.safetensors.index.json"
-SINGLE_FILE = "model.safetensors"
 TIMEOUT_SECONDS = 10.0
 FAILURE_TTL_SECONDS = 300.0
 """How long a failed read stands before the next assessment tries again (a hub outage must not

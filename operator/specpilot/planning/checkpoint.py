@@ -17,24 +17,6 @@ from specpilot.api.models import ArchitectureOverride, Quantization
 from specpilot.catalog import ModelArchitecture, catalog_quant_method, lookup_model
 from specpilot.findings import Finding, warning
 
-SAFETENSORS_DTYPE_BYTES = {
-    "F64": 8,
-    "I64": 8,
-    "U64": 8,
-    "F32": 4,
-    "I32": 4,
-    "U32": 4,
-    "F16": 2,
-    "BF16": 2,
-    "I16": 2,
-    "U16": 2,
-    "F8_E4M3": 1,
-    "F8_E5M2": 1,
-    "F8_E8M0": 1,
-    "I8": 1,
-    "U8": 1,
-    "BOOL": 1,
-}
 TORCH_DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2}
 
 SOURCE_CATALOG = "specpilot's catalog"
@@ -96,6 +78,13 @@ class CheckpointFacts(BaseModel):
     family: str | None = None
     tokenizer: str | None = None
     """Models with the same tokenizer id share a vocabulary (catalog knowledge only)."""
+
+    @property
+    def attention_parameters(self) -> int:
+        """Q, K, V and output projections of every layer."""
+        q = self.attention_heads * self.head_dim
+        kv = self.kv_heads * self.head_dim
+        return self.layers * self.hidden_size * (2 * q + 2 * kv)
 
     @property
     def embedding_parameters(self) -> int:
@@ -253,11 +242,8 @@ def _parameters_billions(facts: CheckpointFacts, catalogued: ModelArchitecture |
     if catalogued is not None:
         return catalogued.parameters_billions
     if facts.intermediate_size and facts.mla is None:
-        q = facts.attention_heads * facts.head_dim
-        kv = facts.kv_heads * facts.head_dim
-        attention = facts.hidden_size * (2 * q + 2 * kv)
-        mlp = 3 * facts.hidden_size * facts.intermediate_size
-        total = facts.layers * (attention + mlp) + facts.embedding_parameters
+        mlp = facts.layers * 3 * facts.hidden_size * facts.intermediate_size
+        total = facts.attention_parameters + mlp + facts.embedding_parameters
         return round(total / 1e9, 3)
     if facts.weight_bytes:
         return round(facts.weight_bytes / _nominal_bytes(facts.quantization) / 1e9, 3)

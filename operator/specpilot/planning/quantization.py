@@ -149,7 +149,7 @@ def weight_bytes(facts: CheckpointFacts, choice: QuantizationChoice, dtype: str)
     unquantized = min(facts.embedding_parameters, parameters)
     kept = "embedding"
     if facts.quantization is not None and facts.quantization.method in MLP_ONLY_METHODS:
-        unquantized = min(unquantized + attention_parameters(facts), parameters)
+        unquantized = min(unquantized + facts.attention_parameters, parameters)
         kept = "embedding and attention"
     linear = parameters - unquantized
     per_parameter = BYTES_PER_PARAMETER[choice.precision]
@@ -162,13 +162,6 @@ def weight_bytes(facts: CheckpointFacts, choice: QuantizationChoice, dtype: str)
             + f", {unquantized / 1e9:.2f}B {kept} parameters x 2 bytes"
         ),
     )
-
-
-def attention_parameters(facts: CheckpointFacts) -> float:
-    """Q, K, V and output projections of every layer."""
-    q = facts.attention_heads * facts.head_dim
-    kv = facts.kv_heads * facts.head_dim
-    return float(facts.layers * facts.hidden_size * (2 * q + 2 * kv))
 
 
 def quantization_flag(
