@@ -226,3 +226,24 @@ def test_every_checkpoint_a_manifest_names_is_read_and_nothing_else() -> None:
     assert checkpoint_models(doc) == [W8A8_70B, LLAMA_8B, AWQ_70B]
     assert checkpoint_models({"spec": {"target": "nonsense"}}) == []
     assert checkpoint_models(["not", "a", "manifest"]) == []
+
+
+def test_an_architecture_without_head_dim_says_what_it_assumed() -> None:
+    architecture = {
+        "layers": 64,
+        "hiddenSize": 5120,
+        "attentionHeads": 64,
+        "kvHeads": 8,
+        "vocabSize": 151936,
+        "parametersBillions": 32.76,
+        "maxPositionEmbeddings": 40960,
+    }
+    s = spec("Qwen/Qwen3-32B", tp=2, architecture=architecture)
+    (finding,) = [f for f in plan(s, V1).findings if f.code == "HeadDimAssumed"]
+    assert finding.path == "spec.target.architecture.headDim"
+    assert "80" in finding.message
+    stated = spec("Qwen/Qwen3-32B", tp=2, architecture={**architecture, "headDim": 128})
+    p = plan(stated, V1)
+    assert "HeadDimAssumed" not in codes(p)
+    assert p.target is not None
+    assert p.target.kv_bytes_per_token_per_gpu == 2 * 64 * 4 * 128 * 2

@@ -106,7 +106,10 @@ class ArchitectureOverride(SpecModel):
         ge=1, le=4096, description="num_key_value_heads (equal to attentionHeads without GQA)."
     )
     head_dim: int | None = Field(
-        default=None, ge=1, le=4096, description="head_dim; hiddenSize / attentionHeads if unset."
+        default=None,
+        ge=1,
+        le=4096,
+        description="head_dim; hiddenSize / attentionHeads if unset (warning HeadDimAssumed).",
     )
     vocab_size: int = Field(ge=1, le=10_000_000, description="vocab_size.")
     parameters_billions: float = Field(

@@ -335,11 +335,25 @@ def facts_for(
     if read is not None:
         return read, []
     fallback = facts_from_override(model, override) if override else facts_from_catalog(model)
+    found = []
+    if override is not None and override.head_dim is None:
+        assumed = override.hidden_size // override.attention_heads
+        found.append(
+            warning(
+                "HeadDimAssumed",
+                path.removesuffix(".model") + ".architecture.headDim",
+                f"headDim is unset, so the KV cache is sized with hiddenSize / attentionHeads = "
+                f"{assumed}; models such as Qwen3 declare another head_dim (128 for Qwen3-32B, "
+                "where that division gives 80).",
+                "set headDim to config.json's head_dim (or let specpilot read the config).",
+            )
+        )
     reason = checkpoints.unreadable.get(model)
     if reason is None:
-        return fallback, []
+        return fallback, found
     planned_from = f"planning from {fallback.source}" if fallback else "nothing else describes it"
     return fallback, [
+        *found,
         warning(
             "CheckpointUnreadable",
             path,
@@ -348,5 +362,5 @@ def facts_for(
             "check the model id, the token (HF_TOKEN) and the operator's access to the hub "
             "(HF_ENDPOINT), or give specpilot a directory with the checkpoint's config.json "
             "(--checkpoint-dir).",
-        )
+        ),
     ]
