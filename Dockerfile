@@ -23,6 +23,9 @@ USER 65532:65532
 # memory Python has freed. Two arenas keep the operator's RSS near what it uses (bench/scale.py:
 # 227 MB instead of 315 MB with 1,000 resources).
 ENV MALLOC_ARENA_MAX=2
+# Checkpoint metadata read from the hub is cached under /tmp, the one writable place (an
+# emptyDir: the root filesystem is read-only).
+ENV HF_HOME=/tmp/huggingface
 # The operator's liveness (8080), metrics (9100) and webhook (9443, with --webhook-port 9443).
 EXPOSE 8080 9100 9443
 ENTRYPOINT ["specpilot"]

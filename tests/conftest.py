@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,14 @@ from typing import Any
 import pytest
 import yaml
 
+# No test reaches the Hugging Face hub: `specpilot` commands plan from the catalog and the spec
+# unless a test points them at checkpoint fixtures (or a local fake of the hub).
+os.environ["SPECPILOT_OFFLINE"] = "1"
+os.environ["HF_HUB_OFFLINE"] = "1"
+
 REPO = Path(__file__).resolve().parent.parent
+CHECKPOINTS = REPO / "tests" / "fixtures" / "checkpoints"
+"""Real checkpoint metadata (config.json, model.safetensors.index.json; no weights), ORG/NAME."""
 EXAMPLES = sorted((REPO / "manifests" / "examples").glob("*.yaml"))
 
 BASE_MANIFEST: dict[str, Any] = {
@@ -19,7 +27,7 @@ BASE_MANIFEST: dict[str, Any] = {
     "spec": {
         "vllm": {"image": "vllm/vllm-openai:v0.33.0"},
         "target": {
-            "model": "meta-llama/Llama-3.1-70B-Instruct",
+            "model": "RedHatAI/Meta-Llama-3.1-70B-Instruct-quantized.w8a8",
             "quantization": "int8",
             "tensorParallelSize": 2,
             "maxModelLen": 8192,

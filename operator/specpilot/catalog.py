@@ -47,11 +47,15 @@ class ModelArchitecture:
     tokenizer: str | None
     """Models with the same tokenizer id share a vocabulary, so their tokens can be verified."""
     max_position_embeddings: int | None
+    intermediate_size: int | None = None
+    """The MLP's width; sizes the activation peak of vLLM's profiling pass."""
 
 
-def _llama31(layers: int, hidden: int, heads: int, params: float) -> ModelArchitecture:
+def _llama31(
+    layers: int, hidden: int, heads: int, params: float, intermediate: int
+) -> ModelArchitecture:
     return ModelArchitecture(
-        layers, hidden, heads, 8, 128, 128256, params, "llama3", "llama3", 131072
+        layers, hidden, heads, 8, 128, 128256, params, "llama3", "llama3", 131072, intermediate
     )
 
 
@@ -63,9 +67,9 @@ def _qwen25(
     )
 
 
-_LLAMA_31_8B = _llama31(32, 4096, 32, 8.03)
-_LLAMA_31_70B = _llama31(80, 8192, 64, 70.55)
-_LLAMA_31_405B = _llama31(126, 16384, 128, 405.85)
+_LLAMA_31_8B = _llama31(32, 4096, 32, 8.03, 14336)
+_LLAMA_31_70B = _llama31(80, 8192, 64, 70.55, 28672)
+_LLAMA_31_405B = _llama31(126, 16384, 128, 405.85, 53248)
 _LLAMA_32_1B = ModelArchitecture(16, 2048, 32, 8, 64, 128256, 1.24, "llama3", "llama3", 131072)
 _LLAMA_32_3B = ModelArchitecture(28, 3072, 24, 8, 128, 128256, 3.21, "llama3", "llama3", 131072)
 _QWEN_05B = _qwen25(24, 896, 14, 2, 151936, 0.49, 32768)
@@ -118,11 +122,53 @@ MODELS: dict[str, ModelArchitecture] = {
     "hugging-quants/Meta-Llama-3.1-70B-Instruct-AWQ-INT4": _LLAMA_31_70B,
     "hugging-quants/Meta-Llama-3.1-70B-Instruct-GPTQ-INT4": _LLAMA_31_70B,
     "hugging-quants/Meta-Llama-3.1-8B-Instruct-AWQ-INT4": _LLAMA_31_8B,
+    "hugging-quants/Meta-Llama-3.1-8B-Instruct-GPTQ-INT4": _LLAMA_31_8B,
     "turboderp/Qwama-0.5B-Instruct": _QWAMA_05B,
     "yuhuili/EAGLE-LLaMA3.1-Instruct-8B": _EAGLE_LLAMA_31_8B,
     "yuhuili/EAGLE3-LLaMA3.1-Instruct-8B": _EAGLE3_LLAMA_31_8B,
     "yuhuili/EAGLE3-LLaMA3.3-Instruct-70B": _EAGLE3_LLAMA_33_70B,
 }
+
+
+_FP8_TENSORS = {"num_bits": 8, "type": "float"}
+_INT8_TENSORS = {"num_bits": 8, "type": "int"}
+CATALOG_QUANTIZATION: dict[str, dict[str, object]] = {
+    "meta-llama/Llama-3.1-405B-FP8": {"quant_method": "fbgemm_fp8"},
+    "meta-llama/Llama-3.1-405B-Instruct-FP8": {"quant_method": "fbgemm_fp8"},
+    "RedHatAI/Meta-Llama-3.1-70B-Instruct-FP8": {
+        "quant_method": "compressed-tensors",
+        "config_groups": {"group_0": {"weights": _FP8_TENSORS}},
+    },
+    "RedHatAI/Meta-Llama-3.1-8B-Instruct-FP8": {
+        "quant_method": "compressed-tensors",
+        "config_groups": {"group_0": {"weights": _FP8_TENSORS}},
+    },
+    "RedHatAI/Meta-Llama-3.1-70B-Instruct-quantized.w8a8": {
+        "quant_method": "compressed-tensors",
+        "config_groups": {"group_0": {"weights": _INT8_TENSORS}},
+    },
+    "RedHatAI/Meta-Llama-3.1-8B-Instruct-quantized.w8a8": {
+        "quant_method": "compressed-tensors",
+        "config_groups": {"group_0": {"weights": _INT8_TENSORS}},
+    },
+    "hugging-quants/Meta-Llama-3.1-70B-Instruct-AWQ-INT4": {"quant_method": "awq", "bits": 4},
+    "hugging-quants/Meta-Llama-3.1-8B-Instruct-AWQ-INT4": {"quant_method": "awq", "bits": 4},
+    "hugging-quants/Meta-Llama-3.1-70B-Instruct-GPTQ-INT4": {"quant_method": "gptq", "bits": 4},
+    "hugging-quants/Meta-Llama-3.1-8B-Instruct-GPTQ-INT4": {"quant_method": "gptq", "bits": 4},
+    "Qwen/Qwen2.5-72B-Instruct-AWQ": {"quant_method": "awq", "bits": 4},
+    "Qwen/Qwen2.5-72B-Instruct-GPTQ-Int4": {"quant_method": "gptq", "bits": 4},
+}
+"""The quantization_config of the catalog's pre-quantized checkpoints (as their config.json has
+it), for when the checkpoint itself cannot be read."""
+
+
+def catalog_quant_method(model_id: str) -> dict[str, object] | None:
+    """The catalogued quantization_config of a pre-quantized checkpoint; None if unquantized."""
+    wanted = model_id.rstrip("/").lower()
+    for known, config in CATALOG_QUANTIZATION.items():
+        if wanted == known.lower() or wanted.endswith("/" + known.lower()):
+            return config
+    return None
 
 
 def lookup_model(model_id: str) -> ModelArchitecture | None:

@@ -15,7 +15,7 @@ from specpilot.api.admin import DEFAULT_MAX_CHANGES_PER_HOUR, AdminPolicy, PodPo
 from specpilot.api.crd import crd_yaml
 from specpilot.api.documents import safe_load_all
 from specpilot.api.reference import markdown_reference
-from specpilot.assessment import Assessment, assess
+from specpilot.assessment import Assessment, assess, checkpoint_models
 from specpilot.findings import Finding, errors
 from specpilot.planning.memory import MemoryPlan, ModelFootprint
 from specpilot.rendering.manifests import manifests
@@ -63,6 +63,38 @@ def _report_errors(doc: Any, result: Assessment) -> None:
 
 
 FILE_ARGUMENT = click.argument("file", type=click.File("r"))
+CHECKPOINT_DIR_OPTION = click.option(
+    "--checkpoint-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    envvar="SPECPILOT_CHECKPOINT_DIR",
+    help="Read checkpoint metadata from DIR/ORG/NAME/config.json (and "
+    "model.safetensors.index.json) before asking the hub.",
+)
+OFFLINE_OPTION = click.option(
+    "--offline",
+    is_flag=True,
+    envvar="SPECPILOT_OFFLINE",
+    help="Never ask the Hugging Face hub: models not under --checkpoint-dir are planned from "
+    "specpilot's catalog or spec.*.architecture (the plan names the source).",
+)
+
+
+def _assess_all(
+    file: TextIO, checkpoint_dir: Path | None, offline: bool
+) -> Iterator[tuple[Any, Assessment]]:
+    """Each document with its assessment, planned from the checkpoints it names (read once per
+    model for this command)."""
+    from specpilot.adapters.checkpoints import CheckpointReader
+
+    reader = CheckpointReader(local_dir=checkpoint_dir, use_hub=not offline)
+    try:
+        for doc in _documents(file):
+            yield doc, assess(doc, checkpoints=reader.read(checkpoint_models(doc)))
+    finally:
+        reader.close()
+
+
 OUTPUT_OPTION = click.option(
     "-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True
 )
@@ -71,12 +103,13 @@ OUTPUT_OPTION = click.option(
 @main.command()
 @FILE_ARGUMENT
 @OUTPUT_OPTION
-def validate(file: TextIO, output: str) -> None:
+@CHECKPOINT_DIR_OPTION
+@OFFLINE_OPTION
+def validate(file: TextIO, output: str, checkpoint_dir: Path | None, offline: bool) -> None:
     """Check manifests; report every problem with its field and fix (exit 2 if any error)."""
     failed = False
     reports = []
-    for doc in _documents(file):
-        result = assess(doc)
+    for doc, result in _assess_all(file, checkpoint_dir, offline):
         failed |= not result.valid
         reports.append(
             {
@@ -97,12 +130,13 @@ def validate(file: TextIO, output: str) -> None:
 @main.command()
 @FILE_ARGUMENT
 @OUTPUT_OPTION
-def plan(file: TextIO, output: str) -> None:
+@CHECKPOINT_DIR_OPTION
+@OFFLINE_OPTION
+def plan(file: TextIO, output: str, checkpoint_dir: Path | None, offline: bool) -> None:
     """Show the memory plan: weights, KV cache, concurrency, verdict (exit 2 if it cannot run)."""
     failed = False
     reports = []
-    for doc in _documents(file):
-        result = assess(doc)
+    for doc, result in _assess_all(file, checkpoint_dir, offline):
         failed |= not result.valid
         if output == "json":
             reports.append(_plan_report(doc, result))
@@ -126,15 +160,18 @@ def plan(file: TextIO, output: str) -> None:
     show_default=True,
     help="off renders the same resource without speculation (what the control loop applies).",
 )
-def render(file: TextIO, speculation: str) -> None:
+@CHECKPOINT_DIR_OPTION
+@OFFLINE_OPTION
+def render(file: TextIO, speculation: str, checkpoint_dir: Path | None, offline: bool) -> None:
     """Print the Kubernetes manifests the operator would apply."""
     rendered = []
-    for doc in _documents(file):
-        result = assess(doc)
+    for doc, result in _assess_all(file, checkpoint_dir, offline):
         if result.resource is None:
             _report_errors(doc, result)
             sys.exit(EXIT_INVALID)
-        rendered += manifests(result.resource, result.version, speculation=speculation == "on")
+        rendered += manifests(
+            result.resource, result.version, speculation == "on", result.checkpoints
+        )
     click.echo(yaml.safe_dump_all(rendered, sort_keys=False, width=1000), nl=False)
 
 
@@ -332,6 +369,8 @@ def _prometheus_urls(
     help="Refuse Secrets in the GPU pods: spec.pod env valueFrom.secretKeyRef, secret volumes "
     "and projected secret sources.",
 )
+@CHECKPOINT_DIR_OPTION
+@OFFLINE_OPTION
 @click.option(
     "--max-gpus-per-resource",
     type=click.IntRange(min=1),
@@ -365,6 +404,8 @@ def run_operator(
     pod_refuse_service_account: bool,
     pod_refuse_secret_env: bool,
     max_gpus_per_resource: int | None,
+    checkpoint_dir: Path | None,
+    offline: bool,
 ) -> None:
     """Run the operator (reconciles SpeculativeInference resources; the control loop reads
     Prometheus and turns speculation off and on)."""
@@ -403,6 +444,8 @@ def run_operator(
             credentials=DefaultCredentials(
                 bearer_token_file=prometheus_token_file, ca_file=prometheus_ca_file
             ),
+            checkpoint_dir=checkpoint_dir,
+            read_hub=not offline,
         )
     )
 
@@ -452,11 +495,19 @@ def _gb(value: float) -> str:
 
 def _model_row(role: str, model: ModelFootprint, gpus: int) -> str:
     precision = "BF16/FP16" if model.quantization.value == "none" else model.quantization.upper()
+    stored = (
+        f"quantized with {model.checkpoint_quantization}"
+        if model.checkpoint_quantization
+        else "unquantized"
+    )
+    flag = f"--quantization {model.quantization_flag}" if model.quantization_flag else "no flag"
     return (
         f"  {role:<7} {model.model}\n"
         f"          {precision}, {model.parameters_billions:g}B parameters, TP "
         f"{model.tensor_parallel_size}: {_gb(model.weights_gb_per_gpu)} per GPU, "
-        f"{_gb(model.weights_gb).strip()} in all"
+        f"{_gb(model.weights_gb).strip()} in all\n"
+        f"          facts: {model.facts_source}; checkpoint {stored} ({flag}); "
+        f"weights: {model.weights_basis}"
     )
 
 
@@ -482,6 +533,7 @@ def format_plan(title: str, p: MemoryPlan) -> str:
         f"  {'vLLM may use':<34}{_gb(usable)}",
         f"  {'weights':<34}{_gb(weights_per_gpu)}",
         f"  {'activations + non-torch (est.)':<34}{_gb(p.overhead_gb_per_gpu)}",
+        f"  {'':<34}({p.engine.value} engine, {p.profiled_tokens:,}-token profiling pass)",
         f"  {'KV cache':<34}{_gb(p.kv_cache_gb_per_gpu)}",
         "",
         f"  left after weights, all GPUs:       {p.left_after_weights_gb:.1f} GB",
@@ -493,6 +545,12 @@ def format_plan(title: str, p: MemoryPlan) -> str:
             f"  full-length sequences ({p.max_model_len:,} tokens): "
             f"{p.max_concurrent_sequences} ({p.max_concurrent_sequences_without_speculation} "
             "without speculation)"
+        )
+    if p.draft is not None:
+        lines.append(
+            "  the draft's attention layers take their KV from the same pool: every token costs "
+            f"{p.target.kv_bytes_per_token_per_gpu if p.target else 0:,} + "
+            f"{p.draft.kv_bytes_per_token_per_gpu:,} bytes per GPU"
         )
     if p.draft_ratio is not None:
         lines.append(f"  draft:target size ratio:            1:{p.draft_ratio:.0f}")

@@ -31,6 +31,7 @@ from specpilot.api.models import (
 )
 from specpilot.assessment import Assessment, assess
 from specpilot.findings import Finding, Severity, errors
+from specpilot.planning.checkpoint import Checkpoints
 from specpilot.rendering.args import is_speculating
 from specpilot.rendering.manifests import FIELD_MANAGER, Manifest, manifests
 
@@ -115,27 +116,32 @@ class Observed(BaseModel):
     apply_errors: list[str] = []
 
 
-def desired(body: Mapping[str, Any], admin: AdminPolicy | None = None) -> Desired:
+def desired(
+    body: Mapping[str, Any],
+    admin: AdminPolicy | None = None,
+    checkpoints: Checkpoints | None = None,
+) -> Desired:
     """The objects for a resource; none at all if anything about it is invalid.
 
     What the control loop decided (status.control) is applied here: speculation turned off, or
     the target stepped back along the quantization ladder, whose plan is then the one reported.
+    `checkpoints`: what was read of the checkpoints the resource names (assess says how).
     """
-    result = assess(dict(body), admin)
+    result = assess(dict(body), admin, checkpoints)
     if result.resource is None:
         return Desired(assessment=result, objects=[], speculation=False)
     spec = result.resource.spec
     control = SpeculativeInferenceStatus.model_validate(body.get("status") or {}).control
     index, checkpoint = active_checkpoint(spec, control)
     if checkpoint is not None:
-        stepped = assess(with_checkpoint(body, checkpoint), admin)
+        stepped = assess(with_checkpoint(body, checkpoint), admin, checkpoints)
         if stepped.resource is not None:
             result = stepped
         else:
             index = 0
     assert result.resource is not None
     speculation = speculation_wanted(result.resource.spec, control)
-    objects = manifests(result.resource, result.version, speculation=speculation)
+    objects = manifests(result.resource, result.version, speculation, result.checkpoints)
     return Desired(
         assessment=result, objects=objects, speculation=speculation, checkpoint_index=index
     )

@@ -35,6 +35,7 @@ class Feature(StrEnum):
     KV_CACHE_USAGE_METRIC = "vllm:kv_cache_usage_perc"
     SPLIT_TPOT_METRICS = "vllm:request_time_per_output_token_seconds"
     OLD_TPOT_METRIC = "vllm:time_per_output_token_seconds"
+    CUDA_GRAPHS_IN_BUDGET = "CUDA graph memory profiled inside gpu_memory_utilization"
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ FEATURES: dict[Feature, tuple[Span, ...]] = {
     Feature.KV_CACHE_USAGE_METRIC: (_span("0.9.2"),),
     Feature.SPLIT_TPOT_METRICS: (_span("0.11.0"),),
     Feature.OLD_TPOT_METRIC: (_span(until="0.12.0"),),
+    Feature.CUDA_GRAPHS_IN_BUDGET: (_span("0.21.0"),),
 }
 
 
@@ -92,6 +94,36 @@ def supports(version: Version, feature: Feature) -> bool:
 def availability(feature: Feature) -> str:
     """Plain words for where a feature exists, for error messages."""
     return " and ".join(span.describe() for span in FEATURES[feature])
+
+
+class Engine(StrEnum):
+    V0 = "V0"
+    V1 = "V1"
+
+
+V1_DEFAULT = Version("0.8.0")
+V1_EAGLE = Version("0.8.3")
+V0_SPECULATION = ("draft_model",)
+"""Methods the V1 engine could not run before V0 went away: vLLM fell back to V0 for them."""
+
+
+def engine(version: Version, speculation_method: str | None) -> Engine:
+    """Which engine a release runs for this speculation method (None: no speculation).
+
+    V1 is the default from 0.8.0 and the only engine from 0.10.0 (the V0 feature boundary in
+    FEATURES). In between, the V1 oracle fell back to V0 for what V1 could not run: a separate
+    draft model until V0 was gone (V1 draft_model arrives in 0.15.0), and EAGLE before its V1
+    proposer (0.8.3). docs/vllm-versions.md has the evidence, file by file.
+    """
+    if version < V1_DEFAULT:
+        return Engine.V0
+    if not supports(version, Feature.V0_ENGINE):
+        return Engine.V1
+    if speculation_method in V0_SPECULATION:
+        return Engine.V0
+    if speculation_method in ("eagle", "eagle3") and version < V1_EAGLE:
+        return Engine.V0
+    return Engine.V1
 
 
 def default_gpu_memory_utilization(version: Version) -> float:

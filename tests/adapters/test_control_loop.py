@@ -16,6 +16,7 @@ from kubernetes.client.exceptions import ApiException
 from prometheus_client import REGISTRY
 
 from specpilot.adapters import control_loop
+from specpilot.adapters.checkpoints import CheckpointReader
 from specpilot.adapters.control_loop import ControlLoop
 from specpilot.adapters.kube import NonFiniteStatusError, SecretKey
 from specpilot.adapters.prometheus import DefaultCredentials, Endpoint
@@ -28,6 +29,9 @@ from tests.conftest import manifest
 
 DEFAULT = "http://prometheus.monitoring:9090"
 TENANT = "http://tenant-prometheus.team-a:9090"
+
+OFFLINE = CheckpointReader(use_hub=False)
+"""No test reaches the hub: models are planned from the catalog."""
 
 
 class RecordingLoop(ControlLoop):
@@ -67,6 +71,7 @@ class Setup:
             credentials=credentials,
             clock=self.clock,
             prometheus=self.prometheus,
+            checkpoints=OFFLINE,
         )
         self.loop = RecordingLoop(self.runtime, read_deadline=read_deadline)
 
@@ -345,7 +350,7 @@ def resource_body() -> dict[str, Any]:
 
 
 def checking_loop(kube: FakeKube) -> tuple[ControlLoop, Runtime]:
-    runtime = Runtime(kube=kube, admin=AdminPolicy(), clock=FakeClock())  # type: ignore[arg-type]
+    runtime = Runtime(kube=kube, admin=AdminPolicy(), clock=FakeClock(), checkpoints=OFFLINE)  # type: ignore[arg-type]
     loop = ControlLoop(runtime, reconcile=lambda *_: True)
     spec = SpeculativeInferenceSpec.model_validate(resource_body()["spec"])
     runtime.registry.register("team-a", resource_body()["metadata"]["name"], spec)

@@ -18,15 +18,19 @@ from kubernetes.client.exceptions import ApiException
 from prometheus_client import REGISTRY
 
 from specpilot.adapters import handlers
+from specpilot.adapters.checkpoints import CheckpointReader
 from specpilot.adapters.kube import KubeWriter, SecretError
 from specpilot.adapters.runtime import KeyedLocks, Runtime
 from specpilot.adapters.writers import StatusConflictError, StatusWriteError
 from specpilot.api.admin import AdminPolicy
 from specpilot.api.models import GROUP, PLURAL, VERSION, SecretKeyRef
 from tests.adapters.fakes import FakeClock, FakeKube
-from tests.conftest import manifest
+from tests.conftest import CHECKPOINTS, manifest
 
 RESOURCE_PATH = f"/apis/{GROUP}/{VERSION}/namespaces/ml/{PLURAL}/chat"
+
+OFFLINE = CheckpointReader(use_hub=False)
+"""No test reaches the hub: models are planned from the catalog."""
 
 
 class LocalApiServer:
@@ -122,7 +126,7 @@ def server() -> Iterator[LocalApiServer]:
 def runtime_for(server: LocalApiServer, request_timeout: float = 5.0) -> Runtime:
     configuration = k8s.Configuration(host=server.url)
     kube = KubeWriter(k8s.ApiClient(configuration), request_timeout=request_timeout)
-    return Runtime(kube=kube, admin=AdminPolicy(), clock=FakeClock())
+    return Runtime(kube=kube, admin=AdminPolicy(), clock=FakeClock(), checkpoints=OFFLINE)
 
 
 def failures(writer: str) -> float:
@@ -200,7 +204,7 @@ def test_secret_reads_name_what_to_fix(server: LocalApiServer) -> None:
 def test_a_reconcile_redoes_on_conflict_and_uses_the_one_event_writer() -> None:
     body = resource("7")
     kube = FakeKube(body, status_answers=[ApiException(status=409, reason="Conflict")])
-    runtime = Runtime(kube=kube, admin=AdminPolicy(), clock=FakeClock())  # type: ignore[arg-type]
+    runtime = Runtime(kube=kube, admin=AdminPolicy(), clock=FakeClock(), checkpoints=OFFLINE)  # type: ignore[arg-type]
     runtime.bodies.observe(body)
     assert handlers.reconcile_latest("ml", "chat", runtime, "create")
     assert len(kube.status_writes) == 1
@@ -213,12 +217,43 @@ def test_a_reconcile_redoes_on_conflict_and_uses_the_one_event_writer() -> None:
 def test_a_reconcile_whose_status_write_fails_retries_later_with_an_event() -> None:
     body = resource("7")
     kube = FakeKube(body, status_answers=[ApiException(status=500, reason="Internal")])
-    runtime = Runtime(kube=kube, admin=AdminPolicy(), clock=FakeClock())  # type: ignore[arg-type]
+    runtime = Runtime(kube=kube, admin=AdminPolicy(), clock=FakeClock(), checkpoints=OFFLINE)  # type: ignore[arg-type]
     before = failures("reconcile")
     with pytest.raises(kopf.TemporaryError, match="HTTP 500"):
         handlers.reconcile_latest("ml", "chat", runtime, "create")
     assert [reason for _, reason, _ in kube.events] == ["StatusWriteFailed"]
     assert failures("reconcile") == before + 1
+
+
+class RecordingKube(FakeKube):
+    def __init__(self, body: dict[str, Any]) -> None:
+        super().__init__(body)
+        self.applied: list[dict[str, Any]] = []
+
+    def apply(self, obj: dict[str, Any], owner: Any) -> tuple[dict[str, Any], str]:
+        self.applied.append(obj)
+        return super().apply(obj, owner)
+
+
+def test_a_reconcile_plans_and_renders_from_the_checkpoints_it_reads() -> None:
+    """An FP8 checkpoint with quantization: fp8 (the issue's case): its method is read from its
+    config.json, so the pods get no --quantization vLLM would refuse."""
+    body = resource("7")
+    body["spec"]["target"] |= {
+        "model": "RedHatAI/Meta-Llama-3-8B-Instruct-FP8",
+        "quantization": "fp8",
+    }
+    body["spec"]["speculation"] = {"method": "ngram"}
+    kube = RecordingKube(body)
+    reader = CheckpointReader(local_dir=CHECKPOINTS, use_hub=False)
+    runtime = Runtime(kube=kube, admin=AdminPolicy(), clock=FakeClock(), checkpoints=reader)  # type: ignore[arg-type]
+    runtime.bodies.observe(body)
+    assert handlers.reconcile_latest("ml", "chat", runtime, "create")
+    args = kube.applied[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[0] == "RedHatAI/Meta-Llama-3-8B-Instruct-FP8"
+    assert "--quantization" not in args
+    plan = kube.status_writes[-1]["plan"]
+    assert plan["weightsGBPerGPU"] == pytest.approx(9.081 / 2, abs=0.01)
 
 
 def test_locks_keep_one_reconcile_per_resource_and_are_pruned() -> None:

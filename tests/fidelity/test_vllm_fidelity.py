@@ -19,13 +19,14 @@ from typing import Any
 import pytest
 from packaging.version import Version
 
+from specpilot.adapters.checkpoints import CheckpointReader
 from specpilot.api.models import SpeculativeInferenceSpec
-from specpilot.assessment import assess, render
+from specpilot.assessment import assess, checkpoint_models, render
 from specpilot.findings import Severity
 from specpilot.rendering.args import server_args
 from specpilot.rendering.extra_args import extra_args_findings
 from specpilot.vllm_cli import ServeTable, read_args, serve_table
-from tests.conftest import BASE_MANIFEST, EXAMPLES, REPO, load_example
+from tests.conftest import BASE_MANIFEST, CHECKPOINTS, EXAMPLES, REPO, load_example
 
 pytestmark = pytest.mark.fidelity
 
@@ -33,6 +34,10 @@ HERE = Path(__file__).parent
 VERSIONS = ["0.33.0", "0.11.0", "0.8.2"]
 LLAMA_8B = "meta-llama/Llama-3.1-8B-Instruct"
 LLAMA_70B = "meta-llama/Llama-3.1-70B-Instruct"
+FP8_8B = "RedHatAI/Meta-Llama-3-8B-Instruct-FP8"
+W8A8_70B = "RedHatAI/Meta-Llama-3.1-70B-Instruct-quantized.w8a8"
+READER = CheckpointReader(local_dir=CHECKPOINTS, use_hub=False)
+"""The checkpoint facts the operator would read (the repository's fixtures), never the hub."""
 
 
 @cache
@@ -109,10 +114,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
         },
         "gpus": {"type": "H100-80GB", "count": 4},
     },
+    "fp8-checkpoint-8b": {
+        "target": {"model": FP8_8B, "quantization": "fp8", "maxModelLen": 8192},
+        "speculation": {"method": "ngram"},
+        "gpus": {"type": "H100-80GB", "count": 1},
+    },
     "405b-tp8-ngram-fp8-kv": {
         "target": {
             "model": "meta-llama/Llama-3.1-405B-Instruct",
-            "quantization": "int8",
             "tensorParallelSize": 8,
             "maxModelLen": 8192,
             "kvCacheDtype": "fp8",
@@ -153,12 +162,12 @@ def rendered_cases(version: str) -> list[dict[str, Any]]:
             continue
         doc = copy.deepcopy(doc)
         doc["spec"].setdefault("vllm", {})["image"] = f"vllm/vllm-openai:v{version}"
-        if not assess(doc).valid:
+        checkpoints = READER.read(checkpoint_models(doc))
+        if not assess(doc, checkpoints=checkpoints).valid:
             continue  # refused for this release: covered by the refusal cases below
         for speculation in (True, False):
-            container = render(doc, speculation=speculation)[0]["spec"]["template"]["spec"][
-                "containers"
-            ][0]
+            objects = render(doc, speculation=speculation, checkpoints=checkpoints)
+            container = objects[0]["spec"]["template"]["spec"]["containers"][0]
             assert container["command"] == ["vllm", "serve"]
             cases.append(
                 {
@@ -393,3 +402,31 @@ def test_extra_args_are_judged_as_the_real_parser_reads_them(
             assert not real["ok"] or dests & {dest for _, dest in real["applied"]}, real
         elif finding.code == "InvalidExtraArg":
             assert not real["ok"]
+
+
+def test_a_quantization_flag_contradicting_the_checkpoint_is_refused_by_both(
+    tmp_path: Path,
+) -> None:
+    """The flag specpilot used to render for `quantization: fp8` on a pre-quantized checkpoint:
+    vLLM refuses it as specpilot now does, and without it vLLM loads the checkpoint's method."""
+    doc = resource(
+        target={"model": W8A8_70B, "quantization": "fp8", "tensorParallelSize": 2},
+        speculation=None,
+    )
+    checkpoints = READER.read([W8A8_70B])
+    codes = {f.code for f in assess(doc, checkpoints=checkpoints).findings}
+    assert "QuantizationContradictsCheckpoint" in codes
+    doc["spec"]["target"]["quantization"] = "int8"
+    args = render(doc, checkpoints=checkpoints)[0]["spec"]["template"]["spec"]["containers"][0][
+        "args"
+    ]
+    assert "--quantization" not in args
+    cases = [
+        {"name": "flag-fp8-on-compressed-tensors", "argv": [*args, "--quantization", "fp8"]},
+        {"name": "no-flag-on-compressed-tensors", "argv": args},
+    ]
+    results = run_vllm("0.33.0", cases, tmp_path)
+    refused = results["flag-fp8-on-compressed-tensors"]
+    assert not refused["ok"]
+    assert "does not match the quantization method" in (refused["error"] or "")
+    assert results["no-flag-on-compressed-tensors"]["ok"], results

@@ -11,7 +11,7 @@ import yaml
 from click.testing import CliRunner
 
 from specpilot.cli import main
-from tests.conftest import REPO
+from tests.conftest import CHECKPOINTS, REPO, manifest
 
 EXAMPLES = REPO / "manifests" / "examples"
 
@@ -26,7 +26,7 @@ def test_plan_prints_the_memory_table_and_verdict() -> None:
     code, out, _ = run("plan", str(EXAMPLES / "llama-70b-int8-draft.yaml"))
     assert code == 0
     assert "Verdict: fits" in out
-    assert "left after weights, all GPUs:       73.4 GB" in out
+    assert "left after weights, all GPUs:       71.3 GB" in out
     assert "INT8" in out
     assert "1:9" in out
 
@@ -151,3 +151,24 @@ def test_run_rejects_bad_webhook_options_before_starting(
     assert result.exit_code == 2
     assert option in result.output
     assert named in result.output
+
+
+def test_plan_reads_a_model_outside_the_catalog_from_a_checkpoint_directory(
+    tmp_path: Path,
+) -> None:
+    doc = tmp_path / "qwen3.yaml"
+    doc.write_text(
+        yaml.safe_dump(
+            manifest(
+                target={"model": "Qwen/Qwen3-8B", "maxModelLen": 8192},
+                speculation={"method": "ngram"},
+                gpus={"type": "H100-80GB", "count": 1},
+            )
+        )
+    )
+    code, _, _ = run("plan", str(doc), "--offline")
+    assert code == 2  # not in the catalog, nothing read
+    code, out, _ = run("plan", str(doc), "--offline", "--checkpoint-dir", str(CHECKPOINTS))
+    assert code == 0, out
+    assert "Qwen3-8B/config.json" in out
+    assert "Verdict: fits" in out

@@ -219,13 +219,15 @@ def _state(doc: dict[str, Any]) -> Any:
     return PolicyState.model_validate(doc["status"]["control"])
 
 
-LADDER = [{"model": "meta-llama/Llama-3.1-70B-Instruct", "quantization": "int8"}]
+AWQ_70B = "hugging-quants/Meta-Llama-3.1-70B-Instruct-AWQ-INT4"
+LADDER = [{"model": "RedHatAI/Meta-Llama-3.1-70B-Instruct-quantized.w8a8", "quantization": "int8"}]
 
 
 def test_an_int4_target_whose_acceptance_drops_steps_back_to_int8() -> None:
     doc = body(quantizationLadder=LADDER)
     play(doc, [reading(acceptance=0.78)] * 2)
-    doc["spec"]["target"]["quantization"] = "int4"  # the user's change: a cheaper target
+    # the user's change: a cheaper target
+    doc["spec"]["target"].update(model=AWQ_70B, quantization="int4")
     doc["metadata"]["generation"] = 3
     results = play(doc, [reading(acceptance=0.70)] * 3)
     assert doc["status"]["control"].get("preChangeAcceptance") is None  # consumed by the step
@@ -240,16 +242,16 @@ def test_an_int4_target_whose_acceptance_drops_steps_back_to_int8() -> None:
     server = wanted.objects[0]["spec"]["template"]
     assert server["metadata"]["annotations"]["specpilot.io/target-quantization"] == "int8"
     args = server["spec"]["containers"][0]["args"]
-    assert args[0] == "meta-llama/Llama-3.1-70B-Instruct"
+    assert args[0] == "RedHatAI/Meta-Llama-3.1-70B-Instruct-quantized.w8a8"
     # clients keep the name they use: the one in spec.target
-    assert args[args.index("--served-model-name") + 1] == "meta-llama/Llama-3.1-70B-Instruct"
+    assert args[args.index("--served-model-name") + 1] == AWQ_70B
 
 
 def test_a_step_that_does_not_fit_is_refused_with_the_plan() -> None:
     ladder = [{"model": "meta-llama/Llama-3.1-70B-Instruct", "quantization": "none"}]
     doc = body(quantizationLadder=ladder)
     play(doc, [reading(acceptance=0.78)])
-    doc["spec"]["target"]["quantization"] = "int4"
+    doc["spec"]["target"].update(model=AWQ_70B, quantization="int4")
     results = play(doc, [reading(acceptance=0.70)] * 3)
     assert results[-1].action is Action.HOLD
     refused = [e for e in results[-1].events if e.reason == "QuantizationStepRefused"]

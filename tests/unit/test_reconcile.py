@@ -136,7 +136,7 @@ def test_becoming_invalid_keeps_decisions_and_warns() -> None:
 def test_tight_plan_is_a_warning_event() -> None:
     b = body(
         target={
-            "model": "meta-llama/Llama-3.1-70B-Instruct",
+            "model": "RedHatAI/Meta-Llama-3.1-70B-Instruct-quantized.w8a8",
             "quantization": "int8",
             "tensorParallelSize": 2,
             "maxModelLen": 32768,

@@ -34,7 +34,7 @@ def test_current_vllm_gets_one_speculative_config_json() -> None:
     c = container(manifest())
     assert c["command"] == ["vllm", "serve"]
     args = c["args"]
-    assert args[0] == "meta-llama/Llama-3.1-70B-Instruct"
+    assert args[0] == "RedHatAI/Meta-Llama-3.1-70B-Instruct-quantized.w8a8"
     assert flag(args, "--tensor-parallel-size") == "2"
     assert flag(args, "--gpu-memory-utilization") == "0.92"  # the 0.20.0+ default
     assert flag(args, "--max-model-len") == "8192"
@@ -208,7 +208,7 @@ def test_draft_tp_of_one_is_fine_on_v0_and_for_eagle() -> None:
             "draft": {"model": "yuhuili/EAGLE3-LLaMA3.3-Instruct-70B", "tensorParallelSize": 4},
         },
         target={
-            "model": "meta-llama/Llama-3.1-70B-Instruct",
+            "model": "RedHatAI/Meta-Llama-3.1-70B-Instruct-quantized.w8a8",
             "quantization": "int8",
             "tensorParallelSize": 8,
             "maxModelLen": 8192,
@@ -315,7 +315,7 @@ def test_render_properties(version: str, method: str, k: int, tp: int, extra: li
     doc = manifest(
         vllm={"image": f"vllm/vllm-openai:v{version}", "extraArgs": extra},
         target={
-            "model": "meta-llama/Llama-3.1-70B-Instruct",
+            "model": "RedHatAI/Meta-Llama-3.1-70B-Instruct-quantized.w8a8",
             "quantization": "int8",
             "tensorParallelSize": tp,
             "maxModelLen": 4096,

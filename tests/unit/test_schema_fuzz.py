@@ -9,6 +9,7 @@ internal it calls), so pyproject pins both.
 from __future__ import annotations
 
 import random
+from types import SimpleNamespace
 from typing import Any
 
 import kopf
@@ -16,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
 
+from specpilot.adapters.checkpoints import CheckpointReader
 from specpilot.adapters.handlers import validate
 from specpilot.adapters.runner import RunOptions
 from specpilot.api.crd import custom_resource_definition
@@ -93,13 +95,19 @@ def test_review_gives_every_drawn_document_a_verdict(doc: dict[str, Any]) -> Non
     assert result.valid or any(f.severity == "error" for f in result.findings)
 
 
+RUNTIME = SimpleNamespace(checkpoints=CheckpointReader(use_hub=False))
+"""What the webhook reads of the operator's runtime: its checkpoint reader (the hub off)."""
+
+
 @FUZZ
 @given(DOCUMENTS)
 def test_the_webhook_accepts_or_refuses_every_drawn_document(doc: dict[str, Any]) -> None:
     """kopf.AdmissionError is the webhook's refusal; any other exception is a crash."""
     refusal = None
     try:
-        validate(body=kopf.Body(doc), warnings=[], memo=kopf.Memo(options=RunOptions()))
+        validate(
+            body=kopf.Body(doc), warnings=[], memo=kopf.Memo(options=RunOptions(), runtime=RUNTIME)
+        )
     except kopf.AdmissionError as refused:
         refusal = str(refused)
     assert refusal is None or "error(s)" in refusal

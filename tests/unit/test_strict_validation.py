@@ -78,7 +78,11 @@ def test_a_required_field_of_the_wrong_type_is_not_also_reported_missing() -> No
 
 def test_enums_and_literals_take_their_string_values() -> None:
     doc = manifest()
-    doc["spec"]["target"] |= {"quantization": "fp8", "dtype": "bfloat16"}
+    doc["spec"]["target"] |= {
+        "model": "meta-llama/Llama-3.1-70B-Instruct",
+        "quantization": "fp8",
+        "dtype": "bfloat16",
+    }
     doc["spec"]["policy"] = {"mode": "recommend"}
     result = assess(doc)
     assert result.resource is not None, result.findings

@@ -68,6 +68,8 @@ class OperatorProcess:
             f"http://127.0.0.1:{self.liveness_port}/healthz",
             "--metrics-port",
             str(self.metrics_port),
+            # The lab's models are the catalog's; the local stack never asks the hub.
+            "--offline",
             *self.args,
         ]
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}

@@ -30,6 +30,7 @@ from specpilot.adapters.runtime import Key, Registration, Runtime
 from specpilot.adapters.writers import StatusConflictError, StatusWriteError
 from specpilot.api.admin import PROMETHEUS_URL_ANNOTATION, bound_to
 from specpilot.api.models import SecretKeyRef, SpeculativeInferenceStatus
+from specpilot.assessment import checkpoint_models
 from specpilot.control.check import check
 from specpilot.control.signals import Readings
 
@@ -311,7 +312,8 @@ class ControlLoop:
             now = runtime.clock.now()
             if self._checked_recently(body, now):
                 return
-            result = check(body, readings, error, sampled_at, now, runtime.admin)
+            checkpoints = runtime.checkpoints.read(checkpoint_models(body))
+            result = check(body, readings, error, sampled_at, now, runtime.admin, checkpoints)
             if result is None:
                 return
             if not result.worth_writing:

@@ -20,7 +20,7 @@ from specpilot.adapters.runtime import Runtime
 from specpilot.adapters.writers import StatusConflictError, StatusWriteError
 from specpilot.api.admin import AdminPolicy, monitoring_findings
 from specpilot.api.models import GROUP, PLURAL, VERSION
-from specpilot.assessment import assess
+from specpilot.assessment import assess, checkpoint_models
 from specpilot.findings import Severity
 from specpilot.rendering.manifests import LABEL_MANAGED_BY, LABEL_RESOURCE
 
@@ -40,7 +40,8 @@ def run_reconcile(
     raw = copy.deepcopy(dict(body))
     key = (raw["metadata"]["namespace"], raw["metadata"]["name"])
     with runtime.locks.hold(key), telemetry.RECONCILE_SECONDS.time():
-        wanted = reconcile.desired(raw, runtime.admin)
+        checkpoints = runtime.checkpoints.read(checkpoint_models(raw))
+        wanted = reconcile.desired(raw, runtime.admin, checkpoints)
         runtime.managed.track(raw["metadata"]["uid"], wanted.assessment.valid)
         spec = wanted.assessment.resource.spec if wanted.assessment.resource else None
         runtime.registry.register(key[0], key[1], spec)
@@ -146,7 +147,9 @@ def validate(body: kopf.Body, warnings: list[str], memo: kopf.Memo, **_: Any) ->
     warns of a Prometheus URL this operator will not read, which only the operator knows.
     """
     admin: AdminPolicy = memo.options.admin
-    result = assess(dict(body), admin)
+    runtime: Runtime = memo.runtime
+    checkpoints = runtime.checkpoints.read(checkpoint_models(body))
+    result = assess(dict(body), admin, checkpoints)
     if result.resource is not None:
         result.findings += monitoring_findings(result.resource.spec.monitoring, admin)
     for finding in result.findings:

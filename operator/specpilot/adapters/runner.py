@@ -17,6 +17,7 @@ import prometheus_client
 from pydantic import BaseModel
 
 from specpilot.adapters import handlers  # importing registers the reconcile handlers
+from specpilot.adapters.checkpoints import CheckpointReader
 from specpilot.adapters.control_loop import CHECK_CONCURRENCY, ControlLoop
 from specpilot.adapters.kube import KubeWriter
 from specpilot.adapters.prometheus import DefaultCredentials
@@ -63,6 +64,9 @@ class RunOptions(BaseModel):
     webhook_configuration: str = "specpilot.io"
     admin: AdminPolicy = AdminPolicy()
     credentials: DefaultCredentials = DefaultCredentials()
+    checkpoint_dir: Path | None = None
+    """Checkpoint metadata (ORG/NAME/config.json) read before the hub."""
+    read_hub: bool = True
 
 
 @kopf.on.startup()
@@ -96,6 +100,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         kube=KubeWriter(_kube_connection(memo).api_client()),
         admin=options.admin,
         credentials=options.credentials,
+        checkpoints=CheckpointReader(local_dir=options.checkpoint_dir, use_hub=options.read_hub),
     )
     if options.metrics_port is not None:
         prometheus_client.start_http_server(options.metrics_port, addr=options.metrics_address)

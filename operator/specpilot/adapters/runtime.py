@@ -19,6 +19,7 @@ from kubernetes import config as k8s_config
 from pydantic import BaseModel, ConfigDict
 
 from specpilot.adapters import telemetry
+from specpilot.adapters.checkpoints import CheckpointReader
 from specpilot.adapters.clock import Clock, SystemClock
 from specpilot.adapters.kube import KubeWriter, SecretKey
 from specpilot.adapters.prometheus import DefaultCredentials, PrometheusClient
@@ -278,6 +279,7 @@ class Runtime:
         clock: Clock | None = None,
         prometheus: PrometheusClient | None = None,
         secret_ttl_seconds: float = SECRET_TTL_SECONDS,
+        checkpoints: CheckpointReader | None = None,
     ) -> None:
         self.clock: Clock = clock or SystemClock()
         self.admin = admin
@@ -291,6 +293,8 @@ class Runtime:
         self.events = EventWriter(kube, self.clock)
         self.status = StatusWriter(kube, self.bodies, self.events)
         self.prometheus = prometheus or PrometheusClient(self.clock)
+        self.checkpoints = checkpoints or CheckpointReader(clock=self.clock)
+        """Checkpoint metadata (config.json, sizes) read once per model for every assessment."""
 
     def attempts(self, namespace: str, name: str) -> Iterator[dict[str, Any] | None]:
         """The resource for each try of a read, decide, write cycle (None once it is gone): the
@@ -307,3 +311,4 @@ class Runtime:
         """At the operator's cleanup: close the clients' connections."""
         self.prometheus.close()
         self.kube.close()
+        self.checkpoints.close()

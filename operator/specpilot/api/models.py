@@ -106,7 +106,10 @@ class ArchitectureOverride(SpecModel):
         ge=1, le=4096, description="num_key_value_heads (equal to attentionHeads without GQA)."
     )
     head_dim: int | None = Field(
-        default=None, ge=1, le=4096, description="head_dim; hiddenSize / attentionHeads if unset."
+        default=None,
+        ge=1,
+        le=4096,
+        description="head_dim; hiddenSize / attentionHeads if unset (warning HeadDimAssumed).",
     )
     vocab_size: int = Field(ge=1, le=10_000_000, description="vocab_size.")
     parameters_billions: float = Field(
@@ -161,8 +164,10 @@ class TargetSpec(SpecModel):
     quantization: Quantization = Field(
         default=Quantization.NONE,
         description=(
-            "Precision of the checkpoint's weights: none (the dtype decides), fp8 or int8 "
-            "(1 byte per parameter), int4, awq, gptq or bitsandbytes (half a byte)."
+            "Precision of the weights. none: as the checkpoint stores them (its own "
+            "quantization_config, if any). fp8 or bitsandbytes: quantize an unquantized "
+            "checkpoint while loading. int8, int4, awq, gptq: what a pre-quantized checkpoint "
+            "stores (vLLM cannot quantize to them while loading); must agree with its config."
         ),
     )
     dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] = Field(
@@ -191,7 +196,8 @@ class DraftSpec(SpecModel):
 
     model: ModelId
     quantization: Quantization = Field(
-        default=Quantization.NONE, description="Precision of the draft's weights."
+        default=Quantization.NONE,
+        description="Precision of the draft's weights, with the target's rules (none: as stored).",
     )
     tensor_parallel_size: int | None = Field(
         default=None,

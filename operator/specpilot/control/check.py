@@ -33,6 +33,7 @@ from specpilot.assessment import assess
 from specpilot.control.policy import Action, PolicyDecision, Signals, decide, seconds
 from specpilot.control.signals import Readings, Signal, implausible
 from specpilot.findings import errors
+from specpilot.planning.checkpoint import Checkpoints
 from specpilot.reconcile import (
     Event,
     condition,
@@ -230,10 +231,12 @@ def check(
     sampled_at: datetime.datetime,
     now: datetime.datetime,
     admin: AdminPolicy | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> CheckResult | None:
-    """The outcome of one check, or None when the resource is not under control (invalid)."""
+    """The outcome of one check, or None when the resource is not under control (invalid).
+    `checkpoints`: what was read of the checkpoints the resource names (see assess)."""
     admin = admin or AdminPolicy()
-    result = assess(dict(body), admin)
+    result = assess(dict(body), admin, checkpoints)
     if result.resource is None:
         return None
     spec = result.resource.spec
@@ -245,7 +248,7 @@ def check(
     if state.target != identity:
         state = _after_target_change(state, identity, now)
     signals = signals_for(namespace, name, readings, error, state, sampled_at)
-    decision, events = _decision(body, spec, signals, state, now, admin)
+    decision, events = _decision(body, spec, signals, state, now, admin, result.checkpoints)
     decisions, decision_events = _recorded(status.decisions, decision, spec, now)
     events += decision_events
     events += [
@@ -273,7 +276,7 @@ def check(
     non_finite = non_finite_paths(written, "status")
     if non_finite and readings is not None:  # the API server would refuse every later write
         error = f"{IMPLAUSIBLE}: Prometheus' answer made {', '.join(non_finite)} non-finite"
-        return check(body, None, error, sampled_at, now, admin)
+        return check(body, None, error, sampled_at, now, admin, checkpoints)
     return CheckResult(
         status=written,
         events=events,
@@ -290,6 +293,7 @@ def _decision(
     state: PolicyState,
     now: datetime.datetime,
     admin: AdminPolicy,
+    checkpoints: Checkpoints,
 ) -> tuple[PolicyDecision, list[Event]]:
     """The policy's decision under the operator's ceiling; a quantization step whose plan does
     not fit is held instead, with a Warning Event."""
@@ -300,7 +304,7 @@ def _decision(
     decision = decide(signals, state, spec.policy, now, admin.max_changes_per_hour)
     if decision.action is not Action.STEP_QUANTIZATION or not decision.acted:
         return decision, []
-    refusal = _step_refusal(body, spec, decision.state.checkpoint_index, admin)
+    refusal = _step_refusal(body, spec, decision.state.checkpoint_index, admin, checkpoints)
     if refusal is None:
         return decision, []
     held = decision.model_copy(
@@ -395,11 +399,15 @@ def _repeated_recommendation(
 
 
 def _step_refusal(
-    body: Mapping[str, Any], spec: SpeculativeInferenceSpec, index: int, admin: AdminPolicy
+    body: Mapping[str, Any],
+    spec: SpeculativeInferenceSpec,
+    index: int,
+    admin: AdminPolicy,
+    checkpoints: Checkpoints,
 ) -> str | None:
     """Why the next checkpoint cannot run on these GPUs, or None when its plan fits."""
     checkpoint = spec.policy.quantization_ladder[index - 1]
-    stepped = assess(with_checkpoint(body, checkpoint), admin)
+    stepped = assess(with_checkpoint(body, checkpoint), admin, checkpoints)
     problems = errors(stepped.findings)
     if not problems:
         return None

@@ -15,33 +15,43 @@ from pydantic import BaseModel
 
 from specpilot import vllm_versions
 from specpilot.api.models import (
-    ArchitectureOverride,
     Quantization,
     SpeculationMethod,
     SpeculativeInferenceSpec,
 )
-from specpilot.catalog import GPU_TYPES, ModelArchitecture, lookup_model
+from specpilot.catalog import GPU_TYPES
 from specpilot.findings import Finding, Severity, error, info, warning
+from specpilot.planning.checkpoint import CheckpointFacts, Checkpoints, facts_for
+from specpilot.planning.quantization import QuantizationChoice, resolve, weight_bytes
 
 GB = 1e9
-BYTES_PER_PARAMETER = {
-    Quantization.FP8: 1.0,
-    Quantization.INT8: 1.0,
-    Quantization.INT4: 0.5,
-    Quantization.AWQ: 0.5,
-    Quantization.GPTQ: 0.5,
-    Quantization.BITSANDBYTES: 0.5,
-}
 FULL_PRECISION_BYTES = {"float": 4.0, "float32": 4.0}
 """Bytes per unquantized parameter by dtype; everything else (auto, bfloat16, half) is 2."""
 
 PROFILED_BATCH_TOKENS = 8192
-"""Tokens in vLLM's profiling forward pass (max_num_batched_tokens on datacenter GPUs)."""
-ACTIVATION_BYTES_PER_TOKEN_PER_HIDDEN = 18
-"""Peak live activation bytes per token per hidden unit in a BF16 decoder layer (QKV, MLP)."""
+"""Tokens in V1's profiling forward pass (max_num_batched_tokens on datacenter GPUs)."""
+V0_MIN_BATCHED_TOKENS = 2048
+V0_CHUNKED_PREFILL_ABOVE = 32768
+"""V0 turns chunked prefill on by itself only above this max_model_len; below it, its profiling
+pass runs max(max_model_len, 2048) tokens at once, so the activation peak grows with it."""
+ACTIVATION_BYTES_PER_TOKEN_PER_HIDDEN = 2.0
+ACTIVATION_BYTES_PER_TOKEN_PER_INTERMEDIATE = 7.2
+"""Peak activation bytes per profiled token: 2 per hidden unit (the residual stream, whole on
+every GPU) and 7.2 per MLP unit (gate/up outputs and their product, split by TP). Fitted on V0
+logs of Llama-3.1-8B (110 KB/token) and Qwen2.5-7B (143 KB/token); docs/planner.md."""
+INTERMEDIATE_PER_HIDDEN = 3.5
+"""A model without intermediate_size in its facts (spec architecture) is assumed this wide."""
 PROFILED_SEQUENCES = 256
-NON_TORCH_GB = 1.0
+NON_TORCH_GB = {vllm_versions.Engine.V0: 0.25, vllm_versions.Engine.V1: 1.0}
+"""CUDA context and allocator slack: V0 logs 0.05-0.35 GiB; V1 adds its compile and sampler
+buffers (docs/planner.md, the startup-log table)."""
+CUDA_GRAPHS_GB = 1.0
+"""CUDA graphs, counted inside the budget from the release that profiles them (0.7-2.2 GiB)."""
 NCCL_GB = 0.5
+FOUR_BIT_ACTIVATION_FACTOR = 1.5
+"""4-bit weight GEMMs (AWQ, GPTQ) peak 1.5x higher in the profiling pass: V0 logs of
+Qwen2.5-72B-AWQ (5.66 GiB) and Qwen3-32B-AWQ (2.74 GiB) against the BF16 fit."""
+FOUR_BIT = (Quantization.INT4, Quantization.AWQ, Quantization.GPTQ, Quantization.BITSANDBYTES)
 
 DRAFT_VRAM_SHARE_LIMIT = 0.15
 TARGET_VRAM_SHARE_LIMIT = 0.70
@@ -59,6 +69,14 @@ class ModelFootprint(BaseModel):
     weights_gb: float
     weights_gb_per_gpu: float
     kv_bytes_per_token_per_gpu: int
+    facts_source: str = ""
+    """Where the model's facts come from: its checkpoint, the catalog or the spec."""
+    weights_basis: str = ""
+    """How the weights were sized: the checkpoint's real bytes, or an estimate."""
+    checkpoint_quantization: str | None = None
+    """The checkpoint's own quant_method (config.json), None when it is unquantized."""
+    quantization_flag: str | None = None
+    """What --quantization the command carries for this model (None: none at all)."""
 
 
 class MemoryPlan(BaseModel):
@@ -83,63 +101,72 @@ class MemoryPlan(BaseModel):
     max_concurrent_sequences_without_speculation: int = 0
     draft_ratio: float | None = None
     """Target parameters per draft parameter (9.0 means 1:9)."""
-
-
-def bytes_per_parameter(quantization: Quantization, dtype: str) -> float:
-    return BYTES_PER_PARAMETER.get(quantization, FULL_PRECISION_BYTES.get(dtype, 2.0))
-
-
-def resolve_architecture(
-    model: str, override: ArchitectureOverride | None
-) -> ModelArchitecture | None:
-    if override is None:
-        return lookup_model(model)
-    return ModelArchitecture(
-        layers=override.layers,
-        hidden_size=override.hidden_size,
-        attention_heads=override.attention_heads,
-        kv_heads=override.kv_heads,
-        head_dim=override.head_dim or override.hidden_size // override.attention_heads,
-        vocab_size=override.vocab_size,
-        parameters_billions=override.parameters_billions,
-        family=override.family,
-        tokenizer=override.tokenizer,
-        max_position_embeddings=override.max_position_embeddings,
-    )
+    engine: vllm_versions.Engine = vllm_versions.Engine.V1
+    """The engine this release runs for this speculation method (V0 or V1)."""
+    profiled_tokens: int = 0
+    """Tokens in vLLM's profiling pass, which sets the activation peak."""
 
 
 def kv_bytes_per_token_per_gpu(
-    arch: ModelArchitecture, tensor_parallel: int, pipeline_parallel: int, dtype_bytes: float
+    arch: CheckpointFacts, tensor_parallel: int, pipeline_parallel: int, dtype_bytes: float
 ) -> int:
+    """K and V per layer and KV head; with MLA one latent (kv_lora_rank + qk_rope_head_dim) per
+    layer, which every GPU holds whole (vLLM's MLA cache has one head and is not split by TP)."""
     layers_per_stage = math.ceil(arch.layers / pipeline_parallel)
+    if arch.mla is not None:
+        latent = arch.mla.kv_lora_rank + arch.mla.qk_rope_head_dim
+        return int(layers_per_stage * latent * dtype_bytes)
     kv_heads_per_gpu = max(1, arch.kv_heads // tensor_parallel)
     return int(2 * layers_per_stage * kv_heads_per_gpu * arch.head_dim * dtype_bytes)
 
 
-def estimated_overhead_gb(arch: ModelArchitecture, tensor_parallel: int) -> float:
-    """Activation peak of vLLM's profiling pass plus non-torch memory, per GPU."""
-    activations = (
-        PROFILED_BATCH_TOKENS * arch.hidden_size * ACTIVATION_BYTES_PER_TOKEN_PER_HIDDEN
-    ) / tensor_parallel
+def profiled_tokens(engine: vllm_versions.Engine, max_model_len: int | None) -> int:
+    """Tokens in the profiling forward pass whose activation peak vLLM keeps free."""
+    if engine is vllm_versions.Engine.V1:
+        return PROFILED_BATCH_TOKENS
+    if max_model_len is None or max_model_len > V0_CHUNKED_PREFILL_ABOVE:
+        return V0_MIN_BATCHED_TOKENS
+    return max(max_model_len, V0_MIN_BATCHED_TOKENS)
+
+
+def estimated_overhead_gb(
+    arch: CheckpointFacts,
+    tensor_parallel: int,
+    tokens: int,
+    engine: vllm_versions.Engine,
+    version: Version,
+    precision: Quantization,
+) -> float:
+    """Activation peak of vLLM's profiling pass (`tokens` at once) plus non-torch memory (and
+    CUDA graphs where the release counts them), per GPU."""
+    intermediate = arch.intermediate_size or INTERMEDIATE_PER_HIDDEN * arch.hidden_size
+    per_token = (
+        ACTIVATION_BYTES_PER_TOKEN_PER_HIDDEN * arch.hidden_size
+        + ACTIVATION_BYTES_PER_TOKEN_PER_INTERMEDIATE * intermediate / tensor_parallel
+    )
+    activations = tokens * per_token * (FOUR_BIT_ACTIVATION_FACTOR if precision in FOUR_BIT else 1)
     logits = PROFILED_SEQUENCES * arch.vocab_size * 4
     nccl = NCCL_GB if tensor_parallel > 1 else 0.0
-    return NON_TORCH_GB + nccl + (activations + logits) / GB
+    graphs = (
+        CUDA_GRAPHS_GB
+        if vllm_versions.supports(version, vllm_versions.Feature.CUDA_GRAPHS_IN_BUDGET)
+        else 0.0
+    )
+    return NON_TORCH_GB[engine] + graphs + nccl + (activations + logits) / GB
 
 
-def _draft_head_estimate(target: ModelArchitecture) -> ModelArchitecture:
+def _draft_head_estimate(model: str, target: CheckpointFacts) -> CheckpointFacts:
     """EAGLE/MTP heads not in the catalog: one decoder layer of the target's shape plus fusion."""
     per_layer = target.parameters_billions / target.layers
-    return ModelArchitecture(
-        layers=1,
-        hidden_size=target.hidden_size,
-        attention_heads=target.attention_heads,
-        kv_heads=target.kv_heads,
-        head_dim=target.head_dim,
-        vocab_size=target.vocab_size,
-        parameters_billions=round(1.5 * per_layer, 3),
-        family=target.family,
-        tokenizer=target.tokenizer,
-        max_position_embeddings=target.max_position_embeddings,
+    return target.model_copy(
+        update={
+            "model": model,
+            "source": f"an estimate from {target.model}",
+            "layers": 1,
+            "parameters_billions": round(1.5 * per_layer, 3),
+            "quantization": None,
+            "weight_bytes": None,
+        }
     )
 
 
@@ -151,14 +178,17 @@ def _kv_dtype_bytes(spec: SpeculativeInferenceSpec) -> float:
 
 class _Draft(BaseModel):
     model: str
-    arch: ModelArchitecture
+    arch: CheckpointFacts
     quantization: Quantization
     tensor_parallel_size: int
     estimated: bool
 
 
 def _resolve_draft(
-    spec: SpeculativeInferenceSpec, target: ModelArchitecture, findings: list[Finding]
+    spec: SpeculativeInferenceSpec,
+    target: CheckpointFacts,
+    checkpoints: Checkpoints,
+    findings: list[Finding],
 ) -> _Draft | None:
     speculation = spec.speculation
     if speculation is None or speculation.method in (
@@ -171,7 +201,12 @@ def _resolve_draft(
     model = draft.model if draft else spec.target.model
     tp = (draft.tensor_parallel_size if draft else None) or spec.target.tensor_parallel_size
     quantization = draft.quantization if draft else spec.target.quantization
-    arch = resolve_architecture(model, draft.architecture) if draft else None
+    arch = None
+    if draft is not None:
+        arch, read_findings = facts_for(
+            model, draft.architecture, checkpoints, "spec.speculation.draft.model"
+        )
+        findings += read_findings
     if arch is not None:
         return _Draft(
             model=model,
@@ -185,12 +220,14 @@ def _resolve_draft(
             error(
                 "UnknownDraftModel",
                 "spec.speculation.draft.model",
-                f"{model} is not in specpilot's model catalog, so its memory cannot be planned.",
-                "add spec.speculation.draft.architecture with the facts from its config.json.",
+                f"{model} is not in specpilot's model catalog and its checkpoint was not read, "
+                "so its memory cannot be planned.",
+                "let specpilot read its config.json (hub access or --checkpoint-dir), or add "
+                "spec.speculation.draft.architecture with the facts from its config.json.",
             )
         )
         return None
-    estimate = _draft_head_estimate(target)
+    estimate = _draft_head_estimate(model, target)
     findings.append(
         info(
             "DraftHeadEstimated",
@@ -210,21 +247,26 @@ def _resolve_draft(
 
 def _footprint(
     model: str,
-    arch: ModelArchitecture,
-    quantization: Quantization,
+    arch: CheckpointFacts,
+    choice: QuantizationChoice,
     dtype: str,
     tensor_parallel: int,
     pipeline_parallel: int,
     kv_dtype_bytes: float,
 ) -> ModelFootprint:
-    weights_gb = arch.parameters_billions * bytes_per_parameter(quantization, dtype)
+    weights = weight_bytes(arch, choice, dtype)
+    weights_gb = weights.total / GB
     return ModelFootprint(
         model=model,
-        quantization=quantization,
+        quantization=choice.precision,
         parameters_billions=arch.parameters_billions,
         tensor_parallel_size=tensor_parallel,
         weights_gb=weights_gb,
         weights_gb_per_gpu=weights_gb / (tensor_parallel * pipeline_parallel),
+        facts_source=arch.source,
+        weights_basis=weights.basis,
+        checkpoint_quantization=arch.quantization.method if arch.quantization else None,
+        quantization_flag=choice.flag,
         kv_bytes_per_token_per_gpu=kv_bytes_per_token_per_gpu(
             arch, tensor_parallel, pipeline_parallel, kv_dtype_bytes
         ),
@@ -248,8 +290,14 @@ class _Budget(BaseModel):
     concurrency_without_speculation: int
 
 
-def plan(spec: SpeculativeInferenceSpec, version: Version) -> MemoryPlan:
-    """Plan one replica's memory; every problem is a finding, never an exception."""
+def plan(
+    spec: SpeculativeInferenceSpec, version: Version, checkpoints: Checkpoints | None = None
+) -> MemoryPlan:
+    """Plan one replica's memory; every problem is a finding, never an exception.
+
+    `checkpoints`: what was read of the models' checkpoints; without it the spec's architecture
+    and the catalog describe them."""
+    checkpoints = checkpoints or Checkpoints()
     findings: list[Finding] = []
     gpus = spec.gpus
     gpu_memory = gpus.memory_gb or (GPU_TYPES[gpus.type].memory_gb if gpus.type in GPU_TYPES else 0)
@@ -266,23 +314,56 @@ def plan(spec: SpeculativeInferenceSpec, version: Version) -> MemoryPlan:
         findings=[],
     )
     """The GPUs alone: all there is to plan when the target's architecture is unknown."""
-    target_arch = resolve_architecture(spec.target.model, spec.target.architecture)
+    target_arch, read_findings = facts_for(
+        spec.target.model, spec.target.architecture, checkpoints, "spec.target.model"
+    )
+    findings += read_findings
     if target_arch is None:
         findings.append(
             error(
                 "UnknownTargetModel",
                 "spec.target.model",
-                f"{spec.target.model} is not in specpilot's model catalog, "
-                "so its memory cannot be planned.",
-                "add spec.target.architecture with the facts from its config.json.",
+                f"{spec.target.model} is not in specpilot's model catalog and its checkpoint "
+                "was not read, so its memory cannot be planned.",
+                "let specpilot read its config.json (hub access or --checkpoint-dir), or add "
+                "spec.target.architecture with the facts from its config.json.",
             )
         )
         return unsized.model_copy(update={"findings": findings})
-    draft_info = _resolve_draft(spec, target_arch, findings)
-    budget = _budget(spec, target_arch, draft_info, gpu_memory * utilization, gpu_memory)
+    draft_info = _resolve_draft(spec, target_arch, checkpoints, findings)
+    target_choice, quantization_findings = resolve(
+        spec.target.quantization, target_arch, "spec.target.quantization"
+    )
+    findings += quantization_findings
+    draft_choice = None
+    if draft_info is not None:
+        draft_choice, quantization_findings = resolve(
+            draft_info.quantization, draft_info.arch, "spec.speculation.draft.quantization"
+        )
+        findings += quantization_findings
+    speculation = spec.speculation
+    method = (
+        speculation.method.value
+        if speculation is not None and speculation.method is not SpeculationMethod.NONE
+        else None
+    )
+    engine = vllm_versions.engine(version, method)
+    budget = _budget(
+        spec,
+        target_arch,
+        target_choice,
+        draft_info,
+        draft_choice,
+        gpu_memory * utilization,
+        gpu_memory,
+        version,
+        engine,
+    )
     ratio = _draft_ratio(spec, target_arch, draft_info)
-    findings += _memory_findings(spec, version, budget)
-    findings += _model_findings(spec, target_arch, draft_info, budget.max_model_len, ratio)
+    findings += _memory_findings(spec, version, engine, budget)
+    findings += _model_findings(
+        spec, target_arch, budget.target.quantization, draft_info, budget.max_model_len, ratio
+    )
     target, draft = budget.target, budget.draft
     return unsized.model_copy(
         update={
@@ -302,6 +383,8 @@ def plan(spec: SpeculativeInferenceSpec, version: Version) -> MemoryPlan:
                 budget.concurrency_without_speculation
             ),
             "draft_ratio": ratio,
+            "engine": engine,
+            "profiled_tokens": profiled_tokens(engine, budget.max_model_len),
             "findings": findings,
         }
     )
@@ -309,10 +392,14 @@ def plan(spec: SpeculativeInferenceSpec, version: Version) -> MemoryPlan:
 
 def _budget(
     spec: SpeculativeInferenceSpec,
-    target_arch: ModelArchitecture,
+    target_arch: CheckpointFacts,
+    target_choice: QuantizationChoice,
     draft_info: _Draft | None,
+    draft_choice: QuantizationChoice | None,
     usable: float,
     gpu_memory: float,
+    version: Version,
+    engine: vllm_versions.Engine,
 ) -> _Budget:
     """The weights per GPU, what vLLM leaves for the KV cache after them and the overhead, and
     how many tokens and full-length sequences that holds, with the draft and without it."""
@@ -320,30 +407,43 @@ def _budget(
     kv_bytes = _kv_dtype_bytes(spec)
     dtype = spec.target.dtype
     target = _footprint(
-        spec.target.model, target_arch, spec.target.quantization, dtype, tp, pp, kv_bytes
+        spec.target.model,
+        target_arch,
+        target_choice,
+        dtype,
+        tp,
+        pp,
+        kv_bytes,
     )
     draft = (
         _footprint(
             draft_info.model,
             draft_info.arch,
-            draft_info.quantization,
+            draft_choice,
             dtype,
             draft_info.tensor_parallel_size,
             1,
             kv_bytes,
         )
-        if draft_info
+        if draft_info and draft_choice
         else None
     )
     draft_weights = draft.weights_gb_per_gpu if draft else 0.0
     draft_kv = draft.kv_bytes_per_token_per_gpu if draft else 0
+    max_model_len = spec.target.max_model_len or target_arch.max_position_embeddings
     overhead = spec.gpus.overhead_gb
     if overhead is None:
-        overhead = estimated_overhead_gb(target_arch, tp)
+        overhead = estimated_overhead_gb(
+            target_arch,
+            tp,
+            profiled_tokens(engine, max_model_len),
+            engine,
+            version,
+            target.quantization,
+        )
     kv_gb = usable - target.weights_gb_per_gpu - draft_weights - overhead
     tokens = _tokens(kv_gb, target.kv_bytes_per_token_per_gpu + draft_kv)
     tokens_plain = _tokens(kv_gb + draft_weights, target.kv_bytes_per_token_per_gpu)
-    max_model_len = spec.target.max_model_len or target_arch.max_position_embeddings
     return _Budget(
         gpu_memory_gb=gpu_memory,
         usable_gb=usable,
@@ -360,7 +460,7 @@ def _budget(
 
 
 def _draft_ratio(
-    spec: SpeculativeInferenceSpec, target_arch: ModelArchitecture, draft_info: _Draft | None
+    spec: SpeculativeInferenceSpec, target_arch: CheckpointFacts, draft_info: _Draft | None
 ) -> float | None:
     """Target parameters per draft parameter, for a separate draft model only."""
     if (
@@ -388,7 +488,10 @@ _TIGHT_CODES = {"DraftVRAMShareHigh", "TargetVRAMShareHigh", "V0DraftWeightsUnpr
 
 
 def _memory_findings(
-    spec: SpeculativeInferenceSpec, version: Version, budget: _Budget
+    spec: SpeculativeInferenceSpec,
+    version: Version,
+    engine: vllm_versions.Engine,
+    budget: _Budget,
 ) -> list[Finding]:
     """Whether the KV cache left after the weights holds a full-length sequence, and what the
     draft's share of the memory costs."""
@@ -407,8 +510,9 @@ def _memory_findings(
                 f"{draft_part}) plus {overhead:.1f} GB overhead, but vLLM may use only "
                 f"{usable:.1f} GB of each {gpu_memory:.0f} GB GPU: nothing is left for the "
                 f"KV cache ({kv_gb:.1f} GB).",
-                "quantize the target (spec.target.quantization: int8) or the draft, add GPUs "
-                "(spec.target.tensorParallelSize and spec.gpus.count), or choose a larger GPU.",
+                "quantize the target (spec.target.quantization: fp8, or an int8/int4 checkpoint "
+                "in spec.target.model) or the draft, add GPUs (spec.target.tensorParallelSize "
+                "and spec.gpus.count), or choose a larger GPU.",
             )
         )
     elif max_model_len is not None and tokens < max_model_len:
@@ -441,8 +545,8 @@ def _memory_findings(
                 "spec.speculation.draft",
                 f"the draft takes {draft.weights_gb_per_gpu:.1f} GB per GPU, {draft_share:.0%} of "
                 f"GPU memory (rule of thumb: at most {DRAFT_VRAM_SHARE_LIMIT:.0%}).",
-                "quantize the draft (spec.speculation.draft.quantization: int8) or pick a smaller "
-                "one.",
+                "quantize the draft (spec.speculation.draft.quantization: fp8, or an int8 "
+                "checkpoint of it) or pick a smaller one.",
             )
         )
     target_share = target.weights_gb_per_gpu / gpu_memory if gpu_memory else 0.0
@@ -466,7 +570,7 @@ def _memory_findings(
                 "replica.",
             )
         )
-    if vllm_versions.supports(version, vllm_versions.Feature.V0_ENGINE) and (
+    if engine is vllm_versions.Engine.V0 and (
         spec.speculation is not None
         and spec.speculation.method in (SpeculationMethod.DRAFT_MODEL, SpeculationMethod.EAGLE)
     ):
@@ -486,7 +590,8 @@ def _memory_findings(
 
 def _model_findings(
     spec: SpeculativeInferenceSpec,
-    target: ModelArchitecture,
+    target: CheckpointFacts,
+    target_precision: Quantization,
     draft: _Draft | None,
     max_model_len: int | None,
     ratio: float | None,
@@ -536,7 +641,7 @@ def _model_findings(
                 "leave speculation off for long-context deployments, or lower maxModelLen.",
             )
         )
-    if speculating and spec.target.quantization in (
+    if speculating and target_precision in (
         Quantization.INT4,
         Quantization.AWQ,
         Quantization.GPTQ,
@@ -546,7 +651,7 @@ def _model_findings(
             warning(
                 "Int4TargetLowersAcceptance",
                 "spec.target.quantization",
-                f"a 4-bit target ({spec.target.quantization.value}) shifts its distribution away "
+                f"a 4-bit target ({target_precision.value}) shifts its distribution away "
                 "from what the draft learned; expect a real acceptance penalty.",
                 "prefer an int8 or fp8 target, and list it in spec.policy.quantizationLadder.",
             )
@@ -569,7 +674,7 @@ def _model_findings(
 
 def _draft_pairing(
     spec: SpeculativeInferenceSpec,
-    target: ModelArchitecture,
+    target: CheckpointFacts,
     draft: _Draft,
     ratio: float | None,
 ) -> list[Finding]:

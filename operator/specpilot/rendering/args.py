@@ -18,19 +18,25 @@ from specpilot.api.models import (
     SpeculationSpec,
     SpeculativeInferenceSpec,
 )
+from specpilot.planning.checkpoint import Checkpoints
+from specpilot.planning.quantization import quantization_flag
 from specpilot.vllm_versions import Feature, default_gpu_memory_utilization, supports
 
 COMMAND = ["vllm", "serve"]
-ON_THE_FLY_QUANTIZATION = {Quantization.FP8: "fp8", Quantization.BITSANDBYTES: "bitsandbytes"}
-"""Quantizations vLLM must be told about; the others are detected from the checkpoint's config."""
 
 
 def is_speculating(spec: SpeculativeInferenceSpec) -> bool:
     return spec.speculation is not None and spec.speculation.method is not SpeculationMethod.NONE
 
 
-def server_args(spec: SpeculativeInferenceSpec, version: Version) -> list[str]:
-    """Arguments after `vllm serve`: the model first, then flags, then the user's extraArgs."""
+def server_args(
+    spec: SpeculativeInferenceSpec, version: Version, checkpoints: Checkpoints | None = None
+) -> list[str]:
+    """Arguments after `vllm serve`: the model first, then flags, then the user's extraArgs.
+
+    `checkpoints`: what was read of the checkpoints, as the plan had it: a pre-quantized one
+    gets no --quantization (vLLM reads its method; any other value makes vLLM refuse it)."""
+    checkpoints = checkpoints or Checkpoints()
     target = spec.target
     utilization = spec.gpus.memory_utilization or default_gpu_memory_utilization(version)
     args = [
@@ -51,15 +57,22 @@ def server_args(spec: SpeculativeInferenceSpec, version: Version) -> list[str]:
         args += ["--dtype", target.dtype]
     if target.kv_cache_dtype != "auto":
         args += ["--kv-cache-dtype", target.kv_cache_dtype]
-    if target.quantization in ON_THE_FLY_QUANTIZATION:
-        args += ["--quantization", ON_THE_FLY_QUANTIZATION[target.quantization]]
-        if target.quantization is Quantization.BITSANDBYTES:
+    flag = quantization_flag(target.quantization, target.model, target.architecture, checkpoints)
+    if flag is not None:
+        args += ["--quantization", flag]
+        if flag == Quantization.BITSANDBYTES.value:
             args += ["--load-format", "bitsandbytes"]
     if spec.speculation is not None and is_speculating(spec):
+        draft = spec.speculation.draft
+        draft_flag = (
+            quantization_flag(draft.quantization, draft.model, draft.architecture, checkpoints)
+            if draft is not None
+            else None
+        )
         if supports(version, Feature.LEGACY_SPECULATIVE_FLAGS):
-            args += _legacy_speculation_flags(spec, spec.speculation, version)
+            args += _legacy_speculation_flags(spec.speculation, version, draft_flag)
         else:
-            config = speculative_config(spec, spec.speculation, version)
+            config = speculative_config(spec, spec.speculation, version, draft_flag)
             args += ["--speculative-config", json.dumps(config, sort_keys=True)]
     return args + list(spec.vllm.extra_args)
 
@@ -69,7 +82,10 @@ def _ngram(speculation: SpeculationSpec) -> NgramSpec:
 
 
 def speculative_config(
-    spec: SpeculativeInferenceSpec, speculation: SpeculationSpec, version: Version
+    spec: SpeculativeInferenceSpec,
+    speculation: SpeculationSpec,
+    version: Version,
+    draft_flag: str | None,
 ) -> dict[str, Any]:
     """The --speculative-config object; keys exactly as vLLM's SpeculativeConfig names them."""
     method = speculation.method
@@ -82,8 +98,8 @@ def speculative_config(
         config["draft_tensor_parallel_size"] = (
             speculation.draft.tensor_parallel_size or spec.target.tensor_parallel_size
         )
-        if speculation.draft.quantization in ON_THE_FLY_QUANTIZATION:
-            config["quantization"] = ON_THE_FLY_QUANTIZATION[speculation.draft.quantization]
+        if draft_flag is not None:
+            config["quantization"] = draft_flag
     if method is SpeculationMethod.NGRAM:
         ngram = _ngram(speculation)
         config["prompt_lookup_max"] = ngram.prompt_lookup_max
@@ -106,7 +122,7 @@ def speculative_config(
 
 
 def _legacy_speculation_flags(
-    spec: SpeculativeInferenceSpec, speculation: SpeculationSpec, version: Version
+    speculation: SpeculationSpec, version: Version, draft_flag: str | None
 ) -> list[str]:
     """vLLM <= 0.8.2: one flag per option; n-gram is the pseudo-model "[ngram]"."""
     flags: list[str] = []
@@ -129,11 +145,8 @@ def _legacy_speculation_flags(
                 "--speculative-draft-tensor-parallel-size",
                 str(speculation.draft.tensor_parallel_size),
             ]
-        if speculation.draft.quantization in ON_THE_FLY_QUANTIZATION:
-            flags += [
-                "--speculative-model-quantization",
-                ON_THE_FLY_QUANTIZATION[speculation.draft.quantization],
-            ]
+        if draft_flag is not None:
+            flags += ["--speculative-model-quantization", draft_flag]
     flags += ["--num-speculative-tokens", str(speculation.effective_num_speculative_tokens)]
     if speculation.acceptance_method is not None:
         flags += ["--spec-decoding-acceptance-method", speculation.acceptance_method]

@@ -18,6 +18,7 @@ from packaging.version import Version
 from specpilot.api.models import SpeculativeInference, SpeculativeInferenceSpec
 from specpilot.api.pod import HOME, SHM_MOUNT
 from specpilot.api.validation import BASELINE_SUFFIX
+from specpilot.planning.checkpoint import Checkpoints
 from specpilot.rendering.args import COMMAND, is_speculating, server_args
 
 Manifest = dict[str, Any]
@@ -108,6 +109,7 @@ def deployment(
     version: Version,
     role: Role = "server",
     replicas: int | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> Manifest:
     """One Deployment running `spec` (pass `without_speculation(...)` for the off variant)."""
     name = resource.metadata.name
@@ -138,7 +140,7 @@ def deployment(
         pod=pod,
         image=spec.vllm.image,
         command=COMMAND,
-        args=server_args(spec, version),
+        args=server_args(spec, version, checkpoints),
         port=spec.vllm.port,
         resources=resources,
         env=pod.env if users_home else [{"name": "HOME", "value": HOME}, *pod.env],
@@ -182,15 +184,23 @@ def pod_monitor(resource: SpeculativeInference) -> Manifest:
 
 
 def manifests(
-    resource: SpeculativeInference, version: Version, speculation: bool = True
+    resource: SpeculativeInference,
+    version: Version,
+    speculation: bool = True,
+    checkpoints: Checkpoints | None = None,
 ) -> list[Manifest]:
-    """Everything the operator applies for a valid resource, in apply order."""
+    """Everything the operator applies for a valid resource, in apply order.
+
+    `checkpoints`: the checkpoint facts the resource was assessed with (Assessment.checkpoints).
+    """
     spec = resource.spec if speculation else without_speculation(resource.spec)
-    objects = [deployment(resource, spec, version, "server", spec.replicas)]
+    objects = [deployment(resource, spec, version, "server", spec.replicas, checkpoints)]
     control = spec.policy.control_replicas
     if control > 0:
         baseline_spec = without_speculation(spec)
-        objects.append(deployment(resource, baseline_spec, version, "baseline", control))
+        objects.append(
+            deployment(resource, baseline_spec, version, "baseline", control, checkpoints)
+        )
     objects.append(service(resource))
     if spec.monitoring.pod_monitor:
         objects.append(pod_monitor(resource))
