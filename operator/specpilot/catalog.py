@@ -154,7 +154,14 @@ CATALOG_QUANTIZATION: dict[str, dict[str, object]] = {
     "hugging-quants/Meta-Llama-3.1-70B-Instruct-AWQ-INT4": {"quant_method": "awq", "bits": 4},
     "hugging-quants/Meta-Llama-3.1-8B-Instruct-AWQ-INT4": {"quant_method": "awq", "bits": 4},
     "hugging-quants/Meta-Llama-3.1-70B-Instruct-GPTQ-INT4": {"quant_method": "gptq", "bits": 4},
-    "hugging-quants/Meta-Llama-3.1-8B-Instruct-GPTQ-INT4": {"quant_method": "gptq", "bits": 4},
+    # Its quantize_config.json (tests/fidelity/configs): desc_act true, group_size 128. The 70B's
+    # was not found, so its desc_act stays unknown.
+    "hugging-quants/Meta-Llama-3.1-8B-Instruct-GPTQ-INT4": {
+        "quant_method": "gptq",
+        "bits": 4,
+        "group_size": 128,
+        "desc_act": True,
+    },
     "Qwen/Qwen2.5-72B-Instruct-AWQ": {"quant_method": "awq", "bits": 4},
     "Qwen/Qwen2.5-72B-Instruct-GPTQ-Int4": {"quant_method": "gptq", "bits": 4},
 }

@@ -36,6 +36,7 @@ class Feature(StrEnum):
     SPLIT_TPOT_METRICS = "vllm:request_time_per_output_token_seconds"
     OLD_TPOT_METRIC = "vllm:time_per_output_token_seconds"
     CUDA_GRAPHS_IN_BUDGET = "CUDA graph memory profiled inside gpu_memory_utilization"
+    GPTQ_GROUP_ACT_ORDER = "GPTQ group activation ordering (desc_act true with groups)"
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ FEATURES: dict[Feature, tuple[Span, ...]] = {
     Feature.SPLIT_TPOT_METRICS: (_span("0.11.0"),),
     Feature.OLD_TPOT_METRIC: (_span(until="0.12.0"),),
     Feature.CUDA_GRAPHS_IN_BUDGET: (_span("0.21.0"),),
+    Feature.GPTQ_GROUP_ACT_ORDER: (_span(until="0.30.0"),),
 }
 
 

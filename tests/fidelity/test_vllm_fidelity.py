@@ -165,12 +165,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 CPU_ONLY_REJECTIONS = {("0.11.0", "405b-tp8-ngram-fp8-kv")}
 """vLLM 0.11.0's CPU backend refuses an fp8 KV cache that a GPU accepts (see the README)."""
-REFUSED_BY_VLLM_ALTHOUGH_RENDERED = {
-    ("0.33.0", "gptq-8b-ngram"): "GPTQ group activation ordering (desc_act=True) is no longer",
-}
-"""Known gaps, not CPU artefacts: specpilot renders these and the release refuses them on any
-platform (vLLM 0.33.0's AutoGPTQConfig raises for a desc_act=True checkpoint with groups; 0.11.0
-and 0.8.2 load it). Pinned here, each with vLLM's error, so that either side changing shows."""
+REFUSED_BY_VLLM_ALTHOUGH_RENDERED: dict[tuple[str, str], str] = {}
+"""Known gaps, not CPU artefacts: (release, case) -> vLLM's error for what specpilot renders and
+the release refuses on any platform. Pinned here so that either side changing shows. Empty: the
+GPTQ desc_act=True gap on 0.33.0 is now refused by specpilot (GPTQActOrderUnsupported, REFUSALS)."""
 
 
 def rendered_cases(version: str) -> list[dict[str, Any]]:
@@ -246,10 +244,21 @@ def _args_as_if(doc: dict[str, Any], render_as: str) -> list[str]:
 
 
 def _refused(doc: dict[str, Any], version: str, code: str) -> None:
+    """specpilot refuses `doc` on `version` with `code`, from the catalog and from the checkpoint
+    facts the operator would read alike; with no code, it accepts it as the operator reads it."""
     doc = copy.deepcopy(doc)
     doc["spec"]["vllm"] = {"image": f"vllm/vllm-openai:v{version}"}
-    codes = {f.code for f in assess(doc).findings if f.severity is Severity.ERROR}
-    assert code in codes, f"specpilot does not refuse this ({codes})"
+    read = READER.read(checkpoint_models(doc))
+    for checkpoints in (None, read) if code else (read,):
+        codes = {
+            f.code
+            for f in assess(doc, checkpoints=checkpoints).findings
+            if f.severity is Severity.ERROR
+        }
+        if code:
+            assert code in codes, f"specpilot does not refuse this ({codes})"
+        else:
+            assert not codes, f"specpilot refuses this ({codes})"
 
 
 REFUSALS: list[tuple[str, str, str, dict[str, Any], str, str]] = [
@@ -335,6 +344,25 @@ REFUSALS: list[tuple[str, str, str, dict[str, Any], str, str]] = [
         "0.33.0",
         "fail:max_model_len",
     ),
+    # GPTQ group activation ordering (desc_act true, group_size 128): vLLM 0.30.0 removed it
+    # (AutoGPTQConfig raises on any platform); 0.11.0 still loads the same checkpoint.
+    (
+        "gptq-desc-act-on-0.33",
+        "0.33.0",
+        "GPTQActOrderUnsupported",
+        VARIANTS["gptq-8b-ngram"],
+        "0.33.0",
+        "fail:group activation ordering (desc_act=True) is no longer supported",
+    ),
+    ("gptq-desc-act-on-0.11", "0.11.0", "", VARIANTS["gptq-8b-ngram"], "0.11.0", "pass"),
+    (
+        "gptq-static-order-on-0.33",
+        "0.33.0",
+        "",
+        VARIANTS["gptq-8b-static-order-ngram"],
+        "0.33.0",
+        "pass",
+    ),
     # vLLM's config accepts a draft TP of 1 under target TP 2; its GPU workers then refuse it
     # ("draft_tensor_parallel_size and tensor_parallel_size must be the same"), which cannot
     # run here: specpilot refuses it up front.
@@ -359,7 +387,7 @@ def test_what_specpilot_refuses_vllm_refuses_too(tmp_path: Path) -> None:
     verdicts = {}
     for name, version, code, spec, render_as, verdict in REFUSALS:
         doc = resource(**spec)
-        if code:
+        if code or verdict == "pass":
             _refused(doc, version, code)
         case = {"name": name, "argv": _args_as_if(doc, render_as)}
         by_version.setdefault(version, []).append(case)

@@ -247,3 +247,90 @@ def test_an_architecture_without_head_dim_says_what_it_assumed() -> None:
     assert "HeadDimAssumed" not in codes(p)
     assert p.target is not None
     assert p.target.kv_bytes_per_token_per_gpu == 2 * 64 * 4 * 128 * 2
+
+
+GPTQ_8B = "hugging-quants/Meta-Llama-3.1-8B-Instruct-GPTQ-INT4"
+"""desc_act true, group_size 128 (its quantize_config.json)."""
+GPTQ_8B_STATIC_ORDER = "ModelCloud/Meta-Llama-3.1-8B-Instruct-gptq-4bit"
+"""desc_act false."""
+
+
+def gptq_facts(**quantization_config: Any) -> Checkpoints:
+    """The GPTQ 8B fixture with its quantization_config changed (None removes a key)."""
+    changed = config(GPTQ_8B)
+    block = {**changed["quantization_config"], **quantization_config}
+    changed["quantization_config"] = {k: v for k, v in block.items() if v is not None}
+    return Checkpoints(read={GPTQ_8B: facts_from_config(GPTQ_8B, "fixture", changed, None)})
+
+
+def test_gptq_activation_ordering_is_read_from_the_checkpoint() -> None:
+    facts = read(GPTQ_8B).read[GPTQ_8B]
+    assert facts.quantization is not None
+    assert (facts.quantization.desc_act, facts.quantization.group_size) == (True, 128)
+    assert facts.quantization.group_act_order is True
+    static = read(GPTQ_8B_STATIC_ORDER).read[GPTQ_8B_STATIC_ORDER].quantization
+    assert static is not None
+    assert static.desc_act is False
+    assert static.group_act_order is False
+
+
+@pytest.mark.parametrize(
+    ("version", "refused"),
+    [("0.8.2", False), ("0.11.0", False), ("0.29.0", False), ("0.30.0", True), ("0.33.0", True)],
+)
+def test_gptq_desc_act_is_refused_from_the_release_that_removed_it(
+    version: str, refused: bool
+) -> None:
+    for checkpoints in (read(GPTQ_8B), Checkpoints()):  # read, and the catalog's facts
+        p = plan(spec(GPTQ_8B, "gptq"), Version(version), checkpoints)
+        assert ("GPTQActOrderUnsupported" in codes(p)) is refused, (version, codes(p))
+    if refused:
+        finding = next(f for f in p.findings if f.code == "GPTQActOrderUnsupported")
+        assert finding.path == "spec.target.model"
+        assert version in finding.message
+        assert "desc_act" in finding.message
+        assert GPTQ_8B_STATIC_ORDER in finding.fix
+        assert "before 0.30.0" in finding.fix
+
+
+@pytest.mark.parametrize(
+    "checkpoints",
+    [
+        gptq_facts(desc_act=False),
+        gptq_facts(group_size=-1),  # one group per channel: vLLM turns desc_act off
+        gptq_facts(desc_act=None),  # not stated: not judged
+    ],
+)
+def test_gptq_without_group_activation_ordering_is_not_refused(checkpoints: Checkpoints) -> None:
+    p = plan(spec(GPTQ_8B, "gptq"), V1, checkpoints)
+    assert "GPTQActOrderUnsupported" not in codes(p)
+
+
+def test_a_dynamic_rule_enabling_group_activation_ordering_is_refused() -> None:
+    rule = {"+:.*\\.mlp\\..*": {"desc_act": True}, "-:.*lm_head": {}}
+    p = plan(spec(GPTQ_8B, "gptq"), V1, gptq_facts(desc_act=False, dynamic=rule))
+    assert "GPTQActOrderUnsupported" in codes(p)
+    skip_only = gptq_facts(desc_act=False, dynamic={"-:.*\\.mlp\\..*": {"desc_act": True}})
+    assert "GPTQActOrderUnsupported" not in codes(plan(spec(GPTQ_8B, "gptq"), V1, skip_only))
+
+
+def test_non_gptq_checkpoints_are_never_judged_for_desc_act() -> None:
+    for model, quantization in ((AWQ_70B, "awq"), (FP8_8B, "fp8"), (LLAMA_8B, "none")):
+        p = plan(spec(model, quantization, tp=2), V1, read(model))
+        assert "GPTQActOrderUnsupported" not in codes(p)
+
+
+def test_a_gptq_draft_with_desc_act_is_refused_naming_the_draft() -> None:
+    doc = manifest(
+        target={"model": LLAMA_8B, "maxModelLen": 8192},
+        speculation={"method": "draft_model", "draft": {"model": GPTQ_8B}},
+        gpus={"type": "H100-80GB", "count": 1},
+    )
+    s = SpeculativeInferenceSpec.model_validate(doc["spec"])
+    found = [f for f in plan(s, V1, read(GPTQ_8B)).findings if f.code == "GPTQActOrderUnsupported"]
+    assert [f.path for f in found] == ["spec.speculation.draft.model"]
+    assert not [
+        f
+        for f in plan(s, Version("0.29.0"), read(GPTQ_8B)).findings
+        if f.code == "GPTQActOrderUnsupported"
+    ]

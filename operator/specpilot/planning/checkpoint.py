@@ -45,6 +45,24 @@ class CheckpointQuantization(BaseModel):
     """quant_method as config.json names it (fp8, fbgemm_fp8, compressed-tensors, awq, gptq...)."""
     precision: Quantization | None
     """The weight precision it stores; None for a method specpilot does not classify."""
+    desc_act: bool | None = None
+    """GPTQ group activation ordering (quantization_config desc_act); None when not stated."""
+    group_size: int | None = None
+    """GPTQ group size; -1 is one group per output channel (activation ordering then a no-op)."""
+    dynamic_act_order: tuple[str, ...] = ()
+    """GPTQModel `dynamic` rules that give a module activation ordering with groups."""
+
+    @property
+    def group_act_order(self) -> bool | None:
+        """Whether vLLM would run GPTQ group activation ordering (g_idx), as vLLM decides it:
+        desc_act with grouped weights, or a `dynamic` rule that enables it; None when unknown."""
+        if self.method != "gptq":
+            return False
+        if self.dynamic_act_order:
+            return True
+        if self.desc_act is None:
+            return None
+        return self.desc_act and self.group_size != -1
 
 
 class CheckpointFacts(BaseModel):
@@ -131,7 +149,35 @@ def classify_quantization(quantization_config: Mapping[str, Any]) -> CheckpointQ
     elif method == "modelopt":
         algo = str(quantization_config.get("quant_algo", "")).upper()
         precision = Quantization.FP8 if algo == "FP8" else None
-    return CheckpointQuantization(method=method, precision=precision)
+    if method != "gptq":
+        return CheckpointQuantization(method=method, precision=precision)
+    desc_act = quantization_config.get("desc_act")
+    group_size = quantization_config.get("group_size")
+    return CheckpointQuantization(
+        method=method,
+        precision=precision,
+        desc_act=desc_act if isinstance(desc_act, bool) else None,
+        group_size=group_size if isinstance(group_size, int) else None,
+        dynamic_act_order=_dynamic_act_order(quantization_config, desc_act, group_size),
+    )
+
+
+def _dynamic_act_order(
+    quantization_config: Mapping[str, Any], desc_act: Any, group_size: Any
+) -> tuple[str, ...]:
+    """The `dynamic` rules under which vLLM sees group activation ordering: a positive rule
+    whose desc_act (its own, else the checkpoint's) is true and whose group_size is not -1."""
+    dynamic = quantization_config.get("dynamic")
+    if not isinstance(dynamic, Mapping):
+        return ()
+    return tuple(
+        str(pattern)
+        for pattern, overrides in dynamic.items()
+        if not str(pattern).startswith("-:")
+        and isinstance(overrides, Mapping)
+        and overrides.get("desc_act", desc_act) is True
+        and overrides.get("group_size", group_size) != -1
+    )
 
 
 def _compressed_tensors_precision(quantization_config: Mapping[str, Any]) -> Quantization | None:

@@ -22,7 +22,12 @@ from specpilot.api.models import (
 from specpilot.catalog import GPU_TYPES
 from specpilot.findings import Finding, Severity, error, info, warning
 from specpilot.planning.checkpoint import CheckpointFacts, Checkpoints, facts_for
-from specpilot.planning.quantization import QuantizationChoice, resolve, weight_bytes
+from specpilot.planning.quantization import (
+    QuantizationChoice,
+    release_findings,
+    resolve,
+    weight_bytes,
+)
 
 GB = 1e9
 FULL_PRECISION_BYTES = {"float": 4.0, "float32": 4.0}
@@ -335,12 +340,14 @@ def plan(
         spec.target.quantization, target_arch, "spec.target.quantization"
     )
     findings += quantization_findings
+    findings += release_findings(target_arch, version, "spec.target.model")
     draft_choice = None
     if draft_info is not None:
         draft_choice, quantization_findings = resolve(
             draft_info.quantization, draft_info.arch, "spec.speculation.draft.quantization"
         )
         findings += quantization_findings
+        findings += release_findings(draft_info.arch, version, "spec.speculation.draft.model")
     speculation = spec.speculation
     method = (
         speculation.method.value

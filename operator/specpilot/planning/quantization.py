@@ -12,6 +12,7 @@ weights and the rendered command always describe the same thing.
 
 from __future__ import annotations
 
+from packaging.version import Version
 from pydantic import BaseModel, ConfigDict
 
 from specpilot.api.models import ArchitectureOverride, Quantization
@@ -22,6 +23,7 @@ from specpilot.planning.checkpoint import (
     Checkpoints,
     facts_for,
 )
+from specpilot.vllm_versions import FEATURES, Feature, availability, supports
 
 ON_THE_FLY = {Quantization.FP8: "fp8", Quantization.BITSANDBYTES: "bitsandbytes"}
 """What vLLM can quantize an unquantized checkpoint to while loading it."""
@@ -121,6 +123,44 @@ def resolve(
     return QuantizationChoice(
         flag=ON_THE_FLY.get(requested), precision=requested, prequantized=False
     ), []
+
+
+STATIC_ORDER_GPTQ = "ModelCloud/Meta-Llama-3.1-8B-Instruct-gptq-4bit"
+"""A GPTQ checkpoint with desc_act false (its quantize_config.json), for the fix."""
+
+
+def release_findings(facts: CheckpointFacts, version: Version, path: str) -> list[Finding]:
+    """What this vLLM release refuses in the checkpoint's quantization, naming the model field.
+
+    vLLM 0.30.0 removed GPTQ group activation ordering: AutoGPTQConfig (gptq, gptq_marlin,
+    auto_gptq) and moe_wna16 raise for desc_act true with groups, or a `dynamic` rule enabling
+    it; an unknown desc_act is not judged.
+    """
+    stored = facts.quantization
+    if stored is None or stored.group_act_order is not True:
+        return []
+    if supports(version, Feature.GPTQ_GROUP_ACT_ORDER):
+        return []
+    removed = FEATURES[Feature.GPTQ_GROUP_ACT_ORDER][-1].until
+    how = (
+        f"desc_act true with group_size {stored.group_size}"
+        if stored.desc_act and stored.group_size != -1
+        else f"desc_act true in its dynamic rules {', '.join(stored.dynamic_act_order)}"
+    )
+    return [
+        error(
+            "GPTQActOrderUnsupported",
+            path,
+            f"{facts.model} is a GPTQ checkpoint with group activation ordering ({how}, read "
+            f"from {facts.source}); vLLM {version} refuses it ('GPTQ group activation ordering "
+            "(desc_act=True) is no longer supported'): it exists in "
+            f"{availability(Feature.GPTQ_GROUP_ACT_ORDER)}.",
+            f"use a GPTQ checkpoint with desc_act false (e.g. {STATIC_ORDER_GPTQ}) or static "
+            f"activation ordering, or a vLLM release before {removed} in spec.vllm.image (and "
+            "spec.vllm.version).",
+            also=["spec.vllm.version", "spec.vllm.image"],
+        )
+    ]
 
 
 class WeightBytes(BaseModel):
