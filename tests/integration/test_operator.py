@@ -144,7 +144,8 @@ def test_drift_in_owned_fields_is_restored_and_other_fields_are_left_alone(
     d = deployment(api, namespace, name)
     assert d.metadata.annotations["team.example.com/owner"] == "ml-platform"
     assert d.spec.replicas == 3
-    assert "DriftCorrected" in event_reasons(api, namespace, name)
+    # the Event follows the apply (after the status write): wait for it, do not race it
+    wait_for(lambda: "DriftCorrected" in event_reasons(api, namespace, name), what="the Event")
 
 
 def test_operator_never_writes_the_spec_or_metadata(

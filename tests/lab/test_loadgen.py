@@ -128,10 +128,11 @@ def test_open_loop_run_against_the_simulator() -> None:
         and later.sent < earlier.at + earlier.e2e
     ]
     assert overlapping, "every request waited for the previous answer"
-    # The simulator's 8B on one H100: about 2 ms + 16 GB / 2.7 TB/s per step, so no token comes
-    # faster than that (a loaded machine only makes them slower).
+    # Per-token times are measured (their size is the simulator's physics, tested there: wall-clock
+    # bounds here fail on a loaded machine, where a late first token makes the rest a burst).
     tpots = [r.tpot for r in results if r.tpot is not None]
-    assert min(tpots) > 0.004
+    assert len(tpots) == len(results)
+    assert all(t >= 0 for t in tpots)
     assert all(r.ttft is not None and r.ttft > 0 for r in results)
     assert wrong
     assert all(r.error == "HTTP 404" for r in wrong)
