@@ -30,9 +30,18 @@ from specpilot.api.models import (
     whole_seconds,
 )
 from specpilot.assessment import assess
-from specpilot.control.policy import Action, PolicyDecision, Signals, decide, seconds
+from specpilot.control.policy import (
+    Action,
+    PolicyDecision,
+    RestartCost,
+    Signals,
+    decide,
+    seconds,
+)
 from specpilot.control.signals import Readings, Signal, implausible
 from specpilot.findings import errors
+from specpilot.planning.memory import MemoryPlan
+from specpilot.planning.startup import plan_startup
 from specpilot.reconcile import (
     Event,
     condition,
@@ -129,6 +138,22 @@ def signals_for(
         p50_ttft=server.get(Signal.TTFT_P50),
         baseline_p50_ttft=baseline_ttft,
         load=load,
+    )
+
+
+def restart_cost(spec: SpeculativeInferenceSpec, memory: MemoryPlan | None) -> RestartCost:
+    """What a change of the server pods costs: each of spec.replicas (1 when an autoscaler owns
+    them) serves nothing for the startup of a pod loading the plan's weights, target plus draft
+    (planning/startup.py, from a local cache); the default estimate when the weights are
+    unknown."""
+    replicas = spec.replicas or 1
+    estimate = plan_startup(memory)
+    if estimate is None:
+        return RestartCost(replicas_affected=replicas)
+    return RestartCost(
+        startup_s=estimate.seconds,
+        replicas_affected=replicas,
+        source=f"startup {estimate.describe()}",
     )
 
 
@@ -245,7 +270,8 @@ def check(
     if state.target != identity:
         state = _after_target_change(state, identity, now)
     signals = signals_for(namespace, name, readings, error, state, sampled_at)
-    decision, events = _decision(body, spec, signals, state, now, admin)
+    restart = restart_cost(spec, result.plan)
+    decision, events = _decision(body, spec, signals, state, now, admin, restart)
     decisions, decision_events = _recorded(status.decisions, decision, spec, now)
     events += decision_events
     events += [
@@ -290,6 +316,7 @@ def _decision(
     state: PolicyState,
     now: datetime.datetime,
     admin: AdminPolicy,
+    restart: RestartCost | None = None,
 ) -> tuple[PolicyDecision, list[Event]]:
     """The policy's decision under the operator's ceiling; a quantization step whose plan does
     not fit is held instead, with a Warning Event."""
@@ -297,7 +324,7 @@ def _decision(
         return PolicyDecision(
             action=Action.KEEP, reason="speculation is not configured", state=state
         ), []
-    decision = decide(signals, state, spec.policy, now, admin.max_changes_per_hour)
+    decision = decide(signals, state, spec.policy, now, admin.max_changes_per_hour, restart)
     if decision.action is not Action.STEP_QUANTIZATION or not decision.acted:
         return decision, []
     refusal = _step_refusal(body, spec, decision.state.checkpoint_index, admin)
