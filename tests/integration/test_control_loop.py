@@ -20,7 +20,7 @@ from kubernetes import client as k8s
 from specpilot.api.models import GROUP, PLURAL, VERSION
 from specpilot_lab.local.controlplane import ControlPlane
 from specpilot_lab.local.operator_process import wait_for
-from specpilot_lab.local.stack import FAST_POLICY, LocalStack
+from specpilot_lab.local.stack import FAST_POLICY, LocalStack, simulated
 from specpilot_lab.sim import loadgen
 from tests.integration.conftest import counter, example
 
@@ -48,7 +48,7 @@ def chat(namespace: str, name: str, **policy: Any) -> dict[str, Any]:
     doc["metadata"]["name"] = name
     doc["spec"]["policy"] = {**FAST_POLICY, **policy}
     doc["spec"]["monitoring"] = {}  # the operator's default: the local Prometheus
-    return doc
+    return simulated(doc)  # simulated pods start in seconds: restarts are cheap
 
 
 def create(api: k8s.ApiClient, doc: dict[str, Any]) -> None:

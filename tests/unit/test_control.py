@@ -492,3 +492,30 @@ def test_no_answer_from_prometheus_puts_a_non_finite_number_in_the_status(
         if ("inference", "llama", "server") in readings:  # else: no series, held as such
             believable = not any(implausible(v, key[2]) for key, v in readings.items())
             assert (condition["reason"] != "ImplausibleMetrics") == believable
+
+
+def test_the_restart_is_priced_from_the_weights_or_the_measured_startup() -> None:
+    doc = body(controlReplicas=1, cooldown="10m")
+    spec = reconcile.desired(doc).assessment
+    assert spec.resource is not None
+    cost = control.restart_cost(spec.resource.spec, spec.plan)
+    assert round(cost.startup_s) == 205  # 87 GB at 0.75 GB/s + 60 s graphs + 30 s engine
+    assert cost.source.startswith("startup 205s (115s loading 87 GB")
+    # 43% above the baseline: keeping loses 30% of a replica over 10 minutes (180 replica-
+    # seconds), less than restarting the pods
+    slower = reading(acceptance=0.72, p99=0.050, rps=20, baseline_p99=0.035)
+    kept = play(doc, [slower] * 3)[-1]
+    assert kept.action is Action.KEEP
+    assert kept.status["control"]["breaches"] == 3
+    # pods measured to start in 5 s: the same regression is worth a restart
+    cheap = body(controlReplicas=1, cooldown="10m")
+    cheap["metadata"]["annotations"] = {control.STARTUP_ANNOTATION: "5"}
+    acted = play(cheap, [slower] * 3)[-1]
+    assert acted.action is Action.DISABLE
+    assert (
+        "the restart's 5s x 1 = 5 (startup 5s from the specpilot.io/startup-seconds"
+        in (acted.status["decisions"][-1]["reason"])
+    )
+    # an annotation that is not a number of seconds is ignored
+    bad = control.restart_cost(spec.resource.spec, spec.plan, {control.STARTUP_ANNOTATION: "x"})
+    assert bad == cost
