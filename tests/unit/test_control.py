@@ -103,13 +103,15 @@ def test_low_acceptance_turns_speculation_off_and_the_pods_render_without_it() -
 
 def test_speculation_comes_back_when_load_stays_below_the_crossover() -> None:
     doc = body(window="1m")  # a probe waits at least the rate window
+    doc["metadata"]["annotations"] = {control.STARTUP_ANNOTATION: "5"}  # pods start in 5 s
     play(doc, [reading(acceptance=0.41, rps=6)] * 3)
     later = play(doc, [reading(acceptance=None, rps=1)] * 10, step=40)  # from T0 again
     actions = [r.action for r in later]
     assert Action.ENABLE in actions
-    # the disable was at 60 s; the cost-aware cooldown is the example's 87 GB starting in about
-    # 205 s plus the 1m window
-    assert actions.index(Action.ENABLE) * 40 - 60 >= 265
+    # the disable was at 60 s; a failed probe's two restarts of 5 s may cost at most 10% of the
+    # capacity in between: 100 s (more than the cost-aware cooldown, 5 s + the 1m window)
+    assert actions.index(Action.ENABLE) * 40 - 60 >= 100
+    assert actions.index(Action.ENABLE) * 40 - 60 < 140
     enabled = later[actions.index(Action.ENABLE)]
     assert any(e.reason == "SpeculationEnabled" for e in enabled.events)
     assert doc["status"]["control"]["speculationOn"] is True

@@ -540,7 +540,13 @@ def test_low_acceptance_without_a_baseline_is_not_priced_and_the_probe_names_its
     assert decisions[-1].action is Action.DISABLE
     assert "replica-seconds" not in decisions[-1].reason  # nothing to measure the loss against
     state = decisions[-1].state
-    later = T0 + datetime.timedelta(seconds=60 + 600)
+    # a failed probe costs two restarts of 205 s: at most 10% of the capacity in between is
+    # 4100 s between probes, not the 10m cooldown
+    early = T0 + datetime.timedelta(seconds=60 + 600)
+    waiting = decide(signals(early, load=40), state, policy(), early, restart=RESTART)
+    assert waiting.action is Action.KEEP
+    assert "probing again in 3500s" in waiting.reason
+    later = T0 + datetime.timedelta(seconds=60 + 4100)
     probe = decide(signals(later, load=40), state, policy(), later, restart=RESTART)
     assert probe.action is Action.ENABLE
     assert "a failed probe costs two restarts of 205s x 1 replica(s)" in probe.reason

@@ -37,6 +37,9 @@ RESTART_SECONDS = 300
 """What a GPU pod restart costs: minutes of loading weights and warming up. A cooldown below it
 lets the loop change the pods again before the last change has served (a warning: simulated pods
 restart in seconds, and the local demo's cooldown is 30s)."""
+PROBE_CAPACITY_SHARE = 0.10
+"""A failed probe restarts the pods twice; probes are spaced so that this costs at most this share
+of the capacity in between (2 x startup / 0.10: 41 minutes for a 205 s startup)."""
 CHANGE_WINDOW_SECONDS = 3600
 """The ceiling on changes counts the changes of the last hour."""
 DEFAULT_COOLDOWN = PolicySpec.model_fields["cooldown"].default
@@ -488,7 +491,16 @@ def _probe_wait(probes: int, policy: PolicySpec, restart: RestartCost | None = N
     cooldown says; with a restart cost, never shorter than its cost-aware cooldown."""
     floor = max(MIN_COOLDOWN_INTERVALS * seconds(policy.interval), seconds(policy.window))
     cooldown = cooldown_seconds(policy, restart)
-    return max(cooldown, floor) * float(2 ** min(probes, MAX_PROBE_DOUBLINGS))
+    wait = max(cooldown, floor) * float(2 ** min(probes, MAX_PROBE_DOUBLINGS))
+    if restart is None:
+        return wait
+    return max(wait, probe_budget_seconds(restart))
+
+
+def probe_budget_seconds(restart: RestartCost) -> float:
+    """The least wait between probes for the restarts of a failed probe (two: on, and off again)
+    to cost at most PROBE_CAPACITY_SHARE of the restarted replicas' capacity over the wait."""
+    return 2 * restart.startup_s / PROBE_CAPACITY_SHARE
 
 
 def _no_breach(
