@@ -846,6 +846,30 @@ def report(
             out(f"  - window {w}: {reason}: {message}")
 
 
+def plot(name: str, title: str, figures: dict[str, dict[str, Any]], path: Path) -> None:
+    """P99 TPOT per window (log scale) for every policy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    for policy, f in figures.items():
+        values = f["window_p99_tpot_ms"]
+        minutes = [(w + 0.5) * INTERVAL_S / 60 for w in range(len(values))]
+        style = {"linewidth": 2.0} if policy.startswith("operator") else {"linestyle": "--"}
+        ax.plot(minutes, [math.nan if v is None else v for v in values], label=policy, **style)
+    ax.set_yscale("log")
+    ax.set_ylabel("P99 TPOT per 30 s window (ms)")
+    ax.set_xlabel("simulated minutes")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=1)
@@ -854,6 +878,7 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) 
     parser.add_argument("--spare-gpus", type=int, default=0)
     parser.add_argument("--scenario", choices=[s.name for s in SCENARIOS], action="append")
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--plots", type=Path, help="write decision-quality-<trace>.png here")
     args = parser.parse_args(argv)
     chosen = [
         s.scaled(args.scale) for s in SCENARIOS if not args.scenario or s.name in args.scenario
@@ -862,6 +887,14 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) 
         f"spare GPUs {args.spare_gpus}")  # fmt: skip
     results = {s.name: evaluate(s, args.seed, args.spare_gpus, out) for s in chosen}
     document = {name: e.figures for name, e in results.items()}
+    if args.plots is not None:
+        for s in chosen:
+            plot(
+                s.name,
+                s.title,
+                results[s.name].figures,
+                args.plots / f"decision-quality-{s.name}.png",
+            )
     if args.json is not None:
         meta = {
             "seed": args.seed,
