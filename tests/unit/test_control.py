@@ -103,10 +103,15 @@ def test_low_acceptance_turns_speculation_off_and_the_pods_render_without_it() -
 
 def test_speculation_comes_back_when_load_stays_below_the_crossover() -> None:
     doc = body(window="1m")  # a probe waits at least the rate window
+    doc["metadata"]["annotations"] = {control.STARTUP_ANNOTATION: "5"}  # pods start in 5 s
     play(doc, [reading(acceptance=0.41, rps=6)] * 3)
-    later = play(doc, [reading(acceptance=None, rps=1)] * 4, step=40)
+    later = play(doc, [reading(acceptance=None, rps=1)] * 10, step=40)  # from T0 again
     actions = [r.action for r in later]
     assert Action.ENABLE in actions
+    # the disable was at 60 s; a failed probe's two restarts of 5 s may cost at most 10% of the
+    # capacity in between: 100 s (more than the cost-aware cooldown, 5 s + the 1m window)
+    assert actions.index(Action.ENABLE) * 40 - 60 >= 100
+    assert actions.index(Action.ENABLE) * 40 - 60 < 140
     enabled = later[actions.index(Action.ENABLE)]
     assert any(e.reason == "SpeculationEnabled" for e in enabled.events)
     assert doc["status"]["control"]["speculationOn"] is True
@@ -173,12 +178,12 @@ def test_a_resource_missing_from_prometheus_is_held() -> None:
 
 
 def test_control_replicas_give_a_live_baseline_for_the_p99_comparison() -> None:
-    doc = body(controlReplicas=1)
-    slower = reading(acceptance=0.72, p99=0.050, rps=20, baseline_p99=0.035)
+    doc = body(controlReplicas=1, cooldown="10m")
+    slower = reading(acceptance=0.72, p99=0.070, rps=20, baseline_p99=0.035)
     results = play(doc, [slower] * 3)
     assert results[-1].action is Action.DISABLE
     assert (
-        "P99 TPOT 50.0 ms is 43% above the baseline's 35.0 ms"
+        "P99 TPOT 70.0 ms is 100% above the baseline's 35.0 ms"
         in results[-1].status["decisions"][-1]["reason"]
     )
     assert doc["status"]["lastMetrics"]["baselineP99TpotMs"] == 35.0
@@ -224,12 +229,15 @@ LADDER = [{"model": "RedHatAI/Meta-Llama-3.1-70B-Instruct-quantized.w8a8", "quan
 
 
 def test_an_int4_target_whose_acceptance_drops_steps_back_to_int8() -> None:
-    doc = body(quantizationLadder=LADDER)
+    doc = body(quantizationLadder=LADDER, window="1m")
     play(doc, [reading(acceptance=0.78)] * 2)
     # the user's change: a cheaper target
     doc["spec"]["target"].update(model=AWQ_70B, quantization="int4")
     doc["metadata"]["generation"] = 3
-    results = play(doc, [reading(acceptance=0.70)] * 3)
+    # the rollout's pods (51 GB) start in about 158 s: the checks before that are not counted;
+    # then 3 breaches at 180, 240 and 300 s
+    results = play(doc, [reading(acceptance=0.70)] * 6, step=60)
+    assert [r.status["control"]["breaches"] for r in results[:3]] == [0, 0, 0]
     assert doc["status"]["control"].get("preChangeAcceptance") is None  # consumed by the step
     assert results[-1].action is Action.STEP_QUANTIZATION
     assert results[-1].rerender
@@ -249,10 +257,10 @@ def test_an_int4_target_whose_acceptance_drops_steps_back_to_int8() -> None:
 
 def test_a_step_that_does_not_fit_is_refused_with_the_plan() -> None:
     ladder = [{"model": "meta-llama/Llama-3.1-70B-Instruct", "quantization": "none"}]
-    doc = body(quantizationLadder=ladder)
+    doc = body(quantizationLadder=ladder, window="1m")
     play(doc, [reading(acceptance=0.78)])
     doc["spec"]["target"].update(model=AWQ_70B, quantization="int4")
-    results = play(doc, [reading(acceptance=0.70)] * 3)
+    results = play(doc, [reading(acceptance=0.70)] * 6, step=60)
     assert results[-1].action is Action.HOLD
     refused = [e for e in results[-1].events if e.reason == "QuantizationStepRefused"]
     assert "not stepping the target to meta-llama/Llama-3.1-70B-Instruct (none)" in (
@@ -292,12 +300,14 @@ def test_invalid_resources_are_not_checked() -> None:
 
 
 def test_the_change_beyond_the_ceiling_is_held_with_one_warning_per_streak() -> None:
-    doc = body(controlReplicas=1, failureLimit=1, consecutiveSuccessLimit=1)
-    hot = reading(acceptance=0.72, p99=0.050, rps=20, baseline_p99=0.035)
+    doc = body(controlReplicas=1, failureLimit=1, consecutiveSuccessLimit=1, window="1m")
+    # 5.7x the baseline's P99: worth a restart of about 205 s (the cost rule)
+    hot = reading(acceptance=0.72, p99=0.200, rps=20, baseline_p99=0.035)
     quiet = reading(acceptance=None, rps=2, baseline_p99=0.035)
     calm = reading(acceptance=0.72, p99=0.030, rps=2, baseline_p99=0.035)
     admin = AdminPolicy(max_changes_per_hour=2)
-    results = play(doc, [hot, quiet, hot, hot, hot, calm, hot], step=60, admin=admin)
+    # checks 5 minutes apart: the cost-aware cooldown is startup + window, about 265 s
+    results = play(doc, [hot, quiet, hot, hot, hot, calm, hot], step=300, admin=admin)
     assert [r.action for r in results] == [
         Action.DISABLE,
         Action.ENABLE,
@@ -486,3 +496,30 @@ def test_no_answer_from_prometheus_puts_a_non_finite_number_in_the_status(
         if ("inference", "llama", "server") in readings:  # else: no series, held as such
             believable = not any(implausible(v, key[2]) for key, v in readings.items())
             assert (condition["reason"] != "ImplausibleMetrics") == believable
+
+
+def test_the_restart_is_priced_from_the_weights_or_the_measured_startup() -> None:
+    doc = body(controlReplicas=1, cooldown="10m")
+    spec = reconcile.desired(doc).assessment
+    assert spec.resource is not None
+    cost = control.restart_cost(spec.resource.spec, spec.plan)
+    assert round(cost.startup_s) == 208  # 89 GB at 0.75 GB/s + 60 s graphs + 30 s engine
+    assert cost.source.startswith("startup 208s (118s loading 89 GB")
+    # 43% above the baseline: keeping loses 30% of a replica over 10 minutes (180 replica-
+    # seconds), less than restarting the pods
+    slower = reading(acceptance=0.72, p99=0.050, rps=20, baseline_p99=0.035)
+    kept = play(doc, [slower] * 3)[-1]
+    assert kept.action is Action.KEEP
+    assert kept.status["control"]["breaches"] == 3
+    # pods measured to start in 5 s: the same regression is worth a restart
+    cheap = body(controlReplicas=1, cooldown="10m")
+    cheap["metadata"]["annotations"] = {control.STARTUP_ANNOTATION: "5"}
+    acted = play(cheap, [slower] * 3)[-1]
+    assert acted.action is Action.DISABLE
+    assert (
+        "the restart's 5s x 1 = 5 (startup 5s from the specpilot.io/startup-seconds"
+        in (acted.status["decisions"][-1]["reason"])
+    )
+    # an annotation that is not a number of seconds is ignored
+    bad = control.restart_cost(spec.resource.spec, spec.plan, {control.STARTUP_ANNOTATION: "x"})
+    assert bad == cost

@@ -12,7 +12,15 @@ from hypothesis import strategies as st
 from specpilot.api.admin import DEFAULT_MAX_CHANGES_PER_HOUR
 from specpilot.api.models import PolicySpec, Thresholds
 from specpilot.assessment import assess
-from specpilot.control.policy import Action, PolicyState, Signals, decide, flapping_findings
+from specpilot.control.policy import (
+    Action,
+    PolicyState,
+    RestartCost,
+    Signals,
+    cooldown_seconds,
+    decide,
+    flapping_findings,
+)
 from specpilot.findings import Severity
 from specpilot_lab.local.stack import FAST_POLICY
 from tests.conftest import manifest
@@ -449,3 +457,96 @@ def test_validation_refuses_the_flapping_policy() -> None:
     assert ("CooldownTooShort", Severity.ERROR) in codes
     assert ("SingleCheckActs", Severity.WARNING) in codes
     assert assess(manifest(policy=FAST_POLICY)).valid
+
+
+# --- the cost of acting (issue 17) ------------------------------------------------------------
+
+RESTART = RestartCost(startup_s=205, replicas_affected=1, source="startup 205s (test)")
+
+
+def priced_run(readings: list[dict[str, Any]], restart: RestartCost = RESTART, **spec: Any) -> Any:
+    state, out = PolicyState(), []
+    for i, fields in enumerate(readings):
+        now = T0 + datetime.timedelta(seconds=30 * i)
+        decision = decide(signals(now, **fields), state, policy(**spec), now, restart=restart)
+        state = decision.state
+        out.append(decision)
+    return out
+
+
+def test_a_regression_smaller_than_the_restart_it_would_cost_is_kept_with_the_numbers() -> None:
+    # 38% above the baseline: keeping loses 1 - 29/40 = 27.5% of a replica over the 10m cooldown,
+    # 165 replica-seconds; the restart costs 205
+    worse = {"acceptance": 0.7, "p99_tpot": 0.040, "baseline_p99_tpot": 0.029, "load": 40}
+    decisions = priced_run([worse] * 4)
+    assert [d.action for d in decisions] == [Action.KEEP] * 4
+    assert decisions[-1].state.breaches == 4  # still counted: a worse reading acts at once
+    assert (
+        "keeping loses 28% of 1 replica(s)' capacity (P99 TPOT) over the 600s cooldown = "
+        "165 replica-seconds, not more than the restart's 205s x 1 = 205" in decisions[-1].reason
+    )
+    assert decisions[-1].reason.endswith("not restarting")
+
+
+def test_a_regression_that_outweighs_the_restart_disables_and_says_why() -> None:
+    worse = {"acceptance": 0.7, "p99_tpot": 0.080, "baseline_p99_tpot": 0.029, "load": 40}
+    decisions = priced_run([worse] * 3)
+    assert decisions[-1].action is Action.DISABLE
+    assert (
+        "keeping loses 64% of 1 replica(s)' capacity (P99 TPOT) over the 600s cooldown = "
+        "382 replica-seconds, more than the restart's 205s x 1 = 205 (startup 205s (test))"
+        in decisions[-1].reason
+    )
+
+
+def test_the_same_regression_is_worth_it_with_a_faster_start() -> None:
+    worse = {"acceptance": 0.7, "p99_tpot": 0.040, "baseline_p99_tpot": 0.029, "load": 40}
+    fast = RestartCost(startup_s=60, replicas_affected=2)
+    decisions = priced_run([worse] * 3, restart=fast)
+    assert decisions[-1].action is Action.DISABLE
+    assert (
+        "over the 600s cooldown = 330 replica-seconds, more than the restart's 60s x 2 = 120"
+        in decisions[-1].reason
+    )
+
+
+def test_the_cooldown_is_at_least_the_startup_plus_the_rate_window() -> None:
+    spec = policy(cooldown="1m", window="2m")
+    assert cooldown_seconds(spec, None) == 60
+    assert cooldown_seconds(spec, RestartCost(startup_s=205)) == 325
+    assert cooldown_seconds(policy(cooldown="10m"), RestartCost(startup_s=205)) == 600
+
+
+def test_load_readings_that_still_cover_the_restart_count_no_success() -> None:
+    """The outage's missing completions read as low load: after a latency disable, a quiet
+    reading within startup + window of the change is not a success."""
+    state = PolicyState(speculation_on=False, crossover_load=10.0, last_change=T0)
+    spec = policy(window="5m", consecutiveSuccessLimit=1, cooldown="1m")
+    early = T0 + datetime.timedelta(seconds=400)  # < 205 + 300
+    held = decide(signals(early, load=1.0), state, spec, early, restart=RESTART)
+    assert held.action is Action.KEEP
+    assert held.state.successes == 0
+    assert "readings cover the restart until 505s" in held.reason
+    late = T0 + datetime.timedelta(seconds=520)
+    assert decide(signals(late, load=1.0), state, spec, late, restart=RESTART).action is (
+        Action.ENABLE
+    )
+    # without a restart cost the old rule counts it at once
+    assert decide(signals(early, load=1.0), state, spec, early).action is Action.ENABLE
+
+
+def test_low_acceptance_without_a_baseline_is_not_priced_and_the_probe_names_its_price() -> None:
+    decisions = priced_run([{"acceptance": 0.41, "load": 40}] * 3)
+    assert decisions[-1].action is Action.DISABLE
+    assert "replica-seconds" not in decisions[-1].reason  # nothing to measure the loss against
+    state = decisions[-1].state
+    # a failed probe costs two restarts of 205 s: at most 10% of the capacity in between is
+    # 4100 s between probes, not the 10m cooldown
+    early = T0 + datetime.timedelta(seconds=60 + 600)
+    waiting = decide(signals(early, load=40), state, policy(), early, restart=RESTART)
+    assert waiting.action is Action.KEEP
+    assert "probing again in 3500s" in waiting.reason
+    later = T0 + datetime.timedelta(seconds=60 + 4100)
+    probe = decide(signals(later, load=40), state, policy(), later, restart=RESTART)
+    assert probe.action is Action.ENABLE
+    assert "a failed probe costs two restarts of 205s x 1 replica(s)" in probe.reason

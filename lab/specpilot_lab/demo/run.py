@@ -26,7 +26,7 @@ from specpilot.control.signals import Signal, signal_expressions
 from specpilot_lab.demo.timeline import DecisionMark, Series, Timeline, render_png, summary_table
 from specpilot_lab.local.controlplane import ControlPlane
 from specpilot_lab.local.operator_process import wait_for
-from specpilot_lab.local.stack import FAST_POLICY, LocalStack, install_crds
+from specpilot_lab.local.stack import FAST_POLICY, LocalStack, install_crds, simulated
 from specpilot_lab.sim import loadgen
 
 EXAMPLE = "llama-70b-int8-draft.yaml"
@@ -46,7 +46,7 @@ def demo_resource() -> dict[str, Any]:
     doc["metadata"]["namespace"] = NAMESPACE
     doc["spec"]["policy"] = {**doc["spec"].get("policy", {}), **POLICY}
     doc["spec"]["monitoring"] = {}  # the operator's --prometheus-url: the local one
-    return doc
+    return simulated(doc)  # simulated pods start in seconds: restarts are cheap
 
 
 def demo_trace(segments: list[dict[str, float]] | None = None, seed: int = 7) -> loadgen.Trace:

@@ -31,6 +31,19 @@ FAST_POLICY = {
 """spec.policy sped up for local runs (the demo, the end-to-end tests), so a surge plays out in
 minutes; the production defaults are a 30s interval, a 5m window and a 10m cooldown."""
 
+SIMULATED_STARTUP = {"specpilot.io/startup-seconds": "5"}
+"""Annotations for a resource served by the pod runner's simulated pods: they start in seconds,
+not the minutes the operator estimates from a 70B checkpoint's weights, so the cost of a restart
+(docs/policy.md) must not hold the local runs' decisions for minutes."""
+
+
+def simulated(doc: dict[str, Any]) -> dict[str, Any]:
+    """The resource with SIMULATED_STARTUP among its annotations."""
+    annotations = doc["metadata"].setdefault("annotations", {}) or {}
+    doc["metadata"]["annotations"] = {**annotations, **SIMULATED_STARTUP}
+    return doc
+
+
 PEERING_CRDS = "kopf-peering.yaml"
 """kopf's peering CRDs, shipped with the lab (a copy of crds/kopf-peering.yaml; a test keeps them
 equal)."""

@@ -30,10 +30,19 @@ from specpilot.api.models import (
     whole_seconds,
 )
 from specpilot.assessment import assess
-from specpilot.control.policy import Action, PolicyDecision, Signals, decide, seconds
+from specpilot.control.policy import (
+    Action,
+    PolicyDecision,
+    RestartCost,
+    Signals,
+    decide,
+    seconds,
+)
 from specpilot.control.signals import Readings, Signal, implausible
 from specpilot.findings import errors
 from specpilot.planning.checkpoint import Checkpoints
+from specpilot.planning.memory import MemoryPlan
+from specpilot.planning.startup import plan_startup
 from specpilot.reconcile import (
     Event,
     condition,
@@ -59,6 +68,10 @@ REFRESHED_READINGS = (
 )
 """What a check updates in status.control by reading alone (besides its time), without deciding
 anything."""
+STARTUP_ANNOTATION = "specpilot.io/startup-seconds"
+"""On the resource: its pods' measured startup in seconds, which replaces the estimate from the
+weights (planning/startup.py) in the cost of a restart. Simulated pods start in seconds (the
+lab sets it); a resource's owner can only make their own restarts look cheaper or dearer."""
 BASELINE_LOAD_TOLERANCE = 0.25
 """A recorded baseline is compared only while load is within this share of the load it saw."""
 
@@ -131,6 +144,42 @@ def signals_for(
         baseline_p50_ttft=baseline_ttft,
         load=load,
     )
+
+
+def restart_cost(
+    spec: SpeculativeInferenceSpec,
+    memory: MemoryPlan | None,
+    annotations: Mapping[str, str] | None = None,
+) -> RestartCost:
+    """What a change of the server pods costs: each of spec.replicas (1 when an autoscaler owns
+    them) serves nothing for the startup of a pod loading the plan's weights, target plus draft
+    (planning/startup.py, from a local cache); the measured startup of the
+    `specpilot.io/startup-seconds` annotation instead, when it is a number; the default
+    estimate when the weights are unknown."""
+    replicas = spec.replicas or 1
+    measured = _seconds((annotations or {}).get(STARTUP_ANNOTATION))
+    if measured is not None:
+        return RestartCost(
+            startup_s=measured,
+            replicas_affected=replicas,
+            source=f"startup {measured:g}s from the {STARTUP_ANNOTATION} annotation",
+        )
+    estimate = plan_startup(memory)
+    if estimate is None:
+        return RestartCost(replicas_affected=replicas)
+    return RestartCost(
+        startup_s=estimate.seconds,
+        replicas_affected=replicas,
+        source=f"startup {estimate.describe()}",
+    )
+
+
+def _seconds(text: str | None) -> float | None:
+    try:
+        value = float(text) if text is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and 0 <= value < 86400 else None
 
 
 def _comparable(load: float | None, recorded: float | None) -> bool:
@@ -248,7 +297,10 @@ def check(
     if state.target != identity:
         state = _after_target_change(state, identity, now)
     signals = signals_for(namespace, name, readings, error, state, sampled_at)
-    decision, events = _decision(body, spec, signals, state, now, admin, result.checkpoints)
+    restart = restart_cost(spec, result.plan, meta.get("annotations") or {})
+    decision, events = _decision(
+        body, spec, signals, state, now, admin, result.checkpoints, restart
+    )
     decisions, decision_events = _recorded(status.decisions, decision, spec, now)
     events += decision_events
     events += [
@@ -294,6 +346,7 @@ def _decision(
     now: datetime.datetime,
     admin: AdminPolicy,
     checkpoints: Checkpoints,
+    restart: RestartCost | None = None,
 ) -> tuple[PolicyDecision, list[Event]]:
     """The policy's decision under the operator's ceiling; a quantization step whose plan does
     not fit is held instead, with a Warning Event."""
@@ -301,7 +354,7 @@ def _decision(
         return PolicyDecision(
             action=Action.KEEP, reason="speculation is not configured", state=state
         ), []
-    decision = decide(signals, state, spec.policy, now, admin.max_changes_per_hour)
+    decision = decide(signals, state, spec.policy, now, admin.max_changes_per_hour, restart)
     if decision.action is not Action.STEP_QUANTIZATION or not decision.acted:
         return decision, []
     refusal = _step_refusal(body, spec, decision.state.checkpoint_index, admin, checkpoints)

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from specpilot.api.admin import DEFAULT_MAX_CHANGES_PER_HOUR
 from specpilot.api.models import PolicyMode, PolicySpec, PolicyState, Thresholds
 from specpilot.findings import Finding, error, warning
+from specpilot.planning.startup import DEFAULT_STARTUP_S
 
 RE_ENABLE_LOAD_MARGIN = 0.8
 """Re-enable only once load stays below this share of the load at which speculation stopped."""
@@ -36,6 +37,9 @@ RESTART_SECONDS = 300
 """What a GPU pod restart costs: minutes of loading weights and warming up. A cooldown below it
 lets the loop change the pods again before the last change has served (a warning: simulated pods
 restart in seconds, and the local demo's cooldown is 30s)."""
+PROBE_CAPACITY_SHARE = 0.10
+"""A failed probe restarts the pods twice; probes are spaced so that this costs at most this share
+of the capacity in between (2 x startup / 0.10: 41 minutes for a 205 s startup)."""
 CHANGE_WINDOW_SECONDS = 3600
 """The ceiling on changes counts the changes of the last hour."""
 DEFAULT_COOLDOWN = PolicySpec.model_fields["cooldown"].default
@@ -102,6 +106,24 @@ class Signals(BaseModel):
     """Why the reading failed (Prometheus unreachable, bad answer)."""
 
 
+class RestartCost(BaseModel):
+    """What one change of the pods costs: every replica it restarts serves nothing for the
+    startup time (weights loaded, CUDA graphs captured, engine up: planning/startup.py). The
+    control check computes it from the rendered configuration's weight bytes; the default is the
+    decision framework's 86 GB baseline from a local cache."""
+
+    startup_s: float = DEFAULT_STARTUP_S
+    replicas_affected: int = 1
+    """The serving replicas a change restarts (the control replicas run on, unchanged)."""
+    source: str = f"default estimate {DEFAULT_STARTUP_S:.0f}s"
+    """Where startup_s comes from, for the reason."""
+
+    @property
+    def lost_replica_seconds(self) -> float:
+        """The capacity a restart takes away: startup x replicas restarted."""
+        return self.startup_s * self.replicas_affected
+
+
 class PolicyWarning(BaseModel):
     code: str
     """Stable CamelCase, used as the Event reason."""
@@ -149,17 +171,25 @@ def decide(
     policy: PolicySpec,
     now: datetime.datetime,
     max_changes_per_hour: int = DEFAULT_MAX_CHANGES_PER_HOUR,
+    restart: RestartCost | None = None,
 ) -> PolicyDecision:
-    """The decision for one check; an action beyond `max_changes_per_hour` is held."""
+    """The decision for one check; an action beyond `max_changes_per_hour` is held.
+
+    With `restart` (the control check always passes one) the decision is cost-aware
+    (docs/policy.md, "The cost of acting"): a restart happens only when the measured loss of
+    keeping the pods as they are over the cooldown exceeds the capacity the restart takes away;
+    the cooldown is at least the startup plus the rate window; and no breach or success is
+    counted while the readings still cover the restart. Without it, thresholds alone decide
+    (the behaviour before the cost rule, kept for callers that know nothing of the pods)."""
     if policy.mode is PolicyMode.OFF:
         return PolicyDecision(action=Action.KEEP, reason="policy mode is off", state=state)
     problem = _unusable(signals, policy, now, state)
     if problem is not None:
         return PolicyDecision(action=Action.HOLD, reason=f"holding: {problem}", state=state)
     if state.speculation_on:
-        decision = _while_on(signals, state, policy, now)
+        decision = _while_on(signals, state, policy, now, restart)
     else:
-        decision = _while_off(signals, state, policy, now)
+        decision = _while_off(signals, state, policy, now, restart)
     if policy.mode is PolicyMode.RECOMMEND and decision.action not in (Action.KEEP, Action.HOLD):
         return PolicyDecision(
             action=decision.action,
@@ -214,30 +244,114 @@ def _unusable(
     return None
 
 
-def _cooled_down(state: PolicyState, policy: PolicySpec, now: datetime.datetime) -> bool:
+def cooldown_seconds(policy: PolicySpec, restart: RestartCost | None) -> float:
+    """The least time between two changes: spec.policy.cooldown, but never less than a restart's
+    startup plus the rate window (until then the readings still hold the pods being replaced)."""
+    cooldown = seconds(policy.cooldown)
+    if restart is None:
+        return cooldown
+    return max(cooldown, restart.startup_s + seconds(policy.window))
+
+
+def _cooled_down(
+    state: PolicyState, policy: PolicySpec, now: datetime.datetime, restart: RestartCost | None
+) -> bool:
     if state.last_change is None:
         return True
-    return (now - state.last_change).total_seconds() >= seconds(policy.cooldown)
+    return (now - state.last_change).total_seconds() >= cooldown_seconds(policy, restart)
 
 
 def _still_waiting(
-    count: int, limit: int, state: PolicyState, policy: PolicySpec, now: datetime.datetime
+    count: int,
+    limit: int,
+    state: PolicyState,
+    policy: PolicySpec,
+    now: datetime.datetime,
+    restart: RestartCost | None = None,
 ) -> str | None:
     """What an action still waits for (more consecutive checks, or the cooldown), or None."""
     if count < limit:
         return f"{count}/{limit} checks"
-    if not _cooled_down(state, policy, now):
+    if not _cooled_down(state, policy, now, restart):
         return "cooldown"
     return None
 
 
+def _settling(
+    state: PolicyState,
+    policy: PolicySpec,
+    now: datetime.datetime,
+    restart: RestartCost | None,
+    with_window: bool,
+) -> str | None:
+    """Why a reading still shows the last restart rather than the pods it made, or None: the
+    new pods serve after the startup, and a rate over the window holds the outage until the
+    window has passed since (`with_window`: load and latency; acceptance needs only the new
+    pods, which alone have speculation's counters)."""
+    if restart is None or state.last_change is None:
+        return None
+    elapsed = (now - state.last_change).total_seconds()
+    settle = restart.startup_s + (seconds(policy.window) if with_window else 0.0)
+    if elapsed >= settle:
+        return None
+    what = f"startup {restart.startup_s:.0f}s" + (
+        f" + the {policy.window} rate window" if with_window else ""
+    )
+    return (
+        f"the pods changed {elapsed:.0f}s ago and the readings cover the restart until "
+        f"{settle:.0f}s ({what}); nothing counted"
+    )
+
+
+def _loss_share(signals: Signals) -> tuple[float, str] | None:
+    """The share of the serving replicas' capacity that keeping speculation loses, measured
+    against the baseline: a request whose P99 TPOT (or median TTFT) is r times the baseline's
+    takes 1 - 1/r more GPU time than it would without. The larger of the two; None without a
+    baseline to measure against."""
+    found: list[tuple[float, str]] = []
+    for what, value, baseline in (
+        ("P99 TPOT", signals.p99_tpot, signals.baseline_p99_tpot),
+        ("median TTFT", signals.p50_ttft, signals.baseline_p50_ttft),
+    ):
+        if value is not None and baseline and value > 0:
+            found.append((max(0.0, 1 - baseline / value), what))
+    return max(found) if found else None
+
+
+def _worth_restarting(
+    share: float, what: str, policy: PolicySpec, restart: RestartCost
+) -> tuple[bool, str]:
+    """The cost rule: keeping loses share x cooldown x replicas; restarting loses startup x
+    replicas. Whether to act, and the sentence with the numbers."""
+    horizon = cooldown_seconds(policy, restart)
+    replicas = restart.replicas_affected
+    loss = share * horizon * replicas
+    cost = restart.lost_replica_seconds
+    text = (
+        f"keeping loses {share:.0%} of {replicas} replica(s)' capacity ({what}) over the "
+        f"{horizon:.0f}s cooldown = {loss:.0f} replica-seconds, "
+        f"{'more' if loss > cost else 'not more'} than the restart's "
+        f"{restart.startup_s:.0f}s x {replicas} = {cost:.0f} ({restart.source})"
+    )
+    return loss > cost, text
+
+
 def _while_on(
-    signals: Signals, state: PolicyState, policy: PolicySpec, now: datetime.datetime
+    signals: Signals,
+    state: PolicyState,
+    policy: PolicySpec,
+    now: datetime.datetime,
+    restart: RestartCost | None = None,
 ) -> PolicyDecision:
     t = policy.thresholds
     acceptance = signals.acceptance
     assert acceptance is not None  # _unusable holds otherwise
     warnings = _warnings(signals, state)
+    settling = _settling(state, policy, now, restart, with_window=False)
+    if settling is not None:
+        return PolicyDecision(
+            action=Action.KEEP, reason=f"speculation on: {settling}", state=state, warnings=warnings
+        )
     breach = _breach(signals, policy)
     quantization_drop = (
         state.pre_change_acceptance is not None
@@ -254,7 +368,7 @@ def _while_on(
         if quantization_drop
         else str(breach)
     )
-    waiting = _still_waiting(breaches, policy.failure_limit, state, policy, now)
+    waiting = _still_waiting(breaches, policy.failure_limit, state, policy, now, restart)
     if waiting == "cooldown" and state.probes:
         waiting = None  # a failed probe ends at once: the probes' own waits space the restarts
     if waiting is not None:
@@ -263,6 +377,17 @@ def _while_on(
         )
     span = breaches * seconds(policy.interval)
     evidence = f"{reason} for {breaches} checks over {span:.0f}s"
+    priced = _priced(signals, policy, restart)
+    if priced is not None:
+        act, cost_text = priced
+        if not act:
+            return PolicyDecision(
+                action=Action.KEEP,
+                reason=f"{evidence}, but {cost_text}: not restarting",
+                state=counted,
+                warnings=warnings,
+            )
+        evidence = f"{evidence}; {cost_text}"
     if quantization_drop:  # the change caused it: undo the change before giving up speculation
         return PolicyDecision(
             action=Action.STEP_QUANTIZATION,
@@ -301,10 +426,30 @@ def _while_on(
     )
 
 
-def _probe(state: PolicyState, policy: PolicySpec, now: datetime.datetime) -> PolicyDecision:
+def _priced(
+    signals: Signals, policy: PolicySpec, restart: RestartCost | None
+) -> tuple[bool, str] | None:
+    """The cost rule for a restart away from the running configuration, or None when it cannot
+    be priced (no restart cost given, or no baseline to measure the loss against: then the
+    decision framework's thresholds act alone, as for acceptance below 0.50 without control
+    replicas)."""
+    if restart is None:
+        return None
+    measured = _loss_share(signals)
+    if measured is None:
+        return None
+    return _worth_restarting(*measured, policy, restart)
+
+
+def _probe(
+    state: PolicyState,
+    policy: PolicySpec,
+    now: datetime.datetime,
+    restart: RestartCost | None = None,
+) -> PolicyDecision:
     """Acceptance cannot be measured while speculation is off: turn it on again to look, after
     the cooldown, doubled for every probe in a row that found acceptance still low."""
-    wait = _probe_wait(state.probes, policy)
+    wait = _probe_wait(state.probes, policy, restart)
     elapsed = (now - state.last_change).total_seconds() if state.last_change else wait
     if elapsed < wait:
         return PolicyDecision(
@@ -320,7 +465,13 @@ def _probe(state: PolicyState, policy: PolicySpec, now: datetime.datetime) -> Po
         action=Action.ENABLE,
         reason=f"{evidence}; speculation re-enabled to probe (if acceptance is still low it is "
         f"disabled again after {policy.failure_limit} checks, and the next probe waits "
-        f"{_probe_wait(state.probes + 1, policy):.0f}s)",
+        f"{_probe_wait(state.probes + 1, policy, restart):.0f}s)"
+        + (
+            ""
+            if restart is None
+            else f"; a failed probe costs two restarts of {restart.startup_s:.0f}s x "
+            f"{restart.replicas_affected} replica(s) ({restart.source})"
+        ),
         evidence=evidence,
         state=state.model_copy(
             update={
@@ -334,12 +485,22 @@ def _probe(state: PolicyState, policy: PolicySpec, now: datetime.datetime) -> Po
     )
 
 
-def _probe_wait(probes: int, policy: PolicySpec) -> float:
+def _probe_wait(probes: int, policy: PolicySpec, restart: RestartCost | None = None) -> float:
     """The cooldown, doubled per failed probe; never shorter than two intervals or the rate
     window (each probe is judged on its own samples, not on the last probe's), whatever the
-    cooldown says."""
+    cooldown says; with a restart cost, never shorter than its cost-aware cooldown."""
     floor = max(MIN_COOLDOWN_INTERVALS * seconds(policy.interval), seconds(policy.window))
-    return max(seconds(policy.cooldown), floor) * float(2 ** min(probes, MAX_PROBE_DOUBLINGS))
+    cooldown = cooldown_seconds(policy, restart)
+    wait = max(cooldown, floor) * float(2 ** min(probes, MAX_PROBE_DOUBLINGS))
+    if restart is None:
+        return wait
+    return max(wait, probe_budget_seconds(restart))
+
+
+def probe_budget_seconds(restart: RestartCost) -> float:
+    """The least wait between probes for the restarts of a failed probe (two: on, and off again)
+    to cost at most PROBE_CAPACITY_SHARE of the restarted replicas' capacity over the wait."""
+    return 2 * restart.startup_s / PROBE_CAPACITY_SHARE
 
 
 def _no_breach(
@@ -438,14 +599,25 @@ def _warnings(signals: Signals, state: PolicyState) -> list[PolicyWarning]:
 
 
 def _while_off(
-    signals: Signals, state: PolicyState, policy: PolicySpec, now: datetime.datetime
+    signals: Signals,
+    state: PolicyState,
+    policy: PolicySpec,
+    now: datetime.datetime,
+    restart: RestartCost | None = None,
 ) -> PolicyDecision:
     crossover = state.crossover_load
     if crossover is None:
-        return _probe(state, policy, now)
+        return _probe(state, policy, now, restart)
     if signals.load is None:
         return PolicyDecision(
             action=Action.KEEP, reason="speculation off; no load reading to compare", state=state
+        )
+    settling = _settling(state, policy, now, restart, with_window=True)
+    if settling is not None:  # the outage's missing completions read as low load
+        return PolicyDecision(
+            action=Action.KEEP,
+            reason=f"speculation off: {settling}",
+            state=state.model_copy(update={"successes": 0}),
         )
     ceiling = crossover * RE_ENABLE_LOAD_MARGIN
     if signals.load >= ceiling:
@@ -457,7 +629,9 @@ def _while_off(
         )
     successes = state.successes + 1
     counted = state.model_copy(update={"successes": successes})
-    waiting = _still_waiting(successes, policy.consecutive_success_limit, state, policy, now)
+    waiting = _still_waiting(
+        successes, policy.consecutive_success_limit, state, policy, now, restart
+    )
     if waiting is not None:
         return PolicyDecision(
             action=Action.KEEP,
@@ -465,6 +639,12 @@ def _while_off(
             state=counted,
         )
     evidence = f"load {signals.load:.1f} stayed below {ceiling:.1f} for {successes} checks"
+    if restart is not None:
+        evidence += (
+            f"; the restart costs {restart.startup_s:.0f}s x {restart.replicas_affected} "
+            f"replica(s) ({restart.source}), spaced at least "
+            f"{cooldown_seconds(policy, restart):.0f}s from the last"
+        )
     return PolicyDecision(
         action=Action.ENABLE,
         reason=f"{evidence}; speculation re-enabled",
