@@ -218,7 +218,7 @@ class FastEngine(Engine):
     def advance(self, until: float) -> None:
         """Run steps until the engine's clock reaches `until` (a step may end after it)."""
         while self.clock < until:
-            self._admit()
+            self._admit(self.clock)
             if not self.running:
                 self.clock = until
                 return
