@@ -37,7 +37,7 @@ def test_impossible_inputs_are_refused(bad: dict[str, float]) -> None:
         s.startup(**bad)
 
 
-def test_the_baseline_example_takes_the_documented_about_205_s() -> None:
+def test_the_baseline_example_takes_the_documented_about_208_s() -> None:
     body = yaml.safe_load(EXAMPLE.read_text())
     memory = assess(body).plan
     assert memory is not None

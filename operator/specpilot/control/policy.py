@@ -39,7 +39,7 @@ lets the loop change the pods again before the last change has served (a warning
 restart in seconds, and the local demo's cooldown is 30s)."""
 PROBE_CAPACITY_SHARE = 0.10
 """A failed probe restarts the pods twice; probes are spaced so that this costs at most this share
-of the capacity in between (2 x startup / 0.10: 41 minutes for a 205 s startup)."""
+of the capacity in between (2 x startup / 0.10: 69 minutes for a 208 s startup)."""
 CHANGE_WINDOW_SECONDS = 3600
 """The ceiling on changes counts the changes of the last hour."""
 DEFAULT_COOLDOWN = PolicySpec.model_fields["cooldown"].default
