@@ -22,8 +22,10 @@ from specpilot.planning.memory import MemoryPlan, ModelFootprint
 from specpilot.planning.rollout import (
     expected_startup,
     progress_deadline_seconds,
+    restart_is_an_outage,
     startup_seconds,
     strategy,
+    weight_source,
 )
 from specpilot.planning.startup import WeightSource, plan_startup
 from specpilot.rendering.manifests import manifests
@@ -470,6 +472,11 @@ def _plan_report(doc: Any, result: Assessment) -> dict[str, Any]:
         memory_plan["memoryVerdict"] = memory_plan["verdict"]
         memory_plan["verdict"] = result.verdict
     problems = errors(result.findings)
+    rollout = (
+        _rollout_report(result.resource.spec, result.plan)
+        if result.resource is not None and result.plan is not None
+        else None
+    )
     return {
         "name": _name(doc),
         "valid": result.valid,
@@ -477,7 +484,26 @@ def _plan_report(doc: Any, result: Assessment) -> dict[str, Any]:
         "reasons": [str(f) for f in problems],
         "memoryUnit": "GB = 10^9 bytes",
         "plan": memory_plan,
+        "rollout": rollout,
         "findings": [f.model_dump(mode="json") for f in result.findings],
+    }
+
+
+def _rollout_report(spec: SpeculativeInferenceSpec, memory: MemoryPlan) -> dict[str, Any]:
+    """`plan -o json`'s rollout: format_rollout's figures (startups None when the weights are
+    unknown)."""
+    seconds = startup_seconds(spec, memory)
+    local, hub = plan_startup(memory), plan_startup(memory, WeightSource.HUB)
+    rollout = strategy(spec)
+    return {
+        "expectedStartupSeconds": round(seconds),
+        "weightsFrom": weight_source(spec).value,
+        "startupSecondsFromCache": round(local.seconds) if local else None,
+        "startupSecondsFromHub": round(hub.seconds) if hub else None,
+        "maxSurge": rollout.max_surge,
+        "maxUnavailable": rollout.max_unavailable,
+        "progressDeadlineSeconds": progress_deadline_seconds(seconds),
+        "changeIsAnOutage": restart_is_an_outage(spec),
     }
 
 

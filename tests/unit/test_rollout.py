@@ -66,7 +66,7 @@ def test_the_control_replicas_deployment_rolls_out_the_same_way() -> None:
 
 def test_the_progress_deadline_is_twice_the_startup_plus_a_margin_and_at_least_600() -> None:
     assert rollout.progress_deadline_seconds(100) == rollout.KUBERNETES_PROGRESS_DEADLINE_S
-    assert rollout.progress_deadline_seconds(386.2) == 2 * 386.2 // 1 + 1 + 120
+    assert rollout.progress_deadline_seconds(386.2) == 893  # ceil(2 x 386.2 + 120)
     (server,) = deployments(manifest())
     memory = assess(manifest()).plan
     hub = plan_startup(memory, WeightSource.HUB)
