@@ -18,12 +18,6 @@ from tests.conftest import manifest
 CACHE = {"persistentVolumeClaim": {"claimName": "hf-cache"}}
 
 
-def with_spec(**changes: Any) -> dict[str, Any]:
-    doc = manifest()
-    doc["spec"].update(changes)
-    return doc
-
-
 def deployments(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return [o for o in render(doc) if o["kind"] == "Deployment"]
 
@@ -33,22 +27,20 @@ def findings(doc: dict[str, Any], code: str) -> list[Finding]:
 
 
 @pytest.mark.parametrize(
-    ("changes", "surge", "unavailable"),
+    ("replicas", "rollout_spec", "surge", "unavailable"),
     [
-        ({"replicas": 1}, 0, 1),
-        ({"replicas": 3}, 0, 1),
-        ({"replicas": None}, 0, 1),
-        ({"replicas": 1, "rollout": {"surge": "None"}}, 0, 1),
-        ({"replicas": 1, "rollout": {"surge": "OnePod"}}, 1, 0),
-        ({"replicas": 3, "rollout": {"surge": "OnePod"}}, 1, 0),
+        (1, None, 0, 1),
+        (3, None, 0, 1),
+        (None, None, 0, 1),  # an autoscaler's count
+        (1, {"surge": "None"}, 0, 1),
+        (1, {"surge": "OnePod"}, 1, 0),
+        (3, {"surge": "OnePod"}, 1, 0),
     ],
 )
 def test_the_strategy_never_asks_for_gpus_unless_a_surge_is_allowed(
-    changes: dict[str, Any], surge: int, unavailable: int
+    replicas: int | None, rollout_spec: dict[str, str] | None, surge: int, unavailable: int
 ) -> None:
-    doc = with_spec(**{k: v for k, v in changes.items() if v is not None})
-    if changes.get("replicas", 0) is None:
-        del doc["spec"]["replicas"]
+    doc = manifest(replicas=replicas, rollout=rollout_spec)
     (server,) = deployments(doc)
     assert server["spec"]["strategy"] == {
         "type": "RollingUpdate",
@@ -57,7 +49,7 @@ def test_the_strategy_never_asks_for_gpus_unless_a_surge_is_allowed(
 
 
 def test_the_control_replicas_deployment_rolls_out_the_same_way() -> None:
-    doc = with_spec(rollout={"surge": "OnePod"}, policy={"controlReplicas": 1})
+    doc = manifest(rollout={"surge": "OnePod"}, policy={"controlReplicas": 1})
     server, baseline = deployments(doc)
     assert baseline["metadata"]["name"].endswith("-baseline")
     assert baseline["spec"]["strategy"] == server["spec"]["strategy"]
@@ -78,12 +70,12 @@ def test_the_progress_deadline_is_twice_the_startup_plus_a_margin_and_at_least_6
 
 
 def test_the_baseline_deadline_follows_its_own_weights_without_the_draft() -> None:
-    server, baseline = deployments(with_spec(policy={"controlReplicas": 1}))
+    server, baseline = deployments(manifest(policy={"controlReplicas": 1}))
     assert baseline["spec"]["progressDeadlineSeconds"] < server["spec"]["progressDeadlineSeconds"]
 
 
 def test_the_model_cache_is_mounted_as_hf_home_for_every_pod() -> None:
-    for deployment in deployments(with_spec(modelCache=CACHE, policy={"controlReplicas": 1})):
+    for deployment in deployments(manifest(modelCache=CACHE, policy={"controlReplicas": 1})):
         pod = deployment["spec"]["template"]["spec"]
         (vllm,) = pod["containers"]
         assert {"name": "HF_HOME", "value": MODEL_CACHE_MOUNT} in vllm["env"]
@@ -103,7 +95,7 @@ def test_without_a_model_cache_nothing_is_mounted_and_hf_home_is_unset() -> None
 
 def test_the_model_cache_shortens_the_startup_and_the_deadline() -> None:
     (hub,) = deployments(manifest())
-    (cached,) = deployments(with_spec(modelCache=CACHE))
+    (cached,) = deployments(manifest(modelCache=CACHE))
     hub_deadline = hub["spec"]["progressDeadlineSeconds"]
     assert cached["spec"]["progressDeadlineSeconds"] < hub_deadline
 
@@ -153,13 +145,13 @@ def test_the_model_cache_shortens_the_startup_and_the_deadline() -> None:
 def test_the_weights_come_from_disk_only_where_a_volume_outlives_the_pod(
     pod: dict[str, Any], source: WeightSource
 ) -> None:
-    resource = assess(with_spec(pod=pod)).resource
+    resource = assess(manifest(pod=pod)).resource
     assert resource is not None
     assert rollout.weight_source(resource.spec) is source
 
 
 def test_a_user_variable_that_moves_the_cache_is_refused_naming_the_field() -> None:
-    doc = with_spec(modelCache=CACHE, pod={"env": [{"name": "HF_HUB_CACHE", "value": "/x"}]})
+    doc = manifest(modelCache=CACHE, pod={"env": [{"name": "HF_HUB_CACHE", "value": "/x"}]})
     (problem,) = findings(doc, "ModelCacheEnvConflict")
     assert problem.severity is Severity.ERROR
     assert problem.path == "spec.pod.env[0].name"
@@ -168,7 +160,7 @@ def test_a_user_variable_that_moves_the_cache_is_refused_naming_the_field() -> N
 
 
 def test_a_user_mount_or_volume_cannot_take_the_caches_place() -> None:
-    doc = with_spec(
+    doc = manifest(
         modelCache=CACHE,
         pod={
             "volumes": [{"name": "model-cache", "emptyDir": {}}],
@@ -193,7 +185,7 @@ def test_a_user_mount_or_volume_cannot_take_the_caches_place() -> None:
 def test_bad_rollout_and_cache_values_are_refused_naming_the_field(
     changes: dict[str, Any], field: str
 ) -> None:
-    result = assess(with_spec(**changes))
+    result = assess(manifest(**changes))
     assert not result.valid
     assert any(field in f.path for f in result.findings if f.severity is Severity.ERROR)
 
@@ -206,7 +198,7 @@ def test_one_replica_without_a_surge_warns_that_a_change_is_an_outage() -> None:
     assert "spec.replicas to 2" in warning.fix
     assert "OnePod" in warning.fix
     assert "spec.modelCache shortens it to about 208s" in warning.fix
-    (cached,) = findings(with_spec(modelCache=CACHE), "RestartIsAnOutage")
+    (cached,) = findings(manifest(modelCache=CACHE), "RestartIsAnOutage")
     assert "about 208s" in cached.message
     assert "modelCache" not in cached.fix
 
@@ -221,7 +213,7 @@ def test_one_replica_without_a_surge_warns_that_a_change_is_an_outage() -> None:
     ],
 )
 def test_no_outage_warning_where_something_keeps_serving(changes: dict[str, Any]) -> None:
-    assert findings(with_spec(**changes), "RestartIsAnOutage") == []
+    assert findings(manifest(**changes), "RestartIsAnOutage") == []
 
 
 def plan_text(doc: dict[str, Any]) -> str:
@@ -241,7 +233,7 @@ def test_the_plan_says_the_startup_from_where_and_the_outage() -> None:
 
 
 def test_the_plan_with_a_cache_names_the_claim_and_the_time_without_it() -> None:
-    text = plan_text(with_spec(modelCache=CACHE, replicas=3))
+    text = plan_text(manifest(modelCache=CACHE, replicas=3))
     assert "208s" in text
     assert "from the model cache (PVC hf-cache)" in text
     assert "without the cache:     386s" in text
@@ -249,7 +241,7 @@ def test_the_plan_with_a_cache_names_the_claim_and_the_time_without_it() -> None
 
 
 def test_the_plan_with_a_surge_says_it_needs_spare_gpus() -> None:
-    text = plan_text(with_spec(rollout={"surge": "OnePod"}))
+    text = plan_text(manifest(rollout={"surge": "OnePod"}))
     assert "maxSurge 1, maxUnavailable 0" in text
     assert "2 spare H100-80GB GPU(s)" in text
     assert "stays Pending" in text
