@@ -19,6 +19,7 @@ from specpilot.api.validation import parse_manifest
 from specpilot.findings import Finding, InvalidResourceError, Severity, errors, related
 from specpilot.planning.checkpoint import Checkpoints
 from specpilot.planning.memory import MemoryPlan, Verdict, plan
+from specpilot.planning.rollout import rollout_findings
 from specpilot.rendering.compat import compatibility_findings, resolve_version
 from specpilot.rendering.extra_args import extra_args_findings
 from specpilot.rendering.manifests import Manifest, manifests
@@ -91,6 +92,7 @@ def assess(
         if not any(related(d, m) for d in parsed.dropped for m in MEMORY_INPUTS):
             memory_plan = plan(spec, version, checkpoints)
             findings += keep(memory_plan.findings)
+            findings += keep(rollout_findings(spec, memory_plan))
     has_errors = any(f.severity is Severity.ERROR for f in findings)
     return Assessment(
         resource=None if has_errors else resource,

@@ -14,10 +14,20 @@ import yaml
 from specpilot.api.admin import DEFAULT_MAX_CHANGES_PER_HOUR, AdminPolicy, PodPolicy, url_problem
 from specpilot.api.crd import crd_yaml
 from specpilot.api.documents import safe_load_all
+from specpilot.api.models import RolloutSurge, SpeculativeInferenceSpec
 from specpilot.api.reference import markdown_reference
 from specpilot.assessment import Assessment, assess, checkpoint_models
 from specpilot.findings import Finding, errors
 from specpilot.planning.memory import MemoryPlan, ModelFootprint
+from specpilot.planning.rollout import (
+    expected_startup,
+    progress_deadline_seconds,
+    restart_is_an_outage,
+    startup_seconds,
+    strategy,
+    weight_source,
+)
+from specpilot.planning.startup import WeightSource, plan_startup
 from specpilot.rendering.manifests import manifests
 
 EXIT_INVALID = 2
@@ -143,6 +153,8 @@ def plan(file: TextIO, output: str, checkpoint_dir: Path | None, offline: bool) 
             continue
         if result.plan is not None:
             click.echo(format_plan(_name(doc), result.plan))
+            if result.resource is not None:
+                click.echo(format_rollout(result.resource.spec, result.plan))
         click.echo(_verdict_line(result))
         click.echo("Findings:" if result.findings else "Findings: none")
         _print_findings(result.findings)
@@ -460,6 +472,11 @@ def _plan_report(doc: Any, result: Assessment) -> dict[str, Any]:
         memory_plan["memoryVerdict"] = memory_plan["verdict"]
         memory_plan["verdict"] = result.verdict
     problems = errors(result.findings)
+    rollout = (
+        _rollout_report(result.resource.spec, result.plan)
+        if result.resource is not None and result.plan is not None
+        else None
+    )
     return {
         "name": _name(doc),
         "valid": result.valid,
@@ -467,7 +484,26 @@ def _plan_report(doc: Any, result: Assessment) -> dict[str, Any]:
         "reasons": [str(f) for f in problems],
         "memoryUnit": "GB = 10^9 bytes",
         "plan": memory_plan,
+        "rollout": rollout,
         "findings": [f.model_dump(mode="json") for f in result.findings],
+    }
+
+
+def _rollout_report(spec: SpeculativeInferenceSpec, memory: MemoryPlan) -> dict[str, Any]:
+    """`plan -o json`'s rollout: format_rollout's figures (startups None when the weights are
+    unknown)."""
+    seconds = startup_seconds(spec, memory)
+    local, hub = plan_startup(memory), plan_startup(memory, WeightSource.HUB)
+    rollout = strategy(spec)
+    return {
+        "expectedStartupSeconds": round(seconds),
+        "weightsFrom": weight_source(spec).value,
+        "startupSecondsFromCache": round(local.seconds) if local else None,
+        "startupSecondsFromHub": round(hub.seconds) if hub else None,
+        "maxSurge": rollout.max_surge,
+        "maxUnavailable": rollout.max_unavailable,
+        "progressDeadlineSeconds": progress_deadline_seconds(seconds),
+        "changeIsAnOutage": restart_is_an_outage(spec),
     }
 
 
@@ -555,3 +591,69 @@ def format_plan(title: str, p: MemoryPlan) -> str:
     if p.draft_ratio is not None:
         lines.append(f"  draft:target size ratio:            1:{p.draft_ratio:.0f}")
     return "\n".join([*lines, ""])
+
+
+def format_rollout(spec: SpeculativeInferenceSpec, memory: MemoryPlan) -> str:
+    """The price of a change of the pods: each new pod's startup, from where its weights come,
+    and what the Deployment's rollout strategy makes of it."""
+    estimate = expected_startup(spec, memory)
+    seconds = startup_seconds(spec, memory)
+    lines = ["  Startup and rollout (per pod; the assumptions are in planning/startup.py)"]
+    if estimate is None:
+        lines.append(
+            f"  expected startup:      about {seconds:.0f}s (weights unknown: the default)"
+        )
+    else:
+        cache = spec.model_cache
+        where = {
+            WeightSource.HUB: "downloaded from the Hugging Face Hub at every start",
+            WeightSource.LOCAL: (
+                f"from the model cache (PVC {cache.persistent_volume_claim.claim_name})"
+                if cache is not None
+                else "from a volume that outlives the pod"
+            ),
+        }[estimate.source]
+        lines.append(f"  expected startup:      {estimate.describe()}, {where}")
+        if estimate.source is WeightSource.HUB:
+            cached = plan_startup(memory)
+            assert cached is not None  # the weights are known: estimate is not None
+            lines.append(f"  with spec.modelCache:  {cached.describe()}")
+        elif cache is not None:
+            hub = plan_startup(memory, WeightSource.HUB)
+            assert hub is not None
+            lines.append(f"  without the cache:     {hub.describe()}")
+    rollout = strategy(spec)
+    lines.append(
+        f"  rollout:               RollingUpdate, maxSurge {rollout.max_surge}, maxUnavailable "
+        f"{rollout.max_unavailable}, progressDeadlineSeconds "
+        f"{progress_deadline_seconds(seconds)}"
+    )
+    lines.append(f"  a change:              {_change_consequence(spec, seconds)}")
+    return "\n".join([*lines, ""])
+
+
+def _change_consequence(spec: SpeculativeInferenceSpec, startup_s: float) -> str:
+    control = spec.policy.control_replicas
+    if spec.rollout.surge is RolloutSurge.ONE_POD:
+        return (
+            f"one new pod starts on {spec.gpus.count} spare {spec.gpus.type} GPU(s) before an old "
+            "one stops; without spare GPUs it stays Pending and the old pods keep serving the "
+            "old configuration"
+        )
+    if spec.replicas == 1:
+        meanwhile = (
+            f"the {control} control replica(s) serve alone meanwhile"
+            if control
+            else "nothing serves meanwhile"
+        )
+        return (
+            f"an OUTAGE of about {startup_s:.0f}s: the only replica stops before its "
+            f"replacement starts; {meanwhile}"
+        )
+    if spec.replicas == 0:
+        return "nothing to restart: no serving replicas"
+    count = "each replica" if spec.replicas is None else f"each of {spec.replicas} replicas"
+    return (
+        f"{count} in turn serves nothing for about {startup_s:.0f}s; one replica's capacity "
+        "is missing until the last one is back"
+    )

@@ -31,6 +31,31 @@ def test_plan_prints_the_memory_table_and_verdict() -> None:
     assert "1:9" in out
 
 
+def test_plan_prints_the_startup_and_what_a_change_costs() -> None:
+    code, out, _ = run("plan", str(EXAMPLES / "llama-70b-model-cache.yaml"))
+    assert code == 0
+    assert "expected startup:      208s" in out
+    assert "from the model cache (PVC hf-model-cache)" in out
+    assert "maxSurge 0, maxUnavailable 1, progressDeadlineSeconds 600" in out
+    assert "each of 2 replicas in turn" in out
+    assert out.index("Startup and rollout") < out.index("Verdict: fits")
+
+
+def test_plan_json_has_the_rollout() -> None:
+    code, out, _ = run("plan", "-o", "json", str(EXAMPLES / "llama-70b-int8-draft.yaml"))
+    assert code == 0
+    assert json.loads(out)[0]["rollout"] == {
+        "expectedStartupSeconds": 386,
+        "weightsFrom": "hub",
+        "startupSecondsFromCache": 208,
+        "startupSecondsFromHub": 386,
+        "maxSurge": 0,
+        "maxUnavailable": 1,
+        "progressDeadlineSeconds": 892,
+        "changeIsAnOutage": True,
+    }
+
+
 def test_plan_json() -> None:
     code, out, _ = run("plan", "-o", "json", str(EXAMPLES / "does-not-fit.yaml"))
     assert code == 2
@@ -40,6 +65,7 @@ def test_plan_json() -> None:
     assert report["plan"]["memoryVerdict"] == "does-not-fit"
     assert report["reasons"][0].startswith("spec.gpus: weights need")
     assert any(f["code"] == "WeightsExceedMemory" for f in report["findings"])
+    assert report["rollout"] is None  # nothing is rolled out
 
 
 def test_plan_of_does_not_fit_exits_2_with_the_reason() -> None:

@@ -82,7 +82,8 @@ def test_a_volume_the_profile_forbids_is_a_warning_naming_it(
 
 
 def test_a_volume_named_like_specpilots_own_is_refused() -> None:
-    (template,) = pods(manifest())
+    cache = {"persistentVolumeClaim": {"claimName": "hf-cache"}}
+    (template,) = pods(manifest(modelCache=cache))
     assert {v["name"] for v in template["spec"]["volumes"]} == set(MANAGED_MOUNTS)
     mounts = template["spec"]["containers"][0]["volumeMounts"]
     assert {m["name"]: m["mountPath"] for m in mounts} == MANAGED_MOUNTS

@@ -363,6 +363,39 @@ class PodOverrides(SpecModel):
     """Extra pod annotations."""
 
 
+class RolloutSurge(StrEnum):
+    NONE = "None"
+    ONE_POD = "OnePod"
+
+
+class RolloutSpec(SpecModel):
+    """How a change of the vLLM pods is rolled out. Every change restarts GPU pods."""
+
+    surge: RolloutSurge = Field(
+        default=RolloutSurge.NONE,
+        description="None: replace one pod at a time without extra GPUs (maxSurge 0, "
+        "maxUnavailable 1); with a single replica a change is an outage for the pod's startup. "
+        "OnePod: start one new pod on spare GPUs before an old one stops (maxSurge 1, "
+        "maxUnavailable 0); only where the cluster has a replica's GPUs free, else the new pod "
+        "stays Pending and the old one keeps serving the old configuration.",
+    )
+
+
+class PersistentVolumeClaimRef(SpecModel):
+    """A PersistentVolumeClaim in the resource's namespace."""
+
+    claim_name: ResourceName = Field(description="The claim's name.")
+
+
+class ModelCacheSpec(SpecModel):
+    """A volume kept across pod restarts that holds the Hugging Face cache (HF_HOME)."""
+
+    persistent_volume_claim: PersistentVolumeClaimRef = Field(
+        description="The claim mounted at /model-cache as HF_HOME. Replicas on several nodes "
+        "share it only with access mode ReadWriteMany."
+    )
+
+
 class Thresholds(SpecModel):
     """Decision thresholds; the defaults are the decision framework's."""
 
@@ -485,6 +518,12 @@ class SpeculativeInferenceSpec(SpecModel):
         ge=0,
         le=1000,
         description="Serving replicas; unset leaves replicas to an autoscaler (HPA, KEDA).",
+    )
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    model_cache: ModelCacheSpec | None = Field(
+        default=None,
+        description="Where target, draft and ladder checkpoints are kept between restarts, so a "
+        "new pod loads them from disk instead of downloading them (see docs/rendering.md).",
     )
     pod: PodOverrides = Field(default_factory=PodOverrides)
     policy: PolicySpec = Field(default_factory=PolicySpec)

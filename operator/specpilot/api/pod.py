@@ -19,8 +19,14 @@ from specpilot.findings import Finding, error, warning
 SHM_MOUNT = "/dev/shm"
 HOME = "/home/vllm"
 """A writable HOME for a non-root vLLM: its compile caches and Hugging Face's default cache."""
-MANAGED_MOUNTS = {"dshm": SHM_MOUNT, "home": HOME}
-"""The volumes every vLLM pod gets, and where the container mounts them."""
+MODEL_CACHE_MOUNT = "/model-cache"
+"""Where spec.modelCache is mounted; HF_HOME points there."""
+MODEL_CACHE_ENV = ("HF_HOME", "HF_HUB_CACHE")
+"""The variables that move the Hugging Face cache; with spec.modelCache, specpilot's own."""
+MANAGED_MOUNTS = {"dshm": SHM_MOUNT, "home": HOME, "model-cache": MODEL_CACHE_MOUNT}
+"""The volumes specpilot gives the vLLM pods (model-cache with spec.modelCache), and where the
+container mounts them; reserved whether or not the pod has them, so adding a cache later never
+collides with a user's volume."""
 RESTRICTED_VOLUME_TYPES = frozenset(
     {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
      "projected", "secret"}
@@ -34,6 +40,7 @@ def pod_findings(spec: SpeculativeInferenceSpec, policy: PodPolicy) -> list[Find
         schema_findings(pod)
         + volume_findings(pod, policy)
         + mount_findings(pod)
+        + model_cache_findings(spec)
         + admin_rule_findings(spec, policy)
     )
 
@@ -135,9 +142,31 @@ def mount_findings(pod: PodOverrides) -> list[Finding]:
     return found
 
 
+def model_cache_findings(spec: SpeculativeInferenceSpec) -> list[Finding]:
+    """With spec.modelCache, HF_HOME is specpilot's: a user's HF_HOME or HF_HUB_CACHE would
+    send the downloads past the cache, silently."""
+    if spec.model_cache is None:
+        return []
+    return [
+        error(
+            "ModelCacheEnvConflict",
+            f"spec.pod.env[{i}].name",
+            f"{variable['name']} moves the Hugging Face cache away from spec.modelCache, "
+            f"which specpilot mounts at {MODEL_CACHE_MOUNT} as HF_HOME.",
+            "remove the variable (the cache's files are in its hub/ folder), or remove "
+            "spec.modelCache and mount your own volume there.",
+            also=["spec.modelCache"],
+        )
+        for i, variable in enumerate(spec.pod.env)
+        if variable.get("name") in MODEL_CACHE_ENV
+    ]
+
+
 def _mount_fix(mount_path: str) -> str:
     if mount_path == SHM_MOUNT:
         return "mount it elsewhere; set spec.gpus.shmSize to size /dev/shm."
+    if mount_path == MODEL_CACHE_MOUNT:
+        return "mount it elsewhere; spec.modelCache mounts a model cache there."
     if mount_path == HOME:
         return f"mount it elsewhere, e.g. below {HOME} ({HOME}/.cache/huggingface for a cache)."
     return "give each mount its own path."

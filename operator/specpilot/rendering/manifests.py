@@ -16,9 +16,11 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from packaging.version import Version
 
 from specpilot.api.models import SpeculativeInference, SpeculativeInferenceSpec
-from specpilot.api.pod import HOME, SHM_MOUNT
+from specpilot.api.pod import HOME, MODEL_CACHE_MOUNT, SHM_MOUNT
 from specpilot.api.validation import BASELINE_SUFFIX
 from specpilot.planning.checkpoint import Checkpoints
+from specpilot.planning.memory import plan
+from specpilot.planning.rollout import progress_deadline_seconds, startup_seconds, strategy
 from specpilot.rendering.args import COMMAND, is_speculating, server_args
 
 Manifest = dict[str, Any]
@@ -111,7 +113,10 @@ def deployment(
     replicas: int | None = None,
     checkpoints: Checkpoints | None = None,
 ) -> Manifest:
-    """One Deployment running `spec` (pass `without_speculation(...)` for the off variant)."""
+    """One Deployment running `spec` (pass `without_speculation(...)` for the off variant).
+
+    Its rollout never asks for GPUs the spec did not grant (planning/rollout.py), and its
+    progress deadline follows the startup of this configuration's weights."""
     name = resource.metadata.name
     pod = spec.pod
     speculation = "on" if is_speculating(spec) else "off"
@@ -123,12 +128,31 @@ def deployment(
     for section in ("limits", "requests"):
         # Quantities are strings: server-side apply rejects a bare number for them.
         resources[section] = {**resources.get(section, {}), gpu_resource: str(spec.gpus.count)}
+    env = pod.env if users_home else [{"name": "HOME", "value": HOME}, *pod.env]
+    volume_mounts = [
+        {"name": "dshm", "mountPath": SHM_MOUNT},
+        {"name": "home", "mountPath": HOME},
+    ]
+    volumes: list[dict[str, Any]] = [
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.gpus.shm_size}},
+        {"name": "home", "emptyDir": {}},
+    ]
+    if spec.model_cache is not None:
+        env = [{"name": "HF_HOME", "value": MODEL_CACHE_MOUNT}, *env]
+        volume_mounts.append({"name": "model-cache", "mountPath": MODEL_CACHE_MOUNT})
+        claim = spec.model_cache.persistent_volume_claim.claim_name
+        volumes.append({"name": "model-cache", "persistentVolumeClaim": {"claimName": claim}})
+    rollout = strategy(spec)
+    startup_s = startup_seconds(spec, plan(spec, version, checkpoints))
     return _render(
         "deployment.yaml.j2",
         name=deployment_name(name, role),
         namespace=resource.metadata.namespace or "default",
         labels=labels,
         replicas=replicas,
+        max_surge=rollout.max_surge,
+        max_unavailable=rollout.max_unavailable,
+        progress_deadline_seconds=progress_deadline_seconds(startup_s),
         selector=selector,
         pod_labels={**pod.labels, **labels, LABEL_SPECULATION: speculation},
         pod_annotations={
@@ -143,17 +167,9 @@ def deployment(
         args=server_args(spec, version, checkpoints),
         port=spec.vllm.port,
         resources=resources,
-        env=pod.env if users_home else [{"name": "HOME", "value": HOME}, *pod.env],
-        volume_mounts=[
-            {"name": "dshm", "mountPath": SHM_MOUNT},
-            {"name": "home", "mountPath": HOME},
-            *pod.volume_mounts,
-        ],
-        volumes=[
-            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.gpus.shm_size}},
-            {"name": "home", "emptyDir": {}},
-            *pod.volumes,
-        ],
+        env=env,
+        volume_mounts=[*volume_mounts, *pod.volume_mounts],
+        volumes=[*volumes, *pod.volumes],
     )
 
 
