@@ -523,3 +523,55 @@ def test_the_restart_is_priced_from_the_weights_or_the_measured_startup() -> Non
     # an annotation that is not a number of seconds is ignored
     bad = control.restart_cost(spec.resource.spec, spec.plan, {control.STARTUP_ANNOTATION: "x"})
     assert bad == cost
+
+
+def rolled_out(doc: dict[str, Any], status: str, reason: str, since: datetime.datetime) -> None:
+    """The RolledOut condition as the reconcile writes it from the Deployments' status."""
+    doc.setdefault("status", {}).setdefault("conditions", [])
+    doc["status"]["conditions"] = [
+        c for c in doc["status"]["conditions"] if c["type"] != "RolledOut"
+    ]
+    doc["status"]["conditions"].append({
+        "type": "RolledOut", "status": status, "reason": reason,
+        "message": "rollout in progress: llama 1 of 2 pods updated, 2 available",
+        "lastTransitionTime": since.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    })  # fmt: skip
+
+
+def test_a_rollout_holds_the_check_and_its_readings_count_only_a_window_after_it() -> None:
+    doc = body(window="1m")
+    rolled_out(doc, "False", "RolloutInProgress", T0)
+    held = play(doc, [reading(acceptance=0.41, rps=6)] * 4)
+    assert {r.action for r in held} == {Action.HOLD}
+    metrics = metrics_condition(doc["status"])
+    assert (metrics["status"], metrics["reason"]) == ("Unknown", "AwaitingRollout")
+    assert "1 of 2 pods updated" in metrics["message"]
+    assert [e.reason for e in held[0].events] == ["AwaitingRollout"]
+    control_state = doc["status"]["control"]
+    assert control_state.get("breaches", 0) == 0
+    assert "lastAcceptance" not in control_state
+    assert "lastMetrics" not in doc["status"]  # nothing of the old pods is kept
+    # Complete at T0 + 100 s: a reading at +130 s still covers 30 s of the old pods.
+    rolled_out(doc, "True", "RolloutComplete", T0 + datetime.timedelta(seconds=100))
+    at = T0 + datetime.timedelta(seconds=130)
+    result = control.check(doc, reading(acceptance=0.41, rps=6), None, at, at)
+    assert result is not None
+    assert result.action is Action.HOLD
+    assert (
+        "its rate window (60s) still holds the pods it replaced"
+        in (metrics_condition(result.status)["message"])
+    )
+    at = T0 + datetime.timedelta(seconds=160)
+    result = control.check(doc, reading(acceptance=0.41, rps=6), None, at, at)
+    assert result is not None
+    assert result.action is Action.KEEP  # counted: the first breach of three
+    assert result.status["control"]["lastAcceptance"] == 0.41
+
+
+def test_a_stuck_rollout_holds_and_no_baseline_is_recorded_from_it() -> None:
+    doc = body()
+    doc["status"] = {"control": {"speculationOn": False}}
+    rolled_out(doc, "False", "RolloutStuck", T0)
+    (result,) = play(doc, [reading(acceptance=None, p99=0.02)])
+    assert result.action is Action.HOLD
+    assert "baselineP99Tpot" not in result.status["control"]

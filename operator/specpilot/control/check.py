@@ -44,6 +44,8 @@ from specpilot.planning.checkpoint import Checkpoints
 from specpilot.planning.memory import MemoryPlan
 from specpilot.planning.startup import plan_startup
 from specpilot.reconcile import (
+    ROLLED_OUT,
+    ROLLOUT_HOLDING_REASONS,
     Event,
     condition,
     keep_transition_times,
@@ -53,6 +55,8 @@ from specpilot.reconcile import (
 from specpilot.rendering.args import is_speculating
 
 NO_SERIES = "Prometheus has no series for this resource"
+ROLLING = "rollout"
+"""Starts the error of a check held by a rollout: the readings may hold old-configuration pods."""
 IMPLAUSIBLE = "implausible metrics"
 """Starts the error of a reading that cannot be true: the check holds and stores none of it."""
 METRICS_REFRESH_SECONDS = 60
@@ -259,10 +263,38 @@ def _remember(
     return state.model_copy(update=update)
 
 
+def rollout_hold(
+    conditions: list[Condition], window_s: float, sampled_at: datetime.datetime
+) -> str | None:
+    """Why readings taken at `sampled_at` cannot be attributed to the configuration in status, or
+    None when they can: while the Deployments roll out (or are stuck), old-configuration pods
+    may still serve; once the new pods are all Ready (RolledOut's lastTransitionTime), the rate
+    window must pass before it holds the new pods only. A resource whose status predates the
+    RolledOut condition, or whose first pods are not up yet (nothing old serves), is not held."""
+    rolled = next((c for c in conditions if c.type == ROLLED_OUT), None)
+    if rolled is None:
+        return None
+    if rolled.status == "False" and rolled.reason in ROLLOUT_HOLDING_REASONS:
+        return rolled.message
+    since = rolled.last_transition_time
+    if rolled.status != "True" or since is None:
+        return None
+    clean = (sampled_at - since).total_seconds()
+    if clean >= window_s:
+        return None
+    return (
+        f"completed at {since:%Y-%m-%dT%H:%M:%SZ}, {max(clean, 0):.0f}s before this reading; "
+        f"its rate window ({window_s:g}s) still holds the pods it replaced"
+    )
+
+
 def _metrics_condition(signals: Signals, generation: int | None, ever_read: bool) -> Condition:
     if signals.error is None:
         message = "the control loop is reading metrics"
         return condition("MetricsAvailable", True, "MetricsRead", message, generation)
+    if signals.error.startswith(ROLLING):
+        message = f"holding, nothing counted or recorded: {signals.error}"
+        return condition("MetricsAvailable", None, "AwaitingRollout", message, generation)
     if signals.error.startswith(NO_SERIES) and not ever_read:
         message = f"holding until the pods are scraped: {signals.error}"
         return condition("MetricsAvailable", None, "AwaitingMetrics", message, generation)
@@ -297,6 +329,9 @@ def check(
     if state.target != identity:
         state = _after_target_change(state, identity, now)
     signals = signals_for(namespace, name, readings, error, state, sampled_at)
+    rolling = rollout_hold(status.conditions, seconds(spec.policy.window), sampled_at)
+    if rolling is not None:
+        signals = Signals(sampled_at=sampled_at, error=f"{ROLLING}: {rolling}")
     restart = restart_cost(spec, result.plan, meta.get("annotations") or {})
     decision, events = _decision(
         body, spec, signals, state, now, admin, result.checkpoints, restart
