@@ -575,3 +575,38 @@ def test_a_stuck_rollout_holds_and_no_baseline_is_recorded_from_it() -> None:
     (result,) = play(doc, [reading(acceptance=None, p99=0.02)])
     assert result.action is Action.HOLD
     assert "baselineP99Tpot" not in result.status["control"]
+
+
+def test_the_operators_own_stuck_rollout_is_reverted_a_users_is_only_reported() -> None:
+    doc = body()
+    results = play(doc, [reading(acceptance=0.41, rps=6)] * 3)
+    assert results[-1].action is Action.DISABLE
+    disabled_at = T0 + datetime.timedelta(seconds=60)
+    assert not any("--speculative-config" in a for a in args(doc))
+    user = json.loads(json.dumps(doc))
+    # The disable's rollout began right after the decision and got stuck (GPUs, deadline...).
+    rolled_out(doc, "False", "RolloutStuck", disabled_at)
+    at = disabled_at + datetime.timedelta(seconds=30)
+    result = control.check(doc, reading(acceptance=0.41, rps=6), None, at, at)
+    assert result is not None
+    assert result.rerender
+    (reverted,) = [e for e in result.events if e.reason == "RolloutReverted"]
+    assert reverted.type == "Warning"
+    assert "the rollout of disable-speculation at 2026-01-01T00:01:00Z is stuck" in reverted.message
+    doc["status"] = result.status
+    assert doc["status"]["control"]["speculationOn"] is True
+    assert doc["status"]["decisions"][-1]["action"] == "revert-rollout"
+    assert any("--speculative-config" in a for a in args(doc))  # what ran before
+    # Reverted once: the next check, still stuck until the pods are back, does not again.
+    later = at + datetime.timedelta(seconds=30)
+    again = control.check(doc, reading(acceptance=0.41, rps=6), None, later, later)
+    assert again is not None
+    assert not again.rerender
+    # A rollout that began long after the operator's last change is the user's: not reverted.
+    rolled_out(user, "False", "RolloutStuck", disabled_at + datetime.timedelta(minutes=10))
+    at = disabled_at + datetime.timedelta(minutes=11)
+    result = control.check(user, reading(acceptance=0.41, rps=6), None, at, at)
+    assert result is not None
+    assert not result.rerender
+    assert "RolloutReverted" not in [e.reason for e in result.events]
+    assert result.status["control"]["speculationOn"] is False

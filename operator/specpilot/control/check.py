@@ -12,7 +12,7 @@ the Deployments must be re-rendered.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -288,6 +288,58 @@ def rollout_hold(
     )
 
 
+REVERT_ACTION = "revert-rollout"
+_REVERSALS: dict[str, Callable[[PolicyState], dict[str, Any]]] = {
+    Action.DISABLE.value: lambda s: {"speculation_on": True},
+    Action.ENABLE.value: lambda s: {"speculation_on": False},
+    Action.STEP_QUANTIZATION.value: lambda s: {"checkpoint_index": max(s.checkpoint_index - 1, 0)},
+}
+"""How the configuration before each of the operator's own changes comes back."""
+
+
+def stuck_revert(
+    status: SpeculativeInferenceStatus, spec: SpeculativeInferenceSpec, now: datetime.datetime
+) -> Callable[[PolicyState], tuple[PolicyState, DecisionRecord, Event]] | None:
+    """When the stuck rollout is the operator's own change, how to return to the configuration
+    that ran: the policy state before that change, a decision record and a RolloutReverted
+    Warning. None when nothing is stuck, or the stuck rollout is not the operator's (a user's
+    spec change: the RolloutStuck Event reports it; the operator does not fight the user).
+
+    The rollout is the operator's when the last decision is an acted change (it moved
+    `last_change`) and the rollout began (RolledOut turned False) within one check interval
+    after it: the control loop re-renders right after writing its decision."""
+    rolled = next((c for c in status.conditions if c.type == ROLLED_OUT), None)
+    control = status.control
+    if rolled is None or rolled.reason != "RolloutStuck" or not status.decisions:
+        return None
+    last = status.decisions[-1]
+    reverse = _REVERSALS.get(last.action)
+    if reverse is None or control is None or control.last_change is None:
+        return None
+    began = rolled.last_transition_time
+    acted = abs((control.last_change - last.time).total_seconds()) < 1
+    ours = began is not None and -1 <= (began - last.time).total_seconds() <= seconds(
+        spec.policy.interval
+    )
+    if not (acted and ours):
+        return None
+    reason = (
+        f"the rollout of {last.action} at {last.time:%Y-%m-%dT%H:%M:%SZ} is stuck "
+        f"({rolled.message}); returning the pods to the configuration that ran before it"
+    )[:1024]
+
+    def apply(state: PolicyState) -> tuple[PolicyState, DecisionRecord, Event]:
+        update = reverse(state) | {"breaches": 0, "successes": 0, "last_change": now}
+        record = DecisionRecord(time=whole_seconds(now), action=REVERT_ACTION, reason=reason)
+        return (
+            state.model_copy(update=update),
+            record,
+            Event(type="Warning", reason="RolloutReverted", message=reason),
+        )
+
+    return apply
+
+
 def _metrics_condition(signals: Signals, generation: int | None, ever_read: bool) -> Condition:
     if signals.error is None:
         message = "the control loop is reading metrics"
@@ -346,6 +398,11 @@ def check(
     conditions, metrics_events = _metrics_conditions(status, signals, generation, now)
     events += metrics_events
     new_state = _remember(decision.state, signals, now, state.speculation_on)
+    revert = stuck_revert(status, spec, now)
+    if revert is not None:
+        new_state, record, event = revert(new_state)
+        decisions = [*decisions, record]
+        events.append(event)
     updated = status.model_copy(
         update={
             "control": new_state.model_copy(
@@ -367,7 +424,7 @@ def check(
     return CheckResult(
         status=written,
         events=events,
-        rerender=decision.acted and decision.action in _ACTED_EVENTS,
+        rerender=(decision.acted and decision.action in _ACTED_EVENTS) or revert is not None,
         action=decision.action,
         changed=_worth_writing(updated, status.model_copy(update={"kopf": None})),
     )
