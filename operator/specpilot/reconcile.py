@@ -314,8 +314,11 @@ def status_after_apply(
         effective = previous.effective
     else:
         conditions, phase = _applied_conditions(wanted, observed, generation)
-        conditions.append(_rolled_out_condition(rollout(observed.deployments), generation))
+        rolled = rollout(observed.deployments)
+        conditions.append(_rolled_out_condition(rolled, generation))
         effective = _effective_configuration(wanted)
+        if rolled.reason in ROLLOUT_HOLDING_REASONS and previous.effective is not None:
+            effective = previous.effective  # what runs until the new pods are all Ready
     metrics = next((c for c in previous.conditions if c.type == "MetricsAvailable"), None)
     conditions.append(
         metrics

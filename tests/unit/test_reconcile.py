@@ -297,3 +297,22 @@ def test_the_first_pods_of_a_resource_are_no_replacement() -> None:
     status, events = reconcile.status_after_apply(doc, wanted, Observed(deployments=[done]), LATER)
     assert conditions(status)["RolledOut"]["reason"] == "RolloutComplete"
     assert "RolloutComplete" not in [e.reason for e in events]
+
+
+def test_effective_says_what_runs_until_the_new_pods_are_ready() -> None:
+    doc = body()
+    wanted = reconcile.desired(doc)
+    done = ready_deployment(wanted.objects[0])
+    status, _ = reconcile.status_after_apply(doc, wanted, Observed(deployments=[done]), NOW)
+    assert status["effective"]["speculation"] == "on"
+    doc["status"] = {**status, "control": PolicyState(speculation_on=False).model_dump(
+        by_alias=True, exclude_none=True, mode="json")}  # fmt: skip
+    off = reconcile.desired(doc)
+    assert off.speculation is False
+    rolling = {**done, "metadata": {**done["metadata"], "generation": 2}}
+    status, _ = reconcile.status_after_apply(doc, off, Observed(deployments=[rolling]), LATER)
+    assert conditions(status)["RolledOut"]["reason"] == "RolloutInProgress"
+    assert status["effective"]["speculation"] == "on"  # the old pods still serve
+    doc["status"] = {**doc["status"], **status}
+    status, _ = reconcile.status_after_apply(doc, off, Observed(deployments=[done]), LATER)
+    assert status["effective"]["speculation"] == "off"
