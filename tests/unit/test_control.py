@@ -610,3 +610,39 @@ def test_the_operators_own_stuck_rollout_is_reverted_a_users_is_only_reported() 
     assert not result.rerender
     assert "RolloutReverted" not in [e.reason for e in result.events]
     assert result.status["control"]["speculationOn"] is False
+
+
+def test_a_change_reverted_as_stuck_is_not_retried_within_the_hour() -> None:
+    doc = body()
+    play(doc, [reading(acceptance=0.41, rps=6)] * 3)
+    disabled_at = T0 + datetime.timedelta(seconds=60)
+    rolled_out(doc, "False", "RolloutStuck", disabled_at)
+    at = disabled_at + datetime.timedelta(seconds=30)
+    result = control.check(doc, reading(acceptance=0.41, rps=6), None, at, at)
+    assert result is not None
+    doc["status"] = result.status
+    rolled_out(doc, "True", "RolloutComplete", at)
+    # Past the cooldown and the window, acceptance still low: the policy would disable again
+    # (as it does for the same status without the revert in its history).
+    checks = [at + datetime.timedelta(minutes=15, seconds=30 * i) for i in range(4)]
+    unreverted = json.loads(json.dumps(doc))
+    unreverted["status"]["decisions"] = unreverted["status"]["decisions"][:-1]
+
+    def run(resource: dict[str, Any], times: list[datetime.datetime]) -> list[CheckResult]:
+        results = []
+        for now in times:
+            result = control.check(resource, reading(acceptance=0.41, rps=6), None, now, now)
+            assert result is not None
+            if result.worth_writing:
+                resource["status"] = result.status
+            results.append(result)
+        return results
+
+    assert Action.DISABLE in [r.action for r in run(unreverted, checks)]
+    assert not any(r.rerender for r in run(doc, checks))
+    assert doc["status"]["control"]["speculationOn"] is True
+    assert doc["status"]["decisions"][-1]["action"] == "revert-rollout"
+    # An hour later it may try again.
+    later = at + datetime.timedelta(hours=1, minutes=5)
+    results = run(doc, [later + datetime.timedelta(seconds=30 * i) for i in range(4)])
+    assert Action.DISABLE in [r.action for r in results]

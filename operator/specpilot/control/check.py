@@ -12,6 +12,7 @@ the Deployments must be re-rendered.
 from __future__ import annotations
 
 import datetime
+import itertools
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -297,6 +298,32 @@ _REVERSALS: dict[str, Callable[[PolicyState], dict[str, Any]]] = {
 """How the configuration before each of the operator's own changes comes back."""
 
 
+RETRY_AFTER_STUCK_SECONDS = 3600.0
+"""After a change's rollout got stuck and was reverted, the same change waits this long: the GPUs
+or whatever held it back rarely come free in a cooldown."""
+
+
+def _reverted_recently(
+    body: Mapping[str, Any], decision: PolicyDecision, now: datetime.datetime
+) -> str | None:
+    """Why an acted change must wait: the same change was reverted as stuck within the hour."""
+    if not decision.acted or decision.action.value not in _REVERSALS:
+        return None
+    history = SpeculativeInferenceStatus.model_validate(body.get("status") or {}).decisions
+    for before, record in itertools.pairwise(history):
+        if record.action != REVERT_ACTION or before.action != decision.action.value:
+            continue
+        age = (now - record.time).total_seconds()
+        if age < RETRY_AFTER_STUCK_SECONDS:
+            return (
+                f"holding: {decision.action.value} got stuck and was reverted at "
+                f"{record.time:%Y-%m-%dT%H:%M:%SZ}; not retrying before "
+                f"{RETRY_AFTER_STUCK_SECONDS / 60:.0f} minutes have passed (wanted: "
+                f"{decision.reason})"
+            )[:1024]
+    return None
+
+
 def stuck_revert(
     status: SpeculativeInferenceStatus, spec: SpeculativeInferenceSpec, now: datetime.datetime
 ) -> Callable[[PolicyState], tuple[PolicyState, DecisionRecord, Event]] | None:
@@ -447,6 +474,17 @@ def _decision(
             action=Action.KEEP, reason="speculation is not configured", state=state
         ), []
     decision = decide(signals, state, spec.policy, now, admin.max_changes_per_hour, restart)
+    stuck_before = _reverted_recently(body, decision, now)
+    if stuck_before is not None:
+        held = decision.model_copy(
+            update={
+                "action": Action.HOLD,
+                "reason": stuck_before,
+                "acted": False,
+                "state": state.model_copy(update={"breaches": 0}),
+            }
+        )
+        return held, []
     if decision.action is not Action.STEP_QUANTIZATION or not decision.acted:
         return decision, []
     refusal = _step_refusal(body, spec, decision.state.checkpoint_index, admin, checkpoints)
