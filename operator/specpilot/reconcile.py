@@ -42,6 +42,7 @@ CONDITION_TYPES = (
     "SpeculationActive",
     "MetricsAvailable",
     "Degraded",
+    "RolledOut",
 )
 MAX_MESSAGE = 1024
 
@@ -196,6 +197,111 @@ def _ready(deployments: list[Manifest]) -> tuple[bool, str]:
     return not waiting, ", ".join(waiting)
 
 
+ROLLED_OUT = "RolledOut"
+"""True once every pod of the applied Deployments runs the applied configuration and is Ready
+(its lastTransitionTime says since when); False while a rollout replaces old pods, or is stuck."""
+ROLLOUT_HOLDING_REASONS = ("RolloutInProgress", "RolloutStuck")
+"""RolledOut reasons under which old-configuration pods may still serve: the control loop holds."""
+
+
+class Rollout(BaseModel):
+    """Where the rollout of the applied Deployments is, read from their status. Pure."""
+
+    reason: Literal["RolloutComplete", "RolloutInProgress", "RolloutStuck", "AwaitingPods"]
+    message: str
+
+    @property
+    def complete(self) -> bool:
+        return self.reason == "RolloutComplete"
+
+
+def deployment_rollout(deployment: Mapping[str, Any]) -> Rollout:
+    """One Deployment's rollout as the deployment controller reports it: stuck when Progressing
+    is False (ProgressDeadlineExceeded, ReplicaSet failures); in progress while the controller
+    has not seen the newest generation, or pods are not all updated, available or old ones not
+    gone; awaiting pods while none exist at all (nothing old can serve then)."""
+    name = deployment.get("metadata", {}).get("name", "?")
+    wanted = int((deployment.get("spec") or {}).get("replicas", 1) or 0)
+    status = deployment.get("status") or {}
+    generation = deployment.get("metadata", {}).get("generation")
+    replicas = int(status.get("replicas") or 0)
+    updated = int(status.get("updatedReplicas") or 0)
+    available = int(status.get("availableReplicas") or 0)
+    unavailable = int(status.get("unavailableReplicas") or 0)
+    progressing: Mapping[str, Any] = next(
+        (c for c in status.get("conditions") or [] if c.get("type") == "Progressing"), {}
+    )
+    counts = f"{updated} of {wanted} pods updated, {available} available"
+    if progressing.get("status") == "False":
+        cause = progressing.get("reason") or "not progressing"
+        detail = progressing.get("message") or ""
+        return Rollout(
+            reason="RolloutStuck",
+            message=f"{name}: {cause} ({counts}){': ' + detail if detail else ''}",
+        )
+    if replicas == 0 and available == 0 and wanted > 0:
+        return Rollout(reason="AwaitingPods", message=f"{name}: no pods yet")
+    if status.get("observedGeneration") != generation:
+        return Rollout(
+            reason="RolloutInProgress",
+            message=f"rollout in progress: {name} generation {generation} not yet seen "
+            f"by the deployment controller ({counts})",
+        )
+    if updated < wanted or available < wanted or replicas > wanted or unavailable > 0:
+        return Rollout(reason="RolloutInProgress", message=f"rollout in progress: {name} {counts}")
+    return Rollout(
+        reason="RolloutComplete", message=f"{name}: {wanted} of {wanted} pods updated and Ready"
+    )
+
+
+def rollout(deployments: list[Manifest]) -> Rollout:
+    """The rollout of all the applied Deployments: the worst of them (stuck, in progress,
+    awaiting pods), or complete when every one is."""
+    if not deployments:
+        return Rollout(reason="AwaitingPods", message="no Deployment applied yet")
+    each = [deployment_rollout(d) for d in deployments]
+    for reason in ("RolloutStuck", "RolloutInProgress", "AwaitingPods"):
+        matching = [r.message for r in each if r.reason == reason]
+        if matching:
+            return Rollout(reason=reason, message="; ".join(matching))
+    return Rollout(reason="RolloutComplete", message="; ".join(r.message for r in each))
+
+
+def _rolled_out_condition(state: Rollout, generation: int | None) -> Condition:
+    return condition(
+        ROLLED_OUT,
+        None if state.reason == "AwaitingPods" else state.complete,
+        state.reason,
+        state.message,
+        generation,
+    )
+
+
+def rollout_events(
+    before: list[Condition], after: list[Condition], now: datetime.datetime
+) -> list[Event]:
+    """RolloutComplete (Normal) when a replacement's new pods are all Ready, with how long it
+    took since the rollout began; RolloutStuck (Warning) when one stops progressing."""
+    prior = next((c for c in before if c.type == ROLLED_OUT), None)
+    current = next((c for c in after if c.type == ROLLED_OUT), None)
+    if current is None or (prior is not None and prior.reason == current.reason):
+        return []
+    if current.reason == "RolloutStuck":
+        return [Event(type="Warning", reason="RolloutStuck", message=current.message)]
+    if current.reason != "RolloutComplete" or prior is None:
+        return []
+    if prior.reason not in ROLLOUT_HOLDING_REASONS:
+        return []  # the first pods of a new resource: nothing was replaced
+    took = ""
+    if prior.last_transition_time is not None:
+        seconds = (now - prior.last_transition_time).total_seconds()
+        took = f" {seconds:.0f}s (since {prior.last_transition_time:%Y-%m-%dT%H:%M:%SZ})"
+    message = f"the new configuration is in effect: {current.message}; the rollout took{took}"
+    if not took:
+        message = f"the new configuration is in effect: {current.message}"
+    return [Event(type="Normal", reason="RolloutComplete", message=message[:MAX_MESSAGE])]
+
+
 def status_after_apply(
     body: Mapping[str, Any], wanted: Desired, observed: Observed, now: datetime.datetime
 ) -> tuple[dict[str, Any], list[Event]]:
@@ -208,7 +314,11 @@ def status_after_apply(
         effective = previous.effective
     else:
         conditions, phase = _applied_conditions(wanted, observed, generation)
+        rolled = rollout(observed.deployments)
+        conditions.append(_rolled_out_condition(rolled, generation))
         effective = _effective_configuration(wanted)
+        if rolled.reason in ROLLOUT_HOLDING_REASONS and previous.effective is not None:
+            effective = previous.effective  # what runs until the new pods are all Ready
     metrics = next((c for c in previous.conditions if c.type == "MetricsAvailable"), None)
     conditions.append(
         metrics
@@ -232,6 +342,7 @@ def status_after_apply(
         decisions=previous.decisions,
     )
     events = transition_events(previous.conditions, conditions)
+    events += rollout_events(previous.conditions, conditions, whole_seconds(now))
     return status.model_dump(by_alias=True, exclude_none=True, mode="json"), events
 
 

@@ -198,7 +198,11 @@ def test_a_surge_turns_speculation_off_and_quiet_turns_it_back_on(
     fell = re.match(r"load (\S+) stayed below (\S+) for 3 checks", enabled)
     assert fell, enabled
     assert float(fell.group(1)) < float(fell.group(2)) < crossover
-    assert status["effective"]["speculation"] == "on"
+    wait_for(  # status.effective says "on" once the pods run it (RolledOut)
+        lambda: get(api, namespace, name)["status"]["effective"]["speculation"] == "on",
+        timeout=60,
+        what=lambda: str(get(api, namespace, name).get("status")),
+    )
 
 
 def test_an_int4_target_whose_acceptance_drops_is_stepped_back_to_int8(
@@ -225,8 +229,14 @@ def test_an_int4_target_whose_acceptance_drops_is_stepped_back_to_int8(
             timeout=110,
             what=lambda: str(get(api, namespace, name).get("status")),
         )
-    status = get(api, namespace, name)["status"]
-    assert status["effective"]["checkpointIndex"] == 1
+    # status.effective says the stepped configuration once its pods are Ready (RolledOut)
+    status = wait_for(
+        lambda: (
+            (s := get(api, namespace, name)["status"])["effective"]["checkpointIndex"] == 1 and s
+        ),
+        timeout=60,
+        what=lambda: str(get(api, namespace, name).get("status")),
+    )
     assert status["effective"]["targetQuantization"] == "int8"
     stepped = next(e for e in events(api, namespace, name) if e.reason == "QuantizationSteppedBack")
     assert "below" in stepped.message

@@ -14,6 +14,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +31,12 @@ from specpilot_lab.sim.podrunner import (
     PodRunner,
     PodState,
     deployment_status,
+    pod_gpus,
+    progress_mark,
     prometheus_label,
     rewrite_args,
     rollout_step,
+    startup_seconds,
     status_differs,
     template_hash,
 )
@@ -314,6 +318,93 @@ def test_crashing_replica_backs_off_and_deleted_deployment_stops(
     assert harness.targets() == []
 
 
+STARTUP_SCALE = 0.02
+"""Wall seconds per modelled startup second: the example's ~111 s start in ~2.2 s."""
+DEADLINE_SCALE = 0.01
+"""The example's progressDeadlineSeconds, set to 300 below, becomes 3 s of wall time."""
+
+
+def test_pods_start_slowly_and_wait_pending_for_gpus_until_the_deadline(
+    harness: Harness, control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    """A one-GPU cluster: a pod serves only after its modelled startup; a template change's
+    surge pod stays Pending (the old pod holds the only GPU), the Deployment turns Progressing
+    False/ProgressDeadlineExceeded, and restoring the template ends it."""
+    body: dict[str, Any] = render(example(EXAMPLE, harness.namespace, replicas=1))[0]
+    body["spec"]["progressDeadlineSeconds"] = 300
+    name = body["metadata"]["name"]
+    container = body["spec"]["template"]["spec"]["containers"][0]
+    args = container["args"]
+    assert pod_gpus(container) == 1
+    startup = startup_seconds(args, {})
+    assert 100 < startup < 130  # 8B BF16 + the EAGLE-3 head at 0.75 GB/s, graphs, engine start
+    with PodRunner(
+        [harness.namespace],
+        sd_file=harness.sd_file,
+        log_dir=tmp_path / "logs",
+        command=harness.command,
+        kubeconfig=control_plane.kubeconfig,
+        grace_seconds=5,
+        tick_seconds=0.2,
+        startup_scale=STARTUP_SCALE,
+        gpu_pool=1,
+        deadline_scale=DEADLINE_SCALE,
+    ) as runner:
+        apps(harness).create_namespaced_deployment(harness.namespace, body)
+        starting = wait_for(
+            lambda: [p for p in runner.pods() if p.phase == "Starting"], what="a starting pod"
+        )
+        started_at = time.monotonic()
+        assert starting[0].pid is None
+        assert not starting[0].ready
+        d = wait_for(lambda: rolled_out(harness, name, 1), what="the pod ready", timeout=60)
+        assert time.monotonic() - started_at >= startup * STARTUP_SCALE - 0.5
+        assert conditions(d)["Progressing"] == ("True", "NewReplicaSetAvailable")
+        (old,) = runner.pods()
+
+        new_args = [
+            "0.9" if a == "0.92" and args[i - 1] == "--gpu-memory-utilization" else a
+            for i, a in enumerate(args)
+        ]
+        patch = {
+            "spec": {"template": {"spec": {"containers": [{"name": "vllm", "args": new_args}]}}}
+        }
+        apps(harness).patch_namespaced_deployment(
+            name, harness.namespace, patch, _content_type="application/strategic-merge-patch+json"
+        )
+        pending = wait_for(
+            lambda: [p for p in runner.pods() if p.phase == "Pending"], what="a Pending pod"
+        )
+        assert pending[0].template_hash != old.template_hash
+        assert pending[0].pid is None
+
+        def timed_out() -> Any:
+            d = apps(harness).read_namespaced_deployment(name, harness.namespace)
+            reason = conditions(d).get("Progressing")
+            return d if reason == ("False", "ProgressDeadlineExceeded") else None
+
+        d = wait_for(timed_out, what="ProgressDeadlineExceeded", timeout=60)
+        s = d.status
+        assert (s.replicas, s.updated_replicas, s.ready_replicas) == (2, 1, 1)
+        assert s.unavailable_replicas == 1
+        assert conditions(d)["Available"] == ("True", "MinimumReplicasAvailable")
+        assert [(p.name, p.ready) for p in runner.pods() if p.phase == "Ready"] == [
+            (old.name, True)
+        ]  # the old pod still serves
+
+        # Back to the configuration that ran: the old pod is current again, the surge pod goes.
+        patch["spec"]["template"]["spec"]["containers"][0]["args"] = args
+        apps(harness).patch_namespaced_deployment(
+            name, harness.namespace, patch, _content_type="application/strategic-merge-patch+json"
+        )
+        d = wait_for(
+            lambda: (d2 := rolled_out(harness, name, 1)) and d2.metadata.generation == 3 and d2,
+            what="the restored template",
+        )
+        assert conditions(d)["Progressing"] == ("True", "NewReplicaSetAvailable")
+        assert [p.name for p in runner.pods()] == [old.name]
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_command_stops_children_when_it_ends(
     harness: Harness, control_plane: ControlPlane, tmp_path: Path, sig: signal.Signals
@@ -403,6 +494,40 @@ def test_status_is_written_only_when_it_changes() -> None:
     later = deployment_status({**deployment, "status": stored}, pods, "2030-01-01T00:00:00Z")
     assert later == status
     assert status_differs(stored, deployment_status({**deployment, "status": stored}, [], "x"))
+
+
+def test_gpus_and_startup_from_the_rendered_pod() -> None:
+    assert pod_gpus({"resources": {"limits": {"nvidia.com/gpu": "4"}}}) == 4
+    assert pod_gpus({"resources": {"requests": {"amd.com/gpu": 2}}}) == 2
+    assert pod_gpus({"resources": {"limits": {"cpu": "8"}}}) == 0
+    seventy_b = [
+        "RedHatAI/Meta-Llama-3.1-70B-Instruct-quantized.w8a8", "--tensor-parallel-size", "2",
+        "--speculative-config",
+        '{"model": "meta-llama/Llama-3.1-8B-Instruct", "num_speculative_tokens": 3}',
+    ]  # fmt: skip
+    assert startup_seconds(seventy_b, {}) == pytest.approx(208.3, abs=0.5)  # planning/startup.py
+    assert startup_seconds(seventy_b, {}, load_gb_per_s=1.5) == pytest.approx(149.1, abs=0.5)
+    assert startup_seconds(["no/such-model"], {}) == 205.0  # the planner's default
+
+
+def test_progressing_times_out_until_the_rollout_completes() -> None:
+    deployment: dict[str, Any] = {
+        "metadata": {"name": "d", "generation": 2},
+        "spec": {"replicas": 1, "template": {"metadata": {"labels": {"a": "b"}}}},
+    }
+    h = template_hash(deployment["spec"]["template"])
+    stuck = [PodState("old", "old", 0, True), PodState("new", h, 0, False)]
+    status = deployment_status(deployment, stuck, "t", timed_out=True)
+    progressing = status["conditions"][1]
+    assert (progressing["status"], progressing["reason"]) == ("False", "ProgressDeadlineExceeded")
+    assert progressing["message"] == f'ReplicaSet "d-{h}" has timed out progressing.'
+    done = deployment_status(deployment, [PodState("new", h, 0, True)], "t", timed_out=True)
+    assert done["conditions"][1]["reason"] == "NewReplicaSetAvailable"
+    # Progress: a new pod ready moves the mark; a probe of the same pods does not.
+    assert progress_mark(deployment, stuck) == progress_mark(deployment, list(stuck))
+    assert progress_mark(deployment, stuck) != progress_mark(
+        deployment, [stuck[0], PodState("new", h, 0, True)]
+    )
 
 
 def test_prometheus_label_names() -> None:

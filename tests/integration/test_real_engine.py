@@ -405,9 +405,15 @@ def test_a_real_low_acceptance_disables_speculation_and_restarts_the_server_with
         accepted = total(counters, "vllm:spec_decode_num_accepted_tokens_total")
         assert drafted > 0
         assert accepted / drafted < 0.05
-        status = get(api, namespace, name)["status"]
+        # status.effective says "off" once the new pod is Ready and the reconcile saw it
+        status = wait_for(
+            lambda: (
+                (s := get(api, namespace, name)["status"])["effective"]["speculation"] == "off"
+                and s
+            ),
+            timeout=60,
+        )
         assert [d["action"] for d in status["decisions"]] == ["disable-speculation"]
-        assert status["effective"]["speculation"] == "off"
         # A real restart: a new server process, without --speculative-config, serving.
         assert not any("--speculative-config" in a for a in container_args(api, namespace, name))
         [pod] = [p for p in pods(stack, name) if f"127.0.0.1:{p.port}" == plain]

@@ -523,3 +523,126 @@ def test_the_restart_is_priced_from_the_weights_or_the_measured_startup() -> Non
     # an annotation that is not a number of seconds is ignored
     bad = control.restart_cost(spec.resource.spec, spec.plan, {control.STARTUP_ANNOTATION: "x"})
     assert bad == cost
+
+
+def rolled_out(doc: dict[str, Any], status: str, reason: str, since: datetime.datetime) -> None:
+    """The RolledOut condition as the reconcile writes it from the Deployments' status."""
+    doc.setdefault("status", {}).setdefault("conditions", [])
+    doc["status"]["conditions"] = [
+        c for c in doc["status"]["conditions"] if c["type"] != "RolledOut"
+    ]
+    doc["status"]["conditions"].append({
+        "type": "RolledOut", "status": status, "reason": reason,
+        "message": "rollout in progress: llama 1 of 2 pods updated, 2 available",
+        "lastTransitionTime": since.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    })  # fmt: skip
+
+
+def test_a_rollout_holds_the_check_and_its_readings_count_only_a_window_after_it() -> None:
+    doc = body(window="1m")
+    rolled_out(doc, "False", "RolloutInProgress", T0)
+    held = play(doc, [reading(acceptance=0.41, rps=6)] * 4)
+    assert {r.action for r in held} == {Action.HOLD}
+    metrics = metrics_condition(doc["status"])
+    assert (metrics["status"], metrics["reason"]) == ("Unknown", "AwaitingRollout")
+    assert "1 of 2 pods updated" in metrics["message"]
+    assert [e.reason for e in held[0].events] == ["AwaitingRollout"]
+    control_state = doc["status"]["control"]
+    assert control_state.get("breaches", 0) == 0
+    assert "lastAcceptance" not in control_state
+    assert "lastMetrics" not in doc["status"]  # nothing of the old pods is kept
+    # Complete at T0 + 100 s: a reading at +130 s still covers 30 s of the old pods.
+    rolled_out(doc, "True", "RolloutComplete", T0 + datetime.timedelta(seconds=100))
+    at = T0 + datetime.timedelta(seconds=130)
+    result = control.check(doc, reading(acceptance=0.41, rps=6), None, at, at)
+    assert result is not None
+    assert result.action is Action.HOLD
+    assert (
+        "its rate window (60s) still holds the pods it replaced"
+        in (metrics_condition(result.status)["message"])
+    )
+    at = T0 + datetime.timedelta(seconds=160)
+    result = control.check(doc, reading(acceptance=0.41, rps=6), None, at, at)
+    assert result is not None
+    assert result.action is Action.KEEP  # counted: the first breach of three
+    assert result.status["control"]["lastAcceptance"] == 0.41
+
+
+def test_a_stuck_rollout_holds_and_no_baseline_is_recorded_from_it() -> None:
+    doc = body()
+    doc["status"] = {"control": {"speculationOn": False}}
+    rolled_out(doc, "False", "RolloutStuck", T0)
+    (result,) = play(doc, [reading(acceptance=None, p99=0.02)])
+    assert result.action is Action.HOLD
+    assert "baselineP99Tpot" not in result.status["control"]
+
+
+def test_the_operators_own_stuck_rollout_is_reverted_a_users_is_only_reported() -> None:
+    doc = body()
+    results = play(doc, [reading(acceptance=0.41, rps=6)] * 3)
+    assert results[-1].action is Action.DISABLE
+    disabled_at = T0 + datetime.timedelta(seconds=60)
+    assert not any("--speculative-config" in a for a in args(doc))
+    user = json.loads(json.dumps(doc))
+    # The disable's rollout began right after the decision and got stuck (GPUs, deadline...).
+    rolled_out(doc, "False", "RolloutStuck", disabled_at)
+    at = disabled_at + datetime.timedelta(seconds=30)
+    result = control.check(doc, reading(acceptance=0.41, rps=6), None, at, at)
+    assert result is not None
+    assert result.rerender
+    (reverted,) = [e for e in result.events if e.reason == "RolloutReverted"]
+    assert reverted.type == "Warning"
+    assert "the rollout of disable-speculation at 2026-01-01T00:01:00Z is stuck" in reverted.message
+    doc["status"] = result.status
+    assert doc["status"]["control"]["speculationOn"] is True
+    assert doc["status"]["decisions"][-1]["action"] == "revert-rollout"
+    assert any("--speculative-config" in a for a in args(doc))  # what ran before
+    # Reverted once: the next check, still stuck until the pods are back, does not again.
+    later = at + datetime.timedelta(seconds=30)
+    again = control.check(doc, reading(acceptance=0.41, rps=6), None, later, later)
+    assert again is not None
+    assert not again.rerender
+    # A rollout that began long after the operator's last change is the user's: not reverted.
+    rolled_out(user, "False", "RolloutStuck", disabled_at + datetime.timedelta(minutes=10))
+    at = disabled_at + datetime.timedelta(minutes=11)
+    result = control.check(user, reading(acceptance=0.41, rps=6), None, at, at)
+    assert result is not None
+    assert not result.rerender
+    assert "RolloutReverted" not in [e.reason for e in result.events]
+    assert result.status["control"]["speculationOn"] is False
+
+
+def test_a_change_reverted_as_stuck_is_not_retried_within_the_hour() -> None:
+    doc = body()
+    play(doc, [reading(acceptance=0.41, rps=6)] * 3)
+    disabled_at = T0 + datetime.timedelta(seconds=60)
+    rolled_out(doc, "False", "RolloutStuck", disabled_at)
+    at = disabled_at + datetime.timedelta(seconds=30)
+    result = control.check(doc, reading(acceptance=0.41, rps=6), None, at, at)
+    assert result is not None
+    doc["status"] = result.status
+    rolled_out(doc, "True", "RolloutComplete", at)
+    # Past the cooldown and the window, acceptance still low: the policy would disable again
+    # (as it does for the same status without the revert in its history).
+    checks = [at + datetime.timedelta(minutes=15, seconds=30 * i) for i in range(4)]
+    unreverted = json.loads(json.dumps(doc))
+    unreverted["status"]["decisions"] = unreverted["status"]["decisions"][:-1]
+
+    def run(resource: dict[str, Any], times: list[datetime.datetime]) -> list[CheckResult]:
+        results = []
+        for now in times:
+            result = control.check(resource, reading(acceptance=0.41, rps=6), None, now, now)
+            assert result is not None
+            if result.worth_writing:
+                resource["status"] = result.status
+            results.append(result)
+        return results
+
+    assert Action.DISABLE in [r.action for r in run(unreverted, checks)]
+    assert not any(r.rerender for r in run(doc, checks))
+    assert doc["status"]["control"]["speculationOn"] is True
+    assert doc["status"]["decisions"][-1]["action"] == "revert-rollout"
+    # An hour later it may try again.
+    later = at + datetime.timedelta(hours=1, minutes=5)
+    results = run(doc, [later + datetime.timedelta(seconds=30 * i) for i in range(4)])
+    assert Action.DISABLE in [r.action for r in results]

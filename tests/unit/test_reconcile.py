@@ -203,3 +203,116 @@ def test_status_times_keep_the_wire_format_older_versions_wrote() -> None:
     assert offset.model_dump(by_alias=True, mode="json")["control"]["lastCheck"] == (
         "2026-01-01T00:00:30.123456Z"
     )
+
+
+def deployment(
+    generation: int = 2,
+    observed: int = 2,
+    replicas: int = 2,
+    updated: int = 2,
+    available: int = 2,
+    wanted: int = 2,
+    progressing: tuple[str, str, str] | None = None,
+) -> dict[str, Any]:
+    status: dict[str, Any] = {
+        "observedGeneration": observed,
+        "replicas": replicas,
+        "updatedReplicas": updated,
+        "availableReplicas": available,
+        "unavailableReplicas": max(max(wanted, replicas) - available, 0),
+    }
+    if progressing is not None:
+        kind, reason, message = progressing
+        status["conditions"] = [
+            {"type": "Progressing", "status": kind, "reason": reason, "message": message}
+        ]
+    return {
+        "metadata": {"name": "llama", "generation": generation},
+        "spec": {"replicas": wanted},
+        "status": status,
+    }
+
+
+def test_the_rollout_is_read_from_the_deployment_status() -> None:
+    assert reconcile.deployment_rollout(deployment()).complete
+    unseen = reconcile.deployment_rollout(deployment(generation=3))
+    assert unseen.reason == "RolloutInProgress"
+    assert "generation 3 not yet seen" in unseen.message
+    half = reconcile.deployment_rollout(deployment(replicas=3, updated=1, available=2))
+    assert half.reason == "RolloutInProgress"
+    assert half.message == "rollout in progress: llama 1 of 2 pods updated, 2 available"
+    stuck = reconcile.deployment_rollout(
+        deployment(
+            replicas=3,
+            updated=1,
+            available=2,
+            progressing=("False", "ProgressDeadlineExceeded", 'ReplicaSet "x" has timed out'),
+        )
+    )
+    assert stuck.reason == "RolloutStuck"
+    assert "ProgressDeadlineExceeded (1 of 2 pods updated, 2 available)" in stuck.message
+    none = reconcile.deployment_rollout(deployment(replicas=0, updated=0, available=0))
+    assert none.reason == "AwaitingPods"
+    # all Deployments: the worst one
+    both = reconcile.rollout([deployment(), deployment(generation=3)])
+    assert both.reason == "RolloutInProgress"
+    assert reconcile.rollout([]).reason == "AwaitingPods"
+
+
+def test_a_replacement_posts_rollout_complete_with_its_duration_and_stuck_as_a_warning() -> None:
+    doc = body()
+    wanted = reconcile.desired(doc)
+    rolling = {**ready_deployment(wanted.objects[0]), "status": {"observedGeneration": 0,
+               "replicas": 1, "availableReplicas": 1}}  # fmt: skip
+    status, events = reconcile.status_after_apply(doc, wanted, Observed(deployments=[rolling]), NOW)
+    rolled = conditions(status)["RolledOut"]
+    assert (rolled["status"], rolled["reason"]) == ("False", "RolloutInProgress")
+    assert "RolloutComplete" not in [e.reason for e in events]
+    doc["status"] = status
+    done = ready_deployment(wanted.objects[0])
+    status, events = reconcile.status_after_apply(doc, wanted, Observed(deployments=[done]), LATER)
+    rolled = conditions(status)["RolledOut"]
+    assert (rolled["status"], rolled["reason"]) == ("True", "RolloutComplete")
+    assert rolled["lastTransitionTime"] == LATER_TEXT  # when the new configuration took effect
+    (complete,) = [e for e in events if e.reason == "RolloutComplete"]
+    assert complete.type == "Normal"
+    assert "the rollout took 300s (since 2026-01-01T00:00:00Z)" in complete.message
+    doc["status"] = status
+    deadline = {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}
+    stuck = {**done, "status": {**done["status"], "conditions": [deadline]}}
+    status, events = reconcile.status_after_apply(doc, wanted, Observed(deployments=[stuck]), LATER)
+    assert conditions(status)["RolledOut"]["reason"] == "RolloutStuck"
+    assert [(e.type, e.reason) for e in events if e.reason.startswith("Rollout")] == [
+        ("Warning", "RolloutStuck")
+    ]
+
+
+def test_the_first_pods_of_a_resource_are_no_replacement() -> None:
+    doc = body()
+    wanted = reconcile.desired(doc)
+    status, _ = reconcile.status_after_apply(doc, wanted, Observed(), NOW)
+    assert conditions(status)["RolledOut"]["status"] == "Unknown"
+    doc["status"] = status
+    done = ready_deployment(wanted.objects[0])
+    status, events = reconcile.status_after_apply(doc, wanted, Observed(deployments=[done]), LATER)
+    assert conditions(status)["RolledOut"]["reason"] == "RolloutComplete"
+    assert "RolloutComplete" not in [e.reason for e in events]
+
+
+def test_effective_says_what_runs_until_the_new_pods_are_ready() -> None:
+    doc = body()
+    wanted = reconcile.desired(doc)
+    done = ready_deployment(wanted.objects[0])
+    status, _ = reconcile.status_after_apply(doc, wanted, Observed(deployments=[done]), NOW)
+    assert status["effective"]["speculation"] == "on"
+    doc["status"] = {**status, "control": PolicyState(speculation_on=False).model_dump(
+        by_alias=True, exclude_none=True, mode="json")}  # fmt: skip
+    off = reconcile.desired(doc)
+    assert off.speculation is False
+    rolling = {**done, "metadata": {**done["metadata"], "generation": 2}}
+    status, _ = reconcile.status_after_apply(doc, off, Observed(deployments=[rolling]), LATER)
+    assert conditions(status)["RolledOut"]["reason"] == "RolloutInProgress"
+    assert status["effective"]["speculation"] == "on"  # the old pods still serve
+    doc["status"] = {**doc["status"], **status}
+    status, _ = reconcile.status_after_apply(doc, off, Observed(deployments=[done]), LATER)
+    assert status["effective"]["speculation"] == "off"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import tempfile
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -79,8 +80,11 @@ class LocalStack:
         workdir: Path | None = None,
         operator_args: tuple[str, ...] = (),
         engine: CpuEngine | None = None,
+        runner_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.plane = plane
+        self.runner_options = dict(runner_options or {})
+        """More PodRunner options: startup_scale, gpu_pool, deadline_scale (docs/podrunner.md)."""
         self.namespaces = namespaces
         self.time_scale = time_scale
         self.workdir = (workdir or Path(tempfile.mkdtemp(prefix="specpilot-stack-"))).resolve()
@@ -104,6 +108,7 @@ class LocalStack:
                     kubeconfig=self.plane.kubeconfig,
                     tick_seconds=0.2,
                     engine=self.engine,
+                    **self.runner_options,
                 )
             )
             self.prometheus = self._stack.enter_context(Prometheus(self.sd_file))

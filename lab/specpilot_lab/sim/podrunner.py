@@ -16,6 +16,7 @@ Deployments, and one loop owns every child process.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import http.client
 import json
@@ -44,6 +45,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
+from specpilot.planning.startup import DEFAULT_STARTUP_S, LOCAL_LOAD_GB_PER_S, startup, weight_gb
 from specpilot.rendering.manifests import (
     ANNOTATION_GPU_TYPE,
     ANNOTATION_TARGET_QUANTIZATION,
@@ -59,6 +61,8 @@ from specpilot_lab.engine.vllm_cpu import (
 )
 from specpilot_lab.engine.vllm_cpu import ENV as CPU_ENGINE_ENV
 from specpilot_lab.processes import die_with_parent
+from specpilot_lab.sim.engine import plan_for
+from specpilot_lab.sim.vllm_args import parse_server_args
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +90,8 @@ BACKOFF_RESET_SECONDS = 60.0
 WATCH_TIMEOUT_SECONDS = 20
 DEFAULT_GRACE_SECONDS = 10.0
 STATUS_TIMEOUT_SECONDS = 10
+DEFAULT_PROGRESS_DEADLINE_SECONDS = 600
+"""The Deployment's progressDeadlineSeconds when it is unset (the API server's default)."""
 
 Key = tuple[str, str]
 """(namespace, name) of a Deployment."""
@@ -128,9 +134,50 @@ class PodTemplate:
     env: Mapping[str, str]
     """Container env literals, GPU type and time scale (not os.environ, not the pod name)."""
     labels: Mapping[str, str]
+    gpus: int = 0
+    """GPUs each pod asks for (the container's `*/gpu` resources); it runs once it has them."""
+    startup_seconds: float = 0.0
+    """Modelled seconds from scheduled to serving (weights load, CUDA graphs, engine start)."""
 
 
-def pod_template(deployment: Manifest, time_scale: float = 1.0) -> PodTemplate:
+def pod_gpus(container: Mapping[str, Any]) -> int:
+    """GPUs a container asks for: the largest `<vendor>/gpu` limit or request (nvidia.com/gpu)."""
+    resources = container.get("resources") or {}
+    counts = [
+        int(float(value))
+        for section in ("limits", "requests")
+        for name, value in (resources.get(section) or {}).items()
+        if str(name).endswith("/gpu")
+    ]
+    return max(counts, default=0)
+
+
+def startup_seconds(
+    args: Sequence[str], env: Mapping[str, str], load_gb_per_s: float = LOCAL_LOAD_GB_PER_S
+) -> float:
+    return _startup_seconds(tuple(args), tuple(sorted(env.items())), load_gb_per_s)
+
+
+@functools.lru_cache(maxsize=256)
+def _startup_seconds(
+    args: tuple[str, ...], env: tuple[tuple[str, str], ...], load_gb_per_s: float
+) -> float:
+    """A pod's startup from its rendered configuration, as specpilot.planning.startup models it:
+    the weights (target plus draft, from the memory plan of the vLLM args) over the load
+    bandwidth, plus CUDA graph capture and engine start; DEFAULT_STARTUP_S when the args or the
+    models are unknown."""
+    try:
+        gb = weight_gb(plan_for(parse_server_args(list(args), dict(env))))
+    except Exception:  # an unparsable or unknown configuration: the planner's default
+        gb = None
+    if gb is None:
+        return DEFAULT_STARTUP_S
+    return startup(gb, load_gb_per_s=load_gb_per_s).seconds
+
+
+def pod_template(
+    deployment: Manifest, time_scale: float = 1.0, load_gb_per_s: float | None = None
+) -> PodTemplate:
     """The current template of a Deployment, read from its first (single) container."""
     meta = deployment["metadata"]
     template = (deployment.get("spec") or {}).get("template") or {}
@@ -147,13 +194,16 @@ def pod_template(deployment: Manifest, time_scale: float = 1.0) -> PodTemplate:
         if annotations.get(annotation):
             env[variable] = str(annotations[annotation])
     env[ENV_TIME_SCALE] = f"{time_scale:g}"
+    args = tuple(str(a) for a in container.get("args") or [])
     return PodTemplate(
         namespace=meta.get("namespace") or "default",
         deployment=meta["name"],
         hash=template_hash(template),
-        args=tuple(str(a) for a in container.get("args") or []),
+        args=args,
         env=env,
         labels={str(k): str(v) for k, v in (template_meta.get("labels") or {}).items()},
+        gpus=pod_gpus(container),
+        startup_seconds=0.0 if load_gb_per_s is None else startup_seconds(args, env, load_gb_per_s),
     )
 
 
@@ -293,11 +343,34 @@ def _condition(
     }
 
 
-def deployment_status(deployment: Manifest, pods: Sequence[PodState], now: str) -> dict[str, Any]:
+def progress_deadline_seconds(deployment: Manifest) -> float:
+    value = (deployment.get("spec") or {}).get("progressDeadlineSeconds")
+    return float(DEFAULT_PROGRESS_DEADLINE_SECONDS if value is None else value)
+
+
+def rollout_complete(deployment: Manifest, pods: Sequence[PodState]) -> bool:
+    """Every pod is of the current template and ready, and there are exactly `desired` of them."""
+    desired = desired_replicas(deployment)
+    current = template_hash((deployment.get("spec") or {}).get("template") or {})
+    return len(pods) == desired and all(p.template_hash == current and p.ready for p in pods)
+
+
+def progress_mark(deployment: Manifest, pods: Sequence[PodState]) -> tuple[object, ...]:
+    """What counts as progress for the deadline: a new template, or more updated, ready or
+    fewer old pods (the deployment controller's `lastUpdateTime` moves on each)."""
+    current = template_hash((deployment.get("spec") or {}).get("template") or {})
+    updated = [p for p in pods if p.template_hash == current]
+    return (current, len(updated), sum(p.ready for p in updated), len(pods) - len(updated))
+
+
+def deployment_status(
+    deployment: Manifest, pods: Sequence[PodState], now: str, timed_out: bool = False
+) -> dict[str, Any]:
     """The status the deployment controller would write for these pods.
 
-    Simplified: pods are available as soon as they are ready (no minReadySeconds), and the
-    Progressing condition never turns False (no progressDeadlineSeconds).
+    Simplified: pods are available as soon as they are ready (no minReadySeconds). `timed_out`:
+    the rollout made no progress for progressDeadlineSeconds, so Progressing turns False with
+    reason ProgressDeadlineExceeded (until it completes).
     """
     desired = desired_replicas(deployment)
     current = template_hash((deployment.get("spec") or {}).get("template") or {})
@@ -319,6 +392,12 @@ def deployment_status(deployment: Manifest, pods: Sequence[PodState], now: str) 
             True,
             "NewReplicaSetAvailable",
             f"{replica_set} has successfully progressed.",
+        )
+    elif timed_out:
+        progressing = (
+            False,
+            "ProgressDeadlineExceeded",
+            f"{replica_set} has timed out progressing.",
         )
     else:
         progressing = (True, "ReplicaSetUpdated", f"{replica_set} is progressing.")
@@ -452,6 +531,19 @@ class _Pod:
     backoff: float = 0.0
     restart_at: float = 0.0
     stop_deadline: float = 0.0
+    created_at: float = 0.0
+    scheduled: bool = False
+    """It holds its GPUs (a pod with none to get stays Pending, without a process)."""
+    launched: bool = False
+    """Its process was started at least once (later starts are restarts)."""
+
+    @property
+    def phase(self) -> str:
+        if not self.scheduled:
+            return "Pending"
+        if self.ready:
+            return "Ready"
+        return "Running" if self.process is not None else "Starting"
 
     def state(self) -> PodState:
         return PodState(self.name, self.template.hash, self.index, self.ready)
@@ -471,6 +563,9 @@ class PodInfo:
     restarts: int
     command: tuple[str, ...]
     log_path: Path
+    phase: str = "Running"
+    """Pending (waiting for GPUs), Starting (loading: no process yet), Running, Ready."""
+    gpus: int = 0
 
 
 class PodRunner:
@@ -494,9 +589,22 @@ class PodRunner:
         grace_seconds: float = DEFAULT_GRACE_SECONDS,
         tick_seconds: float = TICK_SECONDS,
         engine: CpuEngine | None = None,
+        startup_scale: float = 0.0,
+        load_gb_per_s: float = LOCAL_LOAD_GB_PER_S,
+        gpu_pool: int | None = None,
+        deadline_scale: float = 1.0,
     ) -> None:
         self.namespaces = sorted(set(namespaces))
         self.time_scale = time_scale
+        self.startup_scale = startup_scale
+        """Wall seconds per modelled startup second (0: pods start at once, as before)."""
+        self.load_gb_per_s = load_gb_per_s
+        self.gpu_pool = gpu_pool
+        """GPUs of the whole local cluster; None: unlimited."""
+        self.deadline_scale = deadline_scale
+        """Wall seconds per second of a Deployment's progressDeadlineSeconds."""
+        self._progress: dict[Key, tuple[tuple[object, ...], float]] = {}
+        """Per Deployment: the last progress mark and when it was reached (monotonic)."""
         self.sd_file = sd_file
         self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="specpilot-podrunner-"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -679,6 +787,8 @@ class PodRunner:
             logger.info("pod runner: Deployment %s/%s is gone; stopping its pods", *key)
             for pod in self._pods.pop(key):
                 self._stop_pod(pod, now)
+            self._progress.pop(key, None)
+        self._schedule(now)
         for pods in self._pods.values():
             for pod in pods:
                 self._supervise(pod, now)
@@ -696,7 +806,8 @@ class PodRunner:
         self._publish()
 
     def _sync(self, key: Key, deployment: Manifest, now: float) -> None:
-        template = pod_template(deployment, self.time_scale)
+        load = self.load_gb_per_s if self.startup_scale > 0 else None
+        template = pod_template(deployment, self.time_scale, load)
         pods = self._pods.setdefault(key, [])
         step = rollout_step(template.hash, desired_replicas(deployment), [p.state() for p in pods])
         for pod in [p for p in pods if p.name in step.stop]:
@@ -707,12 +818,53 @@ class PodRunner:
             index = next(i for i in range(len(used) + 1) if i not in used)
             used.add(index)
             pods.append(self._new_pod(template, index, now))
-        self._write_status(key, deployment, [p.state() for p in pods])
+        if step.start:
+            self._schedule(now)
+        states = [p.state() for p in pods]
+        self._write_status(key, deployment, states, self._timed_out(key, deployment, states, now))
+
+    def _timed_out(self, key: Key, deployment: Manifest, pods: list[PodState], now: float) -> bool:
+        """No progress for progressDeadlineSeconds (scaled) while the rollout is incomplete."""
+        mark = progress_mark(deployment, pods)
+        previous = self._progress.get(key)
+        if previous is None or previous[0] != mark:
+            self._progress[key] = previous = (mark, now)
+        if rollout_complete(deployment, pods):
+            return False
+        return now - previous[1] > progress_deadline_seconds(deployment) * self.deadline_scale
+
+    def _schedule(self, now: float) -> None:
+        """Give GPUs to Pending pods, oldest first, while the pool has them free."""
+        if self.gpu_pool is None:
+            free = None
+        else:
+            held = [p for pods in self._pods.values() for p in pods if p.scheduled]
+            held += self._terminating  # their GPUs are free only once they have exited
+            free = self.gpu_pool - sum(p.template.gpus for p in held)
+        for pod in sorted(
+            (p for pods in self._pods.values() for p in pods if not p.scheduled),
+            key=lambda p: p.created_at,
+        ):
+            if free is not None and pod.template.gpus > free:
+                continue
+            if free is not None:
+                free -= pod.template.gpus
+            pod.scheduled = True
+            pod.restart_at = now + pod.template.startup_seconds * self.startup_scale
+            logger.info(
+                "pod runner: pod %s/%s scheduled (%d GPU(s)); serving in %.1fs",
+                pod.template.namespace,
+                pod.name,
+                pod.template.gpus,
+                pod.restart_at - now,
+            )
+            if pod.restart_at <= now:
+                self._spawn(pod, now)
 
     def _new_pod(self, template: PodTemplate, index: int, now: float) -> _Pod:
         name = pod_name(template.deployment, template.hash, index)
         port = self._free_port()
-        pod = _Pod(
+        return _Pod(
             template=template,
             name=name,
             index=index,
@@ -720,9 +872,8 @@ class PodRunner:
             command=pod_command(self.command, template.args, port, self.engine),
             env=pod_env(os.environ, template, name, self.engine),
             log_path=self.log_dir / f"{template.namespace}_{name}.log",
+            created_at=now,
         )
-        self._spawn(pod, now)
-        return pod
 
     def _free_port(self) -> int:
         """A free loopback port that no pod of ours holds (including ones still stopping)."""
@@ -738,6 +889,7 @@ class PodRunner:
 
     def _spawn(self, pod: _Pod, now: float) -> None:
         pod.ready, pod.probe_failures, pod.started_at = False, 0, now
+        pod.launched = True
         with pod.log_path.open("ab") as log:
             log.write(f"--- {_now()} start #{pod.restarts}: {shlex.join(pod.command)}\n".encode())
             log.flush()
@@ -768,14 +920,17 @@ class PodRunner:
         )
 
     def _supervise(self, pod: _Pod, now: float) -> None:
-        """Notice an exited process (not ready; restart later) and restart it when due."""
+        """Notice an exited process (not ready; restart later) and (re)start it when due: a
+        restart loads the weights again, so it waits its backoff and then its startup."""
+        if not pod.scheduled:
+            return
         if pod.process is not None:
             code = pod.process.poll()
             if code is None:
                 return
             pod.process, pod.ready = None, False
             pod.backoff = restart_delay(pod.backoff, now - pod.started_at)
-            pod.restart_at = now + pod.backoff
+            pod.restart_at = now + pod.backoff + pod.template.startup_seconds * self.startup_scale
             logger.warning(
                 "pod runner: pod %s/%s exited with code %s; restarting in %.0fs (log: %s)",
                 pod.template.namespace,
@@ -785,7 +940,8 @@ class PodRunner:
                 pod.log_path,
             )
         elif now >= pod.restart_at:
-            pod.restarts += 1
+            if pod.launched:
+                pod.restarts += 1
             self._spawn(pod, now)
 
     def _probe(self, pods: list[_Pod]) -> None:
@@ -858,6 +1014,8 @@ class PodRunner:
                 restarts=p.restarts,
                 command=tuple(p.command),
                 log_path=p.log_path,
+                phase=p.phase,
+                gpus=p.template.gpus,
             )
             for pods in self._pods.values()
             for p in pods
@@ -865,8 +1023,10 @@ class PodRunner:
 
     # Outputs -----------------------------------------------------------------------------------
 
-    def _write_status(self, key: Key, deployment: Manifest, pods: list[PodState]) -> None:
-        status = deployment_status(deployment, pods, _now())
+    def _write_status(
+        self, key: Key, deployment: Manifest, pods: list[PodState], timed_out: bool = False
+    ) -> None:
+        status = deployment_status(deployment, pods, _now(), timed_out)
         if not status_differs(deployment.get("status") or {}, status):
             return
         namespace, name = key
@@ -979,6 +1139,35 @@ class PodRunner:
     show_default=True,
     help="vllm-cpu: the longest --max-model-len passed on (the tiny models' positions).",
 )
+@click.option(
+    "--startup-scale",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Wall seconds per modelled startup second: a pod serves nothing until its weights "
+    "are loaded and its engine is up (specpilot.planning.startup). 0: pods start at once.",
+)
+@click.option(
+    "--load-gb-per-s",
+    type=float,
+    default=LOCAL_LOAD_GB_PER_S,
+    show_default=True,
+    help="The weights' load bandwidth of the startup model.",
+)
+@click.option(
+    "--gpu-pool",
+    type=click.IntRange(min=0),
+    default=None,
+    help="GPUs of the whole local cluster: a pod asking for more GPUs than are free stays "
+    "Pending. Default: unlimited.",
+)
+@click.option(
+    "--deadline-scale",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Wall seconds per second of a Deployment's progressDeadlineSeconds.",
+)
 def podrunner(
     namespaces: tuple[str, ...],
     time_scale: float,
@@ -990,6 +1179,10 @@ def podrunner(
     model_map: tuple[str, ...],
     kv_cache_memory_bytes: int,
     max_model_len: int,
+    startup_scale: float,
+    load_gb_per_s: float,
+    gpu_pool: int | None,
+    deadline_scale: float,
 ) -> None:
     """Run specpilot's Deployments as local processes (a test cluster's kubelet): simulated
     vLLM servers, or real vLLM CPU engines serving tiny local models."""
@@ -1013,6 +1206,10 @@ def podrunner(
         log_dir=log_dir,
         command=shlex.split(command) if command else None,
         engine=cpu_engine,
+        startup_scale=startup_scale,
+        load_gb_per_s=load_gb_per_s,
+        gpu_pool=gpu_pool,
+        deadline_scale=deadline_scale,
     )
 
     def handle(signum: int, frame: FrameType | None) -> None:

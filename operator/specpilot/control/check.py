@@ -12,7 +12,8 @@ the Deployments must be re-rendered.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping
+import itertools
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -44,6 +45,8 @@ from specpilot.planning.checkpoint import Checkpoints
 from specpilot.planning.memory import MemoryPlan
 from specpilot.planning.startup import plan_startup
 from specpilot.reconcile import (
+    ROLLED_OUT,
+    ROLLOUT_HOLDING_REASONS,
     Event,
     condition,
     keep_transition_times,
@@ -53,6 +56,8 @@ from specpilot.reconcile import (
 from specpilot.rendering.args import is_speculating
 
 NO_SERIES = "Prometheus has no series for this resource"
+ROLLING = "rollout"
+"""Starts the error of a check held by a rollout: the readings may hold old-configuration pods."""
 IMPLAUSIBLE = "implausible metrics"
 """Starts the error of a reading that cannot be true: the check holds and stores none of it."""
 METRICS_REFRESH_SECONDS = 60
@@ -259,10 +264,116 @@ def _remember(
     return state.model_copy(update=update)
 
 
+def rollout_hold(
+    conditions: list[Condition], window_s: float, sampled_at: datetime.datetime
+) -> str | None:
+    """Why readings taken at `sampled_at` cannot be attributed to the configuration in status, or
+    None when they can: while the Deployments roll out (or are stuck), old-configuration pods
+    may still serve; once the new pods are all Ready (RolledOut's lastTransitionTime), the rate
+    window must pass before it holds the new pods only. A resource whose status predates the
+    RolledOut condition, or whose first pods are not up yet (nothing old serves), is not held."""
+    rolled = next((c for c in conditions if c.type == ROLLED_OUT), None)
+    if rolled is None:
+        return None
+    if rolled.status == "False" and rolled.reason in ROLLOUT_HOLDING_REASONS:
+        return rolled.message
+    since = rolled.last_transition_time
+    if rolled.status != "True" or since is None:
+        return None
+    clean = (sampled_at - since).total_seconds()
+    if clean >= window_s:
+        return None
+    return (
+        f"completed at {since:%Y-%m-%dT%H:%M:%SZ}, {max(clean, 0):.0f}s before this reading; "
+        f"its rate window ({window_s:g}s) still holds the pods it replaced"
+    )
+
+
+REVERT_ACTION = "revert-rollout"
+_REVERSALS: dict[str, Callable[[PolicyState], dict[str, Any]]] = {
+    Action.DISABLE.value: lambda s: {"speculation_on": True},
+    Action.ENABLE.value: lambda s: {"speculation_on": False},
+    Action.STEP_QUANTIZATION.value: lambda s: {"checkpoint_index": max(s.checkpoint_index - 1, 0)},
+}
+"""How the configuration before each of the operator's own changes comes back."""
+
+
+RETRY_AFTER_STUCK_SECONDS = 3600.0
+"""After a change's rollout got stuck and was reverted, the same change waits this long: the GPUs
+or whatever held it back rarely come free in a cooldown."""
+
+
+def _reverted_recently(
+    body: Mapping[str, Any], decision: PolicyDecision, now: datetime.datetime
+) -> str | None:
+    """Why an acted change must wait: the same change was reverted as stuck within the hour."""
+    if not decision.acted or decision.action.value not in _REVERSALS:
+        return None
+    history = SpeculativeInferenceStatus.model_validate(body.get("status") or {}).decisions
+    for before, record in itertools.pairwise(history):
+        if record.action != REVERT_ACTION or before.action != decision.action.value:
+            continue
+        age = (now - record.time).total_seconds()
+        if age < RETRY_AFTER_STUCK_SECONDS:
+            return (
+                f"holding: {decision.action.value} got stuck and was reverted at "
+                f"{record.time:%Y-%m-%dT%H:%M:%SZ}; not retrying before "
+                f"{RETRY_AFTER_STUCK_SECONDS / 60:.0f} minutes have passed (wanted: "
+                f"{decision.reason})"
+            )[:1024]
+    return None
+
+
+def stuck_revert(
+    status: SpeculativeInferenceStatus, spec: SpeculativeInferenceSpec, now: datetime.datetime
+) -> Callable[[PolicyState], tuple[PolicyState, DecisionRecord, Event]] | None:
+    """When the stuck rollout is the operator's own change, how to return to the configuration
+    that ran: the policy state before that change, a decision record and a RolloutReverted
+    Warning. None when nothing is stuck, or the stuck rollout is not the operator's (a user's
+    spec change: the RolloutStuck Event reports it; the operator does not fight the user).
+
+    The rollout is the operator's when the last decision is an acted change (it moved
+    `last_change`) and the rollout began (RolledOut turned False) within one check interval
+    after it: the control loop re-renders right after writing its decision."""
+    rolled = next((c for c in status.conditions if c.type == ROLLED_OUT), None)
+    control = status.control
+    if rolled is None or rolled.reason != "RolloutStuck" or not status.decisions:
+        return None
+    last = status.decisions[-1]
+    reverse = _REVERSALS.get(last.action)
+    if reverse is None or control is None or control.last_change is None:
+        return None
+    began = rolled.last_transition_time
+    acted = abs((control.last_change - last.time).total_seconds()) < 1
+    ours = began is not None and -1 <= (began - last.time).total_seconds() <= seconds(
+        spec.policy.interval
+    )
+    if not (acted and ours):
+        return None
+    reason = (
+        f"the rollout of {last.action} at {last.time:%Y-%m-%dT%H:%M:%SZ} is stuck "
+        f"({rolled.message}); returning the pods to the configuration that ran before it"
+    )[:1024]
+
+    def apply(state: PolicyState) -> tuple[PolicyState, DecisionRecord, Event]:
+        update = reverse(state) | {"breaches": 0, "successes": 0, "last_change": now}
+        record = DecisionRecord(time=whole_seconds(now), action=REVERT_ACTION, reason=reason)
+        return (
+            state.model_copy(update=update),
+            record,
+            Event(type="Warning", reason="RolloutReverted", message=reason),
+        )
+
+    return apply
+
+
 def _metrics_condition(signals: Signals, generation: int | None, ever_read: bool) -> Condition:
     if signals.error is None:
         message = "the control loop is reading metrics"
         return condition("MetricsAvailable", True, "MetricsRead", message, generation)
+    if signals.error.startswith(ROLLING):
+        message = f"holding, nothing counted or recorded: {signals.error}"
+        return condition("MetricsAvailable", None, "AwaitingRollout", message, generation)
     if signals.error.startswith(NO_SERIES) and not ever_read:
         message = f"holding until the pods are scraped: {signals.error}"
         return condition("MetricsAvailable", None, "AwaitingMetrics", message, generation)
@@ -297,6 +408,9 @@ def check(
     if state.target != identity:
         state = _after_target_change(state, identity, now)
     signals = signals_for(namespace, name, readings, error, state, sampled_at)
+    rolling = rollout_hold(status.conditions, seconds(spec.policy.window), sampled_at)
+    if rolling is not None:
+        signals = Signals(sampled_at=sampled_at, error=f"{ROLLING}: {rolling}")
     restart = restart_cost(spec, result.plan, meta.get("annotations") or {})
     decision, events = _decision(
         body, spec, signals, state, now, admin, result.checkpoints, restart
@@ -311,6 +425,11 @@ def check(
     conditions, metrics_events = _metrics_conditions(status, signals, generation, now)
     events += metrics_events
     new_state = _remember(decision.state, signals, now, state.speculation_on)
+    revert = stuck_revert(status, spec, now)
+    if revert is not None:
+        new_state, record, event = revert(new_state)
+        decisions = [*decisions, record]
+        events.append(event)
     updated = status.model_copy(
         update={
             "control": new_state.model_copy(
@@ -332,7 +451,7 @@ def check(
     return CheckResult(
         status=written,
         events=events,
-        rerender=decision.acted and decision.action in _ACTED_EVENTS,
+        rerender=(decision.acted and decision.action in _ACTED_EVENTS) or revert is not None,
         action=decision.action,
         changed=_worth_writing(updated, status.model_copy(update={"kopf": None})),
     )
@@ -355,6 +474,17 @@ def _decision(
             action=Action.KEEP, reason="speculation is not configured", state=state
         ), []
     decision = decide(signals, state, spec.policy, now, admin.max_changes_per_hour, restart)
+    stuck_before = _reverted_recently(body, decision, now)
+    if stuck_before is not None:
+        held = decision.model_copy(
+            update={
+                "action": Action.HOLD,
+                "reason": stuck_before,
+                "acted": False,
+                "state": state.model_copy(update={"breaches": 0}),
+            }
+        )
+        return held, []
     if decision.action is not Action.STEP_QUANTIZATION or not decision.acted:
         return decision, []
     refusal = _step_refusal(body, spec, decision.state.checkpoint_index, admin, checkpoints)
