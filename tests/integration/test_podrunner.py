@@ -24,6 +24,7 @@ import pytest
 from kubernetes import client as k8s
 
 from specpilot.assessment import render
+from specpilot.planning.startup import DEFAULT_STARTUP_S
 from specpilot_lab.local.controlplane import ControlPlane
 from specpilot_lab.local.operator_process import wait_for
 from specpilot_lab.sim.podrunner import (
@@ -507,7 +508,7 @@ def test_gpus_and_startup_from_the_rendered_pod() -> None:
     ]  # fmt: skip
     assert startup_seconds(seventy_b, {}) == pytest.approx(208.3, abs=0.5)  # planning/startup.py
     assert startup_seconds(seventy_b, {}, load_gb_per_s=1.5) == pytest.approx(149.1, abs=0.5)
-    assert startup_seconds(["no/such-model"], {}) == 205.0  # the planner's default
+    assert startup_seconds(["no/such-model"], {}) == DEFAULT_STARTUP_S  # the planner's default
 
 
 def test_progressing_times_out_until_the_rollout_completes() -> None:
