@@ -106,7 +106,7 @@ def until_condition(api: k8s.ApiClient, namespace: str, reason: str, words: str)
             and words in c["message"]
             and c
         ),
-        timeout=90,
+        timeout=240,  # a first check on a loaded machine (operator start, reconcile, first read)
         what=lambda: f"{reason} with {words!r}: {metrics_condition(api, namespace)}",
     )
 
