@@ -254,6 +254,8 @@ def resource(phase: Phase, control_replicas: int) -> dict[str, Any]:
     body["metadata"]["generation"] = 1
     body["spec"]["replicas"] = POOL_REPLICAS - control_replicas
     body["spec"]["policy"] = {**POLICY, "controlReplicas": control_replicas}
+    # The world's pods load from a local cache; so does the operator's restart cost.
+    body["spec"]["modelCache"] = {"persistentVolumeClaim": {"claimName": "models"}}
     if phase.quantization == "awq":
         body["spec"]["target"].update(model=AWQ, quantization="awq")
     return body

@@ -31,12 +31,15 @@ from specpilot_lab.sim.podrunner import (
     ANNOTATION_GPU_TYPE,
     PodRunner,
     PodState,
+    RolloutStep,
+    Strategy,
     deployment_status,
     pod_gpus,
     progress_mark,
     prometheus_label,
     rewrite_args,
     rollout_step,
+    rollout_strategy,
     startup_seconds,
     status_differs,
     template_hash,
@@ -329,9 +332,12 @@ def test_pods_start_slowly_and_wait_pending_for_gpus_until_the_deadline(
     harness: Harness, control_plane: ControlPlane, tmp_path: Path
 ) -> None:
     """A one-GPU cluster: a pod serves only after its modelled startup; a template change's
-    surge pod stays Pending (the old pod holds the only GPU), the Deployment turns Progressing
+    surge pod (spec.rollout.surge OnePod) stays Pending (the old pod holds the only GPU), the Deployment turns Progressing
     False/ProgressDeadlineExceeded, and restoring the template ends it."""
-    body: dict[str, Any] = render(example(EXAMPLE, harness.namespace, replicas=1))[0]
+    doc = example(EXAMPLE, harness.namespace, replicas=1)
+    doc["spec"]["rollout"] = {"surge": "OnePod"}  # spare GPUs may be used; there are none
+    body: dict[str, Any] = render(doc)[0]
+    assert body["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
     body["spec"]["progressDeadlineSeconds"] = 300
     name = body["metadata"]["name"]
     container = body["spec"]["template"]["spec"]["containers"][0]
@@ -456,23 +462,63 @@ def test_rewrite_args_keeps_everything_but_host_and_port() -> None:
     assert rewrite_args(["m"], 5) == ["m", "--host", "127.0.0.1", "--port", "5"]
 
 
-def test_rollout_surges_one_pod_and_keeps_ready_old_pods_until_replaced() -> None:
-    def pod(name: str, h: str, index: int, ready: bool) -> PodState:
-        return PodState(name, h, index, ready)
+SURGE = Strategy(recreate=False, max_surge=1, max_unavailable=0)
+ONE_AT_A_TIME = Strategy(recreate=False, max_surge=0, max_unavailable=1)
+RECREATE = Strategy(recreate=True, max_surge=0, max_unavailable=0)
 
+
+def pod(name: str, h: str, index: int, ready: bool) -> PodState:
+    return PodState(name, h, index, ready)
+
+
+def test_rollout_surges_one_pod_and_keeps_ready_old_pods_until_replaced() -> None:
     old = [pod("a-0", "a", 0, True), pod("a-1", "a", 1, True)]
-    assert rollout_step("b", 2, old).start == 1
-    assert rollout_step("b", 2, old).stop == ()
-    step = rollout_step("b", 2, [*old, pod("b-0", "b", 0, True)])
+    assert rollout_step("b", 2, old, SURGE) == RolloutStep(start=1, stop=())
+    step = rollout_step("b", 2, [*old, pod("b-0", "b", 0, True)], SURGE)
     assert (step.start, step.stop) == (1, ("a-1",))
-    step = rollout_step("b", 2, [old[0], pod("b-0", "b", 0, True), pod("b-1", "b", 1, False)])
+    step = rollout_step(
+        "b", 2, [old[0], pod("b-0", "b", 0, True), pod("b-1", "b", 1, False)], SURGE
+    )
     assert (step.start, step.stop) == (0, ())
-    step = rollout_step("b", 2, [pod("a-0", "a", 0, False), pod("b-0", "b", 0, False)])
+    step = rollout_step("b", 2, [pod("a-0", "a", 0, False), pod("b-0", "b", 0, False)], SURGE)
     assert (step.start, step.stop) == (1, ("a-0",))
-    step = rollout_step("b", 1, [pod("b-0", "b", 0, True), pod("b-1", "b", 1, False)])
+    step = rollout_step("b", 1, [pod("b-0", "b", 0, True), pod("b-1", "b", 1, False)], SURGE)
     assert (step.start, step.stop) == (0, ("b-1",))
-    assert rollout_step("b", 3, []).start == 3
-    assert rollout_step("b", 0, old).stop == ("a-0", "a-1")
+    assert rollout_step("b", 3, [], SURGE).start == 3
+    assert set(rollout_step("b", 0, old, SURGE).stop) == {"a-0", "a-1"}
+
+
+def test_rollout_without_surge_replaces_one_pod_at_a_time() -> None:
+    old = [pod("a-0", "a", 0, True), pod("a-1", "a", 1, True)]
+    # An old pod stops and its replacement starts (on the GPUs the old one frees).
+    assert rollout_step("b", 2, old, ONE_AT_A_TIME) == RolloutStep(start=1, stop=("a-1",))
+    # Nothing more while the new pod is not ready: one replica down at most.
+    step = rollout_step("b", 2, [old[0], pod("b-0", "b", 0, False)], ONE_AT_A_TIME)
+    assert step == RolloutStep(start=0, stop=())
+    step = rollout_step("b", 2, [old[0], pod("b-0", "b", 0, True)], ONE_AT_A_TIME)
+    assert step == RolloutStep(start=1, stop=("a-0",))
+    # One replica: the only pod stops first; an outage until the new one is ready.
+    step = rollout_step("b", 1, [old[0]], ONE_AT_A_TIME)
+    assert step == RolloutStep(start=1, stop=("a-0",))
+
+
+def test_recreate_stops_every_old_pod_before_starting_new_ones() -> None:
+    old = [pod("a-0", "a", 0, True), pod("a-1", "a", 1, False)]
+    assert rollout_step("b", 2, old, RECREATE) == RolloutStep(start=0, stop=("a-0", "a-1"))
+    assert rollout_step("b", 2, [], RECREATE) == RolloutStep(start=2, stop=())
+
+
+def test_the_strategy_is_resolved_as_the_deployment_controller_does() -> None:
+    def deployment(strategy: dict[str, Any] | None) -> dict[str, Any]:
+        return {"spec": {"strategy": strategy} if strategy is not None else {}}
+
+    assert rollout_strategy(deployment(None), 1) == Strategy(False, 1, 0)  # 25% of 1
+    assert rollout_strategy(deployment(None), 8) == Strategy(False, 2, 2)
+    rolling = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+    assert rollout_strategy(deployment(rolling), 3) == ONE_AT_A_TIME
+    both_zero = {"rollingUpdate": {"maxSurge": 0, "maxUnavailable": 0}}
+    assert rollout_strategy(deployment(both_zero), 3) == ONE_AT_A_TIME
+    assert rollout_strategy(deployment({"type": "Recreate"}), 3) == RECREATE
 
 
 def test_status_is_written_only_when_it_changes() -> None:

@@ -7,8 +7,8 @@ server on the CPU: a random-weight Llama target, and as its draft either an exac
 the real /metrics; the operator reads it and acts.
 
 One engine runs at a time (2.3-3.2 GB each): every test deletes its resource and Deployment and
-waits for the engine to exit before the next starts (a rollout surges one more engine while
-the old one idles). Three engine start-ups in all: 20-40 s each on an idle machine, up to 90 s
+waits for the engine to exit before the next starts (a rollout stops the old engine before the
+new one starts: the default strategy, no surge). Three engine start-ups in all: 20-40 s each on an idle machine, up to 90 s
 seen on a loaded one. Requests are greedy (temperature 0): the CPU sampling path of 0.32 is
 broken above it (vllm#55005). The environment comes from scripts/vllm-cpu-env.sh (built once,
 cached).
@@ -16,6 +16,7 @@ cached).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -376,19 +377,26 @@ def test_a_real_low_acceptance_disables_speculation_and_restarts_the_server_with
     )
     try:
         speculative = ready(stack, namespace, name, speculating=True)
+        counters: dict[str, float] = {}
+
+        def disabled_event() -> Any:
+            # The speculating engine's counters, read while it runs: without a surge (the
+            # default rollout) it stops as soon as the operator turns speculation off.
+            with contextlib.suppress(OSError):
+                counters.update(scrape(speculative))
+            return next(
+                (e for e in events(api, namespace, name) if e.reason == "SpeculationDisabled"),
+                None,
+            )
+
         with Load(stack, namespace, name):
             disabled = wait_for(
-                lambda: next(
-                    (e for e in events(api, namespace, name) if e.reason == "SpeculationDisabled"),
-                    None,
-                ),
+                disabled_event,
                 timeout=180,
                 what=lambda: (
                     f"{get(api, namespace, name).get('status')}\n" + engine_log(stack, name)
                 ),
             )
-        # The load stops here, so the old engine idles while the new one starts on these cores.
-        counters = scrape(speculative)  # the old server still runs during the rollout
         plain = ready(stack, namespace, name, speculating=False)
         answer = post(
             f"http://{plain}/v1/completions",

@@ -5,9 +5,10 @@ ProgressDeadlineExceeded) and a real Prometheus.
 - A slow start: a spec change rolls the pods; the check holds while they roll (and for a rate
   window after), RolledOut says so, and RolloutComplete comes with the time it took.
 - A rollout mid-check: no reading taken before the new pods' window is clean is stored.
-- A stuck rollout: the operator's own change (speculation off) needs GPUs the pool does not
-  have; the surge pod stays Pending, the Deployment times out progressing, the operator says
-  RolloutStuck and returns to the configuration that ran (RolloutReverted), which completes.
+- A stuck rollout: the operator's own change (speculation off) on a resource that allows a surge
+  (spec.rollout.surge OnePod) needs GPUs the pool does not have; the surge pod stays Pending,
+  the Deployment times out progressing, the operator says RolloutStuck and returns to the
+  configuration that ran (RolloutReverted), which completes.
 
 Every wait is for a positive signal (an Event, a condition, a Deployment's status).
 """
@@ -168,9 +169,11 @@ def test_the_operators_stuck_rollout_is_detected_and_reverted(
 ) -> None:
     namespace, name = stack.namespaces[0], "stuck"
     doc = resource("llama-70b-int8-draft.yaml", namespace, name)
+    # The user says spare GPUs may be used for a surge; the pool has none to spare.
+    doc["spec"]["rollout"] = {"surge": "OnePod"}
     create(api, doc)
     # Hot sampling: acceptance well under the policy's floor, so the operator turns speculation
-    # off; the speculation-off pod needs 2 more GPUs, and the pool has 1 left.
+    # off; the speculation-off pod surges and needs 2 more GPUs, and the pool has 1 left.
     with Load(stack, namespace, name, trace((300, 2), temperature=1.6)):
         disabled = wait_for(
             lambda: event(api, namespace, name, "SpeculationDisabled"),

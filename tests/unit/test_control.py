@@ -24,9 +24,14 @@ T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 POLICY = {"interval": "30s", "cooldown": "1m", "failureLimit": 3, "consecutiveSuccessLimit": 2}
 
 
+MODEL_CACHE = {"persistentVolumeClaim": {"claimName": "models"}}
+"""The weights on a volume: a restart loads them (208 s for the example) instead of downloading."""
+
+
 def body(**policy: Any) -> dict[str, Any]:
     doc = manifest(policy={**POLICY, **policy})
     doc["metadata"].update(uid="u-1", generation=2, resourceVersion="7")
+    doc["spec"]["modelCache"] = MODEL_CACHE
     return doc
 
 
@@ -505,6 +510,14 @@ def test_the_restart_is_priced_from_the_weights_or_the_measured_startup() -> Non
     cost = control.restart_cost(spec.resource.spec, spec.plan)
     assert round(cost.startup_s) == 208  # 89 GB at 0.75 GB/s + 60 s graphs + 30 s engine
     assert cost.source.startswith("startup 208s (118s loading 89 GB")
+    # no model cache: every new pod downloads the 89 GB from the Hub at 0.5 GB/s first
+    uncached_doc = body(controlReplicas=1, cooldown="10m")
+    del uncached_doc["spec"]["modelCache"]
+    uncached = reconcile.desired(uncached_doc).assessment
+    assert uncached.resource is not None
+    download = control.restart_cost(uncached.resource.spec, uncached.plan)
+    assert round(download.startup_s) == 386
+    assert download.source.startswith("startup 386s (177s download at 0.5 GB/s + 118s loading")
     # 43% above the baseline: keeping loses 30% of a replica over 10 minutes (180 replica-
     # seconds), less than restarting the pods
     slower = reading(acceptance=0.72, p99=0.050, rps=20, baseline_p99=0.035)
@@ -593,6 +606,8 @@ def test_the_operators_own_stuck_rollout_is_reverted_a_users_is_only_reported() 
     (reverted,) = [e for e in result.events if e.reason == "RolloutReverted"]
     assert reverted.type == "Warning"
     assert "the rollout of disable-speculation at 2026-01-01T00:01:00Z is stuck" in reverted.message
+    # The hour's hold on the same change is announced with the revert.
+    assert "not trying disable-speculation again before 2026-01-01T01:01:30Z" in reverted.message
     doc["status"] = result.status
     assert doc["status"]["control"]["speculationOn"] is True
     assert doc["status"]["decisions"][-1]["action"] == "revert-rollout"

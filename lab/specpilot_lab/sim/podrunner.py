@@ -278,26 +278,13 @@ class RolloutStep:
     """Names of the pods to stop."""
 
 
-def rollout_step(current_hash: str, replicas: int, pods: Sequence[PodState]) -> RolloutStep:
-    """One step toward `replicas` ready pods of the current template (maxSurge 1, maxUnavailable 0).
+@dataclass(frozen=True)
+class Strategy:
+    """A Deployment's strategy as the deployment controller resolves it for `replicas`."""
 
-    Old-template pods that are not ready serve nothing and stop at once; ready ones stay until
-    as many new pods are ready. While old pods remain, at most one extra pod exists; otherwise
-    missing pods all start at once. Extra pods of the current template stop unready first, then
-    the highest index.
-    """
-    new = sorted((p for p in pods if p.template_hash == current_hash), key=lambda p: p.index)
-    old = sorted((p for p in pods if p.template_hash != current_hash), key=lambda p: p.name)
-    ready_new = sum(1 for p in new if p.ready)
-    keep_old = [p for p in old if p.ready][: max(0, replicas - ready_new)]
-    kept = {p.name for p in keep_old}
-    stop = [p.name for p in old if p.name not in kept]
-    excess = sorted(new, key=lambda p: (p.ready, -p.index))[: max(0, len(new) - replicas)]
-    stop += [p.name for p in excess]
-    new_left = len(new) - len(excess)
-    surge = 1 if keep_old else 0
-    start = max(0, min(replicas - new_left, replicas + surge - new_left - len(keep_old)))
-    return RolloutStep(start=start, stop=tuple(stop))
+    recreate: bool
+    max_surge: int
+    max_unavailable: int
 
 
 def _scaled(value: int | str, total: int, round_up: bool) -> int:
@@ -307,17 +294,56 @@ def _scaled(value: int | str, total: int, round_up: bool) -> int:
     return int(value)
 
 
-def max_unavailable(deployment: Manifest, replicas: int) -> int:
-    """As the deployment controller resolves it: 25% rounded down by default, 0 for Recreate."""
+def rollout_strategy(deployment: Manifest, replicas: int) -> Strategy:
+    """`Recreate`, or RollingUpdate's maxSurge (25% rounded up by default) and maxUnavailable
+    (25% rounded down); both 0 would never progress, so maxUnavailable becomes 1."""
     strategy = (deployment.get("spec") or {}).get("strategy") or {}
-    if strategy.get("type", "RollingUpdate") != "RollingUpdate" or replicas == 0:
-        return 0
+    if strategy.get("type", "RollingUpdate") != "RollingUpdate":
+        return Strategy(recreate=True, max_surge=0, max_unavailable=0)
     rolling = strategy.get("rollingUpdate") or {}
     surge = _scaled(rolling.get("maxSurge", "25%"), replicas, round_up=True)
     unavailable = _scaled(rolling.get("maxUnavailable", "25%"), replicas, round_up=False)
     if surge == 0 and unavailable == 0:
         unavailable = 1
-    return min(unavailable, replicas)
+    return Strategy(recreate=False, max_surge=surge, max_unavailable=min(unavailable, replicas))
+
+
+def rollout_step(
+    current_hash: str, replicas: int, pods: Sequence[PodState], strategy: Strategy
+) -> RolloutStep:
+    """One step toward `replicas` ready pods of the current template, as the deployment
+    controller takes it.
+
+    RollingUpdate: new pods start while all pods number at most replicas + maxSurge; old pods
+    stop while the ready ones, less the new pods not yet ready, stay at least replicas -
+    maxUnavailable (old pods that are not ready first: they serve nothing; then the last by
+    name). Recreate: every old
+    pod stops, and new ones start once none is left. Without old pods, missing pods all start
+    at once; extra pods of the current template stop, unready first, then the highest index.
+    """
+    new = sorted((p for p in pods if p.template_hash == current_hash), key=lambda p: p.index)
+    old = sorted((p for p in pods if p.template_hash != current_hash), key=lambda p: p.name)
+    excess = sorted(new, key=lambda p: (p.ready, -p.index))[: max(0, len(new) - replicas)]
+    new_left = len(new) - len(excess)
+    if strategy.recreate:
+        if old:
+            return RolloutStep(start=0, stop=tuple(p.name for p in [*old, *excess]))
+        return RolloutStep(start=max(0, replicas - new_left), stop=tuple(p.name for p in excess))
+    new_unready = sum(1 for p in new if not p.ready and p not in excess)
+    may_stop = len(old) + new_left - (replicas - strategy.max_unavailable) - new_unready
+    stop = [p.name for p in old if not p.ready]
+    stop += [p.name for p in reversed(old) if p.ready][: max(0, may_stop - len(stop))]
+    old_left = len(old) - len(stop)
+    room = replicas + (strategy.max_surge if old_left else 0) - old_left - new_left
+    start = max(0, min(replicas - new_left, room))
+    return RolloutStep(start=start, stop=tuple(stop + [p.name for p in excess]))
+
+
+def max_unavailable(deployment: Manifest, replicas: int) -> int:
+    """For the Available condition: 0 for Recreate (every pod must be available)."""
+    if replicas == 0:
+        return 0
+    return rollout_strategy(deployment, replicas).max_unavailable
 
 
 def _condition(
@@ -809,7 +835,13 @@ class PodRunner:
         load = self.load_gb_per_s if self.startup_scale > 0 else None
         template = pod_template(deployment, self.time_scale, load)
         pods = self._pods.setdefault(key, [])
-        step = rollout_step(template.hash, desired_replicas(deployment), [p.state() for p in pods])
+        replicas = desired_replicas(deployment)
+        step = rollout_step(
+            template.hash,
+            replicas,
+            [p.state() for p in pods],
+            rollout_strategy(deployment, replicas),
+        )
         for pod in [p for p in pods if p.name in step.stop]:
             pods.remove(pod)
             self._stop_pod(pod, now)

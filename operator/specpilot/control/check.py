@@ -43,7 +43,7 @@ from specpilot.control.signals import Readings, Signal, implausible
 from specpilot.findings import errors
 from specpilot.planning.checkpoint import Checkpoints
 from specpilot.planning.memory import MemoryPlan
-from specpilot.planning.startup import plan_startup
+from specpilot.planning.rollout import expected_startup
 from specpilot.reconcile import (
     ROLLED_OUT,
     ROLLOUT_HOLDING_REASONS,
@@ -157,10 +157,10 @@ def restart_cost(
     annotations: Mapping[str, str] | None = None,
 ) -> RestartCost:
     """What a change of the server pods costs: each of spec.replicas (1 when an autoscaler owns
-    them) serves nothing for the startup of a pod loading the plan's weights, target plus draft
-    (planning/startup.py, from a local cache); the measured startup of the
-    `specpilot.io/startup-seconds` annotation instead, when it is a number; the default
-    estimate when the weights are unknown."""
+    them) serves nothing for the startup of a pod loading the plan's weights, target plus draft,
+    from where the pod finds them (planning/rollout.py: a model cache, else a download from the
+    Hub at every start); the measured startup of the `specpilot.io/startup-seconds` annotation
+    instead, when it is a number; the default estimate when the weights are unknown."""
     replicas = spec.replicas or 1
     measured = _seconds((annotations or {}).get(STARTUP_ANNOTATION))
     if measured is not None:
@@ -169,7 +169,7 @@ def restart_cost(
             replicas_affected=replicas,
             source=f"startup {measured:g}s from the {STARTUP_ANNOTATION} annotation",
         )
-    estimate = plan_startup(memory)
+    estimate = expected_startup(spec, memory)
     if estimate is None:
         return RestartCost(replicas_affected=replicas)
     return RestartCost(
@@ -350,9 +350,11 @@ def stuck_revert(
     )
     if not (acted and ours):
         return None
+    retry = now + datetime.timedelta(seconds=RETRY_AFTER_STUCK_SECONDS)
     reason = (
-        f"the rollout of {last.action} at {last.time:%Y-%m-%dT%H:%M:%SZ} is stuck "
-        f"({rolled.message}); returning the pods to the configuration that ran before it"
+        f"the rollout of {last.action} at {last.time:%Y-%m-%dT%H:%M:%SZ} is stuck; returning "
+        f"the pods to the configuration that ran before it, and not trying {last.action} "
+        f"again before {retry:%Y-%m-%dT%H:%M:%SZ} ({rolled.message})"
     )[:1024]
 
     def apply(state: PolicyState) -> tuple[PolicyState, DecisionRecord, Event]:
