@@ -15,9 +15,19 @@ The loop is closed: each policy drives one simulation of its own.
   replicas. A restarted replica serves nothing for the startup time of its new configuration
   (`specpilot.planning.startup`: weight bytes, target plus draft, at the stated load bandwidth,
   plus CUDA graph capture and engine start). Without spare GPUs (the default, `--spare-gpus 0`)
-  the old pod goes first: its requests go back to the router (their progress lost) and are
-  served by the other replicas or wait. With spare GPUs a new pod surges and the old one serves
-  until it is ready, then drains.
+  the replicas roll one at a time, as the rendered Deployment's strategy (maxSurge 0,
+  maxUnavailable 1, `specpilot.planning.rollout.strategy`) has Kubernetes do: the oldest old
+  replica stops, its requests go back to the router (their progress lost) and are served by the
+  other replicas or wait, and its replacement loads for the startup; once that one is ready the
+  next old replica stops, and so on. N replicas serve N-1 strong for N x startup (a single
+  replica is an outage for the startup); `lost_capacity_s` counts the startup of every
+  replacement. A change arriving during a rollout rolls to the newest configuration, as the
+  Deployment controller does with a newer template: a replacement still loading a superseded
+  configuration is given up (its slot loads the newest one at once; only the part of its
+  startup already spent counts as lost), replicas already on the newest configuration stay (a
+  revert keeps the old replicas not yet replaced), and every other replica is replaced one at a
+  time, oldest first. With spare GPUs a new pod surges and the old one serves until it is
+  ready, then drains (a replica for which no spare GPUs are left restarts in place).
 - The operator's readings are what its PromQL would answer at each check: over the policy's
   rate window (5m, the default) of completed requests: TPOT and TTFT quantiles interpolated in
   vLLM's histogram buckets like `histogram_quantile`, load as completions per second per
@@ -27,11 +37,21 @@ The loop is closed: each policy drives one simulation of its own.
 - Static on / off: speculation on, or off, throughout (the pool all serving replicas).
 - Oracle (cost-aware): the offline schedule over the trace's configurations (speculation on or
   off; on the quantization trace also the INT8 ladder checkpoint) that minimises the objective
-  J = sum over windows of log(P99 TPOT of the window) + kappa per switch, by dynamic
-  programming over 30 s windows, where a window's P99 TPOT is the configuration's in its
-  static closed-loop run and kappa is the measured price of one restart on this trace (J with a
-  restart at the median-load window minus J without, in the better static run). The schedule
-  is then replayed in the closed loop, paying its restarts like everyone else.
+  J = sum over windows of log(P99 TPOT of the window) + kappa(w) per switch at window w, by
+  dynamic programming over 30 s windows, where a window's P99 TPOT is the configuration's in its
+  static closed-loop run and kappa(w) is the measured price of a restart in this world: J with a
+  restart forced at window w minus J without, in the better static run. A rolling restart's
+  price depends on the load (at 1 QPS per replica one replica carries the pool's traffic and a
+  restart costs little; near saturation it queues for N x startup), so one price measured at
+  the median load would overprice switches at low load and underprice them at the peak: kappa
+  is measured in the middle of every phase of the trace and interpolated linearly in between
+  (flat before the first and after the last). The forced restart goes through the same rollout
+  as any switch, so the price is that of a rolling restart. Still approximations: the price is
+  measured restarting the better static configuration into itself (a switch's new
+  configuration may have more or less capacity), and two switches closer than a rollout are
+  priced as two whole restarts (the world gives up the first's loading replacement). The
+  schedule is then replayed in the closed loop, paying its restarts like everyone else, so its
+  figures are the world's, not the model's.
 - Oracle-window: the best configuration in every window, switching for free (no startup), the
   queue carried over.
 - Goodput: tokens per second of the requests that finished within the trace.
@@ -307,6 +327,16 @@ class Replica:
 
 
 @dataclass
+class Rollout:
+    """A role's rollout without surge in progress: the newest template, the old replicas still
+    to replace (oldest first), and the replacement loading now."""
+
+    config: Config
+    old: list[Replica]
+    loading: Replica | None = None
+
+
+@dataclass
 class Outcome:
     """What one policy's run delivered, and what it did."""
 
@@ -370,6 +400,9 @@ class Loop:
         self.counters: list[tuple[int, int]] = []
         """Cumulative (drafted, accepted) of the server role at each window's end."""
         self._harvested: dict[int, tuple[int, int]] = {}
+        self.templates: dict[str, tuple[str, ...]] = {}
+        """The newest configuration rendered per role (the Deployment's template)."""
+        self.rollouts: dict[str, Rollout] = {}
 
     # replicas
     def _spawn(self, role: str, config: Config, ready_at: float) -> Replica:
@@ -417,7 +450,61 @@ class Loop:
     def apply(
         self, role: str, config: Config, count: int, t: float, outcome: Outcome, force: bool = False
     ) -> None:
-        """Make the role's replicas run `config`: restart those that do not (all, `force`)."""
+        """Make the role's replicas run `config`: restart those that do not (all, `force`).
+        Without spare GPUs, one at a time (`_roll`); with them, surging."""
+        if self.spare_gpus >= 2:
+            self._apply_surging(role, config, t, outcome, force)
+            return
+        if not force and self.templates.get(role) == config.key:
+            return  # the newest template already: its rollout, if any, goes on
+        outcome.restarts += 1
+        self.templates[role] = config.key
+        startup = 0.0 if self.free else config.startup_s
+        previous = self.rollouts.get(role)
+        loading = previous.loading if previous is not None else None
+        if loading is not None and loading.ready_at <= t:
+            loading = None  # ready: an ordinary replica now
+        if loading is not None and (force or loading.config.key != config.key):
+            # the controller scales an old ReplicaSet's unready pod down first: the replacement
+            # loading the superseded template goes, and its slot loads the newest one
+            self._kill(loading)
+            outcome.lost_capacity_s -= loading.ready_at - t  # the part of its startup not spent
+            loading = self._spawn(role, config, t + startup)
+            outcome.lost_capacity_s += startup
+        old = [
+            r
+            for r in self.replicas
+            if r.alive and r.role == role and r is not loading
+            and (force or r.config.key != config.key)
+        ]  # fmt: skip
+        self.rollouts[role] = Rollout(config, old, loading)
+        self._roll(role, t, outcome)
+        self._dispatch(t)
+
+    def _roll(self, role: str, t: float, outcome: Outcome) -> None:
+        """The rendered strategy without surge (maxSurge 0, maxUnavailable 1): once the last
+        replacement is ready, the next old replica (oldest first) stops, its requests go back to
+        the router, and its replacement loads for the startup."""
+        rollout = self.rollouts.get(role)
+        while rollout is not None:
+            if rollout.loading is not None:
+                if rollout.loading.ready_at > t:
+                    return
+                rollout.loading = None
+            if not rollout.old:
+                del self.rollouts[role]
+                return
+            old = rollout.old.pop(0)
+            if not old.alive:
+                continue
+            self._kill(old)
+            startup = 0.0 if self.free else rollout.config.startup_s
+            rollout.loading = self._spawn(role, rollout.config, t + startup)
+            outcome.lost_capacity_s += startup
+
+    def _apply_surging(
+        self, role: str, config: Config, t: float, outcome: Outcome, force: bool
+    ) -> None:
         current = [r for r in self.replicas if r.alive and not r.draining and r.role == role]
         current = [r for r in current if r.replaces is None or r.ready_at <= t]
         if not force and all(r.config.key == config.key for r in current):
@@ -436,6 +523,10 @@ class Loop:
                 self._spawn(role, config, t + startup)
                 outcome.lost_capacity_s += startup
         self._dispatch(t)
+
+    def _rolls(self, t: float, outcome: Outcome) -> None:
+        for role in list(self.rollouts):
+            self._roll(role, t, outcome)
 
     def _surges(self, t: float) -> None:
         for r in self.replicas:
@@ -528,6 +619,7 @@ class Loop:
                     continue
                 config = configuration(rendered[role], self.configs)
                 if w == 0:
+                    self.templates[role] = config.key
                     for _ in range(count):
                         self._spawn(role, config, 0.0)
                     continue
@@ -544,12 +636,14 @@ class Loop:
                 self._advance(t)
                 self._now = t
                 self._surges(t)
+                self._rolls(t, outcome)
                 if t == next_arrival:
                     self.router.append(pending.popleft())
                 self._dispatch(t)
             self._advance(t1)
             self._now = t1
             self._surges(t1)
+            self._rolls(t1, outcome)
             self._dispatch(t1)
             self._harvest()
             if controller is not None:
@@ -662,23 +756,33 @@ def summary(outcome: Outcome, windows: int) -> dict[str, Any]:
     }
 
 
-def objective(costs: dict[Any, list[float]], schedule: Sequence[Any], kappa: float) -> float:
+Kappa = float | Sequence[float]
+"""The price of a switch in J: one for every window, or per window (the switch's first)."""
+
+
+def _kappa_at(kappa: Kappa, w: int) -> float:
+    return kappa if isinstance(kappa, float | int) else kappa[w]
+
+
+def objective(costs: dict[Any, list[float]], schedule: Sequence[Any], kappa: Kappa) -> float:
     """J: the sum of the windows' log P99 TPOT (from each configuration's static run) plus
-    kappa per switch."""
+    kappa per switch (the price at the window the new configuration starts)."""
     total = sum(costs[c][w] for w, c in enumerate(schedule))
-    return total + kappa * sum(1 for a, b in itertools.pairwise(schedule) if a != b)
+    switches = [w for w in range(1, len(schedule)) if schedule[w] != schedule[w - 1]]
+    return total + sum(_kappa_at(kappa, w) for w in switches)
 
 
-def best_schedule(costs: dict[Any, list[float]], windows: int, kappa: float) -> list[Any]:
+def best_schedule(costs: dict[Any, list[float]], windows: int, kappa: Kappa) -> list[Any]:
     """Dynamic programming over windows: the schedule minimising J."""
     options = list(costs)
     best = {c: costs[c][0] for c in options}
     back: list[dict[Any, Any]] = []
     for w in range(1, windows):
         step, came = {}, {}
+        price = _kappa_at(kappa, w)
         for c in options:
-            prev = min(options, key=lambda p: best[p] + (kappa if p != c else 0.0))
-            step[c] = best[prev] + (kappa if prev != c else 0.0) + costs[c][w]
+            prev = min(options, key=lambda p: best[p] + (price if p != c else 0.0))
+            step[c] = best[prev] + (price if prev != c else 0.0) + costs[c][w]
             came[c] = prev
         best = step
         back.append(came)
@@ -699,7 +803,8 @@ def log_costs(p99s: list[float | None]) -> list[float]:
 class Evaluation:
     figures: dict[str, dict[str, Any]]
     objectives: dict[str, float]
-    kappa: float
+    kappa: list[tuple[int, float]]
+    """The measured price of a restart: (window of the forced restart, kappa)."""
     operator_decisions: dict[str, list[tuple[int, str, str]]]
     targets: dict[str, Any]
 
@@ -728,13 +833,15 @@ def evaluate(
     statics = {c: loop().run(fixed(scenario, *c)) for c in options}
     p99s = {c: window_p99(o, windows) for c, o in statics.items()}
     costs = {c: log_costs(p99s[c]) for c in options}
-    # kappa: the price of one restart, measured in the better static run at median load
+    # kappa: the price of a restart, measured in the better static run in the middle of every
+    # phase and interpolated in between (a rolling restart costs little at low load)
     better = min(((True, 0), (False, 0)), key=lambda c: sum(costs[c]))
-    loads = [scenario.phase_at(w).qps for w in range(windows)]
-    middle = sorted(range(windows), key=lambda w: (abs(loads[w] - statistics.median(loads)), w))
-    at = max(1, middle[0])
-    kappa_run = loop().run(fixed(scenario, *better), force_restart_at=at)
-    kappa = max(0.0, sum(log_costs(window_p99(kappa_run, windows))) - sum(costs[better]))
+    measured = []
+    for at in restart_probes(scenario):
+        run = loop().run(fixed(scenario, *better), force_restart_at=at)
+        price = sum(log_costs(window_p99(run, windows))) - sum(costs[better])
+        measured.append((at, max(0.0, price)))
+    kappa = interpolate(measured, windows)
     schedule = best_schedule(costs, windows, kappa)
     free = best_schedule(costs, windows, 0.0)
     runs: dict[str, Outcome] = {
@@ -757,14 +864,38 @@ def evaluate(
     for name in figures:
         figures[name]["objective"] = objectives[name]
     targets = judge(scenario, figures, p99s)
-    report(scenario, len(arrivals), figures, kappa, runs, targets, out)
+    report(scenario, len(arrivals), figures, measured, runs, targets, out)
     return Evaluation(
         figures,
         objectives,
-        kappa,
+        measured,
         {k: runs[k].decisions for k in ("operator", "operator-recorded")},
         targets,
     )
+
+
+def restart_probes(scenario: Scenario) -> list[int]:
+    """The windows where the price of a restart is measured: the middle of every phase."""
+    probes, start = [], 0
+    for phase in scenario.phases:
+        probes.append(max(1, start + phase.windows // 2))
+        start += phase.windows
+    return sorted(set(probes))
+
+
+def interpolate(points: list[tuple[int, float]], windows: int) -> list[float]:
+    """A value per window, linear between the measured points, flat beyond the first and last."""
+    values = []
+    for w in range(windows):
+        if w <= points[0][0]:
+            values.append(points[0][1])
+        elif w >= points[-1][0]:
+            values.append(points[-1][1])
+        else:
+            i = bisect.bisect_right([p for p, _ in points], w)
+            (a, ka), (b, kb) = points[i - 1], points[i]
+            values.append(ka + (kb - ka) * (w - a) / (b - a))
+    return values
 
 
 def reaction_windows() -> int:
@@ -817,14 +948,15 @@ def report(
     scenario: Scenario,
     requests: int,
     figures: dict[str, dict[str, Any]],
-    kappa: float,
+    kappa: list[tuple[int, float]],
     runs: dict[str, Outcome],
     targets: dict[str, Any],
     out: Callable[[str], None],
 ) -> None:
     out(f"\n### {scenario.title}\n")
+    prices = ", ".join(f"{k:.1f} at window {w}" for w, k in kappa)
     out(f"{requests} requests, {scenario.windows} windows of {INTERVAL_S}s; a restart costs "
-        f"kappa = {kappa:.2f} in the oracle's objective\n")  # fmt: skip
+        f"kappa = {prices} in the oracle's objective (interpolated in between)\n")  # fmt: skip
     out("| policy | P50 TPOT ms | P99 TPOT ms | P50 TTFT ms | P99 TTFT ms | goodput tok/s "
         "| restarts | lost replica-s | objective J |")  # fmt: skip
     out("|---|---|---|---|---|---|---|---|---|")
@@ -902,7 +1034,7 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) 
             "seed": args.seed,
             "scale": args.scale,
             "spare_gpus": args.spare_gpus,
-            "kappa": {name: round(e.kappa, 3) for name, e in results.items()},
+            "kappa": {name: [[w, round(k, 3)] for w, k in e.kappa] for name, e in results.items()},
             "targets": {name: e.targets for name, e in results.items()},
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +90,65 @@ def test_the_dynamic_programme_pays_kappa_per_switch() -> None:
     assert bench.best_schedule(costs, 4, 0.0) == ["a", "b", "b", "a"]
     assert bench.best_schedule(costs, 4, 100.0) == ["b", "b", "b", "b"]
     assert bench.objective(costs, ["a", "b", "b", "a"], 3.0) == 6.0
+    # a price per window: a switch is cheap at windows 1 and 3 only (low load), dear at 2
+    prices = [0.0, 0.5, 100.0, 0.5]
+    assert bench.best_schedule(costs, 4, prices) == ["a", "b", "b", "a"]
+    assert bench.objective(costs, ["a", "b", "b", "a"], prices) == 1.0
+    assert bench.interpolate([(1, 2.0), (3, 6.0)], 5) == [2.0, 2.0, 4.0, 6.0, 6.0]
+
+
+@dataclass(frozen=True)
+class Seen:
+    key: tuple[str, ...]
+    startup_s: float
+    ready_at: float
+    serving: bool
+
+
+def _rollout(schedule: list[tuple[bool, int]]) -> tuple[bench.Outcome, list[list[Seen]]]:
+    """The world under a fixed schedule at 1 QPS per replica: the server replicas alive at each
+    window's end."""
+    scenario = bench.Scenario("t", "t", (bench.Phase(len(schedule), 1, 0.1),))
+    loop = bench.Loop(scenario, bench.trace(scenario, 1), 1, spare_gpus=0)
+    alive: list[list[Seen]] = []
+
+    def look(w: int, t: float, readings: Any) -> None:
+        alive.append(
+            [
+                Seen(r.config.key, r.config.startup_s, r.ready_at, r.serving(t))
+                for r in loop.replicas
+                if r.alive and r.role == "server"
+            ]
+        )
+
+    return loop.run(bench.scheduled(scenario, schedule), look), alive
+
+
+def test_without_spare_gpus_a_change_rolls_one_replica_at_a_time() -> None:
+    on, off = (True, 0), (False, 0)
+    outcome, alive = _rollout([on] * 5 + [off] * 20)
+    assert outcome.restarts == 1
+    startup = alive[-1][0].startup_s  # the configuration without the draft
+    assert outcome.lost_capacity_s == pytest.approx(bench.POOL_REPLICAS * startup)
+    assert all(len(a) == bench.POOL_REPLICAS for a in alive)
+    # replica 2 serves until replica 1's replacement is ready, then that replacement serves
+    assert all(sum(r.serving for r in a) >= bench.POOL_REPLICAS - 1 for a in alive)
+    assert any(sum(r.serving for r in a) == bench.POOL_REPLICAS - 1 for a in alive)
+    # the second replacement is ready two startups after the change at window 5
+    assert max(r.ready_at for r in alive[-1]) == pytest.approx(5 * bench.INTERVAL_S + 2 * startup)
+    assert {r.key for r in alive[-1]} != {r.key for r in alive[0]}
+
+
+def test_a_change_during_a_rollout_rolls_to_the_newest_template() -> None:
+    on, off = (True, 0), (False, 0)
+    # off at window 5 (150 s), on again at window 15 (450 s) while the second replacement loads
+    outcome, alive = _rollout([on] * 5 + [off] * 10 + [on] * 20)
+    assert outcome.restarts == 2
+    first = alive[0][0]
+    assert {r.key for r in alive[-1]} == {first.key}  # every replica back on, none left off
+    startup_off = next(r for a in alive for r in a if r.key != first.key).startup_s
+    # the first off replica serves from 150 + 187 s; the second, loading since then, is given
+    # up at 450 s for an on replica; then the first off replica is replaced by another
+    given_up = 15 * bench.INTERVAL_S - (5 * bench.INTERVAL_S + startup_off)
+    assert outcome.lost_capacity_s == pytest.approx(startup_off + given_up + 2 * first.startup_s)
+    assert all(sum(r.serving for r in a) >= 1 for a in alive)
