@@ -33,7 +33,12 @@ from specpilot.assessment import Assessment, assess
 from specpilot.findings import Finding, Severity, errors
 from specpilot.planning.checkpoint import Checkpoints
 from specpilot.rendering.args import is_speculating
-from specpilot.rendering.manifests import FIELD_MANAGER, Manifest, manifests
+from specpilot.rendering.manifests import (
+    ANNOTATION_TEMPLATE_DIGEST,
+    FIELD_MANAGER,
+    Manifest,
+    manifests,
+)
 
 CONDITION_TYPES = (
     "Ready",
@@ -115,6 +120,30 @@ class Observed(BaseModel):
     deployments: list[Manifest] = []
     """The server (and baseline) Deployments as the API server returned them."""
     apply_errors: list[str] = []
+    deferred: list[str] = []
+    """Why a Deployment kept the pods it runs instead of its new template (deferred_change)."""
+
+
+def deferred_change(server: Manifest | None, wanted: Manifest, live: Manifest | None) -> str | None:
+    """Why the control replicas' new pod template must wait, or None to apply it now.
+
+    Applied together, a change of both the server and the control replicas (a new target, a
+    ladder step) restarts both at once: with one of each, nothing serves for a whole startup.
+    So the control replicas keep the pods they run until the server's rollout is complete; the
+    reconcile that follows it (the server Deployment's status changes) applies them."""
+    if live is None:
+        return None  # a new Deployment: nothing runs that could serve
+    digest = ANNOTATION_TEMPLATE_DIGEST
+    applied = (live.get("metadata", {}).get("annotations") or {}).get(digest)
+    if applied == wanted["metadata"].get("annotations", {}).get(digest):
+        return None
+    if server is not None and deployment_rollout(server).complete:
+        return None
+    waiting_for = server["metadata"]["name"] if server is not None else "the server Deployment"
+    return (
+        f"{wanted['metadata']['name']} keeps its running pods until the rollout of "
+        f"{waiting_for} is complete, so that one of them serves meanwhile"
+    )
 
 
 def desired(
@@ -315,6 +344,9 @@ def status_after_apply(
     else:
         conditions, phase = _applied_conditions(wanted, observed, generation)
         rolled = rollout(observed.deployments)
+        if observed.deferred:
+            message = "; ".join([rolled.message, *observed.deferred])[:MAX_MESSAGE]
+            rolled = rolled.model_copy(update={"message": message})
         conditions.append(_rolled_out_condition(rolled, generation))
         effective = _effective_configuration(wanted)
         if rolled.reason in ROLLOUT_HOLDING_REASONS and previous.effective is not None:

@@ -80,6 +80,8 @@ class FakeKube:
         self.resource_reads = 0
         self.status_writes: list[dict[str, Any]] = []
         self.events: list[tuple[str, str, str]] = []
+        self.deployments: dict[str, dict[str, Any]] = {}
+        """Stored Deployments by name, as get_deployment answers them."""
 
     def apply(self, obj: dict[str, Any], owner: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
         applied = {**obj, "metadata": {**obj["metadata"], "resourceVersion": "1"}}
@@ -88,6 +90,9 @@ class FakeKube:
     def get_resource(self, namespace: str, name: str) -> dict[str, Any] | None:
         self.resource_reads += 1
         return self.body
+
+    def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.deployments.get(name)
 
     def read_secret_key(self, namespace: str, ref: SecretKeyRef) -> SecretKey:
         self.secret_reads.append(ref.name)

@@ -17,6 +17,7 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import REGISTRY
 
+from specpilot import reconcile
 from specpilot.adapters import handlers
 from specpilot.adapters.checkpoints import CheckpointReader
 from specpilot.adapters.kube import KubeWriter, SecretError
@@ -254,6 +255,83 @@ def test_a_reconcile_plans_and_renders_from_the_checkpoints_it_reads() -> None:
     assert "--quantization" not in args
     plan = kube.status_writes[-1]["plan"]
     assert plan["weightsGBPerGPU"] == pytest.approx(9.081 / 2, abs=0.01)
+
+
+class RollingKube(RecordingKube):
+    """Stored Deployments that answer an apply: a changed pod template starts a rollout the
+    deployment controller has not seen yet; `complete` names those whose rollout is done."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        super().__init__(body)
+        self.complete: set[str] = set()
+
+    def apply(self, obj: dict[str, Any], owner: Any) -> tuple[dict[str, Any], str]:
+        applied, change = super().apply(obj, owner)
+        if obj["kind"] != "Deployment":
+            return applied, change
+        name = obj["metadata"]["name"]
+        stored = self.deployments.get(name)
+        digest = reconcile.ANNOTATION_TEMPLATE_DIGEST
+        same = stored is not None and (
+            stored["metadata"]["annotations"][digest] == obj["metadata"]["annotations"][digest]
+        )
+        generation = stored["metadata"]["generation"] + (0 if same else 1) if stored else 1
+        done = name in self.complete
+        replicas = obj["spec"]["replicas"]
+        applied["metadata"]["generation"] = generation
+        applied["status"] = {
+            "observedGeneration": generation if done else generation - 1,
+            "replicas": replicas,
+            "updatedReplicas": replicas if done else 0,
+            "readyReplicas": replicas,
+            "availableReplicas": replicas,
+        }
+        self.deployments[name] = applied
+        return applied, change
+
+
+def test_the_control_replicas_change_only_after_the_servers_rollout() -> None:
+    """A change of both (here maxModelLen) must not restart the server and its control replica
+    at once: with one of each, nothing would serve for a startup."""
+    body = resource("7")
+    body["spec"]["policy"] = {"mode": "auto", "controlReplicas": 1}
+    kube = RollingKube(body)
+    runtime = Runtime(kube=kube, admin=AdminPolicy(), clock=FakeClock(), checkpoints=OFFLINE)  # type: ignore[arg-type]
+    runtime.bodies.observe(body)
+    kube.complete = {"chat", "chat-baseline"}
+    assert handlers.reconcile_latest("ml", "chat", runtime, "create")
+    assert [o["metadata"]["name"] for o in kube.applied if o["kind"] == "Deployment"] == [
+        "chat",
+        "chat-baseline",
+    ]  # a new resource: both at once (nothing runs yet that could serve)
+    before = kube.deployments["chat-baseline"]["metadata"]["annotations"]
+
+    changed = resource("8") | {"spec": {**body["spec"]}}
+    changed["spec"]["target"] = {**body["spec"]["target"], "maxModelLen": 4096}
+    runtime.bodies.observe(changed)
+    kube.applied.clear()
+    kube.complete = set()  # the server's new pods are loading
+    assert handlers.reconcile_latest("ml", "chat", runtime, "update")
+    assert [o["metadata"]["name"] for o in kube.applied if o["kind"] == "Deployment"] == ["chat"]
+    assert kube.deployments["chat-baseline"]["metadata"]["annotations"] == before
+    rolled = next(c for c in kube.status_writes[-1]["conditions"] if c["type"] == "RolledOut")
+    assert rolled["reason"] == "RolloutInProgress"
+    assert (
+        "chat-baseline keeps its running pods until the rollout of chat is complete"
+        in (rolled["message"])
+    )
+
+    kube.applied.clear()
+    kube.complete = {"chat"}  # the server's rollout completed: its status change reconciles
+    assert handlers.reconcile_latest("ml", "chat", runtime, "drift")
+    assert [o["metadata"]["name"] for o in kube.applied if o["kind"] == "Deployment"] == [
+        "chat",
+        "chat-baseline",
+    ]
+    assert kube.deployments["chat-baseline"]["metadata"]["annotations"] != before
+    rolled = next(c for c in kube.status_writes[-1]["conditions"] if c["type"] == "RolledOut")
+    assert rolled["reason"] == "RolloutInProgress"  # now the control replica rolls
+    assert "keeps its running pods" not in rolled["message"]
 
 
 def test_locks_keep_one_reconcile_per_resource_and_are_pruned() -> None:

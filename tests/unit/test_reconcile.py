@@ -316,3 +316,30 @@ def test_effective_says_what_runs_until_the_new_pods_are_ready() -> None:
     doc["status"] = {**doc["status"], **status}
     status, _ = reconcile.status_after_apply(doc, off, Observed(deployments=[done]), LATER)
     assert status["effective"]["speculation"] == "off"
+
+
+def test_a_control_replica_change_waits_only_for_an_incomplete_server_rollout() -> None:
+    digest = reconcile.ANNOTATION_TEMPLATE_DIGEST
+
+    def deployment(name: str, template: str, complete: bool = True) -> dict[str, Any]:
+        return {
+            "metadata": {"name": name, "generation": 2, "annotations": {digest: template}},
+            "spec": {"replicas": 1},
+            "status": {
+                "observedGeneration": 2 if complete else 1,
+                "replicas": 1,
+                "updatedReplicas": 1,
+                "availableReplicas": 1,
+            },
+        }
+
+    wanted = deployment("chat-baseline", "new")
+    rolling = deployment("chat", "new", complete=False)
+    done = deployment("chat", "new")
+    reason = reconcile.deferred_change(rolling, wanted, deployment("chat-baseline", "old"))
+    assert reason is not None
+    assert "until the rollout of chat is complete" in reason
+    assert reconcile.deferred_change(done, wanted, deployment("chat-baseline", "old")) is None
+    # nothing to change, or nothing running yet: apply at once
+    assert reconcile.deferred_change(rolling, wanted, deployment("chat-baseline", "new")) is None
+    assert reconcile.deferred_change(rolling, wanted, None) is None

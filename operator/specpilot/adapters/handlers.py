@@ -22,7 +22,7 @@ from specpilot.api.admin import AdminPolicy, monitoring_findings
 from specpilot.api.models import GROUP, PLURAL, VERSION
 from specpilot.assessment import assess, checkpoint_models
 from specpilot.findings import Severity
-from specpilot.rendering.manifests import LABEL_MANAGED_BY, LABEL_RESOURCE
+from specpilot.rendering.manifests import LABEL_MANAGED_BY, LABEL_RESOURCE, LABEL_ROLE, Manifest
 
 RESOURCE = (GROUP, VERSION, PLURAL)
 logger = logging.getLogger(__name__)
@@ -47,7 +47,13 @@ def run_reconcile(
         runtime.registry.register(key[0], key[1], spec)
         observed = reconcile.Observed()
         applied_events = []
+        server: Manifest | None = None
         for obj in wanted.objects:
+            deferral = _deferral(obj, server, runtime)
+            if deferral is not None:
+                observed.deployments.append(deferral[0])
+                observed.deferred.append(deferral[1])
+                continue
             try:
                 applied, changed = runtime.kube.apply(obj, raw)
             except ApplyError as exc:
@@ -56,6 +62,8 @@ def run_reconcile(
                 continue
             if applied["kind"] == "Deployment":
                 observed.deployments.append(applied)
+                if applied["metadata"]["labels"].get(LABEL_ROLE) == "server":
+                    server = applied
             if changed is not None:
                 drift = trigger == "drift" and changed == "updated"
                 applied_events.append(
@@ -77,6 +85,24 @@ def run_reconcile(
     ok = not observed.apply_errors
     telemetry.RECONCILES.labels(trigger=trigger, result="ok" if ok else "error").inc()
     return ok
+
+
+def _deferral(
+    obj: Manifest, server: Manifest | None, runtime: Runtime
+) -> tuple[Manifest, str] | None:
+    """A control-replica Deployment whose change waits for the server's rollout
+    (reconcile.deferred_change): the stored one, which keeps running, and why."""
+    if obj["kind"] != "Deployment" or obj["metadata"]["labels"].get(LABEL_ROLE) != "baseline":
+        return None
+    if server is not None and reconcile.deployment_rollout(server).complete:
+        return None  # nothing to wait for: no read
+    meta = obj["metadata"]
+    try:
+        live = runtime.kube.get_deployment(meta["namespace"], meta["name"])
+    except ApplyError:
+        return None  # apply as usual; an error there is reported as such
+    reason = reconcile.deferred_change(server, obj, live)
+    return None if reason is None or live is None else (live, reason)
 
 
 def _restored(changed_by: str | None) -> str:

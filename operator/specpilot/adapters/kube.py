@@ -130,6 +130,22 @@ class KubeWriter:
             return applied, "created"
         return applied, "updated" if applied["metadata"]["resourceVersion"] != before else None
 
+    def get_deployment(self, namespace: str, name: str) -> Manifest | None:
+        """A Deployment as stored (None when there is none); ApplyError when it cannot be read."""
+        what = f"read Deployment {namespace}/{name}"
+        try:
+            resource = self._dynamic.resources.get(api_version="apps/v1", kind="Deployment")
+            found: Manifest = resource.get(
+                name=name, namespace=namespace, _request_timeout=self._timeout
+            ).to_dict()
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise ApplyError(describe_api_error(exc, what)) from exc
+        except urllib3.exceptions.HTTPError as exc:
+            raise ApplyError(f"{what}: {exc}") from exc
+        return found
+
     def _existing_version(self, resource: Any, name: str, namespace: str) -> str | None:
         try:
             existing = resource.get(name=name, namespace=namespace, _request_timeout=self._timeout)

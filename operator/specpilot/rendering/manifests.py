@@ -6,6 +6,7 @@ the operator when it applies them, since only the live object has a uid.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from functools import cache
@@ -37,6 +38,9 @@ LABEL_SPECULATION = "specpilot.io/speculation"
 ANNOTATION_VLLM_VERSION = "specpilot.io/vllm-version"
 ANNOTATION_GPU_TYPE = "specpilot.io/gpu-type"
 ANNOTATION_TARGET_QUANTIZATION = "specpilot.io/target-quantization"
+ANNOTATION_TEMPLATE_DIGEST = "specpilot.io/pod-template-digest"
+"""On a Deployment: a digest of the pod template specpilot applied. The API server fills in
+defaults, so the live template cannot be compared with a rendered one; this can."""
 FIELD_MANAGER = "specpilot"
 
 
@@ -144,7 +148,7 @@ def deployment(
         volumes.append({"name": "model-cache", "persistentVolumeClaim": {"claimName": claim}})
     rollout = strategy(spec)
     startup_s = startup_seconds(spec, plan(spec, version, checkpoints))
-    return _render(
+    rendered = _render(
         "deployment.yaml.j2",
         name=deployment_name(name, role),
         namespace=resource.metadata.namespace or "default",
@@ -171,6 +175,15 @@ def deployment(
         volume_mounts=[*volume_mounts, *pod.volume_mounts],
         volumes=[*volumes, *pod.volumes],
     )
+    rendered["metadata"]["annotations"] = {
+        ANNOTATION_TEMPLATE_DIGEST: template_digest(rendered["spec"]["template"])
+    }
+    return rendered
+
+
+def template_digest(template: Manifest) -> str:
+    canonical = json.dumps(template, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def _for_resource(template: str, resource: SpeculativeInference, **values: Any) -> Manifest:
