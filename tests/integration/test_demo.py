@@ -1,5 +1,6 @@
 """The README's main command, end to end: `specpilot-lab demo` (what scripts/demo.sh runs once the
-environment is set up) on its own control plane, simulated pods, Prometheus and operator."""
+environment is set up) on its own control plane, simulated pods (a finite GPU pool, pods that take
+their scaled startup), Prometheus and operator: the surge act and the full-pool act."""
 
 from __future__ import annotations
 
@@ -13,7 +14,14 @@ import pytest
 pytestmark = pytest.mark.integration
 
 
-def test_the_demo_turns_speculation_off_in_the_surge_and_draws_the_timeline(
+def lost_pod_seconds(row: str) -> float:
+    """A summary row's `lost pod-s`: the column after `spec on` (the one ending in %)."""
+    cells = row.split()
+    share = next(i for i, cell in enumerate(cells) if cell.endswith("%"))
+    return 0.0 if cells[share + 1] == "-" else float(cells[share + 1])
+
+
+def test_the_demo_shows_the_surge_its_restart_gap_and_a_full_pool_revert(
     tmp_path: Path,
 ) -> None:
     result = subprocess.run(
@@ -25,9 +33,21 @@ def test_the_demo_turns_speculation_off_in_the_surge_and_draws_the_timeline(
     )
     shown = f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     assert result.returncode == 0, shown
-    assert "SpeculationDisabled" in result.stdout, shown
-    summary = re.search(r"== summary \((\d+) requests, (\d+) errors\)", result.stdout)
+    surge, full_pool = result.stdout.split("== act 2")
+    # Act 1: speculation off in the surge, each change a restart whose gap costs capacity.
+    assert "SpeculationDisabled" in surge, shown
+    assert "RolloutComplete" in surge, shown
+    summary = re.search(r"== summary \((\d+) requests, (\d+) errors\)", surge)
     assert summary, shown
     assert int(summary.group(1)) > 1000
-    (png,) = tmp_path.glob("*/timeline.png")
-    assert png.stat().st_size > 10_000
+    table = surge.split("== summary")[1]
+    lost = [lost_pod_seconds(row) for row in table.splitlines()[3:6]]
+    assert sum(lost) > 0, table
+    # Act 2: the surge pod finds no GPUs; the operator reverts instead of stranding the rollout.
+    stuck = full_pool.index("RolloutStuck", full_pool.index("SpeculationDisabled"))
+    assert "RolloutReverted" in full_pool[stuck:], shown
+    assert "RolloutComplete" in full_pool[stuck:], shown  # the pods back on what ran
+    assert "the rollout that could not get GPUs was reverted" in full_pool, shown
+    for name in ("timeline.png", "full-pool.png"):
+        (png,) = tmp_path.glob(f"*/{name}")
+        assert png.stat().st_size > 10_000

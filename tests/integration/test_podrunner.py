@@ -332,8 +332,9 @@ def test_pods_start_slowly_and_wait_pending_for_gpus_until_the_deadline(
     harness: Harness, control_plane: ControlPlane, tmp_path: Path
 ) -> None:
     """A one-GPU cluster: a pod serves only after its modelled startup; a template change's
-    surge pod (spec.rollout.surge OnePod) stays Pending (the old pod holds the only GPU), the Deployment turns Progressing
-    False/ProgressDeadlineExceeded, and restoring the template ends it."""
+    surge pod (spec.rollout.surge OnePod) stays Pending (the old pod holds the only GPU), the
+    Deployment turns Progressing False/ProgressDeadlineExceeded, and restoring the template
+    ends it."""
     doc = example(EXAMPLE, harness.namespace, replicas=1)
     doc["spec"]["rollout"] = {"surge": "OnePod"}  # spare GPUs may be used; there are none
     body: dict[str, Any] = render(doc)[0]

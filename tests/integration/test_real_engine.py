@@ -8,10 +8,10 @@ the real /metrics; the operator reads it and acts.
 
 One engine runs at a time (2.3-3.2 GB each): every test deletes its resource and Deployment and
 waits for the engine to exit before the next starts (a rollout stops the old engine before the
-new one starts: the default strategy, no surge). Three engine start-ups in all: 20-40 s each on an idle machine, up to 90 s
-seen on a loaded one. Requests are greedy (temperature 0): the CPU sampling path of 0.32 is
-broken above it (vllm#55005). The environment comes from scripts/vllm-cpu-env.sh (built once,
-cached).
+new one starts: the default strategy, no surge). Three engine start-ups in all: 20-40 s each on
+an idle machine, up to 90 s seen on a loaded one. Requests are greedy (temperature 0): the CPU
+sampling path of 0.32 is broken above it (vllm#55005). The environment comes from
+scripts/vllm-cpu-env.sh (built once, cached).
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ def demo_timeline() -> Timeline:
 def assert_png(path: Path, width: int, height: int) -> None:
     data = path.read_bytes()
     assert data[:8] == PNG_MAGIC
-    assert len(data) > 20_000, "a three-panel plot with data is far more than a blank image"
+    assert len(data) > 20_000, "a four-panel plot with data is far more than a blank image"
     pixels = imread(path)
     assert pixels.shape[:2] == (height, width)
 
@@ -55,7 +55,7 @@ def assert_png(path: Path, width: int, height: int) -> None:
 def test_png_is_written_with_the_requested_dimensions(tmp_path: Path) -> None:
     out = tmp_path / "timeline.png"
     render_png(demo_timeline(), out, "llama-70b: draft acceptance collapse")
-    assert_png(out, 1200, 800)
+    assert_png(out, 1200, 1000)
 
     small = tmp_path / "small.png"
     render_png(demo_timeline(), small, "small", size_inches=(6.0, 5.0), dpi=80)
@@ -103,7 +103,7 @@ def test_renders_with_empty_series(tmp_path: Path, timeline: Timeline) -> None:
     render_png(timeline, out, "sparse")
     data = out.read_bytes()
     assert data[:8] == PNG_MAGIC
-    assert imread(out).shape[:2] == (800, 1200)
+    assert imread(out).shape[:2] == (1000, 1200)
 
 
 def test_plot_thresholds_match_the_policy_defaults() -> None:
@@ -129,9 +129,9 @@ def test_summary_means_and_speculation_share() -> None:
     )
     table = summary_table(timeline, [("warm", 0.0, 20.0), ("peak", 20.0, 40.0)])
     warm, peak = rows(table)["warm"].split(), rows(table)["peak"].split()
-    # name, start, end, QPS, acceptance, p99 spec, p99 base, spec on, decisions
-    assert warm == ["warm", "0", "20", "3.0", "0.70", "35.0", "-", "100%", "-"]
-    assert peak == ["peak", "20", "40", "15.0", "-", "60.0", "45.0", "50%", "-"]
+    # name, start, end, QPS, acceptance, p99 spec, p99 base, spec on, lost pod-s, decisions
+    assert warm == ["warm", "0", "20", "3.0", "0.70", "35.0", "-", "100%", "-", "-"]
+    assert peak == ["peak", "20", "40", "15.0", "-", "60.0", "45.0", "50%", "-", "-"]
 
 
 def test_speculation_share_before_the_first_step_is_off() -> None:
@@ -176,3 +176,42 @@ def test_columns_line_up() -> None:
     starts = {line.index("%") for line in lines[2:]}
     assert len(starts) == 1, table
     assert lines[0].index("spec on") + len("spec on") - 1 == starts.pop()
+
+
+def test_a_restart_gap_is_lost_capacity_in_its_phase() -> None:
+    # One serving pod: it stops at 30 s (speculation off), its replacement is Pending for GPUs
+    # until 35 s, loads until 45 s and is Ready from then on.
+    timeline = Timeline(
+        desired_pods=1,
+        ready_pods=series(
+            (0.0, 1), (10.0, 1), (20.0, 1), (30.0, 0), (35.0, 0), (45.0, 1), (50.0, 1)
+        ),
+        starting_pods=series((0.0, 0), (35.0, 1), (45.0, 0)),
+        pending_pods=series((0.0, 0), (30.0, 1), (35.0, 0)),
+        decisions=[DecisionMark(t=30.0, action="disable-speculation")],
+    )
+    assert timeline.capacity_gaps() == [(30.0, 45.0)]
+    assert timeline.lost_pod_seconds(0.0, 60.0) == pytest.approx(15.0)
+    assert timeline.lost_pod_seconds(40.0, 60.0) == pytest.approx(5.0)
+    assert timeline.lost_pod_seconds(100.0, 200.0) is None
+    table = rows(summary_table(timeline, [("before", 0.0, 30.0), ("restart", 30.0, 60.0)]))
+    assert table["before"].split()[8] == "0"
+    assert table["restart"].split()[8] == "15"
+
+
+def test_the_restart_gap_is_hatched_on_the_plot(tmp_path: Path) -> None:
+    out = tmp_path / "gap.png"
+    timeline = Timeline(
+        desired_pods=1, ready_pods=series((0.0, 1), (40.0, 0), (60.0, 1), (100.0, 1))
+    )
+    render_png(timeline, out, "gap", size_inches=(10.0, 8.0), dpi=100)
+    pixels = imread(out)
+    height, width = pixels.shape[:2]
+
+    def reddish(x_fraction: float) -> bool:
+        # The empty load panel's column, above its "no data": any red hatching there.
+        column = pixels[int(height * 0.05) : int(height * 0.12), int(width * x_fraction), :3]
+        return bool(((column[:, 0] > column[:, 2] + 0.1) & (column[:, 0] > 0.6)).any())
+
+    assert reddish(0.42)  # about t=50: in the gap
+    assert not reddish(0.2)  # about t=20: all pods Ready

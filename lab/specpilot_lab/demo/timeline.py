@@ -29,6 +29,7 @@ _MARKS = {
     "disable-speculation": ("off", "tab:red"),
     "enable-speculation": ("on", "tab:green"),
     "step-quantization": ("quant", "tab:purple"),
+    "revert-rollout": ("revert", "tab:brown"),
 }
 _SPECULATION_SHADE = "#c8ecc8"
 _GAP_FACTOR = 2.5
@@ -75,6 +76,14 @@ class Timeline(BaseModel):
     speculation: list[tuple[float, bool]] = []
     """Step function: from each time on, whether speculation is on. Off before the first step."""
     decisions: list[DecisionMark] = []
+    ready_pods: Series = Field(default_factory=Series)
+    """Serving pods Ready (the control replica apart), sampled as the pod runner reports them."""
+    starting_pods: Series = Field(default_factory=Series)
+    """Serving pods on their GPUs but still loading: not Ready, serving nothing."""
+    pending_pods: Series = Field(default_factory=Series)
+    """Serving pods waiting for GPUs the pool does not have."""
+    desired_pods: int = 0
+    """spec.replicas: the serving pods the resource asks for."""
 
     def end(self) -> float:
         """The last time anything was recorded (0 for an empty timeline)."""
@@ -107,8 +116,45 @@ class Timeline(BaseModel):
         )
         return on / (end - start)
 
+    def capacity_gaps(self) -> list[tuple[float, float]]:
+        """The [start, stop) intervals with fewer serving pods Ready than desired: a restart's
+        gap, each sample holding until the next."""
+        gaps: list[tuple[float, float]] = []
+        since: float | None = None
+        points = self.ready_pods.sorted_points()
+        for t, ready in points:
+            if ready < self.desired_pods and since is None:
+                since = t
+            elif ready >= self.desired_pods and since is not None:
+                gaps.append((since, t))
+                since = None
+        if since is not None and points and points[-1][0] > since:
+            gaps.append((since, points[-1][0]))
+        return gaps
+
+    def lost_pod_seconds(self, start: float, end: float) -> float | None:
+        """Serving-pod seconds missing from [start, end): (desired - ready) integrated over the
+        samples, each holding until the next; None without samples in the interval."""
+        points = self.ready_pods.sorted_points()
+        if not any(start <= t < end for t, _ in points):
+            return None
+        lost = 0.0
+        for (t, ready), (t_next, _) in itertools.pairwise([*points, (math.inf, 0.0)]):
+            overlap = min(t_next, end) - max(t, start)
+            if overlap > 0 and math.isfinite(overlap):
+                lost += max(0.0, self.desired_pods - ready) * overlap
+        return lost
+
     def _series(self) -> tuple[Series, ...]:
-        return (self.qps, self.acceptance, self.p99_tpot_ms, self.baseline_p99_tpot_ms)
+        return (
+            self.qps,
+            self.acceptance,
+            self.p99_tpot_ms,
+            self.baseline_p99_tpot_ms,
+            self.ready_pods,
+            self.starting_pods,
+            self.pending_pods,
+        )
 
 
 def render_png(
@@ -116,27 +162,30 @@ def render_png(
     path: Path,
     title: str,
     *,
-    size_inches: tuple[float, float] = (12.0, 8.0),
+    size_inches: tuple[float, float] = (12.0, 10.0),
     dpi: int = 100,
     disable_below: float = DISABLE_BELOW,
     review_below: float = REVIEW_BELOW,
 ) -> None:
-    """Draw load, acceptance and P99 TPOT over time, with speculation and decisions overlaid.
+    """Draw load, acceptance, P99 TPOT and the serving pods over time, with speculation, the
+    restarts' capacity gaps and the decisions overlaid.
 
     The image is exactly size_inches * dpi pixels. Uses the Agg canvas directly rather than
     pyplot, so no global backend or figure registry is touched.
     """
     figure = Figure(figsize=size_inches, dpi=dpi, layout="constrained")
     FigureCanvasAgg(figure)
-    qps_ax, acceptance_ax, tpot_ax = figure.subplots(3, 1, sharex=True)
+    qps_ax, acceptance_ax, tpot_ax, pods_ax = figure.subplots(4, 1, sharex=True)
     figure.suptitle(title)
     end = timeline.end()
     spans = timeline.speculation_spans(end)
+    panels = (qps_ax, acceptance_ax, tpot_ax, pods_ax)
 
-    for ax in (qps_ax, acceptance_ax, tpot_ax):
+    for ax in panels:
         _shade(ax, spans, labelled=ax is qps_ax)
+        _shade_gaps(ax, timeline.capacity_gaps(), labelled=ax is qps_ax)
         ax.grid(visible=True, alpha=0.3)
-    has_data = dict.fromkeys((qps_ax, acceptance_ax, tpot_ax), False)
+    has_data = dict.fromkeys(panels, False)
     has_data[qps_ax] = _plot(qps_ax, timeline.qps, "offered QPS", "tab:blue")
     qps_ax.set_ylabel("offered load (req/s)")
     qps_ax.set_ylim(bottom=0)
@@ -160,11 +209,24 @@ def render_png(
     has_data[tpot_ax] = serving or baseline
     tpot_ax.set_ylabel("P99 TPOT (ms)")
     tpot_ax.set_ylim(bottom=0)
-    tpot_ax.set_xlabel("time since start (s)")
 
-    _mark_decisions((qps_ax, acceptance_ax, tpot_ax), timeline.decisions)
+    pod_lines = [  # Ready last and widest: on top where the counts meet
+        _steps(pods_ax, timeline.pending_pods, "Pending (no GPUs)", "tab:red", 1.5),
+        _steps(pods_ax, timeline.starting_pods, "starting (loading)", "tab:orange", 1.5),
+        _steps(pods_ax, timeline.ready_pods, "Ready", "tab:green", 2.5),
+    ]
+    has_data[pods_ax] = any(pod_lines)
+    if timeline.desired_pods:
+        pods_ax.axhline(
+            timeline.desired_pods, color="black", linestyle="--", linewidth=0.8, label="desired"
+        )
+    pods_ax.set_ylabel("serving pods")
+    pods_ax.set_ylim(bottom=0, top=max(timeline.desired_pods, 1) + 1.5)
+    pods_ax.set_xlabel("time since start (s)")
+
+    _mark_decisions(panels, timeline.decisions)
     if end > 0:
-        tpot_ax.set_xlim(0, end)
+        pods_ax.set_xlim(0, end)
     for ax, plotted in has_data.items():
         if not plotted:
             ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", color="gray")
@@ -172,6 +234,15 @@ def render_png(
             # Outside the axes, so a legend never hides data or a decision marker.
             ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     figure.savefig(path, dpi=dpi, format="png")
+
+
+def _steps(ax: Axes, series: Series, label: str, color: str, width: float) -> bool:
+    """A count held from each sample to the next (pods change in steps, not slopes)."""
+    if not series.points:
+        return False
+    times, values = zip(*series.sorted_points(), strict=True)
+    ax.step(times, values, where="post", label=label, color=color, linewidth=width)
+    return True
 
 
 def _plot(ax: Axes, series: Series, label: str, color: str) -> bool:
@@ -206,6 +277,15 @@ def _shade(ax: Axes, spans: Iterable[tuple[float, float]], *, labelled: bool) ->
         ax.axvspan(start, stop, color=_SPECULATION_SHADE, alpha=0.6, label=label, zorder=0)
 
 
+def _shade_gaps(ax: Axes, gaps: Iterable[tuple[float, float]], *, labelled: bool) -> None:
+    for i, (start, stop) in enumerate(gaps):
+        label = "serving pods not Ready (capacity lost)" if labelled and i == 0 else None
+        ax.axvspan(
+            start, stop, facecolor="none", edgecolor="tab:red", hatch="//", alpha=0.35,
+            linewidth=0, label=label, zorder=0,
+        )  # fmt: skip
+
+
 def _mark_decisions(axes: Sequence[Axes], decisions: Iterable[DecisionMark]) -> None:
     """A vertical line on every panel for each acting decision, labelled above the top panel."""
     for decision in sorted(decisions, key=lambda d: d.t):
@@ -231,10 +311,14 @@ def summary_table(timeline: Timeline, phases: list[tuple[str, float, float]]) ->
     """One fixed-width row per (name, start, end) phase, each covering [start, end) seconds.
 
     Columns: mean offered QPS, mean acceptance, mean P99 TPOT serving and baseline, the share
-    of the phase with speculation on, and the decisions taken (acting ones with their time,
-    keep/hold only counted, since the loop repeats them every interval).
+    of the phase with speculation on, the serving-pod seconds lost to restarts, and the
+    decisions taken (acting ones with their time, keep/hold only counted, since the loop
+    repeats them every interval).
     """
-    header = ("phase", "start s", "end s", "QPS", "accept", "p99 ms spec", "p99 ms base", "spec on")
+    header = (
+        "phase", "start s", "end s", "QPS", "accept", "p99 ms spec", "p99 ms base", "spec on",
+        "lost pod-s",
+    )  # fmt: skip
     rows = [header]
     decisions_column = ["decisions"]
     for name, start, end in phases:
@@ -249,6 +333,7 @@ def summary_table(timeline: Timeline, phases: list[tuple[str, float, float]]) ->
                 _fmt(timeline.p99_tpot_ms.mean_between(start, end), 1),
                 _fmt(timeline.baseline_p99_tpot_ms.mean_between(start, end), 1),
                 "-" if share is None else f"{share * 100:.0f}%",
+                _fmt(timeline.lost_pod_seconds(start, end), 0),
             )
         )
         decisions_column.append(_decisions_in(timeline.decisions, start, end))
