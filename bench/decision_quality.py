@@ -211,6 +211,7 @@ class FastEngine(Engine):
         return self._alphas[key]
 
     def _advance(self, step: float, now: float) -> None:
+        k = self.step_k()  # num_speculative_tokens, or the schedule's k for this batch size
         for request in list(self.running):
             if not request.prefilled:
                 request.prefilled = True
@@ -220,9 +221,9 @@ class FastEngine(Engine):
                     self._emit(request, 1, now)
                 continue
             tokens = 1
-            if self.k:
-                accepted = physics.sample_accepted(self._alpha(request), self.k, self.rng)
-                self.drafted += self.k
+            if k:
+                accepted = physics.sample_accepted(self._alpha(request), k, self.rng)
+                self.drafted += k
                 self.accepted += accepted
                 tokens = accepted + 1
             self._emit(request, tokens, now)

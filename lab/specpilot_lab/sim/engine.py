@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from packaging.version import Version
@@ -117,6 +117,23 @@ def plan_for(config: ServerConfig) -> MemoryPlan:
     return plan(spec, Version(config.vllm_version))
 
 
+def _dense_schedule(
+    schedule: list[tuple[int, int, int]] | None, k: int, max_num_seqs: int
+) -> list[int] | None:
+    """k by batch size 0..max_num_seqs, as vLLM's scheduler looks it up: each range's k capped at
+    num_speculative_tokens; a gap and the tail after the last range keep the previous range's k.
+    Index 0 (no request) is unused."""
+    if schedule is None:
+        return None
+    dense = [0] * (max_num_seqs + 1)
+    for index, (start, _, steps) in enumerate(schedule):
+        # From its start up to the next range's: the range itself, then the gap it leaves.
+        following = schedule[index + 1][0] if index + 1 < len(schedule) else max_num_seqs + 1
+        for batch in range(start, min(following, max_num_seqs + 1)):
+            dense[batch] = min(k, steps)
+    return dense
+
+
 class Engine:
     def __init__(self, config: ServerConfig, time_scale: float = 1.0, seed: int = 0) -> None:
         target = lookup_model(config.model)
@@ -136,6 +153,16 @@ class Engine:
         self.target = _cost(memory.target, target.layers)
         speculation = config.speculation
         self.k = speculation.num_speculative_tokens if speculation else 0
+        """num_speculative_tokens: every step's k without a schedule, the most any step uses."""
+        self.schedule = speculation.schedule if speculation and self.k else None
+        """num_speculative_tokens_per_batch_size (vLLM 0.24.0+), sorted ranges, or None."""
+        self._k_by_batch = _dense_schedule(self.schedule, self.k, config.max_num_seqs)
+        self.piecewise_graphs = self.schedule is not None
+        """vLLM forces PIECEWISE CUDA graphs when a schedule is set: every step pays for it."""
+        self.step_counts: Counter[tuple[int, int]] = Counter()
+        """Engine steps by (batch size, k): the requests scheduled and the draft tokens each
+        decoding request got (0: a plain decode step). Bounded by max_num_seqs x distinct k."""
+        self.target_layers = target.layers
         self.method = speculation.method if speculation else SpeculationMethod.NONE
         draft_arch = (
             lookup_model(speculation.draft_model)
@@ -255,19 +282,30 @@ class Engine:
         m.waiting.labels(**m.labels).set(len(self.waiting))
         m.kv_usage.labels(**m.labels).set(min(1.0, self._kv_used() / max(1, self.capacity)))
 
+    def step_k(self) -> int:
+        """This step's draft tokens per request: num_speculative_tokens, or with a schedule the
+        k of the range holding the batch size (every request scheduled in the step, as vLLM
+        counts it), capped at num_speculative_tokens. 0: the step does not speculate."""
+        if self._k_by_batch is None:
+            return self.k
+        return self._k_by_batch[min(len(self.running), len(self._k_by_batch) - 1)]
+
     def _step_seconds(self) -> float:
         decoding = [r for r in self.running if r.prefilled]
         prefill = sum(r.context for r in self.running if not r.prefilled)
         batch = len(decoding)
         context = sum(r.context for r in decoding)
-        per_request = self.k + 1 if self.k else 1
+        k = self.step_k()
+        per_request = k + 1 if k else 1
         expansion = per_request if self.v0 else 1  # V0 scored each position as a sequence
         seconds = physics.STEP_OVERHEAD_S + self.target.step_seconds(
             self.hw,
             batch * per_request + min(prefill, self.config.max_num_batched_tokens),
             context * expansion,
         )
-        if batch and self.k:
+        if self.piecewise_graphs:
+            seconds += self.target_layers * physics.PIECEWISE_CUDA_GRAPH_S_PER_LAYER
+        if batch and k:
             if self.v0:
                 seconds += physics.V0_VERIFY_OVERHEAD_S
             if self.draft is not None:
@@ -275,7 +313,7 @@ class Engine:
                 overhead = (
                     physics.V0_PROPOSER_OVERHEAD_S if self.v0 else (physics.PROPOSER_OVERHEAD_S)
                 )
-                seconds += self.k * (one + overhead)
+                seconds += k * (one + overhead)
             else:
                 lookup = (
                     physics.V0_NGRAM_LOOKUP_S_PER_REQUEST
@@ -288,6 +326,8 @@ class Engine:
     def _advance(self, step: float, now: float) -> None:
         m, lab = self.metrics, self.metrics.labels
         accepted_counts = []
+        k = self.step_k()
+        self.step_counts[len(self.running), k] += 1
         for request in list(self.running):
             if not request.prefilled:
                 request.prefilled = True
@@ -299,10 +339,12 @@ class Engine:
                     self._emit(request, 1, now)
                 continue
             tokens = 1
-            if self.k:
+            if k:
+                # Per-position acceptance is the draft's: alpha is fitted to the configured
+                # num_speculative_tokens, so a step with fewer positions keeps their odds.
                 rate = self.acceptance.rate(request.temperature, request.echo)
                 alpha = physics.per_token_alpha(rate, self.k)
-                accepted = physics.sample_accepted(alpha, self.k, self.rng)
+                accepted = physics.sample_accepted(alpha, k, self.rng)
                 accepted_counts.append(accepted)
                 tokens = accepted + 1
             self._emit(request, tokens, now)
@@ -310,7 +352,7 @@ class Engine:
                 m.itl.labels(**lab).observe(step)
             if m.old_tpot is not None:
                 m.old_tpot.labels(**lab).observe(step / tokens)
-        m.record_step(len(accepted_counts), self.k, accepted_counts)
+        m.record_step(len(accepted_counts), k, accepted_counts)
         self._preempt_if_full()
         self._publish_gauges()
 

@@ -36,6 +36,15 @@ NGRAM_LOOKUP_S_PER_REQUEST = 0.00002
 """CPU prompt lookup for one request (n-gram and suffix methods, V1)."""
 V0_NGRAM_LOOKUP_S_PER_REQUEST = 0.0004
 """V0's n-gram proposer looped over sequences in Python with GPU tensor ops for each one."""
+PIECEWISE_CUDA_GRAPH_S_PER_LAYER = 20e-6
+"""An assumption, not a measurement: what the target's forward pass loses per layer when its
+CUDA graphs are PIECEWISE instead of FULL (attention runs outside the captured graphs, its
+kernels launched one by one). vLLM forces PIECEWISE when the speculative config carries
+num_speculative_tokens_per_batch_size (docs/vllm-versions.md section 4), so every step pays it,
+speculating or not. Issue 18 cites about 14% slower single-stream decoding without full CUDA
+graphs; 20 us per layer is a more modest 8% of a single Llama-3.1-8B stream on an H100 (32
+layers: 0.64 ms on an 8 ms step), 9% for Llama-3.1-70B on 4 x H100, and less as batches grow,
+being a fixed launch cost per pass. Draft passes are left as they are (docs/simulator.md)."""
 
 # Acceptance at temperature 0 for a same-family draft near the 1:8-1:12 sweet spot, and the
 # framework's temperature curve for such a pair (0.81, 0.71, 0.52, 0.38 at T = 0, 0.4, 0.8, 1.0).

@@ -35,10 +35,12 @@ def main(argv: Sequence[str]) -> int:
         print(exc, file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING)
+    schedule = f" by batch size {engine.schedule}" if engine.schedule else ""
     print(
         f"specpilot sim: {engine.config.served_model_name} as vLLM {engine.config.vllm_version} "
         f"on {engine.config.tensor_parallel_size} x {engine.config.gpu}, KV cache "
-        f"{engine.capacity} tokens, speculation {engine.method.value} k={engine.k}, "
+        f"{engine.capacity} tokens, speculation {engine.method.value} k={engine.k}"
+        f"{schedule}, "
         f"time scale {engine.time_scale:g}, http://{engine.config.host}:{engine.config.port}",
         file=sys.stderr,
         flush=True,

@@ -34,6 +34,8 @@ class Speculation(BaseModel):
     draft_tensor_parallel_size: int | None = None
     prompt_lookup_max: int | None = None
     prompt_lookup_min: int | None = None
+    schedule: list[tuple[int, int, int]] | None = None
+    """num_speculative_tokens_per_batch_size (vLLM 0.24.0+), validated and sorted by start."""
 
 
 class ServerConfig(BaseModel):
@@ -148,7 +150,69 @@ def _quantization(flag: str | None, model: str, env: Mapping[str, str]) -> Quant
     return Quantization.NONE
 
 
-def _speculation(args: argparse.Namespace) -> Speculation | None:
+def _int(value: Any) -> int:
+    """int() as vLLM applies it to each schedule item (its error when that fails)."""
+    try:
+        return int(value)
+    except (TypeError, ValueError) as exc:
+        raise SimArgsError(f"ValueError: {exc}") from exc
+
+
+def validate_schedule(schedule: object) -> list[tuple[int, int, int]]:
+    """num_speculative_tokens_per_batch_size checked as vLLM checks it when it builds the scheduler
+    (v1/spec_decode/dynamic/utils.py, 0.24.0 to 0.33.0; docs/vllm-versions.md section 4), in
+    vLLM's words: inclusive [start, end, k] ranges, positive, start <= end, k >= 0, no overlap
+    once sorted by start, the first starting at 1. Returns the ranges sorted by start."""
+    if not isinstance(schedule, list):
+        raise SimArgsError(
+            "ValueError: num_speculative_tokens_per_batch_size must be a non-empty list of "
+            "(range_start, range_end, num_speculative_tokens) entries."
+        )
+    if not schedule:
+        raise SimArgsError("ValueError: num_speculative_tokens_per_batch_size must not be empty.")
+    ranges: list[tuple[int, int, int]] = []
+    for entry in schedule:
+        if not isinstance(entry, list | tuple) or len(entry) != 3:
+            raise SimArgsError(
+                "ValueError: Each num_speculative_tokens_per_batch_size entry must be a 3-item "
+                "sequence: (range_start, range_end, num_speculative_tokens)."
+            )
+        start, end, k = (_int(item) for item in entry)
+        if start <= 0 or end <= 0:
+            raise SimArgsError(f"ValueError: Batch-size range ({start}, {end}) must be positive.")
+        if start > end:
+            raise SimArgsError(
+                f"ValueError: Batch-size range start must be <= end for ({start}, {end}, {k})."
+            )
+        if k < 0:
+            raise SimArgsError(
+                "ValueError: num_speculative_tokens_per_batch_size values must be >= 0."
+            )
+        ranges.append((start, end, k))
+    ranges.sort(key=lambda r: r[0])
+    previous_end = 0
+    for start, end, _ in ranges:
+        if start <= previous_end:
+            raise SimArgsError("ValueError: Batch-size ranges must be non-overlapping and sorted.")
+        previous_end = end
+    if ranges[0][0] != 1:
+        raise SimArgsError(
+            "ValueError: The first batch-size range must start at 1 so every runtime batch size "
+            "has a defined schedule."
+        )
+    return ranges
+
+
+def _schedule(data: Mapping[str, Any], version: Version) -> list[tuple[int, int, int]] | None:
+    """The per-batch-size schedule, on releases that have it. Older releases: the key is ignored,
+    as the simulator ignores other keys it does not model (the operator refuses to render it)."""
+    key = "num_speculative_tokens_per_batch_size"
+    if data.get(key) is None or not supports(version, Feature.PER_BATCH_SIZE_SCHEDULE):
+        return None
+    return validate_schedule(data[key])
+
+
+def _speculation(args: argparse.Namespace, version: Version) -> Speculation | None:
     config = getattr(args, "speculative_config", None)
     if config:
         try:
@@ -167,6 +231,7 @@ def _speculation(args: argparse.Namespace) -> Speculation | None:
             draft_tensor_parallel_size=data.get("draft_tensor_parallel_size"),
             prompt_lookup_max=data.get("prompt_lookup_max"),
             prompt_lookup_min=data.get("prompt_lookup_min"),
+            schedule=_schedule(data, version),
         )
     draft = getattr(args, "speculative_model", None)
     if draft is None:
@@ -206,7 +271,7 @@ def parse_server_args(argv: Sequence[str], env: Mapping[str, str]) -> ServerConf
         quantization=_quantization(args.quantization, args.model, env),
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
-        speculation=_speculation(args),
+        speculation=_speculation(args, version),
         vllm_version=str(version),
         gpu=env.get("SPECPILOT_SIM_GPU") or DEFAULT_GPU,
     )
