@@ -27,7 +27,11 @@ The loop is closed: each policy drives one simulation of its own.
   startup already spent counts as lost), replicas already on the newest configuration stay (a
   revert keeps the old replicas not yet replaced), and every other replica is replaced one at a
   time, oldest first. With spare GPUs a new pod surges and the old one serves until it is
-  ready, then drains (a replica for which no spare GPUs are left restarts in place).
+  ready, then drains (a replica for which no spare GPUs are left restarts in place). The server
+  first, then the control replicas (`reconcile.deferred_change`): a new template of the control
+  replicas' Deployment waits while the server's rollout is not complete (its pods keep running
+  their old configuration) and is applied once the server's replicas are all Ready on the
+  newest one; then it rolls as usual.
 - The operator's readings are what its PromQL would answer at each check: over the policy's
   rate window (5m, the default) of completed requests: TPOT and TTFT quantiles interpolated in
   vLLM's histogram buckets like `histogram_quantile`, load as completions per second per
@@ -404,6 +408,8 @@ class Loop:
         self.templates: dict[str, tuple[str, ...]] = {}
         """The newest configuration rendered per role (the Deployment's template)."""
         self.rollouts: dict[str, Rollout] = {}
+        self.deferred: dict[str, Config] = {}
+        """The control replicas' newest template, waiting for the server's rollout to complete."""
 
     # replicas
     def _spawn(self, role: str, config: Config, ready_at: float) -> Replica:
@@ -449,7 +455,7 @@ class Loop:
         return sorted(r.ready_at for r in self.replicas if r.alive and r.ready_at < until)
 
     def apply(
-        self, role: str, config: Config, count: int, t: float, outcome: Outcome, force: bool = False
+        self, role: str, config: Config, t: float, outcome: Outcome, force: bool = False
     ) -> None:
         """Make the role's replicas run `config`: restart those that do not (all, `force`).
         Without spare GPUs, one at a time (`_roll`); with them, surging."""
@@ -511,6 +517,7 @@ class Loop:
         if not force and all(r.config.key == config.key for r in current):
             return
         outcome.restarts += 1
+        self.templates[role] = config.key
         startup = 0.0 if self.free else config.startup_s
         for old in current:
             if old.config.key == config.key and not force:
@@ -528,6 +535,31 @@ class Loop:
     def _rolls(self, t: float, outcome: Outcome) -> None:
         for role in list(self.rollouts):
             self._roll(role, t, outcome)
+        config = self.deferred.get("baseline")
+        if config is not None and self._rolled_out("server", t):
+            # the reconcile that the server's completed rollout triggers applies the template
+            del self.deferred["baseline"]
+            self.apply("baseline", config, t, outcome)
+
+    def _rolled_out(self, role: str, t: float) -> bool:
+        """The role's rollout is complete: every pod it runs is Ready on its newest template,
+        none old left (reconcile.deployment_rollout)."""
+        return role not in self.rollouts and all(
+            r.config.key == self.templates.get(role) and r.ready_at <= t and not r.draining
+            for r in self.replicas
+            if r.alive and r.role == role
+        )
+
+    def _defers(self, role: str, config: Config, t: float) -> bool:
+        """reconcile.deferred_change: a new template of the control replicas waits (their pods
+        keep running) while the server's rollout is not complete, then rolls as usual."""
+        if role != "baseline":
+            return False
+        if config.key == self.templates.get(role) or self._rolled_out("server", t):
+            self.deferred.pop(role, None)  # unchanged (a revert drops what waited), or applied now
+            return False
+        self.deferred[role] = config  # the newest template waits
+        return True
 
     def _surges(self, t: float) -> None:
         for r in self.replicas:
@@ -625,7 +657,9 @@ class Loop:
                         self._spawn(role, config, 0.0)
                     continue
                 force = w == force_restart_at and role == "server"
-                self.apply(role, config, count, t0, outcome, force)
+                if not force and self._defers(role, config, t0):
+                    continue
+                self.apply(role, config, t0, outcome, force)
             outcome.schedule.append(configuration(rendered["server"], self.configs).key)
             while True:
                 ready = self._ready_events(t1)

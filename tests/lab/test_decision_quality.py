@@ -152,3 +152,47 @@ def test_a_change_during_a_rollout_rolls_to_the_newest_template() -> None:
     given_up = 15 * bench.INTERVAL_S - (5 * bench.INTERVAL_S + startup_off)
     assert outcome.lost_capacity_s == pytest.approx(startup_off + given_up + 2 * first.startup_s)
     assert all(sum(r.serving for r in a) >= 1 for a in alive)
+
+
+def test_a_change_of_both_deployments_rolls_the_server_first_then_the_control_replica() -> None:
+    # one server replica and one control replica at 1 QPS per replica, speculation on; the
+    # user's edit to AWQ-INT4 at window 5 (150 s) changes both Deployments
+    scenario = bench.Scenario("t", "t", (bench.Phase(5, 1, 0.1), bench.Phase(20, 1, 0.1, "awq")))
+    loop = bench.Loop(scenario, bench.trace(scenario, 1), 1, spare_gpus=0)
+    alive: list[dict[str, list[Seen]]] = []
+
+    def plan(w: int) -> dict[str, Any]:
+        body = bench.resource(scenario.phase_at(w), 1)
+        body["status"] = bench.status_for(body, True, 0)
+        return body
+
+    def look(w: int, t: float, readings: Any) -> None:
+        alive.append(
+            {
+                role: [
+                    Seen(r.config.key, r.config.startup_s, r.ready_at, r.serving(t))
+                    for r in loop.replicas
+                    if r.alive and r.role == role
+                ]
+                for role in ("server", "baseline")
+            }
+        )
+
+    outcome = loop.run(plan, look)
+    assert outcome.restarts == 2
+    assert all(len(a["server"]) == len(a["baseline"]) == 1 for a in alive)
+    server, baseline = alive[-1]["server"][0], alive[-1]["baseline"][0]
+    assert server.key != alive[0]["server"][0].key
+    assert baseline.key != alive[0]["baseline"][0].key
+    change = 5 * bench.INTERVAL_S
+    # the server rolls at once (AWQ with the draft, 164 s); the control replica keeps its INT8
+    # pod serving meanwhile, and rolls (143 s) once the server's new replica is Ready
+    assert server.ready_at == pytest.approx(change + server.startup_s)
+    assert baseline.ready_at == pytest.approx(change + server.startup_s + baseline.startup_s)
+    during = alive[5 + int(server.startup_s // bench.INTERVAL_S) - 1]  # the server still loading
+    assert not during["server"][0].serving
+    assert during["baseline"][0].key == alive[0]["baseline"][0].key
+    assert during["baseline"][0].serving
+    assert outcome.lost_capacity_s == pytest.approx(server.startup_s + baseline.startup_s)
+    # one of the two serves at every window's end: never an outage
+    assert all(any(r.serving for role in a.values() for r in role) for a in alive)
