@@ -14,6 +14,7 @@ import datetime
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from packaging.version import Version
 from pydantic import BaseModel
 
 from specpilot.api.admin import AdminPolicy
@@ -24,12 +25,15 @@ from specpilot.api.models import (
     PlanSummary,
     PolicyMode,
     PolicyState,
+    ScheduleStep,
+    SpeculativeInference,
     SpeculativeInferenceSpec,
     SpeculativeInferenceStatus,
     TargetSpec,
     whole_seconds,
 )
 from specpilot.assessment import Assessment, assess
+from specpilot.control import curve
 from specpilot.findings import Finding, Severity, errors
 from specpilot.planning.checkpoint import Checkpoints
 from specpilot.rendering.args import is_speculating
@@ -112,6 +116,8 @@ class Desired(BaseModel):
     """Whether the server pods speculate."""
     checkpoint_index: int = 0
     """0 runs spec.target; n runs spec.policy.quantizationLadder[n-1]."""
+    engine_schedule: list[tuple[int, int, int]] | None = None
+    """The learned per-batch-size schedule the server runs with (control/curve.py)."""
 
 
 class Observed(BaseModel):
@@ -171,10 +177,36 @@ def desired(
             index = 0
     assert result.resource is not None
     speculation = speculation_wanted(result.resource.spec, control)
-    objects = manifests(result.resource, result.version, speculation, result.checkpoints)
+    resource, schedule = _with_engine_schedule(result.resource, result.version, control)
+    objects = manifests(resource, result.version, speculation, result.checkpoints)
     return Desired(
-        assessment=result, objects=objects, speculation=speculation, checkpoint_index=index
+        assessment=result,
+        objects=objects,
+        speculation=speculation,
+        checkpoint_index=index,
+        engine_schedule=schedule if speculation else None,
     )
+
+
+def _with_engine_schedule(
+    resource: SpeculativeInference, version: Version, control: PolicyState | None
+) -> tuple[SpeculativeInference, list[tuple[int, int, int]] | None]:
+    """The resource to render with the schedule the control loop learned (status.control.
+    engineScheduleFrom) in its speculation, where the release and method allow one."""
+    spec = resource.spec
+    start = control.engine_schedule_from if control is not None else None
+    if start is None or spec.speculation is None:
+        return resource, None
+    if not curve.engine_schedule_possible(spec, version):
+        return resource, None
+    steps = curve.steps_from(start, spec.speculation.effective_num_speculative_tokens)
+    schedule = [
+        ScheduleStep(min_batch_size=low, max_batch_size=high, num_speculative_tokens=k)
+        for low, high, k in steps
+    ]
+    speculation = spec.speculation.model_copy(update={"schedule": schedule})
+    rendered = spec.model_copy(update={"speculation": speculation})
+    return resource.model_copy(update={"spec": rendered}), steps
 
 
 def spec_writer(obj: Mapping[str, Any]) -> str | None:
@@ -460,8 +492,15 @@ def _effective_configuration(wanted: Desired) -> EffectiveConfiguration:
             if spec.speculation and speculating
             else None
         ),
+        engine_schedule=_describe_schedule(wanted.engine_schedule),
         vllm_version=str(result.version),
     )
+
+
+def _describe_schedule(steps: list[tuple[int, int, int]] | None) -> str | None:
+    if not steps:
+        return None
+    return ", ".join(f"k={k} at batch {low}-{high}" for low, high, k in steps)
 
 
 def _ready_condition(

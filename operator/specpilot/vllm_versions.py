@@ -89,6 +89,12 @@ FEATURES: dict[Feature, tuple[Span, ...]] = {
 }
 
 
+ENGINE_SCHEDULE_METHODS = frozenset({"ngram", "eagle", "eagle3", "mtp", "draft_model"})
+"""Methods whose drafting follows num_speculative_tokens_per_batch_size: 0.33.0 silently ignores
+the schedule on Model Runner V1 for any other (docs/vllm-versions.md, section 4), and specpilot
+never renders a lever the engine would drop."""
+
+
 def supports(version: Version, feature: Feature) -> bool:
     return any(version in span for span in FEATURES[feature])
 

@@ -10,11 +10,14 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from packaging.version import Version
 
 from specpilot import reconcile
 from specpilot.api.admin import AdminPolicy
 from specpilot.api.finite import non_finite_paths
+from specpilot.api.models import ScheduleStep
 from specpilot.control import check as control
+from specpilot.control import curve
 from specpilot.control.check import CheckResult
 from specpilot.control.policy import Action
 from specpilot.control.signals import QUERIES, Readings, Signal, implausible, parse_answers
@@ -661,3 +664,96 @@ def test_a_change_reverted_as_stuck_is_not_retried_within_the_hour() -> None:
     later = at + datetime.timedelta(hours=1, minutes=5)
     results = run(doc, [later + datetime.timedelta(seconds=30 * i) for i in range(4)])
     assert Action.DISABLE in [r.action for r in results]
+
+
+def at_batch(batch: float, speedup: float, acceptance: float = 0.75) -> Readings:
+    """One check with a control replica: the server runs `batch` requests, and the control
+    replica's median TPOT is `speedup` times the server's (the same traffic, no speculation)."""
+    server_p50 = 0.020
+    return {
+        ("inference", "llama", "server"): {
+            Signal.TPOT_P50: server_p50,
+            Signal.TPOT_P99: server_p50 * 1.3,
+            Signal.REQUESTS_PER_SECOND: batch / 4,
+            Signal.REQUESTS_RUNNING: batch,
+            Signal.REPLICAS: 1,
+            Signal.KV_CACHE_USAGE: 0.4,
+            Signal.ACCEPTANCE: acceptance,
+        },
+        ("inference", "llama", "baseline"): {
+            Signal.TPOT_P50: server_p50 * speedup,
+            Signal.TPOT_P99: server_p50 * speedup * 1.3,
+        },
+    }
+
+
+def test_the_learned_crossover_goes_into_the_engine_once_at_low_load() -> None:
+    doc = body(controlReplicas=1, cooldown="5m")
+    low, high = at_batch(2, 1.5), at_batch(20, 0.85)
+    # Checks a minute apart (the curve keeps at most one reading per refresh period).
+    results = play(doc, [low, high, low, high, low, high], step=60)
+    assert all(r.action is not Action.SET_ENGINE_SCHEDULE for r in results)
+    bands = doc["status"]["control"]["speedupCurve"]
+    assert [(b["minBatch"], b["maxBatch"], b["readings"]) for b in bands] == [
+        (2, 3, 3),
+        (16, 31, 3),
+    ]
+    # Settled: 1.5x at batch 2-3, 0.85x at 16-31. At a high-load check nothing is set (the
+    # restart would meet the peak); at the next low-load one it is.
+    later = T0 + datetime.timedelta(seconds=60 * 6)
+    held = control.check(doc, high, None, later, later)
+    assert held is not None
+    assert held.action is not Action.SET_ENGINE_SCHEDULE
+    later += datetime.timedelta(seconds=60)
+    result = control.check(doc, low, None, later, later)
+    assert result is not None
+    assert result.action is Action.SET_ENGINE_SCHEDULE
+    assert result.rerender
+    (event,) = [e for e in result.events if e.reason == "EngineScheduleSet"]
+    assert "speculation stops paying from batch 16 per replica" in event.message
+    assert "batch 16-31: 0.85x" in event.message
+    assert "restarts the pods once (208s x 1)" in event.message
+    doc["status"] = result.status
+    assert doc["status"]["control"]["engineScheduleFrom"] == 16
+    assert doc["status"]["decisions"][-1]["action"] == "set-engine-schedule"
+    config = next(a for a in args(doc) if "num_speculative_tokens_per_batch_size" in a)
+    assert '"num_speculative_tokens_per_batch_size": [[1, 15, 5], [16, 4096, 0]]' in config
+    assert reconcile.desired(doc).engine_schedule == [(1, 15, 5), (16, 4096, 0)]
+    baseline = reconcile.desired(doc).objects[1]["spec"]["template"]["spec"]["containers"][0]
+    assert not any("speculative" in str(a) for a in baseline["args"])
+    # From now on the engine does not speculate at batch 16 and up: readings there teach
+    # nothing about speculation, and are not counted.
+    before = doc["status"]["control"]["speedupCurve"]
+    later += datetime.timedelta(seconds=120)
+    after = control.check(doc, high, None, later, later)
+    assert after is not None
+    assert after.status["control"]["speedupCurve"] == before
+    assert after.action is not Action.SET_ENGINE_SCHEDULE  # once per target
+
+
+def test_no_engine_schedule_without_the_lever_or_against_the_users() -> None:
+    doc = body(controlReplicas=1, cooldown="5m")
+    spec = reconcile.desired(doc).assessment.resource
+    assert spec is not None
+    version = Version("0.33.0")
+    assert curve.engine_schedule_possible(spec.spec, version)
+    assert not curve.engine_schedule_possible(spec.spec, Version("0.23.0"))  # before the field
+    users = spec.spec.model_copy(
+        update={
+            "speculation": spec.spec.speculation.model_copy(  # type: ignore[union-attr]
+                update={"schedule": [ScheduleStep(min_batch_size=1, max_batch_size=8,
+                                                  num_speculative_tokens=3)]}
+            )
+        }
+    )  # fmt: skip
+    assert not curve.engine_schedule_possible(users, version)
+    # Recommend mode learns, but does not act.
+    recommend = body(controlReplicas=1, cooldown="5m", mode="recommend")
+    low, high = at_batch(2, 1.5), at_batch(20, 0.85)
+    results = play(recommend, [low, high] * 4, step=60)
+    assert len(recommend["status"]["control"]["speedupCurve"]) == 2
+    assert all(r.action is not Action.SET_ENGINE_SCHEDULE for r in results)
+    # Without control replicas there is no live A/B: nothing is learned.
+    alone = body(cooldown="5m")
+    play(alone, [{k: v for k, v in low.items() if k[2] == "server"}] * 3, step=60)
+    assert alone["status"]["control"].get("speedupCurve", []) == []

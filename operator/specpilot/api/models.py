@@ -598,6 +598,10 @@ class EffectiveConfiguration(StatusModel):
         default=0, description="0 is spec.target; n is spec.policy.quantizationLadder[n-1]."
     )
     num_speculative_tokens: int | None = None
+    engine_schedule: str | None = Field(
+        default=None,
+        description="The per-batch-size k the server runs with, when it has a schedule.",
+    )
     vllm_version: str
 
 
@@ -628,6 +632,24 @@ class DecisionRecord(StatusModel):
     time: Timestamp
     action: str
     reason: str
+
+
+class SpeedupBand(StatusModel):
+    """What was measured of speculation's speedup at one band of running batch sizes per
+    replica (control/curve.py learns it; it lives in status so a restart keeps it)."""
+
+    min_batch: int = Field(description="The band's smallest running batch per replica.")
+    max_batch: int = Field(description="The band's largest running batch per replica.")
+    readings: int = Field(default=0, description="Checks that measured this band.")
+    log_speedup: float = Field(
+        default=0.0,
+        description="Exponentially weighted mean of log(control replicas' median TPOT / "
+        "server's median TPOT): above 0, speculation is faster.",
+    )
+    log_variance: float = Field(
+        default=0.0, description="Exponentially weighted variance of the same."
+    )
+    last_read: Timestamp | None = Field(default=None, description="The band's latest reading.")
 
 
 class PolicyState(StatusModel):
@@ -681,6 +703,17 @@ class PolicyState(StatusModel):
         description="When the control loop last changed the pods (disable, enable, quantization "
         "step): the changes of the last hour count against the operator's ceiling. Holds at "
         "most that many.",
+    )
+    speedup_curve: list[SpeedupBand] = Field(
+        default_factory=list,
+        description="Speculation's measured speedup per band of running batch sizes (needs "
+        "control replicas).",
+    )
+    engine_schedule_from: int | None = Field(
+        default=None,
+        description="The batch size from which the server's in-engine schedule "
+        "(num_speculative_tokens_per_batch_size) turns speculation off, learned from "
+        "speedupCurve; unset while none is rendered.",
     )
 
 

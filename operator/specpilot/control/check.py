@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import datetime
 import itertools
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
+from packaging.version import Version
 from pydantic import BaseModel
 
 from specpilot.api.admin import AdminPolicy
@@ -25,12 +27,15 @@ from specpilot.api.models import (
     Condition,
     DecisionRecord,
     LastMetrics,
+    PolicyMode,
     PolicyState,
     SpeculativeInferenceSpec,
     SpeculativeInferenceStatus,
+    SpeedupBand,
     whole_seconds,
 )
 from specpilot.assessment import assess
+from specpilot.control import curve
 from specpilot.control.policy import (
     Action,
     PolicyDecision,
@@ -38,6 +43,7 @@ from specpilot.control.policy import (
     Signals,
     decide,
     seconds,
+    within_ceiling,
 )
 from specpilot.control.signals import Readings, Signal, implausible
 from specpilot.findings import errors
@@ -70,6 +76,7 @@ REFRESHED_READINGS = (
     "baseline_p99_tpot",
     "baseline_p50_ttft",
     "baseline_load",
+    "speedup_curve",
 )
 """What a check updates in status.control by reading alone (besides its time), without deciding
 anything."""
@@ -84,6 +91,7 @@ _ACTED_EVENTS: dict[Action, tuple[Literal["Normal", "Warning"], str]] = {
     Action.DISABLE: ("Warning", "SpeculationDisabled"),
     Action.ENABLE: ("Normal", "SpeculationEnabled"),
     Action.STEP_QUANTIZATION: ("Warning", "QuantizationSteppedBack"),
+    Action.SET_ENGINE_SCHEDULE: ("Normal", "EngineScheduleSet"),
 }
 _RECOMMENDED_EVENTS = {
     Action.DISABLE: "RecommendDisableSpeculation",
@@ -138,8 +146,10 @@ def signals_for(
     if baseline_p99 is None and _comparable(load, state.baseline_load):
         baseline_p50, baseline_p99 = state.baseline_p50_tpot, state.baseline_p99_tpot
         baseline_ttft = state.baseline_p50_ttft
+    running = server.get(Signal.REQUESTS_RUNNING)
     return Signals(
         sampled_at=sampled_at,
+        batch=running / replicas if running is not None and replicas else None,
         acceptance=server.get(Signal.ACCEPTANCE) if state.speculation_on else None,
         p50_tpot=server.get(Signal.TPOT_P50),
         p99_tpot=server.get(Signal.TPOT_P99),
@@ -245,6 +255,87 @@ def _after_target_change(state: PolicyState, identity: str, now: datetime.dateti
     )
 
 
+def _learned_curve(
+    state: PolicyState,
+    signals: Signals,
+    live_baseline_p50_tpot: float | None,
+    now: datetime.datetime,
+) -> list[SpeedupBand]:
+    """The speedup curve with this check's reading: the control replicas' median TPOT over the
+    speculating server's, at the server's running batch (control/curve.py). Only a live
+    baseline counts (a recorded one saw other traffic), only while the server speculates, and
+    not at or above the in-engine schedule's crossover, where the engine does not speculate."""
+    speedup = curve.speedup_reading(signals.p50_tpot, live_baseline_p50_tpot)
+    batch = signals.batch
+    if signals.error is not None or not state.speculation_on or speedup is None or not batch:
+        return state.speedup_curve
+    schedule_from = state.engine_schedule_from
+    if schedule_from is not None and curve.band_of(batch)[0] >= schedule_from:
+        return state.speedup_curve
+    return curve.observe(state.speedup_curve, batch, speedup, now)
+
+
+def _engine_schedule(
+    decision: PolicyDecision,
+    spec: SpeculativeInferenceSpec,
+    version: Version,
+    learned: list[SpeedupBand],
+    signals: Signals,
+    now: datetime.datetime,
+    admin: AdminPolicy,
+    restart: RestartCost,
+) -> PolicyDecision:
+    """Set the learned schedule in the engine once its crossover is settled: from then on a
+    load swing past it needs no restart (the engine stops speculating by itself). It costs one
+    restart, so it happens only in auto mode, a cooldown after the last change, at a load below
+    the crossover (the restart does not meet the peak), once per target."""
+    state = decision.state
+    speculation = spec.speculation
+    if (
+        spec.policy.mode is not PolicyMode.AUTO
+        or speculation is None
+        or not state.speculation_on
+        or state.engine_schedule_from is not None
+        or not curve.engine_schedule_possible(spec, version)
+        or signals.batch is None
+    ):
+        return decision
+    k = speculation.effective_num_speculative_tokens
+    steps = curve.schedule(learned, k)
+    if steps is None:
+        return decision
+    start = steps[1][0]
+    since = (now - state.last_change).total_seconds() if state.last_change else math.inf
+    if since < seconds(spec.policy.cooldown) or curve.band_of(signals.batch)[0] >= start:
+        return decision
+    ordered = sorted(learned, key=lambda b: b.min_batch)
+    reason = (
+        f"speculation stops paying from batch {start} per replica "
+        f"({'; '.join(curve.describe(b) for b in ordered)}); the engine now runs k={k} up to "
+        f"batch {start - 1} and 0 from {start} (num_speculative_tokens_per_batch_size "
+        f"{[list(step) for step in steps]}), so a load swing past it needs no restart; setting "
+        f"it restarts the pods once ({restart.startup_s:.0f}s x {restart.replicas_affected}), "
+        f"at batch {signals.batch:.1f}"
+    )[:1024]
+    acted = decision.model_copy(
+        update={
+            "action": Action.SET_ENGINE_SCHEDULE,
+            "reason": reason,
+            "evidence": reason,
+            "acted": True,
+            "state": state.model_copy(
+                update={
+                    "engine_schedule_from": start,
+                    "last_change": now,
+                    "breaches": 0,
+                    "successes": 0,
+                }
+            ),
+        }
+    )
+    return within_ceiling(acted, state, now, admin.max_changes_per_hour)
+
+
 def _remember(
     state: PolicyState, signals: Signals, now: datetime.datetime, measured_speculating: bool
 ) -> PolicyState:
@@ -294,6 +385,7 @@ _REVERSALS: dict[str, Callable[[PolicyState], dict[str, Any]]] = {
     Action.DISABLE.value: lambda s: {"speculation_on": True},
     Action.ENABLE.value: lambda s: {"speculation_on": False},
     Action.STEP_QUANTIZATION.value: lambda s: {"checkpoint_index": max(s.checkpoint_index - 1, 0)},
+    Action.SET_ENGINE_SCHEDULE.value: lambda s: {"engine_schedule_from": None},
 }
 """How the configuration before each of the operator's own changes comes back."""
 
@@ -417,6 +509,12 @@ def check(
     decision, events = _decision(
         body, spec, signals, state, now, admin, result.checkpoints, restart
     )
+    live = (readings or {}).get((namespace, name, "baseline")) or {}
+    learned = _learned_curve(state, signals, live.get(Signal.TPOT_P50), now)
+    if decision.action is Action.KEEP:
+        decision = _engine_schedule(
+            decision, spec, result.version, learned, signals, now, admin, restart
+        )
     decisions, decision_events = _recorded(status.decisions, decision, spec, now)
     events += decision_events
     events += [
@@ -427,6 +525,10 @@ def check(
     conditions, metrics_events = _metrics_conditions(status, signals, generation, now)
     events += metrics_events
     new_state = _remember(decision.state, signals, now, state.speculation_on)
+    if new_state.checkpoint_index == state.checkpoint_index:
+        new_state = new_state.model_copy(update={"speedup_curve": learned})
+    else:  # another checkpoint serves: what was learned is about the one before
+        new_state = new_state.model_copy(update={"speedup_curve": [], "engine_schedule_from": None})
     revert = stuck_revert(status, spec, now)
     if revert is not None:
         new_state, record, event = revert(new_state)

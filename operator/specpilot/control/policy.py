@@ -55,6 +55,7 @@ class Action(StrEnum):
     DISABLE = "disable-speculation"
     ENABLE = "enable-speculation"
     STEP_QUANTIZATION = "step-quantization"
+    SET_ENGINE_SCHEDULE = "set-engine-schedule"
 
 
 class AcceptanceBand(StrEnum):
@@ -102,6 +103,8 @@ class Signals(BaseModel):
     baseline_p50_ttft: float | None = None
     load: float | None = None
     """Requests running per replica (or QPS): what speculation's payoff depends on."""
+    batch: float | None = None
+    """Requests running per serving replica when read: the batch the engine schedules."""
     error: str | None = None
     """Why the reading failed (Prometheus unreachable, bad answer)."""
 
@@ -148,6 +151,7 @@ _ADVICE = {
     Action.DISABLE: "disable speculation",
     Action.ENABLE: "re-enable speculation",
     Action.STEP_QUANTIZATION: "step the target back along the quantization ladder",
+    Action.SET_ENGINE_SCHEDULE: "let the engine stop speculating above the learned crossover",
 }
 
 
@@ -202,11 +206,11 @@ def decide(
             acted=False,
         )
     if decision.acted:
-        return _within_ceiling(decision, state, now, max_changes_per_hour)
+        return within_ceiling(decision, state, now, max_changes_per_hour)
     return decision
 
 
-def _within_ceiling(
+def within_ceiling(
     decision: PolicyDecision, state: PolicyState, now: datetime.datetime, ceiling: int
 ) -> PolicyDecision:
     """The action, recorded in the state's recent changes; or, when it would exceed the ceiling,
