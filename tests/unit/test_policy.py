@@ -287,10 +287,17 @@ def test_a_collapse_after_a_quantization_change_undoes_the_change_before_specula
     assert "fell more than 0.05 below 0.53 measured before the quantization change" in (
         decisions[-1].reason
     )
-    # with the ladder used up, the same collapse disables speculation
+    # the more precise step did not bring acceptance back: the traffic is the cause, so the
+    # same collapse on the step undoes it and turns speculation off, in one change
     stepped = decisions[-1].state.model_copy(update={"last_change": None})  # cooled down
     after = run([{"acceptance": 0.43}] * 3, spec=spec, state=stepped)
-    assert after[-1].action is Action.DISABLE
+    assert after[-1].action is Action.UNDO_QUANTIZATION_STEP
+    assert after[-1].state.checkpoint_index == 0
+    assert after[-1].state.speculation_on is False
+    assert after[-1].state.crossover_load is None  # low acceptance: probed, not load-gated
+    assert after[-1].reason.endswith(
+        "back to spec.target without speculation (acceptance is low on the step too)"
+    )
 
 
 def test_acceptance_drift_warning() -> None:
@@ -550,3 +557,94 @@ def test_low_acceptance_without_a_baseline_is_not_priced_and_the_probe_names_its
     probe = decide(signals(later, load=40), state, policy(), later, restart=RESTART)
     assert probe.action is Action.ENABLE
     assert "a failed probe costs two restarts of 205s x 1 replica(s)" in probe.reason
+
+
+LADDER = [{"model": "org/llama-70b-int8", "quantization": "int8"}]
+STEPPED = PolicyState(checkpoint_index=1, target="org/llama-70b-awq@int4")
+LOSING = {"acceptance": 0.72, "p99_tpot": 0.040, "baseline_p99_tpot": 0.029, "load": 8}
+
+
+def test_a_step_slower_than_spec_target_without_speculation_is_undone() -> None:
+    decisions = run([LOSING] * 3, spec=policy(quantizationLadder=LADDER), state=STEPPED)
+    assert [d.action for d in decisions] == [
+        Action.KEEP,
+        Action.KEEP,
+        Action.UNDO_QUANTIZATION_STEP,
+    ]
+    assert "(1/3 checks)" in decisions[0].reason
+    last = decisions[-1]
+    assert last.acted
+    assert last.reason.startswith(
+        "the quantization ladder step to org/llama-70b-int8 (int8) with speculation against "
+        "org/llama-70b-awq@int4 without it (the baseline): P99 TPOT 40.0 ms is 38% above the "
+        "baseline's 29.0 ms (more than 10%) at acceptance 0.72 >= 0.65 for 3 checks over 90s"
+    )
+    assert last.reason.endswith("undoing it, back to spec.target")
+    # speculation stays on: on spec.target the ordinary rule judges it
+    assert (last.state.checkpoint_index, last.state.speculation_on) == (0, True)
+    assert last.state.pre_change_acceptance is None  # no step again until spec.target changes
+    assert last.state.last_change == T0 + datetime.timedelta(seconds=60)
+    assert last.state.crossover_load is None
+    # the same readings on spec.target: the ordinary disable, not another step
+    cooled = last.state.model_copy(update={"last_change": None})
+    after = run([LOSING] * 3, spec=policy(quantizationLadder=LADDER), state=cooled)
+    assert after[-1].action is Action.DISABLE
+
+
+def test_the_same_loss_at_spec_target_disables_and_on_a_step_undoes() -> None:
+    """The latency comparison, its margin and the failure count are the disable's."""
+    spec = policy(quantizationLadder=LADDER, failureLimit=2)
+    within = {**LOSING, "p99_tpot": 0.0315}  # 8.6% above: within the 10% margin
+    assert {d.action for d in run([within] * 4, spec=spec, state=STEPPED)} == {Action.KEEP}
+    assert run([LOSING] * 2, spec=spec, state=STEPPED)[-1].action is (Action.UNDO_QUANTIZATION_STEP)
+    assert run([LOSING] * 2, spec=spec)[-1].action is Action.DISABLE
+    # a good check resets the count, as for the disable
+    broken = run([LOSING, within, LOSING], spec=spec, state=STEPPED)
+    assert {d.action for d in broken} == {Action.KEEP}
+
+
+def test_a_step_that_beats_spec_target_without_speculation_is_kept() -> None:
+    better = {**LOSING, "p99_tpot": 0.025}
+    decisions = run([better] * 5, spec=policy(quantizationLadder=LADDER), state=STEPPED)
+    assert {d.action for d in decisions} == {Action.KEEP}
+    assert decisions[-1].state.checkpoint_index == 1
+    assert decisions[-1].reason.startswith("speculation pays")
+
+
+def test_an_undo_is_priced_with_the_restart() -> None:
+    spec = policy(quantizationLadder=LADDER)
+    cheap = RestartCost(startup_s=60, replicas_affected=1, source="startup 60s")
+    dear = RestartCost(startup_s=300, replicas_affected=1, source="startup 300s")
+
+    def last(restart: RestartCost) -> Any:
+        state = STEPPED
+        for i in range(3):
+            now = T0 + datetime.timedelta(seconds=30 * i)
+            decision = decide(signals(now, **LOSING), state, spec, now, restart=restart)
+            state = decision.state
+        return decision
+
+    # keeping loses 1 - 29/40 = 27.5% over the 10m cooldown: 165 replica-seconds
+    assert last(cheap).action is Action.UNDO_QUANTIZATION_STEP
+    assert "165 replica-seconds, more than the restart's 60s x 1 = 60" in last(cheap).reason
+    kept = last(dear)
+    assert kept.action is Action.KEEP
+    assert "not more than the restart's 300s x 1 = 300 (startup 300s): not restarting" in (
+        kept.reason
+    )
+    assert kept.state.checkpoint_index == 1
+
+
+def test_an_undo_waits_for_the_cooldown_and_recommend_mode_only_reports_it() -> None:
+    recent = STEPPED.model_copy(update={"last_change": T0 - datetime.timedelta(minutes=2)})
+    waiting = run([LOSING] * 3, spec=policy(quantizationLadder=LADDER), state=recent)
+    assert waiting[-1].action is Action.KEEP
+    assert waiting[-1].reason.endswith("(cooldown)")
+    recommend = policy(quantizationLadder=LADDER, mode="recommend")
+    advised = run([LOSING] * 3, spec=recommend, state=STEPPED)
+    assert advised[-1].action is Action.UNDO_QUANTIZATION_STEP
+    assert not advised[-1].acted
+    assert advised[-1].state.checkpoint_index == 1
+    assert advised[-1].reason.startswith(
+        "recommend mode, not acting: would undo the quantization ladder step"
+    )

@@ -84,11 +84,13 @@ _ACTED_EVENTS: dict[Action, tuple[Literal["Normal", "Warning"], str]] = {
     Action.DISABLE: ("Warning", "SpeculationDisabled"),
     Action.ENABLE: ("Normal", "SpeculationEnabled"),
     Action.STEP_QUANTIZATION: ("Warning", "QuantizationSteppedBack"),
+    Action.UNDO_QUANTIZATION_STEP: ("Warning", "QuantizationStepUndone"),
 }
 _RECOMMENDED_EVENTS = {
     Action.DISABLE: "RecommendDisableSpeculation",
     Action.ENABLE: "RecommendEnableSpeculation",
     Action.STEP_QUANTIZATION: "RecommendQuantizationStep",
+    Action.UNDO_QUANTIZATION_STEP: "RecommendQuantizationStepUndo",
 }
 
 
@@ -294,6 +296,11 @@ _REVERSALS: dict[str, Callable[[PolicyState], dict[str, Any]]] = {
     Action.DISABLE.value: lambda s: {"speculation_on": True},
     Action.ENABLE.value: lambda s: {"speculation_on": False},
     Action.STEP_QUANTIZATION.value: lambda s: {"checkpoint_index": max(s.checkpoint_index - 1, 0)},
+    # a step runs with speculation: an undo that also turned it off returns to both
+    Action.UNDO_QUANTIZATION_STEP.value: lambda s: {
+        "checkpoint_index": s.checkpoint_index + 1,
+        "speculation_on": True,
+    },
 }
 """How the configuration before each of the operator's own changes comes back."""
 

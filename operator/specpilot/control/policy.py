@@ -2,10 +2,10 @@
 
 Input: the latest signals for one resource, the state carried in its status, its policy spec,
 the time and the operator's ceiling on changes per hour. Output: one decision (keep, hold,
-disable, enable, step quantization) with a reason that holds the numbers, and the next state.
-Acting on the decision is the adapters' job; the thresholds are the decision framework's
-(docs/policy.md). `flapping_findings` refuses or warns on a spec.policy that would make the pods
-flap, before the policy ever runs.
+disable, enable, step quantization, undo a quantization step) with a reason that holds the
+numbers, and the next state. Acting on the decision is the adapters' job; the thresholds are the
+decision framework's (docs/policy.md). `flapping_findings` refuses or warns on a spec.policy
+that would make the pods flap, before the policy ever runs.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ class Action(StrEnum):
     DISABLE = "disable-speculation"
     ENABLE = "enable-speculation"
     STEP_QUANTIZATION = "step-quantization"
+    UNDO_QUANTIZATION_STEP = "undo-quantization-step"
 
 
 class AcceptanceBand(StrEnum):
@@ -148,6 +149,7 @@ _ADVICE = {
     Action.DISABLE: "disable speculation",
     Action.ENABLE: "re-enable speculation",
     Action.STEP_QUANTIZATION: "step the target back along the quantization ladder",
+    Action.UNDO_QUANTIZATION_STEP: "undo the quantization ladder step",
 }
 
 
@@ -353,6 +355,8 @@ def _while_on(
             action=Action.KEEP, reason=f"speculation on: {settling}", state=state, warnings=warnings
         )
     breach = _breach(signals, policy)
+    if state.checkpoint_index > 0 and breach is not None:
+        return _undo_step(signals, state, policy, now, restart, breach, warnings)
     quantization_drop = (
         state.pre_change_acceptance is not None
         and acceptance < state.pre_change_acceptance - t.quantization_acceptance_drop
@@ -420,6 +424,89 @@ def _while_on(
                 "crossover_load": None if low_acceptance else signals.load,
                 "rollout_acceptance": None,
             }
+        ),
+        warnings=warnings,
+        acted=True,
+    )
+
+
+def _rung(policy: PolicySpec, index: int) -> str:
+    """A ladder index as the reason names it: spec.target, or the checkpoint."""
+    if index == 0:
+        return "spec.target"
+    if index > len(policy.quantization_ladder):
+        return f"quantization ladder step {index}"
+    checkpoint = policy.quantization_ladder[index - 1]
+    return f"{checkpoint.model} ({checkpoint.quantization.value})"
+
+
+def _undo_step(
+    signals: Signals,
+    state: PolicyState,
+    policy: PolicySpec,
+    now: datetime.datetime,
+    restart: RestartCost | None,
+    breach: str,
+    warnings: list[PolicyWarning],
+) -> PolicyDecision:
+    """While the server runs a ladder step, the control replicas run spec.target without
+    speculation: the user's own choice, which the step must beat to be kept. A breach against
+    it, counted failureLimit times, cooled down and worth the restart, undoes the step: one rung
+    forward, towards spec.target. One rung, so that the undo is the exact inverse of the step (a
+    stuck rollout of it is reverted like the step's); the policy takes one step per change of
+    spec.target, so that rung is spec.target itself.
+
+    A latency breach undoes the step only: the step's heavier weights may be what lost, and on
+    spec.target the ordinary rule judges speculation against the very same checkpoint without
+    it. Acceptance in the net-negative band on the step means the traffic, not the
+    quantization, defeats the draft (a more precise target did not bring it back): the undo
+    also turns speculation off, in the same restart, landing on what the control replicas run;
+    a probe looks again later, as after any low-acceptance disable."""
+    index = state.checkpoint_index
+    low_acceptance = (
+        signals.acceptance is not None
+        and acceptance_band(signals.acceptance, policy.thresholds) is AcceptanceBand.NET_NEGATIVE
+    )
+    breaches = state.breaches + 1
+    counted = state.model_copy(update={"breaches": breaches, "successes": 0})
+    against = state.target or "spec.target"
+    reason = (
+        f"the quantization ladder step to {_rung(policy, index)} with speculation against "
+        f"{against} without it (the baseline): {breach}"
+    )
+    waiting = _still_waiting(breaches, policy.failure_limit, state, policy, now, restart)
+    if waiting is not None:
+        return PolicyDecision(
+            action=Action.KEEP, reason=f"{reason} ({waiting})", state=counted, warnings=warnings
+        )
+    span = breaches * seconds(policy.interval)
+    evidence = f"{reason} for {breaches} checks over {span:.0f}s"
+    priced = _priced(signals, policy, restart)
+    if priced is not None:
+        act, cost_text = priced
+        if not act:
+            return PolicyDecision(
+                action=Action.KEEP,
+                reason=f"{evidence}, but {cost_text}: not restarting",
+                state=counted,
+                warnings=warnings,
+            )
+        evidence = f"{evidence}; {cost_text}"
+    return PolicyDecision(
+        action=Action.UNDO_QUANTIZATION_STEP,
+        reason=f"{evidence}; the step loses to the user's choice: undoing it, back to "
+        f"{_rung(policy, index - 1)}"
+        + (" without speculation (acceptance is low on the step too)" if low_acceptance else ""),
+        evidence=evidence,
+        state=counted.model_copy(
+            update={
+                "breaches": 0,
+                "last_change": now,
+                "checkpoint_index": index - 1,
+                "pre_change_acceptance": None,
+                "rollout_acceptance": None,
+            }
+            | ({"speculation_on": False, "crossover_load": None} if low_acceptance else {})
         ),
         warnings=warnings,
         acted=True,
