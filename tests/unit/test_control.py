@@ -767,3 +767,26 @@ def test_a_change_reverted_as_stuck_is_not_retried_within_the_hour() -> None:
     later = at + datetime.timedelta(hours=1, minutes=5)
     results = run(doc, [later + datetime.timedelta(seconds=30 * i) for i in range(4)])
     assert Action.DISABLE in [r.action for r in results]
+
+
+def test_a_ttft_slo_is_read_from_the_control_replicas_and_recorded_while_off() -> None:
+    slow_start = reading(acceptance=0.78, p99=0.030, rps=4, baseline_p99=0.031)
+    slow_start["inference", "llama", "server"][Signal.TTFT_P99] = 0.900
+    slow_start["inference", "llama", "baseline"][Signal.TTFT_P99] = 0.500
+    assert all(r.action is Action.KEEP for r in play(body(controlReplicas=1), [slow_start] * 4))
+    doc = body(controlReplicas=1, cooldown="10m", slo="P99TTFT")
+    results = play(doc, [slow_start] * 3)
+    assert results[-1].action is Action.DISABLE
+    assert (
+        "P99 TTFT 900.0 ms is 80% above the baseline's 500.0 ms (more than 10%)"
+        in (results[-1].status["decisions"][-1]["reason"])
+    )
+    # without control replicas, the P99 TTFT read while speculation is off is the baseline
+    alone = body(slo="P99TTFT")
+    play(alone, [reading(acceptance=0.41, rps=6)] * 3)  # off now, for low acceptance
+    off = reading(acceptance=None, p99=0.020, rps=6)
+    off["inference", "llama", "server"][Signal.TTFT_P99] = 0.450
+    play(alone, [off])
+    assert alone["status"]["control"]["baselineP99Ttft"] == 0.450
+    near = control.signals_for("inference", "llama", reading(rps=6.5), None, _state(alone), T0)
+    assert near.baseline_p99_ttft == 0.450

@@ -6,13 +6,15 @@ import datetime
 import itertools
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from specpilot.api.admin import DEFAULT_MAX_CHANGES_PER_HOUR
-from specpilot.api.models import PolicySpec, Thresholds
+from specpilot.api.models import PolicySpec, Slo, Thresholds
 from specpilot.assessment import assess
 from specpilot.control.policy import (
+    SLO_NAMES,
     Action,
     PolicyState,
     RestartCost,
@@ -647,4 +649,98 @@ def test_an_undo_waits_for_the_cooldown_and_recommend_mode_only_reports_it() -> 
     assert advised[-1].state.checkpoint_index == 1
     assert advised[-1].reason.startswith(
         "recommend mode, not acting: would undo the quantization ladder step"
+    )
+
+
+EQUAL = {
+    "acceptance": 0.72,
+    "p50_tpot": 0.016,
+    "baseline_p50_tpot": 0.016,
+    "p99_tpot": 0.030,
+    "baseline_p99_tpot": 0.030,
+    "p50_ttft": 0.100,
+    "baseline_p50_ttft": 0.100,
+    "p99_ttft": 0.400,
+    "baseline_p99_ttft": 0.400,
+    "load": 8,
+}
+"""Speculating and baseline alike: every latency equal."""
+SLO_FIELDS = {
+    Slo.P99_TPOT: "p99_tpot",
+    Slo.MEDIAN_TPOT: "p50_tpot",
+    Slo.MEDIAN_TTFT: "p50_ttft",
+    Slo.P99_TTFT: "p99_ttft",
+}
+
+
+@pytest.mark.parametrize("regressed", list(Slo))
+def test_only_the_stated_slo_decides_the_latency_breach(regressed: Slo) -> None:
+    """One latency 30% above the baseline's (within the median-TTFT queueing margin of 2.5x):
+    a breach for the SLO that names it, kept for every other SLO."""
+    field = SLO_FIELDS[regressed]
+    reading = {**EQUAL, field: EQUAL[field] * 1.3}
+    for slo in Slo:
+        decisions = run([reading] * 3, spec=policy(slo=slo.value))
+        if slo is regressed:
+            assert decisions[-1].action is Action.DISABLE, slo
+            assert f"{SLO_NAMES[slo]} " in decisions[-1].reason
+            assert "is 30% above the baseline's" in decisions[-1].reason
+            assert "(more than 10%)" in decisions[-1].reason
+            assert decisions[-1].state.crossover_load == 8  # a latency disable
+        else:
+            assert {d.action for d in decisions} == {Action.KEEP}, slo
+            assert f"{SLO_NAMES[slo]} " in decisions[-1].reason
+            assert "is within 10% of the baseline's" in decisions[-1].reason
+
+
+def test_the_default_slo_is_p99_tpot() -> None:
+    assert PolicySpec().slo is Slo.P99_TPOT
+    assert policy().model_dump(by_alias=True)["slo"] == "P99TPOT"
+
+
+def test_a_median_tpot_slo_keeps_a_mixed_workload_and_the_warning_stays() -> None:
+    """P50 TPOT improves, P99 regresses 38%: the default disables; a median TPOT SLO keeps."""
+    mixed = {**EQUAL, "p50_tpot": 0.010, "p99_tpot": 0.0415}
+    default = run([mixed] * 3)
+    assert default[-1].action is Action.DISABLE
+    median = run([mixed] * 3, spec=policy(slo="MedianTPOT"))
+    assert {d.action for d in median} == {Action.KEEP}
+    assert "median TPOT 10.0 ms is within 10% of the baseline's 16.0 ms" in median[-1].reason
+    for decisions in (default, median):
+        assert "MixedWorkload" in [w.code for w in decisions[-1].warnings]
+
+
+def test_median_ttft_queueing_is_a_breach_whatever_the_slo() -> None:
+    queued = {**EQUAL, "p50_ttft": 0.440, "baseline_p50_ttft": 0.103}
+    for slo in Slo:
+        decisions = run([queued] * 3, spec=policy(slo=slo.value))
+        assert decisions[-1].action is Action.DISABLE, slo
+        assert "median TTFT 440.0 ms is 327% above the baseline's 103.0 ms" in (
+            decisions[-1].reason
+        )
+
+
+def test_without_a_baseline_for_the_slo_the_review_band_holds_naming_it() -> None:
+    review = {"acceptance": 0.58, "p99_tpot": 0.030, "baseline_p99_tpot": 0.029, "p99_ttft": 0.4}
+    (held,) = run([review], spec=policy(slo="P99TTFT"))
+    assert held.action is Action.HOLD
+    assert "where P99 TTFT against a baseline decides, and there is no baseline" in held.reason
+    (kept,) = run([review])  # the P99 TPOT baseline is there
+    assert kept.action is Action.KEEP
+
+
+def test_the_restart_is_priced_on_the_slo_latency() -> None:
+    """P99 TTFT 60% above the baseline's loses 1 - 1/1.6 = 37.5% over the 600s cooldown: 225
+    replica-seconds, more than a 200 s restart; the P99 TPOT SLO sees no loss and no breach."""
+    slow_start = {**EQUAL, "p99_ttft": 0.640}
+    restart = RestartCost(startup_s=200, replicas_affected=1, source="startup 200s")
+    state, spec = PolicyState(), policy(slo="P99TTFT")
+    for i in range(3):
+        now = T0 + datetime.timedelta(seconds=30 * i)
+        decision = decide(signals(now, **slow_start), state, spec, now, restart=restart)
+        state = decision.state
+    assert decision.action is Action.DISABLE
+    assert (
+        "keeping loses 38% of 1 replica(s)' capacity (P99 TTFT) over the 600s cooldown = 225 "
+        "replica-seconds, more than the restart's 200s x 1 = 200" in decision.reason
     )
