@@ -29,6 +29,7 @@ _MARKS = {
     "disable-speculation": ("off", "tab:red"),
     "enable-speculation": ("on", "tab:green"),
     "step-quantization": ("quant", "tab:purple"),
+    "undo-quantization-step": ("unquant", "tab:pink"),
     "revert-rollout": ("revert", "tab:brown"),
 }
 _SPECULATION_SHADE = "#c8ecc8"

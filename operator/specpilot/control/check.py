@@ -69,6 +69,7 @@ REFRESHED_READINGS = (
     "baseline_p50_tpot",
     "baseline_p99_tpot",
     "baseline_p50_ttft",
+    "baseline_p99_ttft",
     "baseline_load",
 )
 """What a check updates in status.control by reading alone (besides its time), without deciding
@@ -84,11 +85,13 @@ _ACTED_EVENTS: dict[Action, tuple[Literal["Normal", "Warning"], str]] = {
     Action.DISABLE: ("Warning", "SpeculationDisabled"),
     Action.ENABLE: ("Normal", "SpeculationEnabled"),
     Action.STEP_QUANTIZATION: ("Warning", "QuantizationSteppedBack"),
+    Action.UNDO_QUANTIZATION_STEP: ("Warning", "QuantizationStepUndone"),
 }
 _RECOMMENDED_EVENTS = {
     Action.DISABLE: "RecommendDisableSpeculation",
     Action.ENABLE: "RecommendEnableSpeculation",
     Action.STEP_QUANTIZATION: "RecommendQuantizationStep",
+    Action.UNDO_QUANTIZATION_STEP: "RecommendQuantizationStepUndo",
 }
 
 
@@ -134,10 +137,10 @@ def signals_for(
     rps = server.get(Signal.REQUESTS_PER_SECOND)
     load = rps / replicas if rps is not None and replicas else None
     baseline_p50, baseline_p99 = live.get(Signal.TPOT_P50), live.get(Signal.TPOT_P99)
-    baseline_ttft = live.get(Signal.TTFT_P50)
+    baseline_ttft, baseline_p99_ttft = live.get(Signal.TTFT_P50), live.get(Signal.TTFT_P99)
     if baseline_p99 is None and _comparable(load, state.baseline_load):
         baseline_p50, baseline_p99 = state.baseline_p50_tpot, state.baseline_p99_tpot
-        baseline_ttft = state.baseline_p50_ttft
+        baseline_ttft, baseline_p99_ttft = state.baseline_p50_ttft, state.baseline_p99_ttft
     return Signals(
         sampled_at=sampled_at,
         acceptance=server.get(Signal.ACCEPTANCE) if state.speculation_on else None,
@@ -147,6 +150,8 @@ def signals_for(
         baseline_p99_tpot=baseline_p99,
         p50_ttft=server.get(Signal.TTFT_P50),
         baseline_p50_ttft=baseline_ttft,
+        p99_ttft=server.get(Signal.TTFT_P99),
+        baseline_p99_ttft=baseline_p99_ttft,
         load=load,
     )
 
@@ -259,6 +264,7 @@ def _remember(
             "baseline_p50_tpot": signals.p50_tpot,
             "baseline_p99_tpot": signals.p99_tpot,
             "baseline_p50_ttft": signals.p50_ttft,
+            "baseline_p99_ttft": signals.p99_ttft,
             "baseline_load": signals.load,
         }
     return state.model_copy(update=update)
@@ -294,6 +300,11 @@ _REVERSALS: dict[str, Callable[[PolicyState], dict[str, Any]]] = {
     Action.DISABLE.value: lambda s: {"speculation_on": True},
     Action.ENABLE.value: lambda s: {"speculation_on": False},
     Action.STEP_QUANTIZATION.value: lambda s: {"checkpoint_index": max(s.checkpoint_index - 1, 0)},
+    # a step runs with speculation: an undo that also turned it off returns to both
+    Action.UNDO_QUANTIZATION_STEP.value: lambda s: {
+        "checkpoint_index": s.checkpoint_index + 1,
+        "speculation_on": True,
+    },
 }
 """How the configuration before each of the operator's own changes comes back."""
 
