@@ -161,12 +161,15 @@ def desired(
 
     What the control loop decided (status.control) is applied here: speculation turned off, or
     the target stepped back along the quantization ladder, whose plan is then the one reported.
+    A ladder step changes the server only: the control replicas always run spec.target without
+    speculation, the user's own choice that a step must beat to be kept.
     `checkpoints`: what was read of the checkpoints the resource names (assess says how).
     """
     result = assess(dict(body), admin, checkpoints)
     if result.resource is None:
         return Desired(assessment=result, objects=[], speculation=False)
     spec = result.resource.spec
+    users = spec
     control = SpeculativeInferenceStatus.model_validate(body.get("status") or {}).control
     index, checkpoint = active_checkpoint(spec, control)
     if checkpoint is not None:
@@ -178,7 +181,7 @@ def desired(
     assert result.resource is not None
     speculation = speculation_wanted(result.resource.spec, control)
     resource, schedule = _with_engine_schedule(result.resource, result.version, control)
-    objects = manifests(resource, result.version, speculation, result.checkpoints)
+    objects = manifests(resource, result.version, speculation, result.checkpoints, baseline=users)
     return Desired(
         assessment=result,
         objects=objects,

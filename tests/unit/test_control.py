@@ -277,6 +277,112 @@ def test_a_step_that_does_not_fit_is_refused_with_the_plan() -> None:
     assert reconcile.desired(doc).checkpoint_index == 0
 
 
+INT8_70B = LADDER[0]["model"]
+
+
+def stepped(**policy: Any) -> dict[str, Any]:
+    """The user's INT4 target with control replicas, the server stepped back to the INT8 rung."""
+    doc = body(quantizationLadder=LADDER, controlReplicas=1, cooldown="10m", **policy)
+    doc["spec"]["target"].update(model=AWQ_70B, quantization="int4")
+    doc["status"] = {
+        "control": {"checkpointIndex": 1, "target": f"{AWQ_70B}@int4", "rolloutAcceptance": 0.7}
+    }
+    return doc
+
+
+def deployments(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    wanted = reconcile.desired(doc)
+    return {o["metadata"]["name"]: o for o in wanted.objects if o["kind"] == "Deployment"}
+
+
+def container_args(deployment: dict[str, Any]) -> list[str]:
+    return [str(a) for a in deployment["spec"]["template"]["spec"]["containers"][0]["args"]]
+
+
+def test_a_ladder_step_changes_the_server_only_the_control_replicas_run_spec_target() -> None:
+    doc = stepped()
+    on_step = deployments(doc)
+    user = json.loads(json.dumps(doc))
+    del user["status"]
+    before = deployments(user)
+    assert container_args(on_step["llama"])[0] == INT8_70B
+    assert any("--speculative-config" in a for a in container_args(on_step["llama"]))
+    assert container_args(before["llama"])[0] == AWQ_70B
+    # the control replicas: the user's INT4 target without speculation, whatever the step
+    baseline = on_step["llama-baseline"]
+    assert container_args(baseline)[0] == AWQ_70B
+    assert not any("--speculative-config" in a for a in container_args(baseline))
+    template = baseline["spec"]["template"]
+    assert template["metadata"]["annotations"]["specpilot.io/target-quantization"] == "int4"
+    # unchanged by the step: the operator restarts only the server (no deferred change)
+    digest = reconcile.ANNOTATION_TEMPLATE_DIGEST
+    assert (
+        baseline["metadata"]["annotations"][digest]
+        == (before["llama-baseline"]["metadata"]["annotations"][digest])
+    )
+    assert baseline == before["llama-baseline"]
+
+
+def test_a_step_that_loses_to_spec_target_without_speculation_is_undone() -> None:
+    doc = stepped()
+    losing = reading(acceptance=0.72, p99=0.070, rps=20, baseline_p99=0.035)
+    results = play(doc, [losing] * 3)
+    assert [r.action for r in results] == [Action.KEEP, Action.KEEP, Action.UNDO_QUANTIZATION_STEP]
+    assert [r.rerender for r in results] == [False, False, True]
+    (undone,) = [e for e in results[-1].events if e.reason == "QuantizationStepUndone"]
+    assert undone.type == "Warning"
+    assert (
+        f"the quantization ladder step to {INT8_70B} (int8) with speculation against "
+        f"{AWQ_70B}@int4 without it (the baseline): P99 TPOT 70.0 ms is 100% above the "
+        "baseline's 35.0 ms (more than 10%) at acceptance 0.72 >= 0.65 for 3 checks over 90s"
+    ) in undone.message
+    assert "keeping loses 50% of 1 replica(s)' capacity (P99 TPOT) over the 600s cooldown" in (
+        undone.message
+    )
+    assert undone.message.endswith("undoing it, back to spec.target")
+    control_state = doc["status"]["control"]
+    assert control_state["checkpointIndex"] == 0
+    assert control_state["speculationOn"] is True  # the ordinary rule decides from here
+    assert doc["status"]["decisions"][-1]["action"] == "undo-quantization-step"
+    servers = deployments(doc)
+    assert container_args(servers["llama"])[0] == AWQ_70B
+    assert any("--speculative-config" in a for a in container_args(servers["llama"]))
+
+
+def test_a_step_that_beats_spec_target_without_speculation_is_kept() -> None:
+    doc = stepped()
+    winning = reading(acceptance=0.72, p99=0.030, rps=20, baseline_p99=0.035)
+    results = play(doc, [winning] * 5)
+    assert {r.action for r in results} == {Action.KEEP}
+    assert doc["status"]["control"]["checkpointIndex"] == 1
+    assert container_args(deployments(doc)["llama"])[0] == INT8_70B
+
+
+def test_a_stuck_undo_is_reverted_to_the_step() -> None:
+    doc = stepped()
+    play(doc, [reading(acceptance=0.72, p99=0.070, rps=20, baseline_p99=0.035)] * 3)
+    undone_at = T0 + datetime.timedelta(seconds=60)
+    rolled_out(doc, "False", "RolloutStuck", undone_at)
+    at = undone_at + datetime.timedelta(seconds=30)
+    result = control.check(doc, reading(acceptance=0.72), None, at, at)
+    assert result is not None
+    assert result.rerender
+    assert any(e.reason == "RolloutReverted" for e in result.events)
+    assert result.status["control"]["checkpointIndex"] == 1
+
+
+def test_recommend_mode_reports_an_undo_and_keeps_the_step() -> None:
+    doc = stepped(mode="recommend")
+    results = play(doc, [reading(acceptance=0.72, p99=0.070, rps=20, baseline_p99=0.035)] * 3)
+    (advice,) = [e for e in results[-1].events if e.reason == "RecommendQuantizationStepUndo"]
+    assert advice.message.startswith(
+        "recommend mode, not acting: would undo the quantization ladder step: the quantization "
+        "ladder step to"
+    )
+    assert not any(r.rerender for r in results)
+    assert doc["status"]["control"]["checkpointIndex"] == 1
+
+
 def test_recommend_mode_reports_once_per_cooldown_and_changes_nothing() -> None:
     doc = body(mode="recommend")
     results = play(doc, [reading(acceptance=0.41)] * 10, step=15)
@@ -757,3 +863,26 @@ def test_no_engine_schedule_without_the_lever_or_against_the_users() -> None:
     alone = body(cooldown="5m")
     play(alone, [{k: v for k, v in low.items() if k[2] == "server"}] * 3, step=60)
     assert alone["status"]["control"].get("speedupCurve", []) == []
+
+
+def test_a_ttft_slo_is_read_from_the_control_replicas_and_recorded_while_off() -> None:
+    slow_start = reading(acceptance=0.78, p99=0.030, rps=4, baseline_p99=0.031)
+    slow_start["inference", "llama", "server"][Signal.TTFT_P99] = 0.900
+    slow_start["inference", "llama", "baseline"][Signal.TTFT_P99] = 0.500
+    assert all(r.action is Action.KEEP for r in play(body(controlReplicas=1), [slow_start] * 4))
+    doc = body(controlReplicas=1, cooldown="10m", slo="P99TTFT")
+    results = play(doc, [slow_start] * 3)
+    assert results[-1].action is Action.DISABLE
+    assert (
+        "P99 TTFT 900.0 ms is 80% above the baseline's 500.0 ms (more than 10%)"
+        in (results[-1].status["decisions"][-1]["reason"])
+    )
+    # without control replicas, the P99 TTFT read while speculation is off is the baseline
+    alone = body(slo="P99TTFT")
+    play(alone, [reading(acceptance=0.41, rps=6)] * 3)  # off now, for low acceptance
+    off = reading(acceptance=None, p99=0.020, rps=6)
+    off["inference", "llama", "server"][Signal.TTFT_P99] = 0.450
+    play(alone, [off])
+    assert alone["status"]["control"]["baselineP99Ttft"] == 0.450
+    near = control.signals_for("inference", "llama", reading(rps=6.5), None, _state(alone), T0)
+    assert near.baseline_p99_ttft == 0.450

@@ -6,13 +6,15 @@ import datetime
 import itertools
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from specpilot.api.admin import DEFAULT_MAX_CHANGES_PER_HOUR
-from specpilot.api.models import PolicySpec, Thresholds
+from specpilot.api.models import PolicySpec, Slo, Thresholds
 from specpilot.assessment import assess
 from specpilot.control.policy import (
+    SLO_NAMES,
     Action,
     PolicyState,
     RestartCost,
@@ -287,10 +289,17 @@ def test_a_collapse_after_a_quantization_change_undoes_the_change_before_specula
     assert "fell more than 0.05 below 0.53 measured before the quantization change" in (
         decisions[-1].reason
     )
-    # with the ladder used up, the same collapse disables speculation
+    # the more precise step did not bring acceptance back: the traffic is the cause, so the
+    # same collapse on the step undoes it and turns speculation off, in one change
     stepped = decisions[-1].state.model_copy(update={"last_change": None})  # cooled down
     after = run([{"acceptance": 0.43}] * 3, spec=spec, state=stepped)
-    assert after[-1].action is Action.DISABLE
+    assert after[-1].action is Action.UNDO_QUANTIZATION_STEP
+    assert after[-1].state.checkpoint_index == 0
+    assert after[-1].state.speculation_on is False
+    assert after[-1].state.crossover_load is None  # low acceptance: probed, not load-gated
+    assert after[-1].reason.endswith(
+        "back to spec.target without speculation (acceptance is low on the step too)"
+    )
 
 
 def test_acceptance_drift_warning() -> None:
@@ -550,3 +559,188 @@ def test_low_acceptance_without_a_baseline_is_not_priced_and_the_probe_names_its
     probe = decide(signals(later, load=40), state, policy(), later, restart=RESTART)
     assert probe.action is Action.ENABLE
     assert "a failed probe costs two restarts of 205s x 1 replica(s)" in probe.reason
+
+
+LADDER = [{"model": "org/llama-70b-int8", "quantization": "int8"}]
+STEPPED = PolicyState(checkpoint_index=1, target="org/llama-70b-awq@int4")
+LOSING = {"acceptance": 0.72, "p99_tpot": 0.040, "baseline_p99_tpot": 0.029, "load": 8}
+
+
+def test_a_step_slower_than_spec_target_without_speculation_is_undone() -> None:
+    decisions = run([LOSING] * 3, spec=policy(quantizationLadder=LADDER), state=STEPPED)
+    assert [d.action for d in decisions] == [
+        Action.KEEP,
+        Action.KEEP,
+        Action.UNDO_QUANTIZATION_STEP,
+    ]
+    assert "(1/3 checks)" in decisions[0].reason
+    last = decisions[-1]
+    assert last.acted
+    assert last.reason.startswith(
+        "the quantization ladder step to org/llama-70b-int8 (int8) with speculation against "
+        "org/llama-70b-awq@int4 without it (the baseline): P99 TPOT 40.0 ms is 38% above the "
+        "baseline's 29.0 ms (more than 10%) at acceptance 0.72 >= 0.65 for 3 checks over 90s"
+    )
+    assert last.reason.endswith("undoing it, back to spec.target")
+    # speculation stays on: on spec.target the ordinary rule judges it
+    assert (last.state.checkpoint_index, last.state.speculation_on) == (0, True)
+    assert last.state.pre_change_acceptance is None  # no step again until spec.target changes
+    assert last.state.last_change == T0 + datetime.timedelta(seconds=60)
+    assert last.state.crossover_load is None
+    # the same readings on spec.target: the ordinary disable, not another step
+    cooled = last.state.model_copy(update={"last_change": None})
+    after = run([LOSING] * 3, spec=policy(quantizationLadder=LADDER), state=cooled)
+    assert after[-1].action is Action.DISABLE
+
+
+def test_the_same_loss_at_spec_target_disables_and_on_a_step_undoes() -> None:
+    """The latency comparison, its margin and the failure count are the disable's."""
+    spec = policy(quantizationLadder=LADDER, failureLimit=2)
+    within = {**LOSING, "p99_tpot": 0.0315}  # 8.6% above: within the 10% margin
+    assert {d.action for d in run([within] * 4, spec=spec, state=STEPPED)} == {Action.KEEP}
+    assert run([LOSING] * 2, spec=spec, state=STEPPED)[-1].action is (Action.UNDO_QUANTIZATION_STEP)
+    assert run([LOSING] * 2, spec=spec)[-1].action is Action.DISABLE
+    # a good check resets the count, as for the disable
+    broken = run([LOSING, within, LOSING], spec=spec, state=STEPPED)
+    assert {d.action for d in broken} == {Action.KEEP}
+
+
+def test_a_step_that_beats_spec_target_without_speculation_is_kept() -> None:
+    better = {**LOSING, "p99_tpot": 0.025}
+    decisions = run([better] * 5, spec=policy(quantizationLadder=LADDER), state=STEPPED)
+    assert {d.action for d in decisions} == {Action.KEEP}
+    assert decisions[-1].state.checkpoint_index == 1
+    assert decisions[-1].reason.startswith("speculation pays")
+
+
+def test_an_undo_is_priced_with_the_restart() -> None:
+    spec = policy(quantizationLadder=LADDER)
+    cheap = RestartCost(startup_s=60, replicas_affected=1, source="startup 60s")
+    dear = RestartCost(startup_s=300, replicas_affected=1, source="startup 300s")
+
+    def last(restart: RestartCost) -> Any:
+        state = STEPPED
+        for i in range(3):
+            now = T0 + datetime.timedelta(seconds=30 * i)
+            decision = decide(signals(now, **LOSING), state, spec, now, restart=restart)
+            state = decision.state
+        return decision
+
+    # keeping loses 1 - 29/40 = 27.5% over the 10m cooldown: 165 replica-seconds
+    assert last(cheap).action is Action.UNDO_QUANTIZATION_STEP
+    assert "165 replica-seconds, more than the restart's 60s x 1 = 60" in last(cheap).reason
+    kept = last(dear)
+    assert kept.action is Action.KEEP
+    assert "not more than the restart's 300s x 1 = 300 (startup 300s): not restarting" in (
+        kept.reason
+    )
+    assert kept.state.checkpoint_index == 1
+
+
+def test_an_undo_waits_for_the_cooldown_and_recommend_mode_only_reports_it() -> None:
+    recent = STEPPED.model_copy(update={"last_change": T0 - datetime.timedelta(minutes=2)})
+    waiting = run([LOSING] * 3, spec=policy(quantizationLadder=LADDER), state=recent)
+    assert waiting[-1].action is Action.KEEP
+    assert waiting[-1].reason.endswith("(cooldown)")
+    recommend = policy(quantizationLadder=LADDER, mode="recommend")
+    advised = run([LOSING] * 3, spec=recommend, state=STEPPED)
+    assert advised[-1].action is Action.UNDO_QUANTIZATION_STEP
+    assert not advised[-1].acted
+    assert advised[-1].state.checkpoint_index == 1
+    assert advised[-1].reason.startswith(
+        "recommend mode, not acting: would undo the quantization ladder step"
+    )
+
+
+EQUAL = {
+    "acceptance": 0.72,
+    "p50_tpot": 0.016,
+    "baseline_p50_tpot": 0.016,
+    "p99_tpot": 0.030,
+    "baseline_p99_tpot": 0.030,
+    "p50_ttft": 0.100,
+    "baseline_p50_ttft": 0.100,
+    "p99_ttft": 0.400,
+    "baseline_p99_ttft": 0.400,
+    "load": 8,
+}
+"""Speculating and baseline alike: every latency equal."""
+SLO_FIELDS = {
+    Slo.P99_TPOT: "p99_tpot",
+    Slo.MEDIAN_TPOT: "p50_tpot",
+    Slo.MEDIAN_TTFT: "p50_ttft",
+    Slo.P99_TTFT: "p99_ttft",
+}
+
+
+@pytest.mark.parametrize("regressed", list(Slo))
+def test_only_the_stated_slo_decides_the_latency_breach(regressed: Slo) -> None:
+    """One latency 30% above the baseline's (within the median-TTFT queueing margin of 2.5x):
+    a breach for the SLO that names it, kept for every other SLO."""
+    field = SLO_FIELDS[regressed]
+    reading = {**EQUAL, field: EQUAL[field] * 1.3}
+    for slo in Slo:
+        decisions = run([reading] * 3, spec=policy(slo=slo.value))
+        if slo is regressed:
+            assert decisions[-1].action is Action.DISABLE, slo
+            assert f"{SLO_NAMES[slo]} " in decisions[-1].reason
+            assert "is 30% above the baseline's" in decisions[-1].reason
+            assert "(more than 10%)" in decisions[-1].reason
+            assert decisions[-1].state.crossover_load == 8  # a latency disable
+        else:
+            assert {d.action for d in decisions} == {Action.KEEP}, slo
+            assert f"{SLO_NAMES[slo]} " in decisions[-1].reason
+            assert "is within 10% of the baseline's" in decisions[-1].reason
+
+
+def test_the_default_slo_is_p99_tpot() -> None:
+    assert PolicySpec().slo is Slo.P99_TPOT
+    assert policy().model_dump(by_alias=True)["slo"] == "P99TPOT"
+
+
+def test_a_median_tpot_slo_keeps_a_mixed_workload_and_the_warning_stays() -> None:
+    """P50 TPOT improves, P99 regresses 38%: the default disables; a median TPOT SLO keeps."""
+    mixed = {**EQUAL, "p50_tpot": 0.010, "p99_tpot": 0.0415}
+    default = run([mixed] * 3)
+    assert default[-1].action is Action.DISABLE
+    median = run([mixed] * 3, spec=policy(slo="MedianTPOT"))
+    assert {d.action for d in median} == {Action.KEEP}
+    assert "median TPOT 10.0 ms is within 10% of the baseline's 16.0 ms" in median[-1].reason
+    for decisions in (default, median):
+        assert "MixedWorkload" in [w.code for w in decisions[-1].warnings]
+
+
+def test_median_ttft_queueing_is_a_breach_whatever_the_slo() -> None:
+    queued = {**EQUAL, "p50_ttft": 0.440, "baseline_p50_ttft": 0.103}
+    for slo in Slo:
+        decisions = run([queued] * 3, spec=policy(slo=slo.value))
+        assert decisions[-1].action is Action.DISABLE, slo
+        assert "median TTFT 440.0 ms is 327% above the baseline's 103.0 ms" in (
+            decisions[-1].reason
+        )
+
+
+def test_without_a_baseline_for_the_slo_the_review_band_holds_naming_it() -> None:
+    review = {"acceptance": 0.58, "p99_tpot": 0.030, "baseline_p99_tpot": 0.029, "p99_ttft": 0.4}
+    (held,) = run([review], spec=policy(slo="P99TTFT"))
+    assert held.action is Action.HOLD
+    assert "where P99 TTFT against a baseline decides, and there is no baseline" in held.reason
+    (kept,) = run([review])  # the P99 TPOT baseline is there
+    assert kept.action is Action.KEEP
+
+
+def test_the_restart_is_priced_on_the_slo_latency() -> None:
+    """P99 TTFT 60% above the baseline's loses 1 - 1/1.6 = 37.5% over the 600s cooldown: 225
+    replica-seconds, more than a 200 s restart; the P99 TPOT SLO sees no loss and no breach."""
+    slow_start = {**EQUAL, "p99_ttft": 0.640}
+    restart = RestartCost(startup_s=200, replicas_affected=1, source="startup 200s")
+    state, spec = PolicyState(), policy(slo="P99TTFT")
+    for i in range(3):
+        now = T0 + datetime.timedelta(seconds=30 * i)
+        decision = decide(signals(now, **slow_start), state, spec, now, restart=restart)
+        state = decision.state
+    assert decision.action is Action.DISABLE
+    assert (
+        "keeping loses 38% of 1 replica(s)' capacity (P99 TTFT) over the 600s cooldown = 225 "
+        "replica-seconds, more than the restart's 200s x 1 = 200" in decision.reason
+    )

@@ -29,6 +29,8 @@ _MARKS = {
     "disable-speculation": ("off", "tab:red"),
     "enable-speculation": ("on", "tab:green"),
     "step-quantization": ("quant", "tab:purple"),
+    "undo-quantization-step": ("unquant", "tab:pink"),
+    "set-engine-schedule": ("schedule", "tab:cyan"),
     "revert-rollout": ("revert", "tab:brown"),
 }
 _SPECULATION_SHADE = "#c8ecc8"

@@ -39,7 +39,7 @@ INVALID_RESOURCES = Gauge(
 CONTROL_DECISIONS = Counter(
     "specpilot_control_decisions_total",
     "Control checks by outcome (keep, hold, disable-speculation, enable-speculation, "
-    "step-quantization).",
+    "step-quantization, undo-quantization-step, set-engine-schedule).",
     ["action"],
 )
 PROMETHEUS_READ_SECONDS = Histogram(

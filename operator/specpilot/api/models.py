@@ -96,6 +96,22 @@ class PolicyMode(StrEnum):
     OFF = "off"
 
 
+class Slo(StrEnum):
+    """The latency the user's service level is stated in: the one the policy compares with the
+    baseline (docs/policy.md, "The SLO").
+
+    Goodput (requests or tokens per second that meet a latency target) is not offered: the
+    operator reads latency quantiles, not how many requests met a stated target (that takes the
+    histogram's count below the target, and the target itself), and the tokens/s it reads is the
+    offered load the Service shares between the speculating and the control replicas, not
+    what each could serve."""
+
+    P99_TPOT = "P99TPOT"
+    MEDIAN_TPOT = "MedianTPOT"
+    MEDIAN_TTFT = "MedianTTFT"
+    P99_TTFT = "P99TTFT"
+
+
 class ArchitectureOverride(SpecModel):
     """Architecture facts for a model that is not in specpilot's catalog (from its config.json)."""
 
@@ -411,16 +427,17 @@ class Thresholds(SpecModel):
         ge=0,
         le=1,
         description="From disableBelowAcceptance up to this, acceptance is near break-even and "
-        "latency against the baseline decides: P99 TPOT beyond maxP99TpotRegression (or median "
-        "TTFT beyond maxP50TtftRegression) is a breach; without a P99 TPOT baseline the check "
-        "holds, speculation staying on. At or above it speculation is kept unless latency "
-        "regresses that much.",
+        "latency against the baseline decides: the SLO's latency (spec.policy.slo) beyond "
+        "maxP99TpotRegression (or median TTFT beyond maxP50TtftRegression) is a breach; without "
+        "a baseline for the SLO's latency the check holds, speculation staying on. At or above "
+        "it speculation is kept unless latency regresses that much.",
     )
     max_p99_tpot_regression: float = Field(
         default=0.10,
         ge=0,
         le=10,
-        description="Allowed P99 TPOT regression against the baseline, as a fraction (0.10).",
+        description="Allowed regression of the SLO's latency (spec.policy.slo: P99 TPOT unless "
+        "stated otherwise) against the baseline, as a fraction (0.10).",
     )
     max_p50_ttft_regression: float = Field(
         default=1.5,
@@ -472,6 +489,15 @@ class PolicySpec(SpecModel):
         ge=0,
         le=100,
         description="Replicas run without speculation as a live baseline.",
+    )
+    slo: Slo = Field(
+        default=Slo.P99_TPOT,
+        description="The latency the service level is stated in, compared with the baseline's "
+        "(maxP99TpotRegression is its margin): P99TPOT, MedianTPOT (a mixed workload whose "
+        "median matters more than its tail; the MixedWorkload warning still says when the tail "
+        "regresses), MedianTTFT or P99TTFT (speculation improves TPOT, not TTFT: expect it "
+        "off). Median TTFT beyond maxP50TtftRegression is a breach whatever the SLO. Goodput is "
+        "not offered: the operator does not read how many requests meet a latency target.",
     )
 
 
@@ -691,6 +717,9 @@ class PolicyState(StatusModel):
     )
     baseline_p50_ttft: float | None = Field(
         default=None, description="Median TTFT (s) recorded while speculation was last off."
+    )
+    baseline_p99_ttft: float | None = Field(
+        default=None, description="P99 TTFT (s) recorded while speculation was last off."
     )
     baseline_load: float | None = Field(
         default=None, description="Requests/s per replica when the baseline was recorded."

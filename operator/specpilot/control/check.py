@@ -75,6 +75,7 @@ REFRESHED_READINGS = (
     "baseline_p50_tpot",
     "baseline_p99_tpot",
     "baseline_p50_ttft",
+    "baseline_p99_ttft",
     "baseline_load",
     "speedup_curve",
 )
@@ -92,11 +93,13 @@ _ACTED_EVENTS: dict[Action, tuple[Literal["Normal", "Warning"], str]] = {
     Action.ENABLE: ("Normal", "SpeculationEnabled"),
     Action.STEP_QUANTIZATION: ("Warning", "QuantizationSteppedBack"),
     Action.SET_ENGINE_SCHEDULE: ("Normal", "EngineScheduleSet"),
+    Action.UNDO_QUANTIZATION_STEP: ("Warning", "QuantizationStepUndone"),
 }
 _RECOMMENDED_EVENTS = {
     Action.DISABLE: "RecommendDisableSpeculation",
     Action.ENABLE: "RecommendEnableSpeculation",
     Action.STEP_QUANTIZATION: "RecommendQuantizationStep",
+    Action.UNDO_QUANTIZATION_STEP: "RecommendQuantizationStepUndo",
 }
 
 
@@ -142,10 +145,10 @@ def signals_for(
     rps = server.get(Signal.REQUESTS_PER_SECOND)
     load = rps / replicas if rps is not None and replicas else None
     baseline_p50, baseline_p99 = live.get(Signal.TPOT_P50), live.get(Signal.TPOT_P99)
-    baseline_ttft = live.get(Signal.TTFT_P50)
+    baseline_ttft, baseline_p99_ttft = live.get(Signal.TTFT_P50), live.get(Signal.TTFT_P99)
     if baseline_p99 is None and _comparable(load, state.baseline_load):
         baseline_p50, baseline_p99 = state.baseline_p50_tpot, state.baseline_p99_tpot
-        baseline_ttft = state.baseline_p50_ttft
+        baseline_ttft, baseline_p99_ttft = state.baseline_p50_ttft, state.baseline_p99_ttft
     running = server.get(Signal.REQUESTS_RUNNING)
     return Signals(
         sampled_at=sampled_at,
@@ -157,6 +160,8 @@ def signals_for(
         baseline_p99_tpot=baseline_p99,
         p50_ttft=server.get(Signal.TTFT_P50),
         baseline_p50_ttft=baseline_ttft,
+        p99_ttft=server.get(Signal.TTFT_P99),
+        baseline_p99_ttft=baseline_p99_ttft,
         load=load,
     )
 
@@ -263,11 +268,14 @@ def _learned_curve(
 ) -> list[SpeedupBand]:
     """The speedup curve with this check's reading: the control replicas' median TPOT over the
     speculating server's, at the server's running batch (control/curve.py). Only a live
-    baseline counts (a recorded one saw other traffic), only while the server speculates, and
-    not at or above the in-engine schedule's crossover, where the engine does not speculate."""
+    baseline counts (a recorded one saw other traffic), only while the server speculates on
+    spec.target (on a ladder step the control replicas run another checkpoint), and not at or
+    above the in-engine schedule's crossover, where the engine does not speculate."""
     speedup = curve.speedup_reading(signals.p50_tpot, live_baseline_p50_tpot)
     batch = signals.batch
-    if signals.error is not None or not state.speculation_on or speedup is None or not batch:
+    if signals.error is not None or not state.speculation_on or state.checkpoint_index:
+        return state.speedup_curve
+    if speedup is None or not batch:
         return state.speedup_curve
     schedule_from = state.engine_schedule_from
     if schedule_from is not None and curve.band_of(batch)[0] >= schedule_from:
@@ -295,6 +303,7 @@ def _engine_schedule(
         spec.policy.mode is not PolicyMode.AUTO
         or speculation is None
         or not state.speculation_on
+        or state.checkpoint_index
         or state.engine_schedule_from is not None
         or not curve.engine_schedule_possible(spec, version)
         or signals.batch is None
@@ -350,6 +359,7 @@ def _remember(
             "baseline_p50_tpot": signals.p50_tpot,
             "baseline_p99_tpot": signals.p99_tpot,
             "baseline_p50_ttft": signals.p50_ttft,
+            "baseline_p99_ttft": signals.p99_ttft,
             "baseline_load": signals.load,
         }
     return state.model_copy(update=update)
@@ -386,6 +396,11 @@ _REVERSALS: dict[str, Callable[[PolicyState], dict[str, Any]]] = {
     Action.ENABLE.value: lambda s: {"speculation_on": False},
     Action.STEP_QUANTIZATION.value: lambda s: {"checkpoint_index": max(s.checkpoint_index - 1, 0)},
     Action.SET_ENGINE_SCHEDULE.value: lambda s: {"engine_schedule_from": None},
+    # a step runs with speculation: an undo that also turned it off returns to both
+    Action.UNDO_QUANTIZATION_STEP.value: lambda s: {
+        "checkpoint_index": s.checkpoint_index + 1,
+        "speculation_on": True,
+    },
 }
 """How the configuration before each of the operator's own changes comes back."""
 

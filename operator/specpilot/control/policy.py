@@ -2,10 +2,10 @@
 
 Input: the latest signals for one resource, the state carried in its status, its policy spec,
 the time and the operator's ceiling on changes per hour. Output: one decision (keep, hold,
-disable, enable, step quantization) with a reason that holds the numbers, and the next state.
-Acting on the decision is the adapters' job; the thresholds are the decision framework's
-(docs/policy.md). `flapping_findings` refuses or warns on a spec.policy that would make the pods
-flap, before the policy ever runs.
+disable, enable, step quantization, undo a quantization step) with a reason that holds the
+numbers, and the next state. Acting on the decision is the adapters' job; the thresholds are the
+decision framework's (docs/policy.md). `flapping_findings` refuses or warns on a spec.policy
+that would make the pods flap, before the policy ever runs.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from enum import StrEnum
 from pydantic import BaseModel
 
 from specpilot.api.admin import DEFAULT_MAX_CHANGES_PER_HOUR
-from specpilot.api.models import PolicyMode, PolicySpec, PolicyState, Thresholds
+from specpilot.api.models import PolicyMode, PolicySpec, PolicyState, Slo, Thresholds
 from specpilot.findings import Finding, error, warning
 from specpilot.planning.startup import DEFAULT_STARTUP_S
 
@@ -56,6 +56,7 @@ class Action(StrEnum):
     ENABLE = "enable-speculation"
     STEP_QUANTIZATION = "step-quantization"
     SET_ENGINE_SCHEDULE = "set-engine-schedule"
+    UNDO_QUANTIZATION_STEP = "undo-quantization-step"
 
 
 class AcceptanceBand(StrEnum):
@@ -101,12 +102,49 @@ class Signals(BaseModel):
     baseline_p99_tpot: float | None = None
     p50_ttft: float | None = None
     baseline_p50_ttft: float | None = None
+    p99_ttft: float | None = None
+    baseline_p99_ttft: float | None = None
     load: float | None = None
     """Requests running per replica (or QPS): what speculation's payoff depends on."""
     batch: float | None = None
     """Requests running per serving replica when read: the batch the engine schedules."""
     error: str | None = None
     """Why the reading failed (Prometheus unreachable, bad answer)."""
+
+
+SLO_NAMES = {
+    Slo.P99_TPOT: "P99 TPOT",
+    Slo.MEDIAN_TPOT: "median TPOT",
+    Slo.MEDIAN_TTFT: "median TTFT",
+    Slo.P99_TTFT: "P99 TTFT",
+}
+
+
+def slo_latency(signals: Signals, slo: Slo) -> tuple[str, float | None, float | None]:
+    """The SLO's latency as the reasons name it, the reading's and the baseline's."""
+    value, baseline = {
+        Slo.P99_TPOT: (signals.p99_tpot, signals.baseline_p99_tpot),
+        Slo.MEDIAN_TPOT: (signals.p50_tpot, signals.baseline_p50_tpot),
+        Slo.MEDIAN_TTFT: (signals.p50_ttft, signals.baseline_p50_ttft),
+        Slo.P99_TTFT: (signals.p99_ttft, signals.baseline_p99_ttft),
+    }[slo]
+    return SLO_NAMES[slo], value, baseline
+
+
+def _latencies(
+    signals: Signals, policy: PolicySpec
+) -> list[tuple[str, float | None, float | None, float]]:
+    """What the baseline is compared on, with the allowed regression: the SLO's latency, and
+    median TTFT against the queueing margin whatever the SLO (requests waiting behind the
+    draft near saturation). Once only when the SLO is median TTFT, with the SLO's margin."""
+    t = policy.thresholds
+    what, value, baseline = slo_latency(signals, policy.slo)
+    found = [(what, value, baseline, t.max_p99_tpot_regression)]
+    if policy.slo is not Slo.MEDIAN_TTFT:
+        found.append(
+            ("median TTFT", signals.p50_ttft, signals.baseline_p50_ttft, t.max_p50_ttft_regression)
+        )
+    return found
 
 
 class RestartCost(BaseModel):
@@ -152,6 +190,7 @@ _ADVICE = {
     Action.ENABLE: "re-enable speculation",
     Action.STEP_QUANTIZATION: "step the target back along the quantization ladder",
     Action.SET_ENGINE_SCHEDULE: "let the engine stop speculating above the learned crossover",
+    Action.UNDO_QUANTIZATION_STEP: "undo the quantization ladder step",
 }
 
 
@@ -307,16 +346,13 @@ def _settling(
     )
 
 
-def _loss_share(signals: Signals) -> tuple[float, str] | None:
+def _loss_share(signals: Signals, policy: PolicySpec) -> tuple[float, str] | None:
     """The share of the serving replicas' capacity that keeping speculation loses, measured
-    against the baseline: a request whose P99 TPOT (or median TTFT) is r times the baseline's
-    takes 1 - 1/r more GPU time than it would without. The larger of the two; None without a
-    baseline to measure against."""
+    against the baseline: a request whose SLO latency (or median TTFT) is r times the
+    baseline's takes 1 - 1/r more GPU time than it would without. The larger of the two; None
+    without a baseline to measure against."""
     found: list[tuple[float, str]] = []
-    for what, value, baseline in (
-        ("P99 TPOT", signals.p99_tpot, signals.baseline_p99_tpot),
-        ("median TTFT", signals.p50_ttft, signals.baseline_p50_ttft),
-    ):
+    for what, value, baseline, _ in _latencies(signals, policy):
         if value is not None and baseline and value > 0:
             found.append((max(0.0, 1 - baseline / value), what))
     return max(found) if found else None
@@ -357,6 +393,8 @@ def _while_on(
             action=Action.KEEP, reason=f"speculation on: {settling}", state=state, warnings=warnings
         )
     breach = _breach(signals, policy)
+    if state.checkpoint_index > 0 and breach is not None:
+        return _undo_step(signals, state, policy, now, restart, breach, warnings)
     quantization_drop = (
         state.pre_change_acceptance is not None
         and acceptance < state.pre_change_acceptance - t.quantization_acceptance_drop
@@ -430,6 +468,89 @@ def _while_on(
     )
 
 
+def _rung(policy: PolicySpec, index: int) -> str:
+    """A ladder index as the reason names it: spec.target, or the checkpoint."""
+    if index == 0:
+        return "spec.target"
+    if index > len(policy.quantization_ladder):
+        return f"quantization ladder step {index}"
+    checkpoint = policy.quantization_ladder[index - 1]
+    return f"{checkpoint.model} ({checkpoint.quantization.value})"
+
+
+def _undo_step(
+    signals: Signals,
+    state: PolicyState,
+    policy: PolicySpec,
+    now: datetime.datetime,
+    restart: RestartCost | None,
+    breach: str,
+    warnings: list[PolicyWarning],
+) -> PolicyDecision:
+    """While the server runs a ladder step, the control replicas run spec.target without
+    speculation: the user's own choice, which the step must beat to be kept. A breach against
+    it, counted failureLimit times, cooled down and worth the restart, undoes the step: one rung
+    forward, towards spec.target. One rung, so that the undo is the exact inverse of the step (a
+    stuck rollout of it is reverted like the step's); the policy takes one step per change of
+    spec.target, so that rung is spec.target itself.
+
+    A latency breach undoes the step only: the step's heavier weights may be what lost, and on
+    spec.target the ordinary rule judges speculation against the very same checkpoint without
+    it. Acceptance in the net-negative band on the step means the traffic, not the
+    quantization, defeats the draft (a more precise target did not bring it back): the undo
+    also turns speculation off, in the same restart, landing on what the control replicas run;
+    a probe looks again later, as after any low-acceptance disable."""
+    index = state.checkpoint_index
+    low_acceptance = (
+        signals.acceptance is not None
+        and acceptance_band(signals.acceptance, policy.thresholds) is AcceptanceBand.NET_NEGATIVE
+    )
+    breaches = state.breaches + 1
+    counted = state.model_copy(update={"breaches": breaches, "successes": 0})
+    against = state.target or "spec.target"
+    reason = (
+        f"the quantization ladder step to {_rung(policy, index)} with speculation against "
+        f"{against} without it (the baseline): {breach}"
+    )
+    waiting = _still_waiting(breaches, policy.failure_limit, state, policy, now, restart)
+    if waiting is not None:
+        return PolicyDecision(
+            action=Action.KEEP, reason=f"{reason} ({waiting})", state=counted, warnings=warnings
+        )
+    span = breaches * seconds(policy.interval)
+    evidence = f"{reason} for {breaches} checks over {span:.0f}s"
+    priced = _priced(signals, policy, restart)
+    if priced is not None:
+        act, cost_text = priced
+        if not act:
+            return PolicyDecision(
+                action=Action.KEEP,
+                reason=f"{evidence}, but {cost_text}: not restarting",
+                state=counted,
+                warnings=warnings,
+            )
+        evidence = f"{evidence}; {cost_text}"
+    return PolicyDecision(
+        action=Action.UNDO_QUANTIZATION_STEP,
+        reason=f"{evidence}; the step loses to the user's choice: undoing it, back to "
+        f"{_rung(policy, index - 1)}"
+        + (" without speculation (acceptance is low on the step too)" if low_acceptance else ""),
+        evidence=evidence,
+        state=counted.model_copy(
+            update={
+                "breaches": 0,
+                "last_change": now,
+                "checkpoint_index": index - 1,
+                "pre_change_acceptance": None,
+                "rollout_acceptance": None,
+            }
+            | ({"speculation_on": False, "crossover_load": None} if low_acceptance else {})
+        ),
+        warnings=warnings,
+        acted=True,
+    )
+
+
 def _priced(
     signals: Signals, policy: PolicySpec, restart: RestartCost | None
 ) -> tuple[bool, str] | None:
@@ -439,7 +560,7 @@ def _priced(
     replicas)."""
     if restart is None:
         return None
-    measured = _loss_share(signals)
+    measured = _loss_share(signals, policy)
     if measured is None:
         return None
     return _worth_restarting(*measured, policy, restart)
@@ -510,27 +631,28 @@ def probe_budget_seconds(restart: RestartCost) -> float:
 def _no_breach(
     signals: Signals, state: PolicyState, policy: PolicySpec, warnings: list[PolicyWarning]
 ) -> PolicyDecision:
-    """Keep speculation, the breach count reset; or, in the review band without a P99 TPOT
-    baseline, where nothing decides, hold: nothing counted, speculation left on."""
+    """Keep speculation, the breach count reset; or, in the review band without a baseline
+    for the SLO's latency, where nothing decides, hold: nothing counted, speculation left on."""
     t = policy.thresholds
     acceptance = signals.acceptance
     assert acceptance is not None
     band = _band_text(acceptance, t)
-    regression = _regression(signals.p99_tpot, signals.baseline_p99_tpot)
+    what, value, baseline = slo_latency(signals, policy.slo)
+    regression = _regression(value, baseline)
     if regression is None and acceptance_band(acceptance, t) is AcceptanceBand.REVIEW:
         return PolicyDecision(
             action=Action.HOLD,
-            reason=f"holding: {band}, where P99 TPOT against a baseline decides, and there is "
+            reason=f"holding: {band}, where {what} against a baseline decides, and there is "
             "no baseline (no control replicas, and no reading without speculation at this "
             "load); speculation stays on",
             state=state,
             warnings=warnings,
         )
     latency = (
-        "no P99 TPOT baseline to confirm it against"
+        f"no {what} baseline to confirm it against"
         if regression is None
-        else f"P99 TPOT {_fmt(signals.p99_tpot, 'ms')} is within "
-        f"{t.max_p99_tpot_regression:.0%} of the baseline's {_fmt(signals.baseline_p99_tpot, 'ms')}"
+        else f"{what} {_fmt(value, 'ms')} is within "
+        f"{t.max_p99_tpot_regression:.0%} of the baseline's {_fmt(baseline, 'ms')}"
     )
     rollout = state.rollout_acceptance if state.rollout_acceptance is not None else acceptance
     return PolicyDecision(
@@ -550,10 +672,7 @@ def _breach(signals: Signals, policy: PolicySpec) -> str | None:
     band = _band_text(acceptance, t)
     if acceptance_band(acceptance, t) is AcceptanceBand.NET_NEGATIVE:
         return band
-    for what, value, baseline, allowed in (
-        ("P99 TPOT", signals.p99_tpot, signals.baseline_p99_tpot, t.max_p99_tpot_regression),
-        ("median TTFT", signals.p50_ttft, signals.baseline_p50_ttft, t.max_p50_ttft_regression),
-    ):
+    for what, value, baseline, allowed in _latencies(signals, policy):
         regression = _regression(value, baseline)
         if regression is not None and regression > allowed:
             return (

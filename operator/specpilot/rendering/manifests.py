@@ -217,16 +217,21 @@ def manifests(
     version: Version,
     speculation: bool = True,
     checkpoints: Checkpoints | None = None,
+    baseline: SpeculativeInferenceSpec | None = None,
 ) -> list[Manifest]:
     """Everything the operator applies for a valid resource, in apply order.
 
     `checkpoints`: the checkpoint facts the resource was assessed with (Assessment.checkpoints).
+    `baseline`: the spec whose target the control replicas run without speculation, when it is
+    not `resource.spec`: the user's, while the server runs a quantization ladder step (the step
+    is judged against the user's own choice, docs/policy.md). It was assessed already, so its
+    plan fits its GPUs.
     """
     spec = resource.spec if speculation else without_speculation(resource.spec)
     objects = [deployment(resource, spec, version, "server", spec.replicas, checkpoints)]
     control = spec.policy.control_replicas
     if control > 0:
-        baseline_spec = without_speculation(spec)
+        baseline_spec = without_speculation(baseline or spec)
         objects.append(
             deployment(resource, baseline_spec, version, "baseline", control, checkpoints)
         )
