@@ -93,3 +93,12 @@ def test_a_band_describes_itself_with_its_bounds() -> None:
     text = curve.describe(fed(noisy(5, 1.2, 6))[0])
     assert text.startswith("batch 4-7: 1.2")
     assert "6 readings" in text
+
+
+def test_a_bands_first_readings_are_news_and_later_ones_a_refresh() -> None:
+    young = fed(noisy(3, 1.4, 4))
+    assert curve.learning(young, curve.observe(young, 3, 1.4, T0))
+    assert curve.learning(young, curve.observe(young, 40, 0.8, T0))  # a new band
+    grown = fed(noisy(3, 1.4, 10))
+    assert not curve.learning(grown, curve.observe(grown, 3, 1.4, T0))
+    assert not curve.learning(grown, grown)

@@ -669,8 +669,8 @@ class SpeedupBand(StatusModel):
     readings: int = Field(default=0, description="Checks that measured this band.")
     log_speedup: float = Field(
         default=0.0,
-        description="Exponentially weighted mean of log(control replicas' median TPOT / "
-        "server's median TPOT): above 0, speculation is faster.",
+        description="Exponentially weighted mean of log(control replicas' latency / server's "
+        "latency), in spec.policy.slo: above 0, speculation is faster.",
     )
     log_variance: float = Field(
         default=0.0, description="Exponentially weighted variance of the same."

@@ -29,6 +29,7 @@ from specpilot.api.models import (
     LastMetrics,
     PolicyMode,
     PolicyState,
+    Slo,
     SpeculativeInferenceSpec,
     SpeculativeInferenceStatus,
     SpeedupBand,
@@ -43,6 +44,7 @@ from specpilot.control.policy import (
     Signals,
     decide,
     seconds,
+    slo_latency,
     within_ceiling,
 )
 from specpilot.control.signals import Readings, Signal, implausible
@@ -263,19 +265,22 @@ def _after_target_change(state: PolicyState, identity: str, now: datetime.dateti
 def _learned_curve(
     state: PolicyState,
     signals: Signals,
-    live_baseline_p50_tpot: float | None,
+    live_baseline: bool,
+    slo: Slo,
     now: datetime.datetime,
 ) -> list[SpeedupBand]:
-    """The speedup curve with this check's reading: the control replicas' median TPOT over the
-    speculating server's, at the server's running batch (control/curve.py). Only a live
-    baseline counts (a recorded one saw other traffic), only while the server speculates on
-    spec.target (on a ladder step the control replicas run another checkpoint), and not at or
-    above the in-engine schedule's crossover, where the engine does not speculate."""
-    speedup = curve.speedup_reading(signals.p50_tpot, live_baseline_p50_tpot)
+    """The speedup curve with this check's reading: the control replicas' latency over the
+    speculating server's, in the user's SLO (P99 TPOT by default), at the server's running
+    batch (control/curve.py). Only a live baseline counts (a recorded one saw other traffic),
+    only while the server speculates on spec.target (on a ladder step the control replicas run
+    another checkpoint), and not at or above the in-engine schedule's crossover, where the
+    engine does not speculate."""
+    _, value, baseline = slo_latency(signals, slo)
+    speedup = curve.speedup_reading(value, baseline)
     batch = signals.batch
     if signals.error is not None or not state.speculation_on or state.checkpoint_index:
         return state.speedup_curve
-    if speedup is None or not batch:
+    if not live_baseline or speedup is None or not batch:
         return state.speedup_curve
     schedule_from = state.engine_schedule_from
     if schedule_from is not None and curve.band_of(batch)[0] >= schedule_from:
@@ -524,8 +529,8 @@ def check(
     decision, events = _decision(
         body, spec, signals, state, now, admin, result.checkpoints, restart
     )
-    live = (readings or {}).get((namespace, name, "baseline")) or {}
-    learned = _learned_curve(state, signals, live.get(Signal.TPOT_P50), now)
+    live = bool((readings or {}).get((namespace, name, "baseline")))
+    learned = _learned_curve(state, signals, live, spec.policy.slo, now)
     if decision.action is Action.KEEP:
         decision = _engine_schedule(
             decision, spec, result.version, learned, signals, now, admin, restart
@@ -676,6 +681,8 @@ def _worth_writing(new: SpeculativeInferenceStatus, old: SpeculativeInferenceSta
     if _refreshed_recently(old.last_metrics, new.last_metrics):
         # a first value (a baseline just recorded) is news; a newer one is a refresh
         fields += [f for f in REFRESHED_READINGS if getattr(old.control, f) is not None]
+        if curve.learning(old.control.speedup_curve, new.control.speedup_curve):
+            fields.remove("speedup_curve")  # a band's first readings are news
         last_metrics = old.last_metrics
     control = new.control.model_copy(update={f: getattr(old.control, f) for f in fields})
     return new.model_copy(update={"control": control, "last_metrics": last_metrics}) != old

@@ -4,10 +4,12 @@ A fixed acceptance threshold is a poor proxy: whether speculation pays depends o
 draft's relative cost and, most of all, on how many requests the engine batches (issue 18: on
 the simulator, acceptance 0.48 still gives 1.5x at 1 QPS and 0.93x at 6 QPS). With control
 replicas serving the same traffic without speculation, every check measures the speedup
-directly: the control replicas' median TPOT over the speculating server's, at the server's
-running batch per replica. The curve keeps, per band of batch sizes (powers of two, the way
-vLLM's per-batch-size schedule is written), an exponentially weighted mean and variance of
-log(speedup), so it follows a drifting workload and says how sure it is.
+directly: the control replicas' latency over the speculating server's, in the user's SLO
+(spec.policy.slo: P99 TPOT by default; a median hides the queueing and the tail that
+speculation costs at high load), at the server's running batch per replica. The curve keeps,
+per band of batch sizes (powers of two, the way vLLM's per-batch-size schedule is written), an
+exponentially weighted mean and variance of log(speedup), so it follows a drifting workload and
+says how sure it is.
 
 A band is *not paying* when even the upper confidence bound of its speedup is below 1 - margin,
 and *paying* when the lower bound is above 1 + margin; otherwise it is unsettled. The
@@ -78,14 +80,12 @@ def band_of(batch: float) -> tuple[int, int]:
     return start, end
 
 
-def speedup_reading(server_p50_tpot: float | None, baseline_p50_tpot: float | None) -> float | None:
-    """Speculation's speedup from one check: the control replicas' median TPOT over the
-    speculating server's, both served the same traffic over the same window."""
-    if not server_p50_tpot or not baseline_p50_tpot:
+def speedup_reading(server: float | None, baseline: float | None) -> float | None:
+    """Speculation's speedup from one check: the control replicas' latency over the
+    speculating server's (the same SLO latency), both serving the same traffic in one window."""
+    if not server or not baseline or server <= 0 or baseline <= 0:
         return None
-    if server_p50_tpot <= 0 or baseline_p50_tpot <= 0:
-        return None
-    return baseline_p50_tpot / server_p50_tpot
+    return baseline / server
 
 
 def observe(
@@ -108,6 +108,17 @@ def observe(
         }
     )
     return sorted(bands.values(), key=lambda b: b.min_batch)
+
+
+def learning(before: list[SpeedupBand], after: list[SpeedupBand]) -> bool:
+    """Whether `after` adds a reading to a band still in its first 1 / FORGETTING readings,
+    where each reading still moves the estimate a lot (worth a status write of its own)."""
+    old = {b.min_batch: b for b in before}
+    return any(
+        band != old.get(band.min_batch)
+        and (old[band.min_batch].readings if band.min_batch in old else 0) < 1 / FORGETTING
+        for band in after
+    )
 
 
 def crossover(curve: list[SpeedupBand]) -> SpeedupBand | None:
