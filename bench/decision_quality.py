@@ -26,8 +26,12 @@ The loop is closed: each policy drives one simulation of its own.
   configuration is given up (its slot loads the newest one at once; only the part of its
   startup already spent counts as lost), replicas already on the newest configuration stay (a
   revert keeps the old replicas not yet replaced), and every other replica is replaced one at a
-  time, oldest first. With spare GPUs a new pod surges and the old one serves until it is
-  ready, then drains (a replica for which no spare GPUs are left restarts in place). The server
+  time, oldest first. With spare GPUs (`--spare-gpus 2`: the strategy maxSurge 1,
+  maxUnavailable 0) the replicas also roll one at a time, oldest first, but surging: the new pod
+  loads on spare GPUs while the old one serves, the old one drains once the new one is Ready,
+  and the next new pod starts once two GPUs are free (Pending until the drained pod is gone); a
+  change during a surge rolls likewise to the newest template (a new pod loading a superseded
+  one is given up, its old pod serving on); no capacity is lost. The server
   first, then the control replicas (`reconcile.deferred_change`): a new template of the control
   replicas' Deployment waits while the server's rollout is not complete (its pods keep running
   their old configuration) and is applied once the server's replicas are all Ready on the
@@ -457,11 +461,8 @@ class Loop:
     def apply(
         self, role: str, config: Config, t: float, outcome: Outcome, force: bool = False
     ) -> None:
-        """Make the role's replicas run `config`: restart those that do not (all, `force`).
-        Without spare GPUs, one at a time (`_roll`); with them, surging."""
-        if self.spare_gpus >= 2:
-            self._apply_surging(role, config, t, outcome, force)
-            return
+        """Make the role's replicas run `config`: restart those that do not (all, `force`),
+        one at a time (`_roll`): without spare GPUs in place, with them surging."""
         if not force and self.templates.get(role) == config.key:
             return  # the newest template already: its rollout, if any, goes on
         outcome.restarts += 1
@@ -475,62 +476,58 @@ class Loop:
             # the controller scales an old ReplicaSet's unready pod down first: the replacement
             # loading the superseded template goes, and its slot loads the newest one
             self._kill(loading)
-            outcome.lost_capacity_s -= loading.ready_at - t  # the part of its startup not spent
-            loading = self._spawn(role, config, t + startup)
-            outcome.lost_capacity_s += startup
+            if self._surging():
+                loading = None  # its old pod serves on, replaced like the others (`_roll`)
+            else:
+                outcome.lost_capacity_s -= loading.ready_at - t  # its startup not spent
+                loading = self._spawn(role, config, t + startup)
+                outcome.lost_capacity_s += startup
+        taken = loading.replaces if loading is not None else None
         old = [
             r
             for r in self.replicas
-            if r.alive and r.role == role and r is not loading
-            and (force or r.config.key != config.key)
+            if r.alive and r.role == role and not r.draining and r is not loading
+            and r is not taken and (force or r.config.key != config.key)
         ]  # fmt: skip
         self.rollouts[role] = Rollout(config, old, loading)
         self._roll(role, t, outcome)
         self._dispatch(t)
 
+    def _surging(self) -> bool:
+        """The rendered strategy with surge (maxSurge 1, maxUnavailable 0) where a replica's
+        GPUs are spare; switching for free replaces in place (no startup to bridge)."""
+        return self.spare_gpus >= 2 and not self.free
+
     def _roll(self, role: str, t: float, outcome: Outcome) -> None:
-        """The rendered strategy without surge (maxSurge 0, maxUnavailable 1): once the last
-        replacement is ready, the next old replica (oldest first) stops, its requests go back to
-        the router, and its replacement loads for the startup."""
+        """The rendered strategy, one replica at a time, oldest first. Without surge
+        (maxSurge 0, maxUnavailable 1): once the last replacement is ready, the next old
+        replica stops, its requests go back to the router, and its replacement loads for the
+        startup. With surge (maxSurge 1, maxUnavailable 0): the replacement loads on spare
+        GPUs while the old replica serves; once it is ready the old one drains (`_surges`),
+        and the next replacement starts once two GPUs are free (Pending until then)."""
         rollout = self.rollouts.get(role)
+        surging = self._surging()
         while rollout is not None:
             if rollout.loading is not None:
                 if rollout.loading.ready_at > t:
                     return
                 rollout.loading = None
+            while rollout.old and (not rollout.old[0].alive or rollout.old[0].draining):
+                rollout.old.pop(0)
             if not rollout.old:
                 del self.rollouts[role]
                 return
-            old = rollout.old.pop(0)
-            if not old.alive:
-                continue
-            self._kill(old)
             startup = 0.0 if self.free else rollout.config.startup_s
+            if surging:
+                if self.spare_gpus + 2 * POOL_REPLICAS - self._gpus_in_use() < 2:
+                    return  # Pending: the drained old pod has not freed its GPUs yet
+                rollout.loading = self._spawn(role, rollout.config, t + startup)
+                rollout.loading.replaces = rollout.old.pop(0)
+                continue
+            old = rollout.old.pop(0)
+            self._kill(old)
             rollout.loading = self._spawn(role, rollout.config, t + startup)
             outcome.lost_capacity_s += startup
-
-    def _apply_surging(
-        self, role: str, config: Config, t: float, outcome: Outcome, force: bool
-    ) -> None:
-        current = [r for r in self.replicas if r.alive and not r.draining and r.role == role]
-        current = [r for r in current if r.replaces is None or r.ready_at <= t]
-        if not force and all(r.config.key == config.key for r in current):
-            return
-        outcome.restarts += 1
-        self.templates[role] = config.key
-        startup = 0.0 if self.free else config.startup_s
-        for old in current:
-            if old.config.key == config.key and not force:
-                continue
-            spare = self.spare_gpus + 2 * POOL_REPLICAS - self._gpus_in_use()
-            if spare >= 2 and startup > 0:
-                new = self._spawn(role, config, t + startup)
-                new.replaces = old
-            else:
-                self._kill(old)
-                self._spawn(role, config, t + startup)
-                outcome.lost_capacity_s += startup
-        self._dispatch(t)
 
     def _rolls(self, t: float, outcome: Outcome) -> None:
         for role in list(self.rollouts):

@@ -196,3 +196,57 @@ def test_a_change_of_both_deployments_rolls_the_server_first_then_the_control_re
     assert outcome.lost_capacity_s == pytest.approx(server.startup_s + baseline.startup_s)
     # one of the two serves at every window's end: never an outage
     assert all(any(r.serving for role in a.values() for r in role) for a in alive)
+
+
+class Watched(bench.Loop):
+    """The world, checking at every event that the surge keeps the pool's capacity: every
+    server replica being replaced serves until its replacement is Ready, at most one extra pod."""
+
+    def _rolls(self, t: float, outcome: bench.Outcome) -> None:
+        super()._rolls(t, outcome)
+        server = [r for r in self.replicas if r.alive and r.role == "server"]
+        assert sum(r.serving(t) for r in server) >= bench.POOL_REPLICAS, t
+        assert len(server) <= bench.POOL_REPLICAS + 1, t
+        for r in server:
+            if r.replaces is not None and r.ready_at > t:
+                assert r.replaces.serving(t), t
+
+
+def _surge(scenario: bench.Scenario, schedule: list[tuple[bool, int]]) -> tuple[Watched, Any]:
+    loop = Watched(scenario, bench.trace(scenario, 1), 1, spare_gpus=2)
+    return loop, loop.run(bench.scheduled(scenario, schedule))
+
+
+def test_with_spare_gpus_an_edit_surges_each_replica_once_and_loses_no_capacity() -> None:
+    # the user's edit of the target to AWQ-INT4 at window 5 (150 s), 1 QPS per replica
+    scenario = bench.Scenario("t", "t", (bench.Phase(5, 1, 0.1), bench.Phase(20, 1, 0.1, "awq")))
+    loop, outcome = _surge(scenario, [(True, 0)] * scenario.windows)
+    assert outcome.restarts == 1  # one rollout, not restarted again while it is under way
+    assert outcome.lost_capacity_s == 0
+    assert loop.born == 2 * bench.POOL_REPLICAS  # each old replica replaced exactly once
+    old, new = loop.replicas[: bench.POOL_REPLICAS], loop.replicas[bench.POOL_REPLICAS :]
+    assert not any(r.alive for r in old)
+    assert all(r.alive and r.serving(scenario.windows * bench.INTERVAL_S) for r in new)
+    assert [r.replaces for r in new] == old  # oldest first
+    assert len({r.config.key for r in new}) == 1
+    assert new[0].config.key != old[0].config.key
+    # the first surges at once; the second once the first's old pod has drained its GPUs
+    startup = new[0].config.startup_s
+    assert new[0].ready_at == pytest.approx(5 * bench.INTERVAL_S + startup)
+    assert new[1].ready_at >= new[0].ready_at + startup
+
+
+def test_with_spare_gpus_a_change_during_a_surge_rolls_to_the_newest_template() -> None:
+    on, off = (True, 0), (False, 0)
+    # off at window 5 (150 s); on again at window 15 (450 s) while the second off pod loads
+    scenario = bench.Scenario("t", "t", (bench.Phase(35, 1, 0.1),))
+    loop, outcome = _surge(scenario, [on] * 5 + [off] * 10 + [on] * 20)
+    assert outcome.restarts == 2
+    assert outcome.lost_capacity_s == 0
+    first, second, off_1, off_2, on_1 = loop.replicas  # the loading off pod given up, no other
+    assert [off_1.replaces, off_2.replaces, on_1.replaces] == [first, second, off_1]
+    assert not off_2.alive
+    assert off_2.ready_at > 15 * bench.INTERVAL_S
+    alive = [r for r in loop.replicas if r.alive]
+    assert alive == [second, on_1]  # back on: the old on replica stays, the off one replaced
+    assert on_1.ready_at == pytest.approx(15 * bench.INTERVAL_S + first.config.startup_s)
