@@ -886,3 +886,30 @@ def test_a_ttft_slo_is_read_from_the_control_replicas_and_recorded_while_off() -
     assert alone["status"]["control"]["baselineP99Ttft"] == 0.450
     near = control.signals_for("inference", "llama", reading(rps=6.5), None, _state(alone), T0)
     assert near.baseline_p99_ttft == 0.450
+
+
+def test_re_enabling_speculation_carries_the_learned_schedule_in_the_same_restart() -> None:
+    doc = body(controlReplicas=1, cooldown="10m")
+    low, high = at_batch(2, 1.5), at_batch(20, 0.5)
+    # Low load settles 1.5x; then the load rises, speculation loses half (priced: 50% of the
+    # replica over the 10 min cooldown, more than the 208 s restart) and is turned off.
+    results = play(doc, [low] * 3 + [high] * 3, step=60)
+    assert results[-1].action is Action.DISABLE
+    assert "engineScheduleFrom" not in doc["status"]["control"]
+    # Back at low load, once the cooldown has passed, speculation comes back, and with it the
+    # schedule: one restart, not two.
+    later = []
+    for i in range(6, 20):
+        at = T0 + datetime.timedelta(seconds=60 * i)
+        result = control.check(doc, low, None, at, at)
+        assert result is not None
+        assert result.action is not Action.SET_ENGINE_SCHEDULE
+        if result.worth_writing:
+            doc["status"] = result.status
+        later.append(result)
+    enabled = [r for r in later if r.action is Action.ENABLE]
+    assert len(enabled) == 1
+    (event,) = [e for e in enabled[0].events if e.reason == "SpeculationEnabled"]
+    assert "with the learned schedule: speculation stops paying from batch 16" in event.message
+    assert doc["status"]["control"]["engineScheduleFrom"] == 16
+    assert "[[1, 15, 5], [16, 4096, 0]]" in next(a for a in args(doc) if "per_batch_size" in a)

@@ -299,13 +299,17 @@ def _engine_schedule(
     restart: RestartCost,
 ) -> PolicyDecision:
     """Set the learned schedule in the engine once its crossover is settled: from then on a
-    load swing past it needs no restart (the engine stops speculating by itself). It costs one
-    restart, so it happens only in auto mode, a cooldown after the last change, at a load below
-    the crossover (the restart does not meet the peak), once per target."""
+    load swing past it needs no restart (the engine stops speculating by itself). Re-enabling
+    speculation restarts the pods anyway, so it carries the schedule at no extra cost;
+    otherwise the schedule's own restart happens only in auto mode, a cooldown after the last
+    change, at a load below the crossover (the restart does not meet the peak), once per
+    target."""
     state = decision.state
     speculation = spec.speculation
+    enabling = decision.action is Action.ENABLE and decision.acted
     if (
-        spec.policy.mode is not PolicyMode.AUTO
+        (decision.action is not Action.KEEP and not enabling)
+        or spec.policy.mode is not PolicyMode.AUTO
         or speculation is None
         or not state.speculation_on
         or state.checkpoint_index
@@ -319,17 +323,28 @@ def _engine_schedule(
     if steps is None:
         return decision
     start = steps[1][0]
-    since = (now - state.last_change).total_seconds() if state.last_change else math.inf
-    if since < seconds(spec.policy.cooldown) or curve.band_of(signals.batch)[0] >= start:
+    if curve.band_of(signals.batch)[0] >= start:
         return decision
-    ordered = sorted(learned, key=lambda b: b.min_batch)
+    bands = "; ".join(curve.describe(b) for b in sorted(learned, key=lambda b: b.min_batch))
+    schedule = f"num_speculative_tokens_per_batch_size {[list(step) for step in steps]}"
+    if enabling:
+        reason = (
+            f"{decision.reason}; with the learned schedule: speculation stops paying from "
+            f"batch {start} per replica ({bands}), so the engine runs k={k} up to batch "
+            f"{start - 1} and 0 from {start} ({schedule}) and the next load swing past it needs "
+            "no restart"
+        )[:1024]
+        carried = decision.state.model_copy(update={"engine_schedule_from": start})
+        return decision.model_copy(update={"reason": reason, "state": carried})
+    since = (now - state.last_change).total_seconds() if state.last_change else math.inf
+    if since < seconds(spec.policy.cooldown):
+        return decision
     reason = (
-        f"speculation stops paying from batch {start} per replica "
-        f"({'; '.join(curve.describe(b) for b in ordered)}); the engine now runs k={k} up to "
-        f"batch {start - 1} and 0 from {start} (num_speculative_tokens_per_batch_size "
-        f"{[list(step) for step in steps]}), so a load swing past it needs no restart; setting "
-        f"it restarts the pods once ({restart.startup_s:.0f}s x {restart.replicas_affected}), "
-        f"at batch {signals.batch:.1f}"
+        f"speculation stops paying from batch {start} per replica ({bands}); the engine now "
+        f"runs k={k} up to batch {start - 1} and 0 from {start} ({schedule}), so a load swing "
+        f"past it needs no restart; setting it restarts the pods once "
+        f"({restart.startup_s:.0f}s x {restart.replicas_affected}), at batch "
+        f"{signals.batch:.1f}"
     )[:1024]
     acted = decision.model_copy(
         update={
@@ -531,10 +546,9 @@ def check(
     )
     live = bool((readings or {}).get((namespace, name, "baseline")))
     learned = _learned_curve(state, signals, live, spec.policy.slo, now)
-    if decision.action is Action.KEEP:
-        decision = _engine_schedule(
-            decision, spec, result.version, learned, signals, now, admin, restart
-        )
+    decision = _engine_schedule(
+        decision, spec, result.version, learned, signals, now, admin, restart
+    )
     decisions, decision_events = _recorded(status.decisions, decision, spec, now)
     events += decision_events
     events += [
