@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import datetime
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from packaging.version import Version
@@ -128,6 +128,8 @@ class Observed(BaseModel):
     apply_errors: list[str] = []
     deferred: list[str] = []
     """Why a Deployment kept the pods it runs instead of its new template (deferred_change)."""
+    pods: dict[str, list[Manifest]] = {}
+    """The Pods of each Deployment (by name) whose rollout is not complete, for pod_causes."""
 
 
 def deferred_change(server: Manifest | None, wanted: Manifest, live: Manifest | None) -> str | None:
@@ -279,11 +281,100 @@ class Rollout(BaseModel):
         return self.reason == "RolloutComplete"
 
 
-def deployment_rollout(deployment: Mapping[str, Any]) -> Rollout:
+MAX_POD_CAUSES = 4
+"""At most this many causes in a rollout's message (then how many more): a message is 1 KiB."""
+_STARTING = ("ContainerCreating", "PodInitializing")
+"""Waiting reasons of a container on its way up: no cause."""
+
+
+def _exit(terminated: Mapping[str, Any]) -> str:
+    """`Error 1`, `OOMKilled 137`, with the termination message (FallbackToLogsOnError) if any."""
+    text = f"{terminated.get('reason') or 'exit'} {terminated.get('exitCode', '?')}"
+    message = " ".join(str(terminated.get("message") or "").split())
+    return f"{text}: {message[:160]}" if message else text
+
+
+def _container_cause(container: Mapping[str, Any]) -> str | None:
+    """Why one container is not ready, in the kubelet's words; None while it is merely starting
+    (loading its weights is not a cause)."""
+    state = container.get("state") or {}
+    waiting = state.get("waiting") or {}
+    ended = state.get("terminated") or {}
+    last = (container.get("lastState") or {}).get("terminated") or {}
+    restarts = int(container.get("restartCount") or 0)
+    looping = waiting.get("reason") == "CrashLoopBackOff"
+    if "OOMKilled" in (ended.get("reason"), last.get("reason")):
+        return f"OOMKilled (restarts {restarts}{', crash-looping' if looping else ''})"
+    if looping:
+        return f"crash-looping (restarts {restarts}, last exit: {_exit(last)})"
+    if waiting.get("reason") and waiting["reason"] not in _STARTING:
+        message = " ".join(str(waiting.get("message") or "").split())[:160]
+        return f"waiting: {waiting['reason']}{': ' + message if message else ''}"
+    if ended:
+        return f"exited: {_exit(ended)}"
+    if restarts and last:
+        return f"not ready after {restarts} restarts (last exit: {_exit(last)})"
+    return None
+
+
+def pod_causes(pods: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Why the pods of a rollout do not become Ready, as kube-scheduler and the kubelet report
+    it in their status: Pending pods the scheduler cannot place, by its message ("1 pod Pending:
+    0/1 nodes are available: 1 Insufficient nvidia.com/gpu."); containers crash-looping (with
+    restarts and the last exit), OOM-killed, waiting for another reason (an image pull), or
+    exited; failed pods. Healthy pods, and pods merely starting or loading, have none. Pure."""
+    unschedulable: dict[str, int] = {}
+    causes: list[str] = []
+    for pod in sorted(pods, key=lambda p: str((p.get("metadata") or {}).get("name"))):
+        meta = pod.get("metadata") or {}
+        if meta.get("deletionTimestamp"):
+            continue  # on its way out
+        name, status = meta.get("name", "?"), pod.get("status") or {}
+        scheduled: Mapping[str, Any] = next(
+            (c for c in status.get("conditions") or [] if c.get("type") == "PodScheduled"), {}
+        )
+        if status.get("phase") == "Pending" and scheduled.get("status") == "False":
+            why = scheduled.get("message") or scheduled.get("reason") or "not scheduled"
+            unschedulable[why] = unschedulable.get(why, 0) + 1
+            continue
+        if status.get("phase") == "Failed":
+            why = ": ".join(str(status[k]) for k in ("reason", "message") if status.get(k))
+            causes.append(f"pod {name} Failed{': ' + why if why else ''}")
+            continue
+        containers = status.get("containerStatuses") or []
+        for container in containers:
+            if container.get("ready"):
+                continue
+            cause = _container_cause(container)
+            if cause is not None:
+                which = f" container {container.get('name')}" if len(containers) > 1 else ""
+                causes.append(f"pod {name}{which} {cause}")
+    found = [
+        f"{count} pod{'s' if count > 1 else ''} Pending: {why}"
+        for why, count in unschedulable.items()
+    ] + causes
+    if len(found) > MAX_POD_CAUSES:
+        found = [*found[:MAX_POD_CAUSES], f"{len(found) - MAX_POD_CAUSES} more"]
+    return found
+
+
+def deployment_rollout(
+    deployment: Mapping[str, Any], pods: Sequence[Mapping[str, Any]] = ()
+) -> Rollout:
     """One Deployment's rollout as the deployment controller reports it: stuck when Progressing
     is False (ProgressDeadlineExceeded, ReplicaSet failures); in progress while the controller
     has not seen the newest generation, or pods are not all updated, available or old ones not
-    gone; awaiting pods while none exist at all (nothing old can serve then)."""
+    gone; awaiting pods while none exist at all (nothing old can serve then). An incomplete
+    rollout's message ends with the causes its `pods` show (pod_causes)."""
+    state = _deployment_rollout(deployment)
+    causes = [] if state.complete else pod_causes(pods)
+    if not causes:
+        return state
+    label = "cause" if len(causes) == 1 else "causes"
+    return state.model_copy(update={"message": f"{state.message}; {label}: {'; '.join(causes)}"})
+
+
+def _deployment_rollout(deployment: Mapping[str, Any]) -> Rollout:
     name = deployment.get("metadata", {}).get("name", "?")
     wanted = int((deployment.get("spec") or {}).get("replicas", 1) or 0)
     status = deployment.get("status") or {}
@@ -318,12 +409,19 @@ def deployment_rollout(deployment: Mapping[str, Any]) -> Rollout:
     )
 
 
-def rollout(deployments: list[Manifest]) -> Rollout:
+def rollout(
+    deployments: list[Manifest], pods: Mapping[str, Sequence[Manifest]] | None = None
+) -> Rollout:
     """The rollout of all the applied Deployments: the worst of them (stuck, in progress,
-    awaiting pods), or complete when every one is."""
+    awaiting pods), or complete when every one is. `pods`: each Deployment's Pods by name,
+    whose causes the message names."""
     if not deployments:
         return Rollout(reason="AwaitingPods", message="no Deployment applied yet")
-    each = [deployment_rollout(d) for d in deployments]
+    pods = pods or {}
+    each = [
+        deployment_rollout(d, pods.get(d.get("metadata", {}).get("name", ""), ()))
+        for d in deployments
+    ]
     for reason in ("RolloutStuck", "RolloutInProgress", "AwaitingPods"):
         matching = [r.message for r in each if r.reason == reason]
         if matching:
@@ -378,7 +476,7 @@ def status_after_apply(
         effective = previous.effective
     else:
         conditions, phase = _applied_conditions(wanted, observed, generation)
-        rolled = rollout(observed.deployments)
+        rolled = rollout(observed.deployments, observed.pods)
         if observed.deferred:
             message = "; ".join([rolled.message, *observed.deferred])[:MAX_MESSAGE]
             rolled = rolled.model_copy(update={"message": message})

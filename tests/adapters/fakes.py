@@ -82,6 +82,11 @@ class FakeKube:
         self.events: list[tuple[str, str, str]] = []
         self.deployments: dict[str, dict[str, Any]] = {}
         """Stored Deployments by name, as get_deployment answers them."""
+        self.pods: list[dict[str, Any]] = []
+        """Stored Pods, as list_pods answers them (by namespace and labels)."""
+        self.pods_error: Exception | None = None
+        """Raised by list_pods instead, when set."""
+        self.pod_lists: list[tuple[str, dict[str, str]]] = []
 
     def apply(self, obj: dict[str, Any], owner: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
         applied = {**obj, "metadata": {**obj["metadata"], "resourceVersion": "1"}}
@@ -93,6 +98,17 @@ class FakeKube:
 
     def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.deployments.get(name)
+
+    def list_pods(self, namespace: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
+        self.pod_lists.append((namespace, dict(selector)))
+        if self.pods_error is not None:
+            raise self.pods_error
+        return [
+            pod
+            for pod in self.pods
+            if pod["metadata"].get("namespace") == namespace
+            and all(pod["metadata"].get("labels", {}).get(k) == v for k, v in selector.items())
+        ]
 
     def read_secret_key(self, namespace: str, ref: SecretKeyRef) -> SecretKey:
         self.secret_reads.append(ref.name)

@@ -20,7 +20,7 @@ from prometheus_client import REGISTRY
 from specpilot import reconcile
 from specpilot.adapters import handlers
 from specpilot.adapters.checkpoints import CheckpointReader
-from specpilot.adapters.kube import KubeWriter, SecretError
+from specpilot.adapters.kube import ApplyError, KubeWriter, SecretError
 from specpilot.adapters.runtime import KeyedLocks, Runtime
 from specpilot.adapters.writers import StatusConflictError, StatusWriteError
 from specpilot.api.admin import AdminPolicy
@@ -44,6 +44,9 @@ class LocalApiServer:
         self.events: list[dict[str, Any]] = []
         self.secrets: dict[str, dict[str, Any]] = {}
         self.secret_status = 200
+        self.pods: list[dict[str, Any]] = []
+        self.pods_status = 200
+        self.pod_queries: list[str] = []
         self.released = threading.Event()
         owner = self
 
@@ -80,6 +83,14 @@ class LocalApiServer:
 
             def do_GET(self) -> None:
                 name = self.path.split("?")[0].rsplit("/", 1)[-1]
+                if self.path.split("?")[0].endswith("/pods"):
+                    owner.pod_queries.append(self.path)
+                    if owner.pods_status != 200:
+                        self._send(owner.pods_status, status_body(owner.pods_status))
+                    else:
+                        self._send(200, {"kind": "PodList", "apiVersion": "v1",
+                                         "metadata": {}, "items": owner.pods})  # fmt: skip
+                    return
                 if "/secrets/" in self.path:
                     if owner.secret_status != 200:
                         self._send(owner.secret_status, status_body(owner.secret_status))
@@ -197,6 +208,19 @@ def test_secret_reads_name_what_to_fix(server: LocalApiServer) -> None:
     server.secret_status = 403
     with pytest.raises(SecretError, match=r"forbidden by RBAC.*secretAccess"):
         kube.read_secret_key("ml", ref)
+
+
+def test_pods_are_listed_by_selector_and_a_refusal_names_the_rule(server: LocalApiServer) -> None:
+    kube = runtime_for(server).kube
+    server.pods = [PENDING_POD]
+    assert kube.list_pods("ml", {"b": "2", "a": "1"}) == [PENDING_POD]
+    (query,) = server.pod_queries
+    assert query.startswith("/api/v1/namespaces/ml/pods?")
+    assert "labelSelector=a%3D1%2Cb%3D2" in query
+    assert "limit=100" in query
+    server.pods_status = 403
+    with pytest.raises(ApplyError, match=r"list Pods in ml .*forbidden by RBAC"):
+        kube.list_pods("ml", {"a": "1"})
 
 
 # The reconcile handler over the same writers (FakeKube: apply succeeds, status as told).
@@ -357,3 +381,81 @@ def test_locks_keep_one_reconcile_per_resource_and_are_pruned() -> None:
         order.append("second")
     assert order == ["other", "first", "second"]
     assert len(locks) == 0
+
+
+PENDING_POD: dict[str, Any] = {
+    "metadata": {"name": "chat-abc-1", "namespace": "ml", "labels": {}},
+    "status": {
+        "phase": "Pending",
+        "conditions": [
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/1 nodes are available: 1 Insufficient nvidia.com/gpu.",
+            }
+        ],
+    },
+}
+
+
+class StuckKube(RecordingKube):
+    """Every applied Deployment has timed out progressing, with one pod of the old template
+    ready and a surge pod Pending (`pods`, by the Deployment's selector)."""
+
+    def apply(self, obj: dict[str, Any], owner: Any) -> tuple[dict[str, Any], str]:
+        applied, change = super().apply(obj, owner)
+        if obj["kind"] == "Deployment":
+            applied["metadata"]["generation"] = 2
+            applied["status"] = {
+                "observedGeneration": 2,
+                "replicas": 2,
+                "updatedReplicas": 1,
+                "readyReplicas": 1,
+                "availableReplicas": 1,
+                "unavailableReplicas": 1,
+                "conditions": [
+                    {
+                        "type": "Progressing",
+                        "status": "False",
+                        "reason": "ProgressDeadlineExceeded",
+                        "message": 'ReplicaSet "chat-abc" has timed out progressing.',
+                    }
+                ],
+            }
+        return applied, change
+
+
+def test_a_stuck_rollout_names_its_pods_cause_and_a_failed_pod_read_leaves_it_out() -> None:
+    body = resource("7")
+    kube = StuckKube(body)
+    runtime = Runtime(kube=kube, admin=AdminPolicy(), clock=FakeClock(), checkpoints=OFFLINE)  # type: ignore[arg-type]
+    runtime.bodies.observe(body)
+    assert handlers.reconcile_latest("ml", "chat", runtime, "create")
+    server = next(o for o in kube.applied if o["kind"] == "Deployment")
+    selector = server["spec"]["selector"]["matchLabels"]
+    assert kube.pod_lists == [("ml", selector)]  # the stuck Deployment's, by its selector
+    rolled = next(c for c in kube.status_writes[-1]["conditions"] if c["type"] == "RolledOut")
+    assert rolled["reason"] == "RolloutStuck"
+    assert "cause" not in rolled["message"]  # no pods of its own yet: as before
+
+    pending = {**PENDING_POD, "metadata": {**PENDING_POD["metadata"], "labels": selector}}
+    kube.pods = [pending, {**pending, "metadata": {**pending["metadata"], "namespace": "other"}}]
+    kube.status_writes.clear()
+    fresh = resource("8")  # a fresh resource: RolloutStuck is news again
+    runtime.bodies.observe(fresh)
+    assert handlers.reconcile_latest("ml", "chat", runtime, "drift")
+    rolled = next(c for c in kube.status_writes[-1]["conditions"] if c["type"] == "RolledOut")
+    assert rolled["message"].endswith(
+        "; cause: 1 pod Pending: 0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
+    )
+    stuck = [m for _, reason, m in kube.events if reason == "RolloutStuck"]
+    assert stuck[-1] == rolled["message"]
+
+    kube.pods_error = ApplyError("list Pods in ml (...): forbidden by RBAC")
+    kube.status_writes.clear()
+    runtime.bodies.observe(resource("9"))
+    assert handlers.reconcile_latest("ml", "chat", runtime, "drift")  # the reconcile goes on
+    rolled = next(c for c in kube.status_writes[-1]["conditions"] if c["type"] == "RolledOut")
+    assert rolled["reason"] == "RolloutStuck"
+    assert "Insufficient" not in rolled["message"]  # the Deployment's words alone

@@ -29,12 +29,19 @@ from specpilot_lab.local.controlplane import ControlPlane
 from specpilot_lab.local.operator_process import wait_for
 from specpilot_lab.sim.podrunner import (
     ANNOTATION_GPU_TYPE,
+    LABEL_POD_RUNNER,
+    ContainerExit,
+    PodObjectState,
     PodRunner,
     PodState,
     RolloutStep,
     Strategy,
     deployment_status,
+    exit_code,
+    gpu_resource,
     pod_gpus,
+    pod_manifest,
+    pod_status,
     progress_mark,
     prometheus_label,
     rewrite_args,
@@ -42,6 +49,7 @@ from specpilot_lab.sim.podrunner import (
     rollout_strategy,
     startup_seconds,
     status_differs,
+    status_patch,
     template_hash,
 )
 from tests.integration.conftest import example
@@ -154,6 +162,16 @@ def rolled_out(harness: Harness, name: str, replicas: int) -> Any:
 
 def conditions(deployment: Any) -> dict[str, tuple[str, str]]:
     return {c.type: (c.status, c.reason) for c in deployment.status.conditions or []}
+
+
+def pod_objects(harness: Harness) -> dict[str, Any]:
+    """The Pod objects of the namespace by name, as the API server stores them."""
+    listed = k8s.CoreV1Api(harness.api).list_namespaced_pod(harness.namespace)
+    return {p.metadata.name: p for p in listed.items}
+
+
+def pod_conditions(pod: Any) -> dict[str, tuple[str, str | None, str | None]]:
+    return {c.type: (c.status, c.reason, c.message) for c in pod.status.conditions or []}
 
 
 def alive(pid: int) -> bool:
@@ -297,6 +315,20 @@ def test_crashing_replica_backs_off_and_deleted_deployment_stops(
         return pod.restarts >= 2 and unready and d
 
     d = wait_for(crash_looping, what="a crash loop")
+
+    def backing_off() -> Any:
+        pod = pod_objects(harness).get(first.name)
+        statuses = pod.status.container_statuses if pod is not None else None
+        waiting = statuses and statuses[0].state.waiting
+        return waiting and waiting.reason == "CrashLoopBackOff" and pod
+
+    crashing = wait_for(backing_off, what="CrashLoopBackOff on the Pod object")
+    (container,) = crashing.status.container_statuses
+    assert crashing.status.phase == "Running"  # restartPolicy Always: Running through the loop
+    assert pod_conditions(crashing)["Ready"][:2] == ("False", "ContainersNotReady")
+    assert container.restart_count >= 1
+    terminated = container.last_state.terminated
+    assert (terminated.reason, terminated.exit_code) == ("Error", 3)  # the stand-in's exit
     # Kubernetes' rule: available >= replicas - maxUnavailable. The rendered strategy's
     # maxUnavailable 1 (no surge on GPUs) lets one replica count no available pod as enough, so
     # Available stays True; the operator judges readiness by availableReplicas instead.
@@ -314,8 +346,19 @@ def test_crashing_replica_backs_off_and_deleted_deployment_stops(
     assert pod.restarts >= 2
     assert pod.log_path.read_text().count(" start #") == pod.restarts + 1
 
+    def ready_again() -> Any:
+        found = pod_objects(harness).get(first.name)
+        return found if found and pod_conditions(found)["Ready"][0] == "True" else None
+
+    recovered = wait_for(ready_again, what="the Pod object Ready again")
+    (container,) = recovered.status.container_statuses
+    assert container.state.running is not None
+    assert container.restart_count >= 2
+    assert container.last_state.terminated.reason == "Error"  # how the last one ended
+
     apps(harness).delete_namespaced_deployment(name, harness.namespace)
     wait_for(lambda: runner.pods() == (), what="pods of the deleted Deployment to stop")
+    wait_for(lambda: not pod_objects(harness), what="the Pod object to be deleted")
     pid = pod.pid
     assert pid is not None
     wait_for(lambda: not alive(pid), what="the process to end")
@@ -386,6 +429,26 @@ def test_pods_start_slowly_and_wait_pending_for_gpus_until_the_deadline(
         assert pending[0].template_hash != old.template_hash
         assert pending[0].pid is None
 
+        def unschedulable() -> Any:
+            found = pod_objects(harness).get(pending[0].name)
+            scheduled = pod_conditions(found).get("PodScheduled") if found else None
+            return found if scheduled and scheduled[0] == "False" else None
+
+        pod = wait_for(unschedulable, what="the Pending pod's Pod object unschedulable")
+        assert pod.status.phase == "Pending"
+        assert pod_conditions(pod)["PodScheduled"] == (
+            "False",
+            "Unschedulable",
+            "0/1 nodes are available: 1 Insufficient nvidia.com/gpu.",
+        )
+        assert pod.metadata.labels[LABEL_POD_RUNNER] == "true"
+        assert pod.metadata.labels["pod-template-hash"] == pending[0].template_hash
+        for key, value in body["spec"]["selector"]["matchLabels"].items():
+            assert pod.metadata.labels[key] == value  # the operator finds it by the selector
+        serving = pod_objects(harness)[old.name]
+        assert pod_conditions(serving)["Ready"][0] == "True"
+        assert serving.status.container_statuses[0].state.running is not None
+
         def timed_out() -> Any:
             d = apps(harness).read_namespaced_deployment(name, harness.namespace)
             reason = conditions(d).get("Progressing")
@@ -411,6 +474,10 @@ def test_pods_start_slowly_and_wait_pending_for_gpus_until_the_deadline(
         )
         assert conditions(d)["Progressing"] == ("True", "NewReplicaSetAvailable")
         assert [p.name for p in runner.pods()] == [old.name]
+        wait_for(
+            lambda: list(pod_objects(harness)) == [old.name], what="the surge Pod object deleted"
+        )
+    assert not pod_objects(harness)  # a stopped runner leaves no Pod object behind
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
@@ -582,3 +649,72 @@ def test_prometheus_label_names() -> None:
     assert prometheus_label("specpilot.io/resource") == "specpilot_io_resource"
     assert prometheus_label("app.kubernetes.io/name") == "app_kubernetes_io_name"
     assert prometheus_label("9lives") == "_9lives"
+
+
+def test_pod_objects_say_what_the_scheduler_and_the_kubelet_would() -> None:
+    deployment: dict[str, Any] = {
+        "metadata": {"name": "d", "namespace": "ns", "uid": "u-1"},
+        "spec": {
+            "template": {
+                "metadata": {"labels": {"app": "x"}, "annotations": {"a": "b"}},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "vllm",
+                            "image": "vllm/vllm-openai:v0.33.0",
+                            "resources": {"limits": {"amd.com/gpu": "2", "cpu": "4"}},
+                        }
+                    ]
+                },
+            }
+        },
+    }
+    pod = pod_manifest(deployment, "d-abc-0", "abc")
+    assert pod["metadata"]["labels"] == {
+        "app": "x",
+        "pod-template-hash": "abc",
+        LABEL_POD_RUNNER: "true",
+    }
+    assert pod["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    assert pod["spec"] == deployment["spec"]["template"]["spec"]
+    assert gpu_resource({"resources": {}}) == "nvidia.com/gpu"
+    pending = pod_status(PodObjectState(scheduled=False), pod)
+    assert pending == {
+        "phase": "Pending",
+        "conditions": [
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/1 nodes are available: 1 Insufficient amd.com/gpu.",
+            }
+        ],
+    }
+    loading = pod_status(PodObjectState(scheduled=True, started_at="t0", scheduled_at="t0"), pod)
+    assert loading["phase"] == "Running"
+    assert {c["type"]: c["status"] for c in loading["conditions"]}["Ready"] == "False"
+    assert loading["containerStatuses"][0]["state"] == {"running": {"startedAt": "t0"}}
+    ready = pod_status(
+        PodObjectState(scheduled=True, ready=True, started_at="t0", scheduled_at="t0"), pod
+    )
+    assert {c["type"]: c["status"] for c in ready["conditions"]}["Ready"] == "True"
+    crashed = ContainerExit(exit_code(-9), "t1", "t2")  # SIGKILL: 137, an Error (not an OOM)
+    waiting = pod_status(
+        PodObjectState(scheduled=True, exits=3, backoff_seconds=4.0, last_exit=crashed), pod
+    )
+    (container,) = waiting["containerStatuses"]
+    assert container["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+    assert container["restartCount"] == 2  # the third container waits to start
+    assert container["lastState"] == {
+        "terminated": {"exitCode": 137, "reason": "Error", "startedAt": "t1", "finishedAt": "t2"}
+    }
+    # Only what changed is sent; nothing when nothing did.
+    assert status_patch(None, pending) == pending
+    assert status_patch(pending, pending) == {}
+    patch = status_patch(pending, loading)
+    assert set(patch) == {"phase", "conditions", "containerStatuses", "startTime"}
+    assert status_patch(loading, ready) == {
+        "conditions": ready["conditions"],
+        "containerStatuses": ready["containerStatuses"],
+    }
+    assert status_patch(loading, pending)["containerStatuses"] is None

@@ -7,8 +7,9 @@ ProgressDeadlineExceeded) and a real Prometheus.
 - A rollout mid-check: no reading taken before the new pods' window is clean is stored.
 - A stuck rollout: the operator's own change (speculation off) on a resource that allows a surge
   (spec.rollout.surge OnePod) needs GPUs the pool does not have; the surge pod stays Pending,
-  the Deployment times out progressing, the operator says RolloutStuck and returns to the
-  configuration that ran (RolloutReverted), which completes.
+  the Deployment times out progressing, the operator says RolloutStuck (naming the cause from
+  the Pending pod: Insufficient nvidia.com/gpu) and returns to the configuration that ran
+  (RolloutReverted), which completes.
 
 Every wait is for a positive signal (an Event, a condition, a Deployment's status).
 """
@@ -187,6 +188,11 @@ def test_the_operators_stuck_rollout_is_detected_and_reverted(
         )
         assert stuck.type == "Warning"
         assert "ProgressDeadlineExceeded" in stuck.message
+        # The cause, read from the surge pod's Pod object (the pod runner's, as kube-scheduler
+        # words it): the pool has no GPU left for it.
+        assert "1 pod Pending: 0/1 nodes are available: 1 Insufficient nvidia.com/gpu." in (
+            stuck.message
+        )
         assert stack.runner is not None
         assert [p.phase for p in stack.runner.pods() if p.deployment == name].count("Pending") <= 1
         reverted = wait_for(
@@ -196,6 +202,7 @@ def test_the_operators_stuck_rollout_is_detected_and_reverted(
         )
         assert reverted.type == "Warning"
         assert "the rollout of disable-speculation" in reverted.message
+        assert "Insufficient nvidia.com/gpu" in reverted.message  # it quotes RolledOut
         complete = wait_for(
             lambda: [
                 e for e in events(api, namespace, name)

@@ -343,3 +343,154 @@ def test_a_control_replica_change_waits_only_for_an_incomplete_server_rollout() 
     # nothing to change, or nothing running yet: apply at once
     assert reconcile.deferred_change(rolling, wanted, deployment("chat-baseline", "new")) is None
     assert reconcile.deferred_change(rolling, wanted, None) is None
+
+
+def pod(name: str, **status: Any) -> dict[str, Any]:
+    return {"metadata": {"name": name}, "status": status}
+
+
+def container(ready: bool = False, restarts: int = 0, **states: Any) -> dict[str, Any]:
+    found: dict[str, Any] = {"name": "vllm", "ready": ready, "restartCount": restarts}
+    if "state" in states:
+        found["state"] = states["state"]
+    if "last" in states:
+        found["lastState"] = {"terminated": states["last"]}
+    return found
+
+
+UNSCHEDULABLE = {
+    "type": "PodScheduled",
+    "status": "False",
+    "reason": "Unschedulable",
+    "message": "0/1 nodes are available: 1 Insufficient nvidia.com/gpu.",
+}
+RUNNING = {"running": {"startedAt": "2026-01-01T00:00:00Z"}}
+BACK_OFF = {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting"}}
+
+
+def test_pod_causes_name_unschedulable_pods_in_the_schedulers_words() -> None:
+    pending = pod("llama-2", phase="Pending", conditions=[UNSCHEDULABLE])
+    assert reconcile.pod_causes([pending]) == [
+        "1 pod Pending: 0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
+    ]
+    assert reconcile.pod_causes([pending, pod("llama-3", **pending["status"])]) == [
+        "2 pods Pending: 0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
+    ]
+
+
+def test_pod_causes_name_crash_loops_with_restarts_and_the_last_exit() -> None:
+    error = {"reason": "Error", "exitCode": 1, "message": "ValueError:  no memory\n for the KV"}
+    looping = pod(
+        "llama-1",
+        phase="Running",
+        containerStatuses=[container(restarts=4, state=BACK_OFF, last=error)],
+    )
+    assert reconcile.pod_causes([looping]) == [
+        "pod llama-1 crash-looping (restarts 4, last exit: Error 1: ValueError: no memory for "
+        "the KV)"
+    ]
+    # Between two crashes it loads again: still named, by its restarts.
+    loading = pod(
+        "llama-1",
+        phase="Running",
+        containerStatuses=[
+            container(restarts=2, state=RUNNING, last={"reason": "Error", "exitCode": 2})
+        ],
+    )
+    assert reconcile.pod_causes([loading]) == [
+        "pod llama-1 not ready after 2 restarts (last exit: Error 2)"
+    ]
+
+
+def test_pod_causes_name_oom_kills() -> None:
+    oom = {"reason": "OOMKilled", "exitCode": 137}
+    killed = pod(
+        "llama-1",
+        phase="Running",
+        containerStatuses=[container(restarts=3, state=BACK_OFF, last=oom)],
+    )
+    assert reconcile.pod_causes([killed]) == ["pod llama-1 OOMKilled (restarts 3, crash-looping)"]
+    just_killed = pod(
+        "llama-1", phase="Running", containerStatuses=[container(state={"terminated": oom})]
+    )
+    assert reconcile.pod_causes([just_killed]) == ["pod llama-1 OOMKilled (restarts 0)"]
+
+
+def test_healthy_and_starting_pods_have_no_cause() -> None:
+    ready = pod("a", phase="Running", containerStatuses=[container(ready=True, state=RUNNING)])
+    loading = pod("b", phase="Running", containerStatuses=[container(state=RUNNING)])
+    creating = pod(
+        "c",
+        phase="Pending",
+        conditions=[{"type": "PodScheduled", "status": "True"}],
+        containerStatuses=[container(state={"waiting": {"reason": "ContainerCreating"}})],
+    )
+    going = pod("d", phase="Pending", conditions=[UNSCHEDULABLE])
+    going["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    # Ready after earlier restarts: healthy now.
+    recovered = pod(
+        "e",
+        phase="Running",
+        containerStatuses=[
+            container(
+                ready=True, restarts=5, state=RUNNING, last={"reason": "Error", "exitCode": 1}
+            )
+        ],
+    )
+    assert reconcile.pod_causes([ready, loading, creating, going, recovered, pod("f")]) == []
+
+
+def test_pod_causes_name_other_waits_and_failures_and_stay_short() -> None:
+    pull = {"waiting": {"reason": "ImagePullBackOff", "message": 'Back-off pulling "vllm:x"'}}
+    pulling = pod("a", phase="Pending", containerStatuses=[container(state=pull)])
+    evicted = pod("b", phase="Failed", reason="Evicted", message="low on ephemeral-storage")
+    assert reconcile.pod_causes([evicted, pulling]) == [
+        'pod a waiting: ImagePullBackOff: Back-off pulling "vllm:x"',
+        "pod b Failed: Evicted: low on ephemeral-storage",
+    ]
+    many = [pod(f"p{i}", phase="Failed") for i in range(reconcile.MAX_POD_CAUSES + 2)]
+    causes = reconcile.pod_causes(many)
+    assert len(causes) == reconcile.MAX_POD_CAUSES + 1
+    assert causes[-1] == "2 more"
+
+
+def test_an_incomplete_rollouts_message_ends_with_its_pods_causes() -> None:
+    pending = pod("llama-2", phase="Pending", conditions=[UNSCHEDULABLE])
+    deadline = ("False", "ProgressDeadlineExceeded", 'ReplicaSet "llama-x" has timed out.')
+    stuck = deployment(replicas=3, updated=1, available=2, progressing=deadline)
+    state = reconcile.rollout([stuck], {"llama": [pending]})
+    assert state.reason == "RolloutStuck"
+    assert state.message == (
+        'llama: ProgressDeadlineExceeded (1 of 2 pods updated, 2 available): ReplicaSet "llama-x"'
+        " has timed out.; cause: 1 pod Pending: 0/1 nodes are available: 1 Insufficient "
+        "nvidia.com/gpu."
+    )
+    rolling = reconcile.deployment_rollout(deployment(replicas=3, updated=1), [pending])
+    assert rolling.reason == "RolloutInProgress"
+    assert rolling.message.endswith(
+        "; cause: 1 pod Pending: 0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
+    )
+    # A complete rollout names no cause, whatever the pods say; without pods, as before.
+    assert reconcile.deployment_rollout(deployment(), [pending]).message == (
+        "llama: 2 of 2 pods updated and Ready"
+    )
+    assert reconcile.rollout([stuck]).message == reconcile.deployment_rollout(stuck).message
+    # Through the status: the RolledOut condition and the RolloutStuck Event say it.
+    doc = body()
+    wanted = reconcile.desired(doc)
+    done = ready_deployment(wanted.objects[0])
+    name = done["metadata"]["name"]
+    late = {
+        **done,
+        "status": {
+            **done["status"],
+            "conditions": [
+                {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}
+            ],
+        },
+    }
+    observed = Observed(deployments=[late], pods={name: [pending]})
+    status, events = reconcile.status_after_apply(doc, wanted, observed, NOW)
+    message = conditions(status)["RolledOut"]["message"]
+    assert "Insufficient nvidia.com/gpu" in message
+    assert [e.message for e in events if e.reason == "RolloutStuck"] == [message]

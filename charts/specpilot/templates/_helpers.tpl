@@ -89,6 +89,11 @@ Called with (dict "cluster" true|false): a namespaced Role omits the cluster-sco
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["podmonitors"]
   verbs: ["get", "create", "patch"]
+# The Pods of a Deployment whose rollout is not complete: why it does not progress (read
+# only then, by the Deployment's selector; never get, watch or anything on pods/log).
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
 # Events explaining each transition.
 - apiGroups: ["", "events.k8s.io"]
   resources: ["events"]

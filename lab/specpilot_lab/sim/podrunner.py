@@ -5,17 +5,20 @@ The test control plane (docs/control-plane.md) has no kubelet and no deployment 
 Deployment never gets pods and its status stays empty. The pod runner plays both roles, for
 Deployments labelled `app.kubernetes.io/managed-by=specpilot` only: one process per replica that
 runs the container's vLLM arguments through the simulator on loopback, readiness from
-`GET /health`, the Deployment status the deployment controller would write, and a Prometheus
-file_sd list of the ready replicas. See docs/podrunner.md.
+`GET /health`, the Deployment status the deployment controller would write, a Pod object per
+replica with the status kube-scheduler and the kubelet would give it (Pending/Unschedulable,
+Ready, CrashLoopBackOff), and a Prometheus file_sd list of the ready replicas. See
+docs/podrunner.md.
 
 The functions up to `PodRunner` are pure (desired pods, argument rewrite, environment, rollout
-step, status, service discovery). `PodRunner` does the I/O: watch threads keep a store of
-Deployments, and one loop owns every child process.
+step, status, Pod objects, service discovery). `PodRunner` does the I/O: watch threads keep a
+store of Deployments, and one loop owns every child process.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import hashlib
 import http.client
@@ -92,6 +95,12 @@ DEFAULT_GRACE_SECONDS = 10.0
 STATUS_TIMEOUT_SECONDS = 10
 DEFAULT_PROGRESS_DEADLINE_SECONDS = 600
 """The Deployment's progressDeadlineSeconds when it is unset (the API server's default)."""
+LABEL_POD_RUNNER = "specpilot.io/pod-runner"
+"""On every Pod object the runner creates (beside the template's labels and pod-template-hash),
+so that a runner starting up can delete the ones a killed runner left behind."""
+POD_OBJECT_RETRY_SECONDS = 5.0
+"""After a failed write of a Pod object, the runner tries again this much later (not every tick)."""
+DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"
 
 Key = tuple[str, str]
 """(namespace, name) of a Deployment."""
@@ -150,6 +159,19 @@ def pod_gpus(container: Mapping[str, Any]) -> int:
         if str(name).endswith("/gpu")
     ]
     return max(counts, default=0)
+
+
+def gpu_resource(container: Mapping[str, Any]) -> str:
+    """The name of the GPU resource a container asks for (the one with the most GPUs), as the
+    scheduler names what is missing: `nvidia.com/gpu` when it asks for none."""
+    resources = container.get("resources") or {}
+    named = [
+        (int(float(value)), str(name))
+        for section in ("limits", "requests")
+        for name, value in (resources.get(section) or {}).items()
+        if str(name).endswith("/gpu")
+    ]
+    return max(named, default=(0, DEFAULT_GPU_RESOURCE))[1]
 
 
 def startup_seconds(
@@ -493,6 +515,154 @@ def restart_delay(previous: float, ran_seconds: float) -> float:
     return min(previous * 2, BACKOFF_MAX_SECONDS)
 
 
+# --- Pod objects: what `kubectl get pods` (and the operator) see of the runner's pods ----------
+
+
+def pod_manifest(deployment: Manifest, name: str, hash_: str) -> Manifest:
+    """The Pod object of one replica: the template's metadata and spec, the pod-template-hash
+    label (the template's hash: there is no ReplicaSet), LABEL_POD_RUNNER, and the Deployment as
+    its owner. No status: the API server ignores it on create; `pod_status` is patched in."""
+    meta = deployment["metadata"]
+    template = copy.deepcopy((deployment.get("spec") or {}).get("template") or {})
+    template_meta = template.get("metadata") or {}
+    labels = {**(template_meta.get("labels") or {}), "pod-template-hash": hash_}
+    metadata: dict[str, Any] = {
+        "name": name,
+        "namespace": meta.get("namespace") or "default",
+        "labels": {**labels, LABEL_POD_RUNNER: "true"},
+    }
+    if template_meta.get("annotations"):
+        metadata["annotations"] = template_meta["annotations"]
+    if meta.get("uid"):
+        metadata["ownerReferences"] = [
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "name": meta["name"],
+                "uid": meta["uid"],
+            }
+        ]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": template.get("spec")}
+
+
+@dataclass(frozen=True)
+class ContainerExit:
+    """How a container's process ended, as the kubelet reports `lastState.terminated`."""
+
+    code: int
+    started_at: str
+    finished_at: str
+    reason: str = ""
+    """Empty: `Completed` for exit 0, else `Error` (what the kubelet says of any other exit that
+    is not an OOM kill; the runner sets no memory limit, so it never reports OOMKilled)."""
+
+    def as_terminated(self) -> dict[str, Any]:
+        return {
+            "exitCode": self.code,
+            "reason": self.reason or ("Completed" if self.code == 0 else "Error"),
+            "startedAt": self.started_at,
+            "finishedAt": self.finished_at,
+        }
+
+
+def exit_code(returncode: int) -> int:
+    """A process's exit status as a container runtime reports it: killed by signal N is 128 + N."""
+    return returncode if returncode >= 0 else 128 - returncode
+
+
+@dataclass(frozen=True)
+class PodObjectState:
+    """What the status of a replica's Pod object says: the runner's bookkeeping, as data."""
+
+    scheduled: bool
+    ready: bool = False
+    exits: int = 0
+    """How often its process ended (or failed to start); stops by the runner do not count."""
+    started_at: str | None = None
+    """When its current container started; loading the weights counts (a real container loads
+    them inside). None while it waits for its restart delay after an exit."""
+    backoff_seconds: float = 0.0
+    """The restart delay it waits while `started_at` is None."""
+    last_exit: ContainerExit | None = None
+    scheduled_at: str | None = None
+
+
+def unschedulable_message(resource: str) -> str:
+    """kube-scheduler's words for a pod no node has enough of `resource` for (one node here)."""
+    return f"0/1 nodes are available: 1 Insufficient {resource}."
+
+
+def pod_status(state: PodObjectState, pod: Manifest) -> dict[str, Any]:
+    """The status the kubelet and the scheduler would give the Pod object `pod` (pod_manifest).
+
+    Pending without GPUs: PodScheduled False/Unschedulable in the scheduler's words. Scheduled:
+    Running (restartPolicy Always keeps it so through a crash loop), Ready only once ready; the
+    first container's state is `running` (loading counts), or `waiting`/CrashLoopBackOff during
+    a restart delay; `restartCount` counts restarts (the exits before the current container) and
+    `lastState.terminated` says how the last one ended.
+    """
+    meta = pod.get("metadata") or {}
+    container = ((pod.get("spec") or {}).get("containers") or [{}])[0]
+    if not state.scheduled:
+        message = unschedulable_message(gpu_resource(container))
+        scheduled = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}
+        return {"phase": "Pending", "conditions": [{**scheduled, "message": message}]}
+    name = str(container.get("name") or "")
+    ready = "True" if state.ready else "False"
+    unready = (
+        {}
+        if state.ready
+        else {
+            "reason": "ContainersNotReady",
+            "message": f"containers with unready status: [{name}]",
+        }
+    )
+    conditions = [
+        {"type": "Initialized", "status": "True"},
+        {"type": "Ready", "status": ready, **unready},
+        {"type": "ContainersReady", "status": ready, **unready},
+        {"type": "PodScheduled", "status": "True"},
+    ]
+    if state.started_at is None:
+        back_off = (
+            f"back-off {state.backoff_seconds:g}s restarting failed container={name} "
+            f"pod={meta.get('name')}_{meta.get('namespace')}"
+        )
+        current: dict[str, Any] = {"waiting": {"reason": "CrashLoopBackOff", "message": back_off}}
+        restarts = max(state.exits - 1, 0)
+    else:
+        current = {"running": {"startedAt": state.started_at}}
+        restarts = state.exits
+    container_status: dict[str, Any] = {
+        "name": name,
+        "image": str(container.get("image") or ""),
+        "imageID": "",
+        "ready": state.ready,
+        "started": state.started_at is not None,
+        "restartCount": restarts,
+        "state": current,
+    }
+    if state.last_exit is not None:
+        container_status["lastState"] = {"terminated": state.last_exit.as_terminated()}
+    status: dict[str, Any] = {
+        "phase": "Running",
+        "conditions": conditions,
+        "containerStatuses": [container_status],
+    }
+    if state.scheduled_at is not None:
+        status["startTime"] = state.scheduled_at
+    return status
+
+
+def status_patch(written: Mapping[str, Any] | None, status: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch from the status last written to `status`: the fields that changed,
+    null for the ones gone; empty when nothing changed (then nothing is sent)."""
+    before = written or {}
+    patch = {key: value for key, value in status.items() if before.get(key) != value}
+    patch.update({key: None for key in before if key not in status})
+    return patch
+
+
 # --- I/O: child processes, probes, the Kubernetes API, the SD file ----------------------------
 
 
@@ -562,6 +732,20 @@ class _Pod:
     """It holds its GPUs (a pod with none to get stays Pending, without a process)."""
     launched: bool = False
     """Its process was started at least once (later starts are restarts)."""
+    manifest: Manifest = field(default_factory=dict)
+    """Its Pod object (pod_manifest), created in the API server while the pod exists."""
+    object_created: bool = False
+    object_retry_at: float = 0.0
+    """After a failed write of the Pod object, when to try again (monotonic)."""
+    written_status: dict[str, Any] | None = None
+    """The Pod object's status as last written (the next patch is the difference)."""
+    exits: int = 0
+    last_exit: ContainerExit | None = None
+    scheduled_at: str | None = None
+    container_started: str | None = None
+    """When the current container started (wall time; loading counts); None in a restart delay."""
+    backoff_until: float = 0.0
+    """The end of the current restart delay (monotonic)."""
 
     @property
     def phase(self) -> str:
@@ -573,6 +757,17 @@ class _Pod:
 
     def state(self) -> PodState:
         return PodState(self.name, self.template.hash, self.index, self.ready)
+
+    def object_state(self) -> PodObjectState:
+        return PodObjectState(
+            scheduled=self.scheduled,
+            ready=self.ready,
+            exits=self.exits,
+            started_at=self.container_started,
+            backoff_seconds=self.backoff,
+            last_exit=self.last_exit,
+            scheduled_at=self.scheduled_at,
+        )
 
 
 @dataclass(frozen=True)
@@ -642,6 +837,7 @@ class PodRunner:
         self._owns_client = api_client is None
         self._api = api_client if api_client is not None else new_api_client(kubeconfig)
         self._apps = k8s.AppsV1Api(self._api)
+        self._core = k8s.CoreV1Api(self._api)
         self._store: dict[Key, Manifest] = {}
         self._store_lock = threading.Lock()
         self._wake = threading.Event()
@@ -703,6 +899,8 @@ class PodRunner:
                 name=f"podrunner-watch-{namespace or 'all'}",
                 daemon=True,  # stop() shuts its open watch down; it ends on its own
             ).start()
+        for namespace in scopes:
+            self._delete_stale_objects(namespace)
         try:
             self._write_sd([])  # Prometheus may read the file before any replica is ready
             while not self._stopping.is_set():
@@ -824,6 +1022,7 @@ class PodRunner:
                 self._sync(key, deployment, now)
             except Exception:
                 logger.exception("pod runner: Deployment %s/%s failed to sync", *key)
+        self._sync_objects(now)
         ready = [p for pods in self._pods.values() for p in pods if p.ready]
         self._write_sd(
             Target(p.template.namespace, p.template.deployment, p.name, p.port, p.template.labels)
@@ -849,7 +1048,7 @@ class PodRunner:
         for _ in range(step.start):
             index = next(i for i in range(len(used) + 1) if i not in used)
             used.add(index)
-            pods.append(self._new_pod(template, index, now))
+            pods.append(self._new_pod(deployment, template, index, now))
         if step.start:
             self._schedule(now)
         states = [p.state() for p in pods]
@@ -882,6 +1081,7 @@ class PodRunner:
             if free is not None:
                 free -= pod.template.gpus
             pod.scheduled = True
+            pod.scheduled_at = pod.container_started = _now()  # it loads inside its container
             pod.restart_at = now + pod.template.startup_seconds * self.startup_scale
             logger.info(
                 "pod runner: pod %s/%s scheduled (%d GPU(s)); serving in %.1fs",
@@ -893,10 +1093,11 @@ class PodRunner:
             if pod.restart_at <= now:
                 self._spawn(pod, now)
 
-    def _new_pod(self, template: PodTemplate, index: int, now: float) -> _Pod:
+    def _new_pod(self, deployment: Manifest, template: PodTemplate, index: int, now: float) -> _Pod:
         name = pod_name(template.deployment, template.hash, index)
         port = self._free_port()
         return _Pod(
+            manifest=pod_manifest(deployment, name, template.hash),
             template=template,
             name=name,
             index=index,
@@ -940,7 +1141,11 @@ class PodRunner:
                 logger.warning("pod runner: cannot start pod %s: %s", pod.name, exc)
                 pod.process = None
                 pod.backoff = restart_delay(pod.backoff, 0.0)
-                pod.restart_at = now + pod.backoff
+                pod.restart_at = pod.backoff_until = now + pod.backoff
+                started = pod.container_started or _now()
+                pod.exits += 1  # the kubelet's StartError: exit code 128
+                pod.last_exit = ContainerExit(128, started, _now(), "StartError")
+                pod.container_started = None
                 return
         logger.info(
             "pod runner: started pod %s/%s on %s:%d (pid %d)",
@@ -962,7 +1167,11 @@ class PodRunner:
                 return
             pod.process, pod.ready = None, False
             pod.backoff = restart_delay(pod.backoff, now - pod.started_at)
+            pod.backoff_until = now + pod.backoff
             pod.restart_at = now + pod.backoff + pod.template.startup_seconds * self.startup_scale
+            pod.exits += 1
+            pod.last_exit = ContainerExit(exit_code(code), pod.container_started or _now(), _now())
+            pod.container_started = None
             logger.warning(
                 "pod runner: pod %s/%s exited with code %s; restarting in %.0fs (log: %s)",
                 pod.template.namespace,
@@ -971,7 +1180,10 @@ class PodRunner:
                 pod.backoff,
                 pod.log_path,
             )
-        elif now >= pod.restart_at:
+            return
+        if pod.container_started is None and now >= pod.backoff_until:
+            pod.container_started = _now()  # the restart delay is over: it loads again
+        if now >= pod.restart_at:
             if pod.launched:
                 pod.restarts += 1
             self._spawn(pod, now)
@@ -993,6 +1205,7 @@ class PodRunner:
 
     def _stop_pod(self, pod: _Pod, now: float) -> None:
         pod.ready = False
+        self._delete_object(pod)
         if pod.process is None or pod.process.poll() is not None:
             return
         logger.info("pod runner: stopping pod %s/%s", pod.template.namespace, pod.name)
@@ -1013,6 +1226,9 @@ class PodRunner:
         """Stop every child: SIGTERM all at once, SIGKILL what is left after the grace period."""
         running = [p for pods in self._pods.values() for p in pods] + self._terminating
         processes = [p.process for p in running if p.process is not None]
+        for pod in running:  # their pods are gone with the runner; an unreachable API: no wait
+            if not self._delete_object(pod):
+                break
         for process in processes:
             _signal(process, signal.SIGTERM)
         deadline = time.monotonic() + self.grace_seconds
@@ -1054,6 +1270,137 @@ class PodRunner:
         )
 
     # Outputs -----------------------------------------------------------------------------------
+
+    def _sync_objects(self, now: float) -> None:
+        """Create the Pod object of every pod that has none yet; patch what changed in the
+        status of each (nothing is sent when nothing changed). A failed write waits
+        POD_OBJECT_RETRY_SECONDS: Pod objects are for onlookers, the pods run without them."""
+        for pods in self._pods.values():
+            for pod in pods:
+                if now < pod.object_retry_at:
+                    continue
+                if not pod.object_created and not self._create_object(pod):
+                    pod.object_retry_at = now + POD_OBJECT_RETRY_SECONDS
+                    continue
+                status = pod_status(pod.object_state(), pod.manifest)
+                patch = status_patch(pod.written_status, status)
+                if not patch:
+                    continue
+                if self._patch_object(pod, patch):
+                    pod.written_status = status
+                else:
+                    pod.object_retry_at = now + POD_OBJECT_RETRY_SECONDS
+
+    def _create_object(self, pod: _Pod) -> bool:
+        namespace = pod.template.namespace
+        for attempt in (1, 2):
+            try:
+                body: Any = pod.manifest  # a dict is sent as it is
+                response: Any = self._core.create_namespaced_pod(
+                    namespace,
+                    body,
+                    field_manager=FIELD_MANAGER,
+                    _preload_content=False,
+                    _request_timeout=STATUS_TIMEOUT_SECONDS,
+                )
+                response.release_conn()
+            except ApiException as exc:
+                if exc.status == 409 and attempt == 1:  # left by a runner that was killed
+                    pod.object_created = True
+                    if self._delete_object(pod):
+                        continue
+                logger.warning(
+                    "pod runner: Pod object %s/%s: HTTP %s", namespace, pod.name, exc.status
+                )
+                return False
+            except Exception as exc:
+                logger.warning("pod runner: Pod object %s/%s: %s", namespace, pod.name, exc)
+                return False
+            pod.object_created, pod.written_status = True, None
+            return True
+        return False
+
+    def _patch_object(self, pod: _Pod, patch: dict[str, Any]) -> bool:
+        try:
+            response: Any = self._core.patch_namespaced_pod_status(
+                pod.name,
+                pod.template.namespace,
+                {"status": patch},
+                field_manager=FIELD_MANAGER,
+                _content_type="application/merge-patch+json",
+                _preload_content=False,
+                _request_timeout=STATUS_TIMEOUT_SECONDS,
+            )
+            response.release_conn()
+        except ApiException as exc:
+            if exc.status == 404:  # deleted by someone else: create it again
+                pod.object_created = False
+            logger.warning(
+                "pod runner: status of Pod %s/%s: HTTP %s",
+                pod.template.namespace,
+                pod.name,
+                exc.status,
+            )
+            return False
+        except Exception as exc:
+            logger.warning(
+                "pod runner: status of Pod %s/%s: %s", pod.template.namespace, pod.name, exc
+            )
+            return False
+        return True
+
+    def _delete_object(self, pod: _Pod) -> bool:
+        """Delete the pod's Pod object, if it has one; False when the API could not be reached."""
+        if not pod.object_created:
+            return True
+        pod.object_created = False
+        try:
+            self._delete_pod(pod.template.namespace, pod.name)
+        except ApiException as exc:
+            if exc.status != 404:
+                logger.warning("pod runner: delete Pod %s: HTTP %s", pod.name, exc.status)
+        except Exception as exc:
+            logger.warning("pod runner: delete Pod %s: %s", pod.name, exc)
+            return False
+        return True
+
+    def _delete_pod(self, namespace: str, name: str) -> None:
+        # No node runs it: nothing to wait for (grace period 0, no kubelet to confirm).
+        response: Any = self._core.delete_namespaced_pod(
+            name,
+            namespace,
+            grace_period_seconds=0,
+            _preload_content=False,
+            _request_timeout=STATUS_TIMEOUT_SECONDS,
+        )
+        response.release_conn()
+
+    def _delete_stale_objects(self, namespace: str | None) -> None:
+        """Pod objects a runner left behind (killed before it could delete them): their pods
+        are not running any more."""
+        selector = f"{LABEL_POD_RUNNER}=true"
+        try:
+            if namespace is None:
+                listed: Any = self._core.list_pod_for_all_namespaces(
+                    label_selector=selector,
+                    _preload_content=False,
+                    _request_timeout=STATUS_TIMEOUT_SECONDS,
+                )
+            else:
+                listed = self._core.list_namespaced_pod(
+                    namespace,
+                    label_selector=selector,
+                    _preload_content=False,
+                    _request_timeout=STATUS_TIMEOUT_SECONDS,
+                )
+            items = json.loads(listed.data).get("items") or []
+            listed.release_conn()
+            for item in items:
+                meta = item["metadata"]
+                with contextlib.suppress(ApiException):
+                    self._delete_pod(meta["namespace"], meta["name"])
+        except Exception as exc:
+            logger.warning("pod runner: stale Pod objects in %s: %s", namespace or "all", exc)
 
     def _write_status(
         self, key: Key, deployment: Manifest, pods: list[PodState], timed_out: bool = False

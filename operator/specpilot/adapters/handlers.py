@@ -74,6 +74,7 @@ def run_reconcile(
                         + (_restored(changed_by) if drift else str(changed)),
                     )
                 )
+        observed.pods = _rollout_pods(observed.deployments, runtime)
         status, events = reconcile.status_after_apply(raw, wanted, observed, runtime.clock.now())
         if status_changed(raw.get("status"), status):
             try:
@@ -103,6 +104,25 @@ def _deferral(
         return None  # apply as usual; an error there is reported as such
     reason = reconcile.deferred_change(server, obj, live)
     return None if reason is None or live is None else (live, reason)
+
+
+def _rollout_pods(deployments: list[Manifest], runtime: Runtime) -> dict[str, list[Manifest]]:
+    """The Pods of each Deployment whose rollout is not complete (its matchLabels), whose status
+    says why (reconcile.pod_causes). A failed read leaves them out: the rollout's message is then
+    the Deployment's alone, and the reconcile goes on."""
+    found: dict[str, list[Manifest]] = {}
+    for deployment in deployments:
+        if reconcile.deployment_rollout(deployment).complete:
+            continue
+        meta = deployment["metadata"]
+        selector = ((deployment.get("spec") or {}).get("selector") or {}).get("matchLabels")
+        if not selector:
+            continue
+        try:
+            found[meta["name"]] = runtime.kube.list_pods(meta["namespace"], selector)
+        except ApplyError as exc:
+            logger.warning("the causes of %s's rollout are unknown: %s", meta["name"], exc)
+    return found
 
 
 def _restored(changed_by: str | None) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import json
 import threading
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -27,6 +28,9 @@ from specpilot.rendering.manifests import FIELD_MANAGER, Manifest
 REQUEST_TIMEOUT_SECONDS = 60.0
 """The longest one API call may take (kopf's own calls have the same, settings.networking): a hung
 API server must not hold a reconcile thread or a check forever."""
+
+MAX_PODS_LISTED = 100
+"""The most Pods one `list_pods` reads (one page): enough to name why a rollout is stuck."""
 
 Change = Literal["created", "updated"] | None
 
@@ -69,8 +73,6 @@ def describe_api_error(exc: ApiException, action: str) -> str:
     detail = ""
     if exc.body:
         try:
-            import json
-
             detail = json.loads(exc.body).get("message", "")
         except ValueError:
             detail = str(exc.body)[:300]
@@ -145,6 +147,29 @@ class KubeWriter:
         except urllib3.exceptions.HTTPError as exc:
             raise ApplyError(f"{what}: {exc}") from exc
         return found
+
+    def list_pods(self, namespace: str, selector: Mapping[str, str]) -> list[Manifest]:
+        """The Pods whose labels match `selector` (a Deployment's matchLabels), as stored, at
+        most MAX_PODS_LISTED; ApplyError when they cannot be read."""
+        label_selector = ",".join(f"{key}={value}" for key, value in sorted(selector.items()))
+        what = f"list Pods in {namespace} ({label_selector})"
+        try:
+            response: Any = self._core.list_namespaced_pod(
+                namespace,
+                label_selector=label_selector,
+                limit=MAX_PODS_LISTED,
+                _preload_content=False,
+                _request_timeout=self._timeout,
+            )
+            try:
+                items: list[Manifest] = json.loads(response.data).get("items") or []
+            finally:
+                response.release_conn()
+        except ApiException as exc:
+            raise ApplyError(describe_api_error(exc, what)) from exc
+        except (urllib3.exceptions.HTTPError, ValueError) as exc:
+            raise ApplyError(f"{what}: {exc}") from exc
+        return items
 
     def _existing_version(self, resource: Any, name: str, namespace: str) -> str | None:
         try:
