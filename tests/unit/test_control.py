@@ -913,3 +913,25 @@ def test_re_enabling_speculation_carries_the_learned_schedule_in_the_same_restar
     assert "with the learned schedule: speculation stops paying from batch 16" in event.message
     assert doc["status"]["control"]["engineScheduleFrom"] == 16
     assert "[[1, 15, 5], [16, 4096, 0]]" in next(a for a in args(doc) if "per_batch_size" in a)
+
+
+def test_queueing_behind_the_draft_reads_as_a_loss_on_the_curve() -> None:
+    """Near saturation the median TPOT of a speculating server can still beat the baseline
+    while requests queue: median TTFT at the policy's allowance (2.5x) counts as break-even."""
+    doc = body(controlReplicas=1, cooldown="5m")
+    queued = at_batch(40, 1.2)
+    queued["inference", "llama", "server"][Signal.TTFT_P50] = 0.400
+    queued["inference", "llama", "baseline"][Signal.TTFT_P50] = 0.100
+    play(doc, [queued] * 3, step=60)
+    (band,) = doc["status"]["control"]["speedupCurve"]
+    assert (band["minBatch"], band["readings"]) == (32, 3)
+    assert math.exp(band["logSpeedup"]) == pytest.approx(2.5 * 0.100 / 0.400)
+    # Within the allowance, the SLO latency alone is the reading.
+    calm = body(controlReplicas=1, cooldown="5m")
+    waiting = at_batch(40, 1.2)
+    waiting["inference", "llama", "server"][Signal.TTFT_P50] = 0.150
+    waiting["inference", "llama", "baseline"][Signal.TTFT_P50] = 0.100
+    play(calm, [waiting] * 3, step=60)
+    assert math.exp(calm["status"]["control"]["speedupCurve"][0]["logSpeedup"]) == (
+        pytest.approx(1.2)
+    )

@@ -28,8 +28,8 @@ from specpilot.api.models import (
     DecisionRecord,
     LastMetrics,
     PolicyMode,
+    PolicySpec,
     PolicyState,
-    Slo,
     SpeculativeInferenceSpec,
     SpeculativeInferenceStatus,
     SpeedupBand,
@@ -43,8 +43,8 @@ from specpilot.control.policy import (
     RestartCost,
     Signals,
     decide,
+    latencies,
     seconds,
-    slo_latency,
     within_ceiling,
 )
 from specpilot.control.signals import Readings, Signal, implausible
@@ -266,22 +266,28 @@ def _learned_curve(
     state: PolicyState,
     signals: Signals,
     live_baseline: bool,
-    slo: Slo,
+    policy: PolicySpec,
     now: datetime.datetime,
 ) -> list[SpeedupBand]:
-    """The speedup curve with this check's reading: the control replicas' latency over the
-    speculating server's, in the user's SLO (P99 TPOT by default), at the server's running
-    batch (control/curve.py). Only a live baseline counts (a recorded one saw other traffic),
-    only while the server speculates on spec.target (on a ladder step the control replicas run
-    another checkpoint), and not at or above the in-engine schedule's crossover, where the
-    engine does not speculate."""
-    _, value, baseline = slo_latency(signals, slo)
-    speedup = curve.speedup_reading(value, baseline)
+    """The speedup curve with this check's reading (control/curve.py) at the server's running
+    batch: the control replicas' latency over the speculating server's in the user's SLO (P99
+    TPOT by default), or lower where requests queue: median TTFT at the policy's allowance
+    (maxP50TtftRegression) counts as break-even, so queueing behind the draft near saturation
+    reads as the loss the policy takes it for. Only a live baseline counts (a recorded one saw
+    other traffic), only while the server speculates on spec.target (on a ladder step the
+    control replicas run another checkpoint), and not at or above the in-engine schedule's
+    crossover, where the engine does not speculate."""
     batch = signals.batch
     if signals.error is not None or not state.speculation_on or state.checkpoint_index:
         return state.speedup_curve
+    (_, value, baseline, _), *queueing = latencies(signals, policy)
+    speedup = curve.speedup_reading(value, baseline)
     if not live_baseline or speedup is None or not batch:
         return state.speedup_curve
+    for _, waited, baseline_waited, allowed in queueing:
+        at_allowance = baseline_waited * (1 + allowed) if baseline_waited else None
+        queued = curve.speedup_reading(waited, at_allowance)
+        speedup = min(speedup, queued) if queued is not None else speedup
     schedule_from = state.engine_schedule_from
     if schedule_from is not None and curve.band_of(batch)[0] >= schedule_from:
         return state.speedup_curve
@@ -545,7 +551,7 @@ def check(
         body, spec, signals, state, now, admin, result.checkpoints, restart
     )
     live = bool((readings or {}).get((namespace, name, "baseline")))
-    learned = _learned_curve(state, signals, live, spec.policy.slo, now)
+    learned = _learned_curve(state, signals, live, spec.policy, now)
     decision = _engine_schedule(
         decision, spec, result.version, learned, signals, now, admin, restart
     )

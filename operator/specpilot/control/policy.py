@@ -131,7 +131,7 @@ def slo_latency(signals: Signals, slo: Slo) -> tuple[str, float | None, float | 
     return SLO_NAMES[slo], value, baseline
 
 
-def _latencies(
+def latencies(
     signals: Signals, policy: PolicySpec
 ) -> list[tuple[str, float | None, float | None, float]]:
     """What the baseline is compared on, with the allowed regression: the SLO's latency, and
@@ -352,7 +352,7 @@ def _loss_share(signals: Signals, policy: PolicySpec) -> tuple[float, str] | Non
     baseline's takes 1 - 1/r more GPU time than it would without. The larger of the two; None
     without a baseline to measure against."""
     found: list[tuple[float, str]] = []
-    for what, value, baseline, _ in _latencies(signals, policy):
+    for what, value, baseline, _ in latencies(signals, policy):
         if value is not None and baseline and value > 0:
             found.append((max(0.0, 1 - baseline / value), what))
     return max(found) if found else None
@@ -672,7 +672,7 @@ def _breach(signals: Signals, policy: PolicySpec) -> str | None:
     band = _band_text(acceptance, t)
     if acceptance_band(acceptance, t) is AcceptanceBand.NET_NEGATIVE:
         return band
-    for what, value, baseline, allowed in _latencies(signals, policy):
+    for what, value, baseline, allowed in latencies(signals, policy):
         regression = _regression(value, baseline)
         if regression is not None and regression > allowed:
             return (
