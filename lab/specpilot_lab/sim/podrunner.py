@@ -1303,6 +1303,7 @@ class PodRunner:
                     _preload_content=False,
                     _request_timeout=STATUS_TIMEOUT_SECONDS,
                 )
+                response.drain_conn()  # unread, it would answer the next request
                 response.release_conn()
             except ApiException as exc:
                 if exc.status == 409 and attempt == 1:  # left by a runner that was killed
@@ -1331,6 +1332,7 @@ class PodRunner:
                 _preload_content=False,
                 _request_timeout=STATUS_TIMEOUT_SECONDS,
             )
+            response.drain_conn()  # unread, it would answer the next request
             response.release_conn()
         except ApiException as exc:
             if exc.status == 404:  # deleted by someone else: create it again
@@ -1373,6 +1375,7 @@ class PodRunner:
             _preload_content=False,
             _request_timeout=STATUS_TIMEOUT_SECONDS,
         )
+        response.drain_conn()  # unread, it would answer the next request
         response.release_conn()
 
     def _delete_stale_objects(self, namespace: str | None) -> None:
