@@ -86,8 +86,9 @@ from typing import Any
 
 import yaml
 
-from specpilot.api.models import SpeculativeInferenceSpec
+from specpilot.api.models import PolicyState, SpeculativeInferenceSpec, SpeculativeInferenceStatus
 from specpilot.control.check import check
+from specpilot.control.policy import Action
 from specpilot.control.signals import Signal
 from specpilot.planning.startup import LOCAL_LOAD_GB_PER_S, plan_startup
 from specpilot.reconcile import desired, target_identity
@@ -113,6 +114,12 @@ POLICY = {
     "cooldown": "10m",
     "quantizationLadder": [{"model": INT8, "quantization": "int8"}],
 }
+RESTART_RELEASE = "0.23.0"
+"""The restart-based operator's vLLM: the newest release without the per-batch-size schedule
+(num_speculative_tokens_per_batch_size, 0.24.0 and later), where draft_model already runs on V1
+(0.15.0 and later): the operator can switch speculation off and on only by restarting the pods."""
+SCHEDULE_RELEASE = "0.33.0"
+"""The example's vLLM (the newest verified): the operator may also set the learned schedule."""
 POOL_REPLICAS = 2
 """Replicas (of 2 GPUs) in the pool every policy gets."""
 TOLERANCE = 1.10
@@ -220,6 +227,7 @@ class FastEngine(Engine):
 
     def _advance(self, step: float, now: float) -> None:
         k = self.step_k()  # num_speculative_tokens, or the schedule's k for this batch size
+        self.step_counts[len(self.running), k] += 1
         for request in list(self.running):
             if not request.prefilled:
                 request.prefilled = True
@@ -264,6 +272,27 @@ class Config:
     key: tuple[str, ...]
     server: ServerConfig
     startup_s: float
+    choice: tuple[str, ...] = ()
+    """The key without the vLLM release and the engine schedule: the configuration as the
+    oracle's options name it (speculation on or off, the checkpoint)."""
+
+
+SCHEDULE_KEY = "num_speculative_tokens_per_batch_size"
+VERSION_ENV = "SPECPILOT_SIM_VLLM_VERSION="
+
+
+def choice_of(key: tuple[str, ...]) -> tuple[str, ...]:
+    """A configuration's key without the release and the per-batch-size schedule."""
+    kept = []
+    for item in key:
+        if item.startswith(VERSION_ENV):
+            continue
+        if item.startswith("{") and SCHEDULE_KEY in item:
+            data = json.loads(item)
+            data.pop(SCHEDULE_KEY)
+            item = json.dumps(data, sort_keys=True)
+        kept.append(item)
+    return tuple(kept)
 
 
 def configuration(deployment: dict[str, Any], cache: dict[tuple[str, ...], Config]) -> Config:
@@ -274,12 +303,15 @@ def configuration(deployment: dict[str, Any], cache: dict[tuple[str, ...], Confi
         probe = FastEngine(server, seed=0)
         estimate = plan_startup(probe.plan)
         assert estimate is not None, "the example's architectures are in the catalog"
-        cache[key] = Config(key, server, estimate.seconds)
+        cache[key] = Config(key, server, estimate.seconds, choice_of(key))
     return cache[key]
 
 
-def resource(phase: Phase, control_replicas: int) -> dict[str, Any]:
+def resource(phase: Phase, control_replicas: int, release: str | None = None) -> dict[str, Any]:
+    """The example resource for this phase; `release`: the vLLM image's (default the example's)."""
     body: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
+    if release is not None:
+        body["spec"]["vllm"]["image"] = f"vllm/vllm-openai:v{release}"
     body["metadata"]["generation"] = 1
     body["spec"]["replicas"] = POOL_REPLICAS - control_replicas
     body["spec"]["policy"] = {**POLICY, "controlReplicas": control_replicas}
@@ -358,6 +390,10 @@ class Outcome:
     switches: int = 0
     lost_capacity_s: float = 0.0
     decisions: list[tuple[int, str, str]] = field(default_factory=list)
+    restarts_by_cause: dict[str, int] = field(default_factory=dict)
+    """Rollouts by what changed the template (`Loop.run`'s `cause`): `edit` (the user's edit of
+    the target), `plan` (a static's or an oracle's schedule), `forced` (kappa's probe), or the
+    operator's reason: `load`, `acceptance`, `schedule`, `quantization`, `revert`."""
 
 
 Controller = Callable[[int, dict[str, Any], dict[tuple[str, str, str], dict[Signal, float]]], None]
@@ -412,8 +448,9 @@ class Loop:
         self.templates: dict[str, tuple[str, ...]] = {}
         """The newest configuration rendered per role (the Deployment's template)."""
         self.rollouts: dict[str, Rollout] = {}
-        self.deferred: dict[str, Config] = {}
-        """The control replicas' newest template, waiting for the server's rollout to complete."""
+        self.deferred: dict[str, tuple[Config, str]] = {}
+        """The control replicas' newest template (and its cause), waiting for the server's
+        rollout to complete."""
 
     # replicas
     def _spawn(self, role: str, config: Config, ready_at: float) -> Replica:
@@ -459,13 +496,21 @@ class Loop:
         return sorted(r.ready_at for r in self.replicas if r.alive and r.ready_at < until)
 
     def apply(
-        self, role: str, config: Config, t: float, outcome: Outcome, force: bool = False
+        self,
+        role: str,
+        config: Config,
+        t: float,
+        outcome: Outcome,
+        force: bool = False,
+        cause: str = "plan",
     ) -> None:
         """Make the role's replicas run `config`: restart those that do not (all, `force`),
-        one at a time (`_roll`): without spare GPUs in place, with them surging."""
+        one at a time (`_roll`): without spare GPUs in place, with them surging. `cause`: what
+        changed the template, counted in `outcome.restarts_by_cause`."""
         if not force and self.templates.get(role) == config.key:
             return  # the newest template already: its rollout, if any, goes on
         outcome.restarts += 1
+        outcome.restarts_by_cause[cause] = outcome.restarts_by_cause.get(cause, 0) + 1
         self.templates[role] = config.key
         startup = 0.0 if self.free else config.startup_s
         previous = self.rollouts.get(role)
@@ -532,11 +577,11 @@ class Loop:
     def _rolls(self, t: float, outcome: Outcome) -> None:
         for role in list(self.rollouts):
             self._roll(role, t, outcome)
-        config = self.deferred.get("baseline")
-        if config is not None and self._rolled_out("server", t):
+        waiting = self.deferred.get("baseline")
+        if waiting is not None and self._rolled_out("server", t):
             # the reconcile that the server's completed rollout triggers applies the template
             del self.deferred["baseline"]
-            self.apply("baseline", config, t, outcome)
+            self.apply("baseline", waiting[0], t, outcome, cause=waiting[1])
 
     def _rolled_out(self, role: str, t: float) -> bool:
         """The role's rollout is complete: every pod it runs is Ready on its newest template,
@@ -547,7 +592,7 @@ class Loop:
             if r.alive and r.role == role
         )
 
-    def _defers(self, role: str, config: Config, t: float) -> bool:
+    def _defers(self, role: str, config: Config, t: float, cause: str = "plan") -> bool:
         """reconcile.deferred_change: a new template of the control replicas waits (their pods
         keep running) while the server's rollout is not complete, then rolls as usual."""
         if role != "baseline":
@@ -555,7 +600,9 @@ class Loop:
         if config.key == self.templates.get(role) or self._rolled_out("server", t):
             self.deferred.pop(role, None)  # unchanged (a revert drops what waited), or applied now
             return False
-        self.deferred[role] = config  # the newest template waits
+        waiting = self.deferred.get(role)
+        if waiting is None or waiting[0].key != config.key:
+            self.deferred[role] = (config, cause)  # the newest template waits, with its cause
         return True
 
     def _surges(self, t: float) -> None:
@@ -615,6 +662,10 @@ class Loop:
                 Signal.TTFT_P99: histogram_quantile(0.99, ttfts, TTFT_BUCKETS),
                 Signal.REQUESTS_PER_SECOND: (len(done) - lo) / WINDOW_S,
                 Signal.REPLICAS: float(up),
+                # vllm:num_requests_running summed over the role's pods, as last scraped
+                Signal.REQUESTS_RUNNING: float(
+                    sum(len(r.engine.running) for r in self.replicas if r.role == role and r.up(t))
+                ),
             }
             if role == "server":
                 back = w - WINDOW_S // INTERVAL_S
@@ -632,9 +683,12 @@ class Loop:
         controller: Callable[[int, float, dict[tuple[str, str, str], dict[Signal, float]]], None]
         | None = None,
         force_restart_at: int | None = None,
+        cause: Callable[[int], str] | None = None,
     ) -> Outcome:
         """`plan(w)`: the resource (with the status to render) for window w; `controller(w, t,
-        readings)` is called at the end of window w (before plan(w + 1))."""
+        readings)` is called at the end of window w (before plan(w + 1)); `cause(w)`: why
+        plan(w) changed the templates, if it did (default `plan`; a change of the scenario's
+        target is the user's `edit` whatever the policy)."""
         outcome = Outcome([], [], [])
         pending = deque(self.arrivals)
         for w in range(self.scenario.windows):
@@ -654,9 +708,13 @@ class Loop:
                         self._spawn(role, config, 0.0)
                     continue
                 force = w == force_restart_at and role == "server"
-                if not force and self._defers(role, config, t0):
+                edited = self.scenario.phase_at(w).quantization != (
+                    self.scenario.phase_at(w - 1).quantization
+                )
+                why = "forced" if force else "edit" if edited else cause(w) if cause else "plan"
+                if not force and self._defers(role, config, t0, why):
                     continue
-                self.apply(role, config, t0, outcome, force)
+                self.apply(role, config, t0, outcome, force, why)
             outcome.schedule.append(configuration(rendered["server"], self.configs).key)
             while True:
                 ready = self._ready_events(t1)
@@ -712,14 +770,37 @@ def scheduled(scenario: Scenario, choices: list[tuple[bool, int]]) -> Callable[[
     return plan
 
 
-def run_operator(loop: Loop, control_replicas: int) -> Outcome:
+def restart_cause(action: Action, before: PolicyState, after: PolicyState) -> str:
+    """Why the operator's change restarts the pods: `load` (speculation off on a latency or
+    load breach, on again once load fell), `acceptance` (off for low acceptance, a probe back
+    on), `schedule` (set-engine-schedule), `quantization` (a ladder step or its undo)."""
+    if action is Action.SET_ENGINE_SCHEDULE:
+        return "schedule"
+    if action is Action.DISABLE:
+        return "load" if after.crossover_load is not None else "acceptance"
+    if action is Action.ENABLE:
+        return "acceptance" if after.probes > before.probes else "load"
+    if action in (Action.STEP_QUANTIZATION, Action.UNDO_QUANTIZATION_STEP):
+        return "quantization"
+    return "revert"
+
+
+def run_operator(
+    loop: Loop,
+    control_replicas: int,
+    release: str | None = None,
+    status: dict[str, Any] | None = None,
+) -> Outcome:
     """`control.check` at each window's end on the PromQL-like readings; its status drives the
-    next window's Deployments."""
-    status: dict[str, Any] = {}
+    next window's Deployments. `release`: the vLLM image's (default the example's); `status`:
+    the resource's status to start from (default none)."""
+    status = copy.deepcopy(status or {})
     decisions: list[tuple[int, str, str]] = []
+    causes: dict[int, str] = {}
+    """Why plan(w) changes the Deployments: the action of the check at the end of window w-1."""
 
     def plan(w: int) -> dict[str, Any]:
-        body = resource(loop.scenario.phase_at(w), control_replicas)
+        body = resource(loop.scenario.phase_at(w), control_replicas, release)
         body["status"] = copy.deepcopy(status)
         return body
 
@@ -731,13 +812,18 @@ def run_operator(loop: Loop, control_replicas: int) -> Outcome:
         now = EPOCH + datetime.timedelta(seconds=t)
         result = check(body, readings, None, now, now)
         assert result is not None, "the example resource is valid"
+        if result.rerender:
+            before = SpeculativeInferenceStatus.model_validate(status).control
+            after = SpeculativeInferenceStatus.model_validate(result.status).control
+            assert after is not None
+            causes[w + 1] = restart_cause(result.action, before or after, after)
         if result.worth_writing:
             status = result.status
         for event in result.events:
-            if event.reason.startswith(("Speculation", "Quantization")):
+            if event.reason.startswith(("Speculation", "Quantization", "EngineSchedule")):
                 decisions.append((w, event.reason, event.message))
 
-    outcome = loop.run(plan, controller)
+    outcome = loop.run(plan, controller, cause=lambda w: causes.get(w, "plan"))
     outcome.decisions = decisions
     return outcome
 
@@ -782,6 +868,11 @@ def summary(outcome: Outcome, windows: int) -> dict[str, Any]:
         "p99_ttft_ms": round(quantile(outcome.first_tokens, 0.99) * 1000, 1),
         "goodput_tokens_per_s": round(sum(r.generated for r in done) / end, 1),
         "restarts": outcome.restarts,
+        "restarts_by_cause": dict(sorted(outcome.restarts_by_cause.items())),
+        "load_restarts": outcome.restarts_by_cause.get("load", 0),
+        "windows_with_engine_schedule": sum(
+            1 for key in outcome.schedule[:windows] if any(SCHEDULE_KEY in item for item in key)
+        ),
         "switches": outcome.switches,
         "lost_capacity_s": round(outcome.lost_capacity_s, 1),
         "window_p99_tpot_ms": [None if v is None else round(v * 1000, 2) for v in per_window],
@@ -879,17 +970,19 @@ def evaluate(
     runs: dict[str, Outcome] = {
         "static-on": statics[True, 0],
         "static-off": statics[False, 0],
-        "operator": run_operator(loop(), 1),
-        "operator-recorded": run_operator(loop(), 0),
+        "operator": run_operator(loop(), 1, RESTART_RELEASE),
+        "operator-recorded": run_operator(loop(), 0, RESTART_RELEASE),
+        "operator-schedule": run_operator(loop(), 1, SCHEDULE_RELEASE),
         "oracle": loop().run(scheduled(scenario, schedule)),
         "oracle-window": loop(free=True).run(scheduled(scenario, free)),
     }
     figures = {name: summary(o, windows) for name, o in runs.items()}
-    # each run's schedule in the oracle's terms (the configuration it ran per window)
-    by_key = {statics[c].schedule[w]: c for c in options for w in range(windows)}
+    # each run's schedule in the oracle's terms (the configuration it ran per window; another
+    # release, or speculation with the engine schedule, counts as the same option without it)
+    by_key = {choice_of(statics[c].schedule[w]): c for c in options for w in range(windows)}
     objectives = {}
     for name, o in runs.items():
-        chosen = [by_key.get(k, better) for k in o.schedule]
+        chosen = [by_key.get(choice_of(k), better) for k in o.schedule]
         objectives[name] = round(objective(costs, chosen, kappa), 3)
     objectives["oracle"] = round(objective(costs, schedule, kappa), 3)
     objectives["oracle-window"] = round(objective(costs, free, 0.0), 3)
@@ -901,7 +994,7 @@ def evaluate(
         figures,
         objectives,
         measured,
-        {k: runs[k].decisions for k in ("operator", "operator-recorded")},
+        {k: runs[k].decisions for k in OPERATORS},
         targets,
     )
 
@@ -937,13 +1030,41 @@ def reaction_windows() -> int:
     return WINDOW_S // INTERVAL_S + int(POLICY["failureLimit"]) + math.ceil(205 / INTERVAL_S)  # type: ignore[call-overload]
 
 
+OPERATORS = ("operator", "operator-recorded", "operator-schedule")
+WINDOW_GEOMEAN_TARGET = 1.05
+"""Issue 18: the schedule operator per window within 5% of the free-switching oracle (day)."""
+CAPTURED_TARGET = 0.90
+"""Issue 18: at least 90% of oracle-window's per-window gain over the better static (day)."""
+
+
+def window_gain(policy: list[float | None], static: list[float | None]) -> float:
+    """Sum over windows of log(static's P99 / the policy's): the policy's per-window gain over
+    the static choice in log terms. Windows where the static finished nothing are left out; a
+    window where the policy finished nothing (an outage) counts as its worst window."""
+    worst = max((v for v in policy if v is not None), default=1.0)
+    return sum(
+        math.log(s / (p if p is not None else worst))
+        for p, s in zip(policy, static, strict=True)
+        if s is not None
+    )
+
+
 def judge(
     scenario: Scenario, figures: dict[str, dict[str, Any]], p99s: dict[Any, list[float | None]]
 ) -> dict[str, Any]:
-    """The issue's targets for the operator (with control replicas) and the recorded variant."""
-    oracle = figures["oracle"]
+    """The issue's targets for the operator variants: the restart-based operator (with control
+    replicas, and with the recorded baseline) and the one that sets the learned schedule."""
+    oracle, free = figures["oracle"], figures["oracle-window"]
     on, off = figures["static-on"], figures["static-off"]
     better_static = on if on["p99_tpot_ms"] <= off["p99_tpot_ms"] else off
+    # the better static choice per window in log terms: the lower sum of log window P99 (J
+    # without switches; windows where either finished nothing left out)
+    pairs = [(a, b) for a, b in zip(on["window_p99_tpot_ms"], off["window_p99_tpot_ms"],
+                                    strict=True) if a and b]  # fmt: skip
+    log_on_off = sum(math.log(a / b) for a, b in pairs)
+    static_name = "static-on" if log_on_off <= 0 else "static-off"
+    static_w = figures[static_name]["window_p99_tpot_ms"]
+    free_gain = window_gain(free["window_p99_tpot_ms"], static_w)
     on_w, off_w = on["window_p99_tpot_ms"], off["window_p99_tpot_ms"]
     better = [(a or math.inf) <= (b or math.inf) for a, b in zip(on_w, off_w, strict=True)]
     last_change, inside = 0, set()  # the start counts as a change: the operator starts as told
@@ -953,7 +1074,7 @@ def judge(
         if w - last_change < reaction_windows():
             inside.add(w)
     result: dict[str, Any] = {}
-    for name in ("operator", "operator-recorded"):
+    for name in OPERATORS:
         f = figures[name]
         worse = []
         for w, v in enumerate(f["window_p99_tpot_ms"]):
@@ -972,6 +1093,34 @@ def judge(
             ),
             "p99_tpot_vs_better_static": round(f["p99_tpot_ms"] / better_static["p99_tpot_ms"], 3),
             "windows_over_10pct_outside_reaction": worse,
+            "window_geomean_vs_oracle_window": round(
+                geomean_ratio(f["window_p99_tpot_ms"], free["window_p99_tpot_ms"], set()), 3
+            ),
+            "better_static_per_window": static_name,
+            "window_gain_vs_better_static": round(
+                window_gain(f["window_p99_tpot_ms"], static_w), 3
+            ),
+            "oracle_window_gain_vs_better_static": round(free_gain, 3),
+            "window_gain_captured": round(
+                window_gain(f["window_p99_tpot_ms"], static_w) / free_gain, 3
+            )
+            if free_gain > 0
+            else None,
+            "load_restarts": f["load_restarts"],
+        }
+    s = result["operator-schedule"]
+    if scenario.name == "day":
+        s["issue_targets"] = {
+            "window_geomean_within_5pct_of_oracle_window": s["window_geomean_vs_oracle_window"]
+            <= WINDOW_GEOMEAN_TARGET,
+            "captures_90pct_of_oracle_window_gain": s["window_gain_captured"] is not None
+            and s["window_gain_captured"] >= CAPTURED_TARGET,
+            "no_load_restart": s["load_restarts"] == 0,
+        }
+    else:
+        s["issue_targets"] = {
+            "p99_tpot_within_10pct_of_oracle": s["p99_tpot_vs_oracle"] <= TOLERANCE,
+            "window_geomean_within_10pct_of_oracle": s["window_geomean_vs_oracle"] <= TOLERANCE,
         }
     return result
 
@@ -990,13 +1139,13 @@ def report(
     out(f"{requests} requests, {scenario.windows} windows of {INTERVAL_S}s; a restart costs "
         f"kappa = {prices} in the oracle's objective (interpolated in between)\n")  # fmt: skip
     out("| policy | P50 TPOT ms | P99 TPOT ms | P50 TTFT ms | P99 TTFT ms | goodput tok/s "
-        "| restarts | lost replica-s | objective J |")  # fmt: skip
+        "| restarts (by load) | lost replica-s | objective J |")  # fmt: skip
     out("|---|---|---|---|---|---|---|---|---|")
     for name, f in figures.items():
         out(
             f"| {name} | {f['p50_tpot_ms']:.1f} | {f['p99_tpot_ms']:.1f} | {f['p50_ttft_ms']:.0f} "
             f"| {f['p99_ttft_ms']:.0f} | {f['goodput_tokens_per_s']:.0f} | {f['restarts']} "
-            f"| {f['lost_capacity_s']:.0f} | {f['objective']:.1f} |"
+            f"({f['load_restarts']}) | {f['lost_capacity_s']:.0f} | {f['objective']:.1f} |"
         )
     out("")
     for name, t in targets.items():
@@ -1007,6 +1156,15 @@ def report(
             f"{t['window_geomean_vs_oracle']:.2f}x; {t['p99_tpot_vs_better_static']:.2f}x the "
             f"better static; windows >10% worse than the better static outside the reaction "
             f"time: {len(worse)} {worse}"
+        )
+        captured = t["window_gain_captured"]
+        out(
+            f"  per window: geomean {t['window_geomean_vs_oracle_window']:.3f}x oracle-window's; "
+            f"gain over {t['better_static_per_window']} {t['window_gain_vs_better_static']:.2f} "
+            f"of oracle-window's {t['oracle_window_gain_vs_better_static']:.2f} (log terms"
+            + (f", {captured:.0%} captured" if captured is not None else "")
+            + f"); restarts by cause {runs[name].restarts_by_cause or {}}"
+            + (f"; issue targets {t['issue_targets']}" if "issue_targets" in t else "")
         )
         for w, reason, message in runs[name].decisions:
             out(f"  - window {w}: {reason}: {message}")

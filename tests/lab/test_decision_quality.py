@@ -13,7 +13,15 @@ import pytest
 
 from bench import decision_quality as bench
 
-POLICIES = ("static-on", "static-off", "operator", "operator-recorded", "oracle", "oracle-window")
+POLICIES = (
+    "static-on",
+    "static-off",
+    "operator",
+    "operator-recorded",
+    "operator-schedule",
+    "oracle",
+    "oracle-window",
+)
 KEYS = {
     "p50_tpot_ms",
     "p99_tpot_ms",
@@ -21,6 +29,8 @@ KEYS = {
     "p99_ttft_ms",
     "goodput_tokens_per_s",
     "restarts",
+    "restarts_by_cause",
+    "load_restarts",
     "lost_capacity_s",
     "window_p99_tpot_ms",
 }
@@ -70,9 +80,37 @@ def test_restarts_are_the_switches_and_only_restarts_lose_capacity(
             assert (f[policy]["lost_capacity_s"] > 0) == (
                 f[policy]["restarts"] > 0 and policy != "oracle-window"
             ), (trace, policy)
+        for policy in POLICIES:  # every restart has its cause, once
+            assert sum(f[policy]["restarts_by_cause"].values()) == f[policy]["restarts"]
+            assert f[policy]["load_restarts"] == f[policy]["restarts_by_cause"].get("load", 0)
     # the user's edit of the target restarts everyone's pods; the temperature trace has none
     assert figures["quantization"]["static-on"]["restarts"] == 1
+    assert figures["quantization"]["static-on"]["restarts_by_cause"] == {"edit": 1}
     assert figures["temperature"]["static-off"]["restarts"] == 0
+    assert figures["temperature"]["static-off"]["restarts_by_cause"] == {}
+
+
+def test_the_targets_name_the_per_window_figures(figures: dict[str, Any]) -> None:
+    targets = figures["_meta"]["targets"]
+    for trace in ("temperature", "quantization"):
+        for policy in ("operator", "operator-recorded", "operator-schedule"):
+            t = targets[trace][policy]
+            assert t["better_static_per_window"] in ("static-on", "static-off")
+            assert t["window_geomean_vs_oracle_window"] > 0
+            assert t["load_restarts"] == figures[trace][policy]["load_restarts"]
+        assert set(targets[trace]["operator-schedule"]["issue_targets"]) == {
+            "p99_tpot_within_10pct_of_oracle",
+            "window_geomean_within_10pct_of_oracle",
+        }
+
+
+def test_the_window_gain_is_in_log_terms_against_the_static_choice() -> None:
+    static = [10.0, 20.0, None, 40.0]
+    assert bench.window_gain([10.0, 10.0, 5.0, 40.0], static) == pytest.approx(math.log(2))
+    # an outage (nothing finished) counts as the policy's worst window
+    assert bench.window_gain([5.0, None, 5.0, 40.0], static) == pytest.approx(
+        math.log(2) + math.log(0.5)
+    )
 
 
 def test_histogram_quantile_interpolates_inside_the_bucket_like_prometheus() -> None:
@@ -180,6 +218,7 @@ def test_a_change_of_both_deployments_rolls_the_server_first_then_the_control_re
 
     outcome = loop.run(plan, look)
     assert outcome.restarts == 2
+    assert outcome.restarts_by_cause == {"edit": 2}  # the server's rollout, then the deferred one
     assert all(len(a["server"]) == len(a["baseline"]) == 1 for a in alive)
     server, baseline = alive[-1]["server"][0], alive[-1]["baseline"][0]
     assert server.key != alive[0]["server"][0].key
@@ -250,3 +289,83 @@ def test_with_spare_gpus_a_change_during_a_surge_rolls_to_the_newest_template() 
     alive = [r for r in loop.replicas if r.alive]
     assert alive == [second, on_1]  # back on: the old on replica stays, the off one replaced
     assert on_1.ready_at == pytest.approx(15 * bench.INTERVAL_S + first.config.startup_s)
+
+
+def test_the_restart_cause_follows_the_operators_reason() -> None:
+    state = bench.PolicyState(speculation_on=True)
+    off_for_load = bench.PolicyState(speculation_on=False, crossover_load=5.3)
+    off_for_acceptance = bench.PolicyState(speculation_on=False)
+    probing = bench.PolicyState(speculation_on=True, probes=1)
+    cause = bench.restart_cause
+    assert cause(bench.Action.DISABLE, state, off_for_load) == "load"
+    assert cause(bench.Action.DISABLE, state, off_for_acceptance) == "acceptance"
+    assert cause(bench.Action.ENABLE, off_for_load, state) == "load"
+    assert cause(bench.Action.ENABLE, off_for_acceptance, probing) == "acceptance"
+    assert cause(bench.Action.SET_ENGINE_SCHEDULE, state, state) == "schedule"
+    assert cause(bench.Action.STEP_QUANTIZATION, state, state) == "quantization"
+
+
+def _server(release: str, schedule_from: int | None = None) -> bench.Config:
+    body = bench.resource(bench.Phase(1, 1), 1, release)
+    body["status"] = bench.status_for(body, True, 0)
+    if schedule_from is not None:
+        body["status"]["control"]["engineScheduleFrom"] = schedule_from
+    return bench.configuration(bench.deployments(body)["server"], {})
+
+
+def test_both_releases_worlds_are_the_same_physics_but_for_the_schedule() -> None:
+    old, new = _server(bench.RESTART_RELEASE), _server(bench.SCHEDULE_RELEASE)
+    assert old.server.vllm_version == "0.23.0"
+    assert new.server.vllm_version == "0.33.0"
+    assert old.choice == new.choice
+    assert old.startup_s == new.startup_s
+    scenario = bench.Scenario("t", "t", (bench.Phase(4, 6, 0.1),))
+    arrivals = bench.trace(scenario, 1)[:200]
+    runs = [bench.FastEngine(c.server, seed=3).simulate(arrivals) for c in (old, new)]
+    assert [r.finished_at for r in runs[0]] == [r.finished_at for r in runs[1]]
+    # the schedule is rendered only where the release has the lever
+    assert _server(bench.RESTART_RELEASE, 16).key == old.key
+    scheduled = _server(bench.SCHEDULE_RELEASE, 16)
+    assert scheduled.server.speculation is not None
+    assert scheduled.server.speculation.schedule == [(1, 15, 5), (16, 4096, 0)]
+    assert scheduled.choice == new.choice
+
+
+def _band(low: int, high: int, speedup: float) -> dict[str, Any]:
+    return {
+        "minBatch": low,
+        "maxBatch": high,
+        "readings": 10,
+        "logSpeedup": math.log(speedup),
+        "logVariance": 0.001,
+    }
+
+
+def test_the_operator_sets_the_schedule_and_the_server_runs_it_without_a_load_restart() -> None:
+    # a curve already settled (speculation pays up to batch 15, loses from 16): at 1 QPS per
+    # replica the first check sets the schedule; then a surge to 12 QPS per replica
+    scenario = bench.Scenario("t", "t", (bench.Phase(12, 1, 0.1), bench.Phase(6, 12, 0.1)))
+    status = bench.status_for(bench.resource(scenario.phases[0], 1), True, 0)
+    status["control"]["speedupCurve"] = [
+        _band(1, 1, 1.3),
+        _band(2, 3, 1.3),
+        _band(4, 7, 1.2),
+        _band(8, 15, 1.1),
+        _band(16, 31, 0.8),
+    ]
+    loop = bench.Loop(scenario, bench.trace(scenario, 1), 1, spare_gpus=0)
+    outcome = bench.run_operator(loop, 1, bench.SCHEDULE_RELEASE, status)
+    assert [(w, reason) for w, reason, _ in outcome.decisions] == [(0, "EngineScheduleSet")]
+    assert outcome.restarts_by_cause == {"schedule": 1}
+    servers = [r for r in loop.replicas if r.role == "server"]
+    first, scheduled = servers  # the one restart replaced the server replica once
+    assert first.engine.schedule is None
+    assert not first.alive
+    assert scheduled.engine.schedule == [(1, 15, 5), (16, 4096, 0)]
+    steps = scheduled.engine.step_counts
+    assert sum(n for (batch, k), n in steps.items() if batch >= 16 and k == 0) > 0  # the surge
+    assert all(k == 0 for batch, k in steps if batch >= 16)
+    assert all(k == 5 for batch, k in steps if batch < 16)
+    # the control replica never speculates
+    (control,) = [r for r in loop.replicas if r.role == "baseline"]
+    assert all(k == 0 for _, k in control.engine.step_counts)
