@@ -15,7 +15,7 @@ from packaging.version import Version
 from specpilot import reconcile
 from specpilot.api.admin import AdminPolicy
 from specpilot.api.finite import non_finite_paths
-from specpilot.api.models import ScheduleStep
+from specpilot.api.models import PolicyState, ScheduleStep, SpeedupBand
 from specpilot.control import check as control
 from specpilot.control import curve
 from specpilot.control.check import CheckResult
@@ -934,4 +934,42 @@ def test_queueing_behind_the_draft_reads_as_a_loss_on_the_curve() -> None:
     play(calm, [waiting] * 3, step=60)
     assert math.exp(calm["status"]["control"]["speedupCurve"][0]["logSpeedup"]) == (
         pytest.approx(1.2)
+    )
+
+
+def test_a_latency_disable_gives_the_schedule_a_provisional_crossover() -> None:
+    """On the rise, the load passes through several batch bands in as many checks: none has
+    the readings to settle, but the policy's own breaches say where speculation stopped
+    paying. The re-enable carries that as the crossover."""
+    doc = body(controlReplicas=1, cooldown="10m")
+    rising = [at_batch(20, 0.5), at_batch(40, 0.5), at_batch(70, 0.5)]
+    results = play(doc, [at_batch(2, 1.5)] * 3 + rising, step=60)
+    assert results[-1].action is Action.DISABLE
+    assert doc["status"]["control"]["crossoverBatch"] == 64
+    assert curve.crossover(
+        [SpeedupBand.model_validate(b) for b in doc["status"]["control"]["speedupCurve"]]
+    ) is None  # fmt: skip
+    for i in range(6, 20):
+        at = T0 + datetime.timedelta(seconds=60 * i)
+        result = control.check(doc, at_batch(2, 1.5), None, at, at)
+        assert result is not None
+        if result.worth_writing:
+            doc["status"] = result.status
+        if result.action is Action.ENABLE:
+            break
+    assert result.action is Action.ENABLE
+    (event,) = [e for e in result.events if e.reason == "SpeculationEnabled"]
+    assert "provisionally from batch 64 per replica, where it was turned off for latency" in (
+        event.message
+    )
+    assert doc["status"]["control"]["engineScheduleFrom"] == 64
+    # Not when the curve measured speculation paying up there.
+    paying = body(controlReplicas=1, cooldown="10m")
+    paying["status"] = {"control": {**doc["status"]["control"], "engineScheduleFrom": None}}
+    paying["status"]["control"]["speedupCurve"] = [
+        {"minBatch": 64, "maxBatch": 127, "readings": 5, "logSpeedup": 0.4, "logVariance": 0.0}
+    ]
+    assert not control._provisional_crossover(
+        PolicyState.model_validate(paying["status"]["control"]),
+        [SpeedupBand.model_validate(b) for b in paying["status"]["control"]["speedupCurve"]],
     )

@@ -738,6 +738,11 @@ class PolicyState(StatusModel):
         description="Speculation's measured speedup per band of running batch sizes (needs "
         "control replicas).",
     )
+    crossover_batch: int | None = Field(
+        default=None,
+        description="The batch band where speculation was last turned off for latency: the "
+        "engine schedule's provisional crossover until speedupCurve settles one.",
+    )
     engine_schedule_from: int | None = Field(
         default=None,
         description="The batch size from which the server's in-engine schedule "

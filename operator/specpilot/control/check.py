@@ -258,6 +258,10 @@ def _after_target_change(state: PolicyState, identity: str, now: datetime.dateti
             "breaches": 0,
             "successes": 0,
             "last_change": now,
+            # what was learned was about the target before
+            "speedup_curve": [],
+            "crossover_batch": None,
+            "engine_schedule_from": None,
         }
     )
 
@@ -326,6 +330,9 @@ def _engine_schedule(
         return decision
     k = speculation.effective_num_speculative_tokens
     steps = curve.schedule(learned, k)
+    provisional = steps is None and enabling and _provisional_crossover(state, learned)
+    if provisional and state.crossover_batch is not None:
+        steps = curve.steps_from(state.crossover_batch, k)
     if steps is None:
         return decision
     start = steps[1][0]
@@ -334,11 +341,16 @@ def _engine_schedule(
     bands = "; ".join(curve.describe(b) for b in sorted(learned, key=lambda b: b.min_batch))
     schedule = f"num_speculative_tokens_per_batch_size {[list(step) for step in steps]}"
     if enabling:
+        where = (
+            f"provisionally from batch {start} per replica, where it was turned off for latency "
+            f"(the measured curve has not settled: {bands or 'no readings'})"
+            if provisional
+            else f"from batch {start} per replica ({bands})"
+        )
         reason = (
-            f"{decision.reason}; with the learned schedule: speculation stops paying from "
-            f"batch {start} per replica ({bands}), so the engine runs k={k} up to batch "
-            f"{start - 1} and 0 from {start} ({schedule}) and the next load swing past it needs "
-            "no restart"
+            f"{decision.reason}; with the learned schedule: speculation stops paying {where}, "
+            f"so the engine runs k={k} up to batch {start - 1} and 0 from {start} ({schedule}) "
+            "and the next load swing past it needs no restart"
         )[:1024]
         carried = decision.state.model_copy(update={"engine_schedule_from": start})
         return decision.model_copy(update={"reason": reason, "state": carried})
@@ -369,6 +381,16 @@ def _engine_schedule(
         }
     )
     return within_ceiling(acted, state, now, admin.max_changes_per_hour)
+
+
+def _provisional_crossover(state: PolicyState, learned: list[SpeedupBand]) -> bool:
+    """Whether the batch band of the last latency disable may serve as the crossover while the
+    curve settles none: the policy's own breaches there are the evidence, unless the curve
+    has measured speculation paying at or above it."""
+    start = state.crossover_batch
+    if start is None or start <= 1:
+        return False
+    return all(curve.verdict(b) != "paying" for b in learned if b.min_batch >= start)
 
 
 def _remember(
@@ -555,6 +577,12 @@ def check(
     decision = _engine_schedule(
         decision, spec, result.version, learned, signals, now, admin, restart
     )
+    if decision.acted and decision.action is Action.DISABLE and signals.batch:
+        latency = decision.state.crossover_load is not None  # not low acceptance
+        crossover = curve.band_of(signals.batch)[0] if latency else None
+        decision = decision.model_copy(
+            update={"state": decision.state.model_copy(update={"crossover_batch": crossover})}
+        )
     decisions, decision_events = _recorded(status.decisions, decision, spec, now)
     events += decision_events
     events += [
@@ -568,7 +596,9 @@ def check(
     if new_state.checkpoint_index == state.checkpoint_index:
         new_state = new_state.model_copy(update={"speedup_curve": learned})
     else:  # another checkpoint serves: what was learned is about the one before
-        new_state = new_state.model_copy(update={"speedup_curve": [], "engine_schedule_from": None})
+        new_state = new_state.model_copy(
+            update={"speedup_curve": [], "engine_schedule_from": None, "crossover_batch": None}
+        )
     revert = stuck_revert(status, spec, now)
     if revert is not None:
         new_state, record, event = revert(new_state)
