@@ -650,29 +650,26 @@ def _decision(
     decision = decide(signals, state, spec.policy, now, admin.max_changes_per_hour, restart)
     stuck_before = _reverted_recently(body, decision, now)
     if stuck_before is not None:
-        held = decision.model_copy(
-            update={
-                "action": Action.HOLD,
-                "reason": stuck_before,
-                "acted": False,
-                "state": state.model_copy(update={"breaches": 0}),
-            }
-        )
-        return held, []
+        return _held(decision, state, stuck_before), []
     if decision.action is not Action.STEP_QUANTIZATION or not decision.acted:
         return decision, []
     refusal = _step_refusal(body, spec, decision.state.checkpoint_index, admin, checkpoints)
     if refusal is None:
         return decision, []
-    held = decision.model_copy(
+    refused = Event(type="Warning", reason="QuantizationStepRefused", message=refusal)
+    return _held(decision, state, refusal), [refused]
+
+
+def _held(decision: PolicyDecision, state: PolicyState, reason: str) -> PolicyDecision:
+    """The policy's action not taken, for `reason`: nothing changes, the breaches start over."""
+    return decision.model_copy(
         update={
             "action": Action.HOLD,
-            "reason": refusal,
+            "reason": reason,
             "acted": False,
             "state": state.model_copy(update={"breaches": 0}),
         }
     )
-    return held, [Event(type="Warning", reason="QuantizationStepRefused", message=refusal)]
 
 
 def _recorded(

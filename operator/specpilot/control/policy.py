@@ -410,26 +410,21 @@ def _while_on(
         if quantization_drop
         else str(breach)
     )
-    waiting = _still_waiting(breaches, policy.failure_limit, state, policy, now, restart)
-    if waiting == "cooldown" and state.probes:
-        waiting = None  # a failed probe ends at once: the probes' own waits space the restarts
-    if waiting is not None:
-        return PolicyDecision(
-            action=Action.KEEP, reason=f"{reason} ({waiting})", state=counted, warnings=warnings
-        )
-    span = breaches * seconds(policy.interval)
-    evidence = f"{reason} for {breaches} checks over {span:.0f}s"
-    priced = _priced(signals, policy, restart)
-    if priced is not None:
-        act, cost_text = priced
-        if not act:
-            return PolicyDecision(
-                action=Action.KEEP,
-                reason=f"{evidence}, but {cost_text}: not restarting",
-                state=counted,
-                warnings=warnings,
-            )
-        evidence = f"{evidence}; {cost_text}"
+    kept_or_evidence = _ready_to_act(
+        reason,
+        breaches,
+        counted,
+        warnings,
+        signals,
+        state,
+        policy,
+        now,
+        restart,
+        probe_ends_at_once=True,
+    )
+    if isinstance(kept_or_evidence, PolicyDecision):
+        return kept_or_evidence
+    evidence = kept_or_evidence
     if quantization_drop:  # the change caused it: undo the change before giving up speculation
         return PolicyDecision(
             action=Action.STEP_QUANTIZATION,
@@ -512,24 +507,21 @@ def _undo_step(
         f"the quantization ladder step to {_rung(policy, index)} with speculation against "
         f"{against} without it (the baseline): {breach}"
     )
-    waiting = _still_waiting(breaches, policy.failure_limit, state, policy, now, restart)
-    if waiting is not None:
-        return PolicyDecision(
-            action=Action.KEEP, reason=f"{reason} ({waiting})", state=counted, warnings=warnings
-        )
-    span = breaches * seconds(policy.interval)
-    evidence = f"{reason} for {breaches} checks over {span:.0f}s"
-    priced = _priced(signals, policy, restart)
-    if priced is not None:
-        act, cost_text = priced
-        if not act:
-            return PolicyDecision(
-                action=Action.KEEP,
-                reason=f"{evidence}, but {cost_text}: not restarting",
-                state=counted,
-                warnings=warnings,
-            )
-        evidence = f"{evidence}; {cost_text}"
+    kept_or_evidence = _ready_to_act(
+        reason,
+        breaches,
+        counted,
+        warnings,
+        signals,
+        state,
+        policy,
+        now,
+        restart,
+        probe_ends_at_once=False,
+    )
+    if isinstance(kept_or_evidence, PolicyDecision):
+        return kept_or_evidence
+    evidence = kept_or_evidence
     return PolicyDecision(
         action=Action.UNDO_QUANTIZATION_STEP,
         reason=f"{evidence}; the step loses to the user's choice: undoing it, back to "
@@ -549,6 +541,45 @@ def _undo_step(
         warnings=warnings,
         acted=True,
     )
+
+
+def _ready_to_act(
+    reason: str,
+    breaches: int,
+    counted: PolicyState,
+    warnings: list[PolicyWarning],
+    signals: Signals,
+    state: PolicyState,
+    policy: PolicySpec,
+    now: datetime.datetime,
+    restart: RestartCost | None,
+    probe_ends_at_once: bool,
+) -> PolicyDecision | str:
+    """After a counted breach: a keep while the breaches, the cooldown or the restart's price
+    say wait, else the evidence to act on (the breaches and, when priced, the cost).
+    `probe_ends_at_once`: a failed probe's disable skips the cooldown (the probes' own waits
+    space its restarts)."""
+    waiting = _still_waiting(breaches, policy.failure_limit, state, policy, now, restart)
+    if waiting == "cooldown" and state.probes and probe_ends_at_once:
+        waiting = None
+    if waiting is not None:
+        return PolicyDecision(
+            action=Action.KEEP, reason=f"{reason} ({waiting})", state=counted, warnings=warnings
+        )
+    span = breaches * seconds(policy.interval)
+    evidence = f"{reason} for {breaches} checks over {span:.0f}s"
+    priced = _priced(signals, policy, restart)
+    if priced is None:
+        return evidence
+    act, cost_text = priced
+    if not act:
+        return PolicyDecision(
+            action=Action.KEEP,
+            reason=f"{evidence}, but {cost_text}: not restarting",
+            state=counted,
+            warnings=warnings,
+        )
+    return f"{evidence}; {cost_text}"
 
 
 def _priced(
