@@ -240,12 +240,16 @@ def remove(api: k8s.ApiClient, stack: LocalStack, namespace: str, name: str) -> 
         items = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
         return all(item["metadata"]["name"] != name for item in items)
 
-    wait_for(resource_gone, timeout=60, what=f"{name} to be deleted")
+    wait_for(resource_gone, timeout=120, what=lambda: diagnosis(api, stack, namespace, name))
     k8s.AppsV1Api(api).delete_namespaced_deployment(name, namespace)
-    wait_for(lambda: not pods(stack, name), timeout=60, what="the engine pods to be stopped")
+    wait_for(
+        lambda: not pods(stack, name),
+        timeout=120,
+        what=lambda: f"the engine pods to be stopped: {diagnosis(api, stack, namespace, name)}",
+    )
     wait_for(
         lambda: not any(group_alive(pid) for pid in groups),
-        timeout=60,
+        timeout=120,
         what="the engine processes (API server and engine core) to exit",
     )
 
@@ -266,6 +270,20 @@ def prometheus_answer(stack: LocalStack, promql: str) -> dict[str, Any]:
     with urllib.request.urlopen(url, timeout=20) as response:
         answer: dict[str, Any] = json.load(response)
     return answer
+
+
+def diagnosis(api: k8s.ApiClient, stack: LocalStack, namespace: str, name: str) -> str:
+    """What a failed wait prints: the status, the check counts, the operator's and pods' logs."""
+    assert stack.operator is not None
+    counts = {a: decisions(stack, a) for a in ("keep", "hold", "disable-speculation")}
+    found = k8s.CustomObjectsApi(api).list_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL
+    )["items"]
+    status = [item.get("status") for item in found if item["metadata"]["name"] == name]
+    return (
+        f"status: {status}\nchecks: {counts}\npods: {pods(stack, name)}\n"
+        f"--- operator\n{stack.operator.output()[-6000:]}\n{engine_log(stack, name)}"
+    )
 
 
 def decisions(stack: LocalStack, action: str) -> float:
@@ -333,7 +351,12 @@ class TestExactCopyDraft:
         metrics = scrape(target)
         drafted = total(metrics, "vllm:spec_decode_num_draft_tokens_total")
         assert drafted > 0
-        assert total(metrics, "vllm:spec_decode_num_accepted_tokens_total") == drafted
+        # Nearly all, not all: the target verifies k + 1 positions in one pass while the draft
+        # proposes one at a time, so the CPU kernels sum in a different order; on random weights
+        # the top logits are close enough that this flips a greedy choice now and then (2 in
+        # 4205 and 4 in 6970 seen).
+        accepted = total(metrics, "vllm:spec_decode_num_accepted_tokens_total")
+        assert drafted * 0.99 <= accepted <= drafted
 
     def test_a_real_high_acceptance_keeps_speculation(
         self, api: k8s.ApiClient, stack: LocalStack, copy_draft: tuple[str, str]
@@ -351,11 +374,12 @@ class TestExactCopyDraft:
             timeout=90,
             what=lambda: str(get(api, namespace, name)),
         )
-        # More checks than the failureLimit (3) that a low acceptance would need to disable.
+        # More checks than the failureLimit (3) that a low acceptance would need to disable. A
+        # check holds while a loaded machine leaves no reading in the window: wait for judged ones.
         wait_for(
             lambda: decisions(stack, "keep") >= kept + 4,
-            timeout=30 * 5,
-            what=lambda: str(get(api, namespace, name).get("status")),
+            timeout=300,
+            what=lambda: diagnosis(api, stack, namespace, name),
         )
         status = get(api, namespace, name)["status"]
         assert status["lastMetrics"]["acceptanceRate"] == pytest.approx(1.0, abs=0.02)
@@ -393,9 +417,7 @@ def test_a_real_low_acceptance_disables_speculation_and_restarts_the_server_with
             disabled = wait_for(
                 disabled_event,
                 timeout=180,
-                what=lambda: (
-                    f"{get(api, namespace, name).get('status')}\n" + engine_log(stack, name)
-                ),
+                what=lambda: diagnosis(api, stack, namespace, name),
             )
         plain = ready(stack, namespace, name, speculating=False)
         answer = post(
@@ -419,7 +441,8 @@ def test_a_real_low_acceptance_disables_speculation_and_restarts_the_server_with
                 (s := get(api, namespace, name)["status"])["effective"]["speculation"] == "off"
                 and s
             ),
-            timeout=60,
+            timeout=120,
+            what=lambda: diagnosis(api, stack, namespace, name),
         )
         assert [d["action"] for d in status["decisions"]] == ["disable-speculation"]
         # A real restart: a new server process, without --speculative-config, serving.
@@ -434,8 +457,10 @@ def test_a_real_low_acceptance_disables_speculation_and_restarts_the_server_with
         assert not any(k.startswith("vllm:spec_decode") for k in metrics)
         wait_for(
             lambda: len(pods(stack, name)) == 1,
-            timeout=60,
-            what="the speculating server to be stopped after the rollout",
+            timeout=120,
+            what=lambda: (
+                f"the speculating server to stop: {diagnosis(api, stack, namespace, name)}"
+            ),
         )
     finally:
         remove(api, stack, namespace, name)

@@ -909,6 +909,8 @@ class PodRunner:
                     self._tick(time.monotonic())
                 except Exception:
                     logger.exception("pod runner: loop iteration failed")
+                finally:
+                    self._publish()  # a failed iteration must not leave onlookers a stale view
                 self._wake.wait(self.tick_seconds)
         finally:
             self._shutdown()
@@ -1028,7 +1030,6 @@ class PodRunner:
             Target(p.template.namespace, p.template.deployment, p.name, p.port, p.template.labels)
             for p in ready
         )
-        self._publish()
 
     def _sync(self, key: Key, deployment: Manifest, now: float) -> None:
         load = self.load_gb_per_s if self.startup_scale > 0 else None
