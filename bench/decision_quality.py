@@ -773,9 +773,10 @@ def scheduled(scenario: Scenario, choices: list[tuple[bool, int]]) -> Callable[[
 def restart_cause(action: Action, before: PolicyState, after: PolicyState) -> str:
     """Why the operator's change restarts the pods: `load` (speculation off on a latency or
     load breach, on again once load fell), `acceptance` (off for low acceptance, a probe back
-    on), `schedule` (set-engine-schedule), `quantization` (a ladder step or its undo)."""
-    if action is Action.SET_ENGINE_SCHEDULE:
-        return "schedule"
+    on; or the engine schedule set instead of that disable), `schedule` (set-engine-schedule at
+    low load), `quantization` (a ladder step or its undo)."""
+    if action is Action.SET_ENGINE_SCHEDULE:  # set for a latency loss (it records the load) or
+        return "load" if after.crossover_load != before.crossover_load else "schedule"  # at rest
     if action is Action.DISABLE:
         return "load" if after.crossover_load is not None else "acceptance"
     if action is Action.ENABLE:

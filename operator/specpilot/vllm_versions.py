@@ -37,6 +37,7 @@ class Feature(StrEnum):
     OLD_TPOT_METRIC = "vllm:time_per_output_token_seconds"
     CUDA_GRAPHS_IN_BUDGET = "CUDA graph memory profiled inside gpu_memory_utilization"
     GPTQ_GROUP_ACT_ORDER = "GPTQ group activation ordering (desc_act true with groups)"
+    ADAPTIVE_VERIFICATION = "enable_adaptive_verification for model-based drafters"
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ FEATURES: dict[Feature, tuple[Span, ...]] = {
     Feature.OLD_TPOT_METRIC: (_span(until="0.12.0"),),
     Feature.CUDA_GRAPHS_IN_BUDGET: (_span("0.21.0"),),
     Feature.GPTQ_GROUP_ACT_ORDER: (_span(until="0.30.0"),),
+    Feature.ADAPTIVE_VERIFICATION: (_span("0.30.0"),),
 }
 
 
@@ -93,6 +95,22 @@ ENGINE_SCHEDULE_METHODS = frozenset({"ngram", "eagle", "eagle3", "mtp", "draft_m
 """Methods whose drafting follows num_speculative_tokens_per_batch_size: 0.33.0 silently ignores
 the schedule on Model Runner V1 for any other (docs/vllm-versions.md, section 4), and specpilot
 never renders a lever the engine would drop."""
+
+
+ADAPTIVE_VERIFICATION_METHODS: dict[str, Span] = {
+    "eagle": _span("0.30.0"),
+    "eagle3": _span("0.30.0"),
+    "mtp": _span("0.30.0"),
+    "draft_model": _span("0.31.0"),
+}
+"""Methods whose drafter verifies adaptively, by release (docs/vllm-versions.md, section 14):
+0.28-0.29 had it for DSpark only; Model Runner V2, which it requires, runs draft_model from
+0.31.0; ngram's drafter silently has none and suffix is V1-only, so specpilot never renders it
+for them."""
+
+
+def adaptive_verification_methods(version: Version) -> list[str]:
+    return sorted(m for m, span in ADAPTIVE_VERIFICATION_METHODS.items() if version in span)
 
 
 def supports(version: Version, feature: Feature) -> bool:

@@ -363,6 +363,29 @@ REFUSALS: list[tuple[str, str, str, dict[str, Any], str, str]] = [
         "0.33.0",
         "pass",
     ),
+    # enable_adaptive_verification: vLLM 0.33.0's SpeculativeConfig takes the key for eagle (an
+    # unknown key fails as an extra input) and the engine config then refuses it for the CPU's
+    # Model Runner V1; the GPU checks after it (full CUDA graphs, PP) cannot run here.
+    (
+        "adaptive-verification-on-0.33-cpu",
+        "0.33.0",
+        "",
+        {
+            **VARIANTS["eagle-8b"],
+            "speculation": {**VARIANTS["eagle-8b"]["speculation"], "adaptiveVerification": True},
+        },
+        "0.33.0",
+        "fail:Model Runner V1 does not support: adaptive draft verification",
+    ),
+    # 0.11.0 silently ignores the key: a lever the engine would drop, which specpilot refuses.
+    (
+        "adaptive-verification-ignored-by-0.11",
+        "0.11.0",
+        "AdaptiveVerificationUnsupportedByVersion",
+        {"speculation": {"method": "ngram", "adaptiveVerification": True}},
+        "0.33.0",
+        "pass",
+    ),
     # vLLM's config accepts a draft TP of 1 under target TP 2; its GPU workers then refuse it
     # ("draft_tensor_parallel_size and tensor_parallel_size must be the same"), which cannot
     # run here: specpilot refuses it up front.

@@ -18,6 +18,7 @@ import pytest
 from kubernetes import client as k8s
 
 from specpilot.api.models import GROUP, PLURAL, VERSION
+from specpilot_lab.demo.run import demo_trace
 from specpilot_lab.local.controlplane import ControlPlane
 from specpilot_lab.local.operator_process import wait_for
 from specpilot_lab.local.stack import FAST_POLICY, LocalStack, simulated
@@ -203,6 +204,68 @@ def test_a_surge_turns_speculation_off_and_quiet_turns_it_back_on(
         timeout=60,
         what=lambda: str(get(api, namespace, name).get("status")),
     )
+
+
+def test_a_surge_sets_the_engine_schedule_and_the_next_one_needs_no_restart(
+    api: k8s.ApiClient, stack: LocalStack
+) -> None:
+    """Issue 18: the first surge's latency loss costs one restart, which sets vLLM's
+    per-batch-size schedule instead of turning speculation off (the release has the lever).
+    From then on the engine stops speculating above the crossover by itself: the fall of the
+    load and the second surge need no restart."""
+    namespace, name = stack.namespaces[0], "learned"
+    create(api, chat(namespace, name, controlReplicas=1))
+    ready(api, stack, namespace, name, pods=2)
+    low, surge = 2 * 2, 2 * 15
+    second_surge = (40 + 70 + 120, 40 + 70 + 120 + 70)
+    # The demo's traffic (a quarter of it sampled at T=0.5): speculation's P99 TPOT loss at
+    # the surge is then clear (about 2x the baseline's), not only its queueing.
+    segments = [(40, low), (70, surge), (120, low), (70, surge), (20, low)]
+    phases = demo_trace([{"durationSeconds": d, "qps": q} for d, q in segments], seed=3)
+    deployments = k8s.AppsV1Api(api)
+
+    def scheduled() -> Any:  # the Event comes with the decision, the Deployment just after
+        server = deployments.read_namespaced_deployment(name, namespace)
+        args = server.spec.template.spec.containers[0].args
+        return any("num_speculative_tokens_per_batch_size" in a for a in args) and server
+
+    with Load(stack, namespace, name, phases) as running:
+        event = wait_for(
+            lambda: next(
+                (e for e in events(api, namespace, name) if e.reason == "EngineScheduleSet"),
+                None,
+            ),
+            timeout=300,
+            what=lambda: str(get(api, namespace, name).get("status")),
+        )
+        assert running.phase() < second_surge[0], "set too late for the second surge"
+        assert "instead of turning speculation off" in event.message, event.message
+        generation = wait_for(scheduled, timeout=30).metadata.generation
+        wait_for(lambda: running.phase() >= second_surge[1], timeout=400)
+        # Through the second surge: the engine stopped speculating by itself.
+        assert stack.prometheus is not None
+        selector = f'{{specpilot_io_resource="{name}",specpilot_io_role="server"}}'
+        drafted = stack.prometheus.query(
+            f"sum(increase(vllm:spec_decode_num_drafts_total{selector}[50s]))"
+        )
+        generated = stack.prometheus.query(
+            f"sum(increase(vllm:generation_tokens_total{selector}[50s]))"
+        )
+    status = get(api, namespace, name)["status"]
+    assert [d["action"] for d in status["decisions"]] == ["set-engine-schedule"]
+    assert deployments.read_namespaced_deployment(name, namespace).metadata.generation == (
+        generation
+    )
+    assert status["control"]["speculationOn"] is True
+    assert status["control"]["engineScheduleFrom"] > 1
+    assert "k=0 at batch" in status["effective"]["engineSchedule"]
+    # Most of the surge's decode steps ran without a draft (k=0 above the crossover): while
+    # speculating, a request drafts once per 1 + accepted tokens (about one per 3.5 at the
+    # simulator's acceptance), so a tenth means the engine hardly speculated.
+    tokens = float(generated[0]["value"][1])
+    drafts = float(drafted[0]["value"][1]) if drafted else 0.0
+    assert tokens > 0
+    assert drafts < 0.1 * tokens, (drafts, tokens)
 
 
 def test_an_int4_target_whose_acceptance_drops_is_stepped_back_to_int8(

@@ -772,10 +772,18 @@ def test_a_change_reverted_as_stuck_is_not_retried_within_the_hour() -> None:
     assert Action.DISABLE in [r.action for r in results]
 
 
-def at_batch(batch: float, speedup: float, acceptance: float = 0.75) -> Readings:
+def at_batch(
+    batch: float, speedup: float, acceptance: float = 0.75, baseline_batch: float | None = None
+) -> Readings:
     """One check with a control replica: the server runs `batch` requests, and the control
-    replica's median TPOT is `speedup` times the server's (the same traffic, no speculation)."""
+    replica's median TPOT is `speedup` times the server's (the same traffic, no speculation);
+    the control replica runs `baseline_batch` requests, when given."""
     server_p50 = 0.020
+    running = (
+        {}
+        if baseline_batch is None
+        else {Signal.REQUESTS_RUNNING: baseline_batch, Signal.REPLICAS: 1}
+    )
     return {
         ("inference", "llama", "server"): {
             Signal.TPOT_P50: server_p50,
@@ -789,6 +797,7 @@ def at_batch(batch: float, speedup: float, acceptance: float = 0.75) -> Readings
         ("inference", "llama", "baseline"): {
             Signal.TPOT_P50: server_p50 * speedup,
             Signal.TPOT_P99: server_p50 * speedup * 1.3,
+            **running,
         },
     }
 
@@ -888,31 +897,110 @@ def test_a_ttft_slo_is_read_from_the_control_replicas_and_recorded_while_off() -
     assert near.baseline_p99_ttft == 0.450
 
 
-def test_re_enabling_speculation_carries_the_learned_schedule_in_the_same_restart() -> None:
+def test_a_latency_loss_sets_the_engine_schedule_instead_of_turning_speculation_off() -> None:
+    """Where vLLM has the lever, the one restart a latency loss costs sets k=0 from the
+    crossover instead of turning speculation off: the engine keeps speculating below it, and
+    neither the fall of the load nor the next surge needs a restart."""
     doc = body(controlReplicas=1, cooldown="10m")
     low, high = at_batch(2, 1.5), at_batch(20, 0.5)
     # Low load settles 1.5x; then the load rises, speculation loses half (priced: 50% of the
-    # replica over the 10 min cooldown, more than the 208 s restart) and is turned off.
+    # replica over the 10 min cooldown, more than the 208 s restart).
     results = play(doc, [low] * 3 + [high] * 3, step=60)
-    assert results[-1].action is Action.DISABLE
-    assert "engineScheduleFrom" not in doc["status"]["control"]
-    # Back at low load, once the cooldown has passed, speculation comes back, and with it the
-    # schedule: one restart, not two.
+    assert results[-1].action is Action.SET_ENGINE_SCHEDULE
+    assert results[-1].rerender
+    (event,) = [e for e in results[-1].events if e.reason == "EngineScheduleSet"]
+    assert "instead of turning speculation off" in event.message
+    assert "the engine now runs k=5 up to batch 15 and 0 from 16" in event.message
+    control_state = doc["status"]["control"]
+    assert control_state["speculationOn"] is True
+    assert control_state["engineScheduleFrom"] == 16
+    assert "[[1, 15, 5], [16, 4096, 0]]" in next(a for a in args(doc) if "per_batch_size" in a)
+    # The surge goes on and the load falls: the engine handles both, no restart.
     later = []
     for i in range(6, 20):
         at = T0 + datetime.timedelta(seconds=60 * i)
-        result = control.check(doc, low, None, at, at)
+        result = control.check(doc, high if i < 12 else low, None, at, at)
         assert result is not None
-        assert result.action is not Action.SET_ENGINE_SCHEDULE
         if result.worth_writing:
             doc["status"] = result.status
         later.append(result)
-    enabled = [r for r in later if r.action is Action.ENABLE]
-    assert len(enabled) == 1
-    (event,) = [e for e in enabled[0].events if e.reason == "SpeculationEnabled"]
+    assert {r.action for r in later} == {Action.KEEP}
+    assert not any(r.rerender for r in later)
+    # above the crossover the loss is not speculation's: no breach is counted
+    assert [r.status["control"].get("breaches", 0) for r in later[:6]] == [0] * 6
+    # A loss below the crossover lowers it, the same way: one restart, speculation stays on.
+    lower = []
+    for i in range(20, 40):
+        at = T0 + datetime.timedelta(seconds=60 * i)
+        result = control.check(doc, at_batch(10, 0.5), None, at, at)
+        assert result is not None
+        if result.worth_writing:
+            doc["status"] = result.status
+        lower.append(result.action)
+        if result.action is not Action.KEEP:
+            break
+    assert lower[-1] is Action.SET_ENGINE_SCHEDULE, lower
+    (event,) = [e for e in result.events if e.reason == "EngineScheduleSet"]
+    assert "0 from 8 (lowered from batch 16)" in event.message
+    assert doc["status"]["control"]["engineScheduleFrom"] == 8
+    assert "[[1, 7, 5], [8, 4096, 0]]" in next(a for a in args(doc) if "per_batch_size" in a)
+
+
+def test_re_enabling_after_low_acceptance_carries_the_learned_schedule() -> None:
+    """A probe after low acceptance restarts the pods anyway: a settled crossover comes with it."""
+    doc = body(controlReplicas=1, cooldown="10m")
+    settled = [
+        {"minBatch": 2, "maxBatch": 3, "readings": 5, "logSpeedup": 0.4, "logVariance": 0.0},
+        {"minBatch": 16, "maxBatch": 31, "readings": 5, "logSpeedup": -0.4, "logVariance": 0.0},
+    ]
+    results = play(doc, [at_batch(2, 0.5, acceptance=0.3)] * 3, step=60)
+    assert results[-1].action is Action.DISABLE
+    doc["status"]["control"]["speedupCurve"] = settled
+    enabled = None
+    for i in range(1, 40):  # the probe waits until its two restarts are worth it (70 min)
+        at = T0 + datetime.timedelta(seconds=300 * i)
+        result = control.check(doc, at_batch(2, 1.5), None, at, at)
+        assert result is not None
+        if result.worth_writing:
+            doc["status"] = result.status
+        if result.action is Action.ENABLE:
+            enabled = result
+            break
+    assert enabled is not None, doc["status"]
+    (event,) = [e for e in enabled.events if e.reason == "SpeculationEnabled"]
     assert "with the learned schedule: speculation stops paying from batch 16" in event.message
     assert doc["status"]["control"]["engineScheduleFrom"] == 16
     assert "[[1, 15, 5], [16, 4096, 0]]" in next(a for a in args(doc) if "per_batch_size" in a)
+
+
+def test_a_latency_disable_places_the_crossover_at_the_batch_without_speculation() -> None:
+    """A losing speculating server queues: its batch is inflated past where the loss began.
+    The control replicas' batch is what the engine runs at that load without speculation."""
+    surge = [at_batch(70, 0.5, baseline_batch=24)] * 3
+    doc = body(controlReplicas=1, cooldown="10m")
+    results = play(doc, [at_batch(2, 1.5)] * 3 + surge, step=60)
+    assert results[-1].action is Action.SET_ENGINE_SCHEDULE
+    assert doc["status"]["control"]["crossoverBatch"] == 16
+    assert doc["status"]["control"]["engineScheduleFrom"] == 16
+    # Without the control replicas' batch, the band of the server's own (the loss was read
+    # there, and nowhere lower).
+    alone = body(controlReplicas=1, cooldown="10m")
+    play(alone, [at_batch(2, 1.5)] * 3 + [at_batch(70, 0.5)] * 3, step=60)
+    assert alone["status"]["control"]["crossoverBatch"] == 64
+
+
+def test_the_curves_first_guess_is_the_lowest_loss_with_none_paying_above() -> None:
+    def band(start: int, speedup: float) -> SpeedupBand:
+        return SpeedupBand(
+            min_batch=start, max_batch=2 * start - 1, readings=1, log_speedup=math.log(speedup)
+        )
+
+    assert curve.first_losing([band(1, 1.5), band(8, 0.9), band(16, 0.6)]) == 8
+    # a band at or above break-even above it: the loss below is noise, the next one counts
+    assert curve.first_losing([band(4, 0.8), band(8, 1.1), band(16, 0.6)]) == 16
+    # within the margin of break-even is no loss
+    assert curve.first_losing([band(4, 0.97), band(8, 0.98)]) is None
+    assert curve.first_losing([]) is None
 
 
 def test_queueing_behind_the_draft_reads_as_a_loss_on_the_curve() -> None:
@@ -937,32 +1025,28 @@ def test_queueing_behind_the_draft_reads_as_a_loss_on_the_curve() -> None:
     )
 
 
-def test_a_latency_disable_gives_the_schedule_a_provisional_crossover() -> None:
+def test_a_latency_loss_gives_the_schedule_a_provisional_crossover() -> None:
     """On the rise, the load passes through several batch bands in as many checks: none has
     the readings to settle, but the policy's own breaches say where speculation stopped
-    paying. The re-enable carries that as the crossover."""
+    paying, and the curve read the loss from batch 16 on."""
     doc = body(controlReplicas=1, cooldown="10m")
     rising = [at_batch(20, 0.5), at_batch(40, 0.5), at_batch(70, 0.5)]
     results = play(doc, [at_batch(2, 1.5)] * 3 + rising, step=60)
-    assert results[-1].action is Action.DISABLE
-    assert doc["status"]["control"]["crossoverBatch"] == 64
+    assert results[-1].action is Action.SET_ENGINE_SCHEDULE
+    # The lowest band read as a loss on the way up (one reading each: the curve settles none)
+    assert doc["status"]["control"]["crossoverBatch"] == 16
     assert curve.crossover(
         [SpeedupBand.model_validate(b) for b in doc["status"]["control"]["speedupCurve"]]
     ) is None  # fmt: skip
-    for i in range(6, 20):
-        at = T0 + datetime.timedelta(seconds=60 * i)
-        result = control.check(doc, at_batch(2, 1.5), None, at, at)
-        assert result is not None
-        if result.worth_writing:
-            doc["status"] = result.status
-        if result.action is Action.ENABLE:
-            break
-    assert result.action is Action.ENABLE
-    (event,) = [e for e in result.events if e.reason == "SpeculationEnabled"]
-    assert "provisionally from batch 64 per replica, where it was turned off for latency" in (
-        event.message
-    )
-    assert doc["status"]["control"]["engineScheduleFrom"] == 64
+    (event,) = [e for e in results[-1].events if e.reason == "EngineScheduleSet"]
+    assert "provisionally from where the loss was read" in event.message
+    assert doc["status"]["control"]["engineScheduleFrom"] == 16
+    # On a release without the lever, the restart-based rule turns speculation off.
+    old = body(controlReplicas=1, cooldown="10m")
+    old["spec"]["vllm"]["image"] = "vllm/vllm-openai:v0.23.0"
+    results = play(old, [at_batch(2, 1.5)] * 3 + rising, step=60)
+    assert results[-1].action is Action.DISABLE
+    assert "engineScheduleFrom" not in old["status"]["control"]
     # Not when the curve measured speculation paying up there.
     paying = body(controlReplicas=1, cooldown="10m")
     paying["status"] = {"control": {**doc["status"]["control"], "engineScheduleFrom": None}}

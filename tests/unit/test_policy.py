@@ -744,3 +744,21 @@ def test_the_restart_is_priced_on_the_slo_latency() -> None:
         "keeping loses 38% of 1 replica(s)' capacity (P99 TTFT) over the 600s cooldown = 225 "
         "replica-seconds, more than the restart's 200s x 1 = 200" in decision.reason
     )
+
+
+def test_latency_above_the_engine_schedules_crossover_is_not_speculations() -> None:
+    """With k=0 from batch 16 in the engine, a latency loss at batch 20 would not go away with
+    speculation (the engine runs none there): it counts nothing. Below the crossover it counts,
+    and so does low acceptance anywhere."""
+    scheduled = PolicyState(engine_schedule_from=16)
+    worse = {"acceptance": 0.7, "p99_tpot": 0.040, "baseline_p99_tpot": 0.029}
+    above = run([{**worse, "batch": 20}] * 4, state=scheduled)
+    assert [d.action for d in above] == [Action.KEEP] * 4
+    assert all(d.state.breaches == 0 for d in above)
+    assert "at batch 20 per replica the engine's schedule already runs k=0 (from batch 16)" in (
+        above[-1].reason
+    )
+    below = run([{**worse, "batch": 12}] * 3, state=scheduled)
+    assert below[-1].action is Action.DISABLE
+    collapsed = run([{"acceptance": 0.2, "batch": 20}] * 3, state=scheduled)
+    assert collapsed[-1].action is Action.DISABLE

@@ -269,6 +269,14 @@ class SpeculationSpec(SpecModel):
         description="Per-batch-size k (vLLM 0.24.0+): non-overlapping ranges, the first starting "
         "at batch size 1; gaps keep the previous step's k.",
     )
+    adaptive_verification: bool = Field(
+        default=False,
+        description="Let vLLM choose, each step, how much of the draft to verify, from a cost "
+        "profile measured at start-up and its running acceptance (enable_adaptive_verification; "
+        "vLLM 0.30.0+ for eagle, eagle3 and mtp, 0.31.0+ for draft_model; needs full CUDA "
+        "graphs and no pipeline parallelism). The engine then trims speculation under load by "
+        "itself; acceptance reads a few points lower.",
+    )
     acceptance_method: Literal["rejection_sampler", "typical_acceptance_sampler"] | None = Field(
         default=None, description="V0 engine only (vLLM before 0.10.0)."
     )

@@ -152,9 +152,13 @@ def signals_for(
         baseline_p50, baseline_p99 = state.baseline_p50_tpot, state.baseline_p99_tpot
         baseline_ttft, baseline_p99_ttft = state.baseline_p50_ttft, state.baseline_p99_ttft
     running = server.get(Signal.REQUESTS_RUNNING)
+    live_running, live_replicas = live.get(Signal.REQUESTS_RUNNING), live.get(Signal.REPLICAS)
     return Signals(
         sampled_at=sampled_at,
         batch=running / replicas if running is not None and replicas else None,
+        baseline_batch=(
+            live_running / live_replicas if live_running is not None and live_replicas else None
+        ),
         acceptance=server.get(Signal.ACCEPTANCE) if state.speculation_on else None,
         p50_tpot=server.get(Signal.TPOT_P50),
         p99_tpot=server.get(Signal.TPOT_P99),
@@ -310,7 +314,8 @@ def _engine_schedule(
 ) -> PolicyDecision:
     """Set the learned schedule in the engine once its crossover is settled: from then on a
     load swing past it needs no restart (the engine stops speculating by itself). Re-enabling
-    speculation restarts the pods anyway, so it carries the schedule at no extra cost;
+    speculation (a probe after low acceptance) restarts the pods anyway, so it carries the
+    schedule at no extra cost;
     otherwise the schedule's own restart happens only in auto mode, a cooldown after the last
     change, at a load below the crossover (the restart does not meet the peak), once per
     target."""
@@ -330,27 +335,19 @@ def _engine_schedule(
         return decision
     k = speculation.effective_num_speculative_tokens
     steps = curve.schedule(learned, k)
-    provisional = steps is None and enabling and _provisional_crossover(state, learned)
-    if provisional and state.crossover_batch is not None:
-        steps = curve.steps_from(state.crossover_batch, k)
     if steps is None:
         return decision
     start = steps[1][0]
-    if curve.band_of(signals.batch)[0] >= start:
-        return decision
+    if not enabling and curve.band_of(signals.batch)[0] >= start:
+        return decision  # its own restart waits for a load below the crossover
     bands = "; ".join(curve.describe(b) for b in sorted(learned, key=lambda b: b.min_batch))
     schedule = f"num_speculative_tokens_per_batch_size {[list(step) for step in steps]}"
     if enabling:
-        where = (
-            f"provisionally from batch {start} per replica, where it was turned off for latency "
-            f"(the measured curve has not settled: {bands or 'no readings'})"
-            if provisional
-            else f"from batch {start} per replica ({bands})"
-        )
         reason = (
-            f"{decision.reason}; with the learned schedule: speculation stops paying {where}, "
-            f"so the engine runs k={k} up to batch {start - 1} and 0 from {start} ({schedule}) "
-            "and the next load swing past it needs no restart"
+            f"{decision.reason}; with the learned schedule: speculation stops paying from "
+            f"batch {start} per replica ({bands}), so the engine runs k={k} up to batch "
+            f"{start - 1} and 0 from {start} ({schedule}) and the next load swing past it "
+            "needs no restart"
         )[:1024]
         carried = decision.state.model_copy(update={"engine_schedule_from": start})
         return decision.model_copy(update={"reason": reason, "state": carried})
@@ -383,10 +380,70 @@ def _engine_schedule(
     return within_ceiling(acted, state, now, admin.max_changes_per_hour)
 
 
+def _in_engine_instead(
+    decision: PolicyDecision,
+    state: PolicyState,
+    spec: SpeculativeInferenceSpec,
+    version: Version,
+    learned: list[SpeedupBand],
+    restart: RestartCost,
+) -> PolicyDecision:
+    """A latency disable, where vLLM has the lever, turned into the in-engine schedule: the same
+    one restart sets k=0 from the provisional crossover instead of turning speculation off, so
+    the engine still speculates below it, and neither the fall of the load nor the next surge
+    needs a restart. A loss below a running schedule's crossover lowers it the same way. Not on
+    a ladder step, or when speculation loses at every batch (the restart-based rule's)."""
+    speculation = spec.speculation
+    start, running = decision.state.crossover_batch, state.engine_schedule_from
+    if (
+        speculation is None
+        or start is None
+        or state.checkpoint_index
+        or (running is not None and start >= running)
+        or not curve.engine_schedule_possible(spec, version)
+        or not _provisional_crossover(decision.state, learned)
+    ):
+        return decision
+    k = speculation.effective_num_speculative_tokens
+    steps = [list(step) for step in curve.steps_from(start, k)]
+    bands = "; ".join(curve.describe(b) for b in sorted(learned, key=lambda b: b.min_batch))
+    lowered = f" (lowered from batch {running})" if running is not None else ""
+    reason = (
+        f"{decision.evidence}; instead of turning speculation off (a restart now and another "
+        f"when the load falls), the engine now runs k={k} up to batch {start - 1} and 0 from "
+        f"{start}{lowered} "
+        f"(num_speculative_tokens_per_batch_size {steps}), provisionally from where "
+        f"the loss was read ({bands or 'no readings'}): one restart "
+        f"({restart.startup_s:.0f}s x {restart.replicas_affected}), none for the next swing"
+    )[:1024]
+    return decision.model_copy(
+        update={
+            "action": Action.SET_ENGINE_SCHEDULE,
+            "reason": reason,
+            "evidence": reason,
+            "state": decision.state.model_copy(
+                update={"speculation_on": True, "engine_schedule_from": start}
+            ),
+        }
+    )
+
+
+def _crossover_at_disable(signals: Signals, learned: list[SpeedupBand]) -> int:
+    """Where a latency disable says speculation stopped paying: the band of the batch the
+    engine runs at this load without speculation (the control replicas'; a losing server's own
+    batch is inflated by its queue), or lower where the curve already read a loss on the way
+    up (the disable comes failureLimit checks after the first breach, the load still rising)."""
+    batches = [b for b in (signals.batch, signals.baseline_batch) if b]
+    start = curve.band_of(min(batches))[0]
+    losing = curve.first_losing(learned)
+    return min(start, losing) if losing is not None else start
+
+
 def _provisional_crossover(state: PolicyState, learned: list[SpeedupBand]) -> bool:
-    """Whether the batch band of the last latency disable may serve as the crossover while the
-    curve settles none: the policy's own breaches there are the evidence, unless the curve
-    has measured speculation paying at or above it."""
+    """Whether the crossover a latency loss placed (`_crossover_at_disable`) may serve while
+    the curve settles none: the policy's own breaches are the evidence, unless the curve has
+    measured speculation paying at or above it, or it is the first band (speculation loses at
+    every batch: turning it off is the restart's job)."""
     start = state.crossover_batch
     if start is None or start <= 1:
         return False
@@ -579,10 +636,12 @@ def check(
     )
     if decision.acted and decision.action is Action.DISABLE and signals.batch:
         latency = decision.state.crossover_load is not None  # not low acceptance
-        crossover = curve.band_of(signals.batch)[0] if latency else None
+        crossover = _crossover_at_disable(signals, learned) if latency else None
         decision = decision.model_copy(
             update={"state": decision.state.model_copy(update={"crossover_batch": crossover})}
         )
+        if latency:
+            decision = _in_engine_instead(decision, state, spec, result.version, learned, restart)
     decisions, decision_events = _recorded(status.decisions, decision, spec, now)
     events += decision_events
     events += [

@@ -133,6 +133,20 @@ def crossover(curve: list[SpeedupBand]) -> SpeedupBand | None:
     return None
 
 
+def first_losing(curve: list[SpeedupBand]) -> int | None:
+    """The curve's guess before any band settles: the start of the lowest band read below
+    break-even (by the margin) with no band above it read at or above break-even; None if
+    there is none. A guess from few readings: only a latency disable, the policy's own evidence
+    of a loss, makes it the schedule's crossover."""
+    ordered = sorted(curve, key=lambda b: b.min_batch)
+    for index, band in enumerate(ordered):
+        if band.log_speedup >= math.log(1 - MARGIN):
+            continue
+        if all(above.log_speedup < 0 for above in ordered[index + 1 :]):
+            return band.min_batch
+    return None
+
+
 def schedule(curve: list[SpeedupBand], k: int) -> list[tuple[int, int, int]] | None:
     """vLLM's num_speculative_tokens_per_batch_size from the curve: k below the crossover, 0 from
     it on. None without a crossover, or when it is the first band (speculation pays at no batch

@@ -108,6 +108,9 @@ class Signals(BaseModel):
     """Requests running per replica (or QPS): what speculation's payoff depends on."""
     batch: float | None = None
     """Requests running per serving replica when read: the batch the engine schedules."""
+    baseline_batch: float | None = None
+    """Requests running per control replica: the batch at this load without speculation (a
+    losing speculating server batches more, its requests waiting longer)."""
     error: str | None = None
     """Why the reading failed (Prometheus unreachable, bad answer)."""
 
@@ -393,6 +396,14 @@ def _while_on(
             action=Action.KEEP, reason=f"speculation on: {settling}", state=state, warnings=warnings
         )
     breach = _breach(signals, policy)
+    off_in_engine = _off_in_engine(signals, state, policy)
+    if breach is not None and off_in_engine is not None:
+        return PolicyDecision(
+            action=Action.KEEP,
+            reason=f"speculation on, not counted: {breach}, but {off_in_engine}",
+            state=state,
+            warnings=warnings,
+        )
     if state.checkpoint_index > 0 and breach is not None:
         return _undo_step(signals, state, policy, now, restart, breach, warnings)
     quantization_drop = (
@@ -711,6 +722,22 @@ def _breach(signals: Signals, policy: PolicySpec) -> str | None:
                 f"{_fmt(baseline, 'ms')} (more than {allowed:.0%}) at {band}"
             )
     return None
+
+
+def _off_in_engine(signals: Signals, state: PolicyState, policy: PolicySpec) -> str | None:
+    """Why a latency reading is not speculation's doing, or None: the server's in-engine
+    schedule runs k=0 at its batch, so turning speculation off would change nothing there (a
+    restart for no gain). Low acceptance still counts: it is about the traffic, not the load."""
+    start, batch = state.engine_schedule_from, signals.batch
+    if start is None or batch is None or max(1, round(batch)) < start:
+        return None
+    assert signals.acceptance is not None
+    if acceptance_band(signals.acceptance, policy.thresholds) is AcceptanceBand.NET_NEGATIVE:
+        return None
+    return (
+        f"at batch {batch:.0f} per replica the engine's schedule already runs k=0 "
+        f"(from batch {start})"
+    )
 
 
 def _regression(value: float | None, baseline: float | None) -> float | None:

@@ -109,6 +109,8 @@ def speculative_config(
             [step.min_batch_size, step.max_batch_size, step.num_speculative_tokens]
             for step in speculation.schedule
         ]
+    if speculation.adaptive_verification:
+        config["enable_adaptive_verification"] = True
     if supports(version, Feature.V0_ENGINE):
         if speculation.disable_by_batch_size is not None:
             config["disable_by_batch_size"] = speculation.disable_by_batch_size

@@ -10,6 +10,7 @@ from specpilot.vllm_versions import (
     NEWEST_VERIFIED,
     OLDEST_SUPPORTED,
     Feature,
+    adaptive_verification_methods,
     availability,
     parse_version,
     supports,
@@ -134,6 +135,7 @@ def compatibility_findings(spec: SpeculativeInferenceSpec, version: Version) -> 
             )
         )
     found += _draft_findings(spec, version)
+    found += _adaptive_verification_findings(spec, version)
     if spec.target.pipeline_parallel_size > 1 and not v0:
         found.append(
             warning(
@@ -141,6 +143,58 @@ def compatibility_findings(spec: SpeculativeInferenceSpec, version: Version) -> 
                 "spec.target.pipelineParallelSize",
                 f"vLLM {version} speculation with pipeline parallelism is not supported by every "
                 "method; prefer tensor parallelism.",
+            )
+        )
+    return found
+
+
+def _adaptive_verification_findings(
+    spec: SpeculativeInferenceSpec, version: Version
+) -> list[Finding]:
+    """What vLLM refuses of adaptive verification at start-up, said before the pods start."""
+    speculation = spec.speculation
+    assert speculation is not None
+    if not speculation.adaptive_verification:
+        return []
+    field = "spec.speculation.adaptiveVerification"
+    methods = adaptive_verification_methods(version)
+    if not supports(version, Feature.ADAPTIVE_VERIFICATION):
+        return [
+            error(
+                "AdaptiveVerificationUnsupportedByVersion",
+                field,
+                f"vLLM {version} has no adaptive verification for {speculation.method.value} "
+                "(enable_adaptive_verification: eagle, eagle3 and mtp in 0.30.0 and later, "
+                "draft_model in 0.31.0 and later).",
+                f"remove adaptiveVerification, {_PIN_FIX}",
+                also=["spec.vllm.version", "spec.vllm.image"],
+            )
+        ]
+    found: list[Finding] = []
+    if speculation.method.value not in methods:
+        found.append(
+            error(
+                "AdaptiveVerificationUnsupportedByMethod",
+                field,
+                f"vLLM {version} verifies adaptively only for {', '.join(methods)}, not "
+                f"{speculation.method.value} (its drafter would ignore it or the engine refuses "
+                "it).",
+                "remove adaptiveVerification, or choose one of those methods (draft_model "
+                "from vLLM 0.31.0).",
+                also=["spec.speculation.method", "spec.vllm.image"],
+            )
+        )
+    if spec.target.pipeline_parallel_size > 1:
+        found.append(
+            error(
+                "AdaptiveVerificationWithPipelineParallel",
+                field,
+                f"vLLM {version} refuses adaptive verification with pipeline parallelism "
+                '("Adaptive verification is not currently compatible with pipeline '
+                'parallelism").',
+                "remove adaptiveVerification, or set spec.target.pipelineParallelSize to 1 "
+                "and use tensor parallelism",
+                also=["spec.target.pipelineParallelSize"],
             )
         )
     return found

@@ -91,6 +91,8 @@ def extra_args_findings(spec: SpeculativeInferenceSpec, version: Version) -> lis
             found.append(_exits(applied, release))
         elif dest in seen and not applied.option.repeatable:
             found.append(_duplicate(applied))
+        elif dest in ADAPTIVE_VERIFICATION_CONFLICTS and _adaptive(spec, applied):
+            found.append(_adaptive_conflict(applied, version))
         seen.add(dest)
     exact = release == version
     found += [_refusal(p, release, exact, table.by_string()) for p in reading.problems]
@@ -127,6 +129,32 @@ def _managed(applied: Applied, owner: str | None, version: Version) -> Finding:
         f"remove it from extraArgs and set {owner} instead."
         if owner
         else "remove it from extraArgs.",
+    )
+
+
+ADAPTIVE_VERIFICATION_CONFLICTS = {
+    "enforce_eager": "Adaptive verification requires full CUDA graphs",
+    "enable_lora": "Adaptive verification is not currently compatible with LoRA",
+}
+"""Options vLLM refuses beside enable_adaptive_verification, with its message (config/vllm.py,
+_validate_adaptive_verification, 0.30.0-0.33.0)."""
+
+
+def _adaptive(spec: SpeculativeInferenceSpec, applied: Applied) -> bool:
+    """Whether the resource verifies adaptively and the flag turns the option on."""
+    speculation = spec.speculation
+    turned_on = not applied.written.startswith("--no-") and applied.values[-1:] != ["false"]
+    return speculation is not None and speculation.adaptive_verification and turned_on
+
+
+def _adaptive_conflict(applied: Applied, version: Version) -> Finding:
+    written = applied.written.split("=", 1)[0]
+    return error(
+        "AdaptiveVerificationConflict",
+        _path(applied.index),
+        f"{written} with spec.speculation.adaptiveVerification: vLLM {version} refuses to start "
+        f'("{ADAPTIVE_VERIFICATION_CONFLICTS[applied.option.dest]}").',
+        "remove it from extraArgs, or set adaptiveVerification to false.",
     )
 
 
