@@ -47,7 +47,7 @@ def demo_timeline() -> Timeline:
 def assert_png(path: Path, width: int, height: int) -> None:
     data = path.read_bytes()
     assert data[:8] == PNG_MAGIC
-    assert len(data) > 20_000, "a four-panel plot with data is far more than a blank image"
+    assert len(data) > 20_000, "a five-panel plot with data is far more than a blank image"
     pixels = imread(path)
     assert pixels.shape[:2] == (height, width)
 
@@ -55,7 +55,7 @@ def assert_png(path: Path, width: int, height: int) -> None:
 def test_png_is_written_with_the_requested_dimensions(tmp_path: Path) -> None:
     out = tmp_path / "timeline.png"
     render_png(demo_timeline(), out, "llama-70b: draft acceptance collapse")
-    assert_png(out, 1200, 1000)
+    assert_png(out, 1200, 1200)
 
     small = tmp_path / "small.png"
     render_png(demo_timeline(), small, "small", size_inches=(6.0, 5.0), dpi=80)
@@ -103,7 +103,7 @@ def test_renders_with_empty_series(tmp_path: Path, timeline: Timeline) -> None:
     render_png(timeline, out, "sparse")
     data = out.read_bytes()
     assert data[:8] == PNG_MAGIC
-    assert imread(out).shape[:2] == (1000, 1200)
+    assert imread(out).shape[:2] == (1200, 1200)
 
 
 def test_plot_thresholds_match_the_policy_defaults() -> None:
@@ -123,15 +123,17 @@ def test_summary_means_and_speculation_share() -> None:
     timeline = Timeline(
         qps=series((0.0, 2.0), (10.0, 4.0), (20.0, 10.0), (30.0, 20.0)),
         acceptance=series((0.0, 0.6), (10.0, 0.8)),
+        drafts_per_token=series((0.0, 1.2), (10.0, 0.8), (20.0, 0.0), (30.0, 0.0)),
         p99_tpot_ms=series((0.0, 30.0), (10.0, 40.0), (20.0, 50.0), (30.0, 70.0)),
         baseline_p99_tpot_ms=series((20.0, 44.0), (30.0, 46.0)),
         speculation=[(0.0, True), (30.0, False)],
     )
     table = summary_table(timeline, [("warm", 0.0, 20.0), ("peak", 20.0, 40.0)])
     warm, peak = rows(table)["warm"].split(), rows(table)["peak"].split()
-    # name, start, end, QPS, acceptance, p99 spec, p99 base, spec on, lost pod-s, decisions
-    assert warm == ["warm", "0", "20", "3.0", "0.70", "35.0", "-", "100%", "-", "-"]
-    assert peak == ["peak", "20", "40", "15.0", "-", "60.0", "45.0", "50%", "-", "-"]
+    # name, start, end, QPS, acceptance, drafts/tok, p99 spec, p99 base, spec on, lost pod-s,
+    # decisions: at the peak speculation is on but the engine drafts nothing (k=0)
+    assert warm == ["warm", "0", "20", "3.0", "0.70", "1.00", "35.0", "-", "100%", "-", "-"]
+    assert peak == ["peak", "20", "40", "15.0", "-", "0.00", "60.0", "45.0", "50%", "-", "-"]
 
 
 def test_speculation_share_before_the_first_step_is_off() -> None:
@@ -195,8 +197,8 @@ def test_a_restart_gap_is_lost_capacity_in_its_phase() -> None:
     assert timeline.lost_pod_seconds(40.0, 60.0) == pytest.approx(5.0)
     assert timeline.lost_pod_seconds(100.0, 200.0) is None
     table = rows(summary_table(timeline, [("before", 0.0, 30.0), ("restart", 30.0, 60.0)]))
-    assert table["before"].split()[8] == "0"
-    assert table["restart"].split()[8] == "15"
+    assert table["before"].split()[9] == "0"
+    assert table["restart"].split()[9] == "15"
 
 
 def test_the_restart_gap_is_hatched_on_the_plot(tmp_path: Path) -> None:

@@ -3,9 +3,12 @@
 A local control plane, simulated vLLM pods (the pod runner, with a finite GPU pool and pods that
 take their modelled startup, scaled down, to serve), a real Prometheus and the operator. Two acts:
 
-1. The surge: the example resource with one control replica plays low load, a surge and low
-   load again. Speculation goes off in the surge and on after it; each change restarts the
-   serving pod (no surge pod: the pool is full), and the timeline shows the gap.
+1. Two surges: the example resource with one control replica plays low load, a surge, low load
+   and a second surge. In the first surge speculation loses to the control replica; vLLM 0.33.0
+   has the per-batch-size schedule, so the operator sets it (k=0 from the batch where it lost)
+   instead of turning speculation off. That one change restarts the serving pod (no surge pod:
+   the pool is full), and the timeline shows the gap. From then on the engine stops and resumes
+   drafting by itself: the fall of the load and the second surge need no restart.
 2. A full GPU pool: two serving replicas that may surge one extra pod, on a pool they fill. Hot
    sampling makes the operator turn speculation off; the surge pod waits for GPUs, the rollout
    times out, and the operator returns to the configuration that runs instead of stranding it.
@@ -50,7 +53,13 @@ EXAMPLE = "llama-70b-int8-draft.yaml"
 NAMESPACE = "specpilot-demo"
 POLICY = {**FAST_POLICY, "controlReplicas": 1}
 """The example's policy, sped up, with one control replica as the live baseline."""
-PHASES = (("low", 45.0, 4.0), ("surge", 75.0, 30.0), ("low again", 90.0, 4.0))
+PHASES = (
+    ("low", 45.0, 4.0),
+    ("surge", 75.0, 30.0),
+    ("low again", 90.0, 4.0),
+    ("second surge", 75.0, 30.0),
+    ("low at last", 30.0, 4.0),
+)
 """(name, seconds, total QPS): the load is spread over the serving and the control replica."""
 STEP = 5.0
 STARTUP_SCALE = 0.05
@@ -207,7 +216,7 @@ def run_demo(output: Path, keep: bool) -> None:
 def _surge_act(api: k8s.ApiClient, stack: LocalStack, output: Path) -> None:
     doc = demo_resource()
     name = doc["metadata"]["name"]
-    click.echo(f"\n== act 1, the surge: manifests/examples/{EXAMPLE} as {NAMESPACE}/{name}")
+    click.echo(f"\n== act 1, two surges: manifests/examples/{EXAMPLE} as {NAMESPACE}/{name}")
     click.echo("   policy: " + ", ".join(f"{k}={v}" for k, v in POLICY.items()))
     click.echo(
         f"   a restart takes {doc['metadata']['annotations'][STARTUP_ANNOTATION]}s here "
@@ -220,7 +229,7 @@ def _surge_act(api: k8s.ApiClient, stack: LocalStack, output: Path) -> None:
         phases.append((phase, offset, offset + seconds))
         offset += seconds
     played = _play(api, stack, doc, demo_trace(), f"the trace ({plan})")
-    _report(played, phases, output / "timeline.png", f"specpilot demo: {name}, the surge")
+    _report(played, phases, output / "timeline.png", f"specpilot demo: {name}, two surges")
     _delete(api, stack, doc)
 
 
@@ -395,6 +404,21 @@ def _timeline(
             return Series(points=[(t, v) for t, v in points if math.isfinite(v)])
         return Series()
 
+    def drafts_per_token() -> Series:
+        """Draft tokens over output tokens of the serving pods in the rate window."""
+        assert stack.prometheus is not None
+        selector = (
+            f'{{namespace="{NAMESPACE}",specpilot_io_resource="{name}",specpilot_io_role="server"}}'
+        )
+        window = str(POLICY["window"])
+        promql_ratio = (
+            f"sum(rate(vllm:spec_decode_num_draft_tokens_total{selector}[{window}])) / "
+            f"sum(rate(vllm:generation_tokens_total{selector}[{window}]))"
+        )
+        answer = stack.prometheus.query_range(promql_ratio, started, ended, STEP)
+        points = [(float(t) - started, float(v)) for item in answer for t, v in item["values"]]
+        return Series(points=[(t, v) for t, v in points if math.isfinite(v)])
+
     offered: dict[int, int] = {}
     for result in results:
         bucket = int(result.at // STEP)
@@ -407,6 +431,7 @@ def _timeline(
     return Timeline(
         qps=qps,
         acceptance=series(Signal.ACCEPTANCE, "server"),
+        drafts_per_token=drafts_per_token(),
         p99_tpot_ms=series(Signal.TPOT_P99, "server", 1000),
         baseline_p99_tpot_ms=series(Signal.TPOT_P99, "baseline", 1000),
         decisions=decisions,

@@ -71,6 +71,9 @@ class Timeline(BaseModel):
     """Requests per second offered by the load generator."""
     acceptance: Series = Field(default_factory=Series)
     """Draft acceptance rate, 0..1; no samples while speculation is off."""
+    drafts_per_token: Series = Field(default_factory=Series)
+    """Draft tokens the serving replicas proposed per output token: about k / (1 + accepted) while
+    the engine speculates, 0 where its per-batch-size schedule runs k=0 (no restart needed)."""
     p99_tpot_ms: Series = Field(default_factory=Series)
     """P99 time per output token of the serving (speculating) replicas."""
     baseline_p99_tpot_ms: Series = Field(default_factory=Series)
@@ -151,6 +154,7 @@ class Timeline(BaseModel):
         return (
             self.qps,
             self.acceptance,
+            self.drafts_per_token,
             self.p99_tpot_ms,
             self.baseline_p99_tpot_ms,
             self.ready_pods,
@@ -164,24 +168,24 @@ def render_png(
     path: Path,
     title: str,
     *,
-    size_inches: tuple[float, float] = (12.0, 10.0),
+    size_inches: tuple[float, float] = (12.0, 12.0),
     dpi: int = 100,
     disable_below: float = DISABLE_BELOW,
     review_below: float = REVIEW_BELOW,
 ) -> None:
-    """Draw load, acceptance, P99 TPOT and the serving pods over time, with speculation, the
-    restarts' capacity gaps and the decisions overlaid.
+    """Draw load, acceptance, the engine's drafting, P99 TPOT and the serving pods over time,
+    with speculation, the restarts' capacity gaps and the decisions overlaid.
 
     The image is exactly size_inches * dpi pixels. Uses the Agg canvas directly rather than
     pyplot, so no global backend or figure registry is touched.
     """
     figure = Figure(figsize=size_inches, dpi=dpi, layout="constrained")
     FigureCanvasAgg(figure)
-    qps_ax, acceptance_ax, tpot_ax, pods_ax = figure.subplots(4, 1, sharex=True)
+    qps_ax, acceptance_ax, drafts_ax, tpot_ax, pods_ax = figure.subplots(5, 1, sharex=True)
     figure.suptitle(title)
     end = timeline.end()
     spans = timeline.speculation_spans(end)
-    panels = (qps_ax, acceptance_ax, tpot_ax, pods_ax)
+    panels = (qps_ax, acceptance_ax, drafts_ax, tpot_ax, pods_ax)
 
     for ax in panels:
         _shade(ax, spans, labelled=ax is qps_ax)
@@ -204,6 +208,11 @@ def render_png(
     acceptance_ax.set_ylabel("acceptance rate (0-1)")
     acceptance_ax.set_ylim(0, 1.05)
 
+    has_data[drafts_ax] = _plot(
+        drafts_ax, timeline.drafts_per_token, "draft tokens per output token", "tab:cyan"
+    )
+    drafts_ax.set_ylabel("drafted / output\n(0: engine k=0)")
+    drafts_ax.set_ylim(bottom=0)
     serving = _plot(tpot_ax, timeline.p99_tpot_ms, "P99 TPOT, serving", "tab:blue")
     baseline = _plot(
         tpot_ax, timeline.baseline_p99_tpot_ms, "P99 TPOT, baseline (no spec)", "tab:gray"
@@ -312,14 +321,15 @@ def _mark_decisions(axes: Sequence[Axes], decisions: Iterable[DecisionMark]) -> 
 def summary_table(timeline: Timeline, phases: list[tuple[str, float, float]]) -> str:
     """One fixed-width row per (name, start, end) phase, each covering [start, end) seconds.
 
-    Columns: mean offered QPS, mean acceptance, mean P99 TPOT serving and baseline, the share
+    Columns: mean offered QPS, mean acceptance, mean draft tokens per output token (0 where the
+    engine's schedule runs k=0), mean P99 TPOT serving and baseline, the share
     of the phase with speculation on, the serving-pod seconds lost to restarts, and the
     decisions taken (acting ones with their time, keep/hold only counted, since the loop
     repeats them every interval).
     """
     header = (
-        "phase", "start s", "end s", "QPS", "accept", "p99 ms spec", "p99 ms base", "spec on",
-        "lost pod-s",
+        "phase", "start s", "end s", "QPS", "accept", "drafts/tok", "p99 ms spec", "p99 ms base",
+        "spec on", "lost pod-s",
     )  # fmt: skip
     rows = [header]
     decisions_column = ["decisions"]
@@ -332,6 +342,7 @@ def summary_table(timeline: Timeline, phases: list[tuple[str, float, float]]) ->
                 f"{end:.0f}",
                 _fmt(timeline.qps.mean_between(start, end), 1),
                 _fmt(timeline.acceptance.mean_between(start, end), 2),
+                _fmt(timeline.drafts_per_token.mean_between(start, end), 2),
                 _fmt(timeline.p99_tpot_ms.mean_between(start, end), 1),
                 _fmt(timeline.baseline_p99_tpot_ms.mean_between(start, end), 1),
                 "-" if share is None else f"{share * 100:.0f}%",
