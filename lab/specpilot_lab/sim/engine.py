@@ -24,7 +24,7 @@ from specpilot.planning.memory import MemoryPlan, ModelFootprint, plan
 from specpilot.vllm_versions import Feature, supports
 from specpilot_lab.sim import physics
 from specpilot_lab.sim.metrics import VLLMMetrics
-from specpilot_lab.sim.vllm_args import ServerConfig, SimArgsError
+from specpilot_lab.sim.vllm_args import ADAPTIVE_VERIFICATION_METHODS, ServerConfig, SimArgsError
 
 MAX_LAG_SECONDS = 1.0
 """How far behind its schedule (wall seconds) the engine catches up; beyond it, the machine cannot
@@ -157,13 +157,29 @@ class Engine:
         self.schedule = speculation.schedule if speculation and self.k else None
         """num_speculative_tokens_per_batch_size (vLLM 0.24.0+), sorted ranges, or None."""
         self._k_by_batch = _dense_schedule(self.schedule, self.k, config.max_num_seqs)
-        self.piecewise_graphs = self.schedule is not None
-        """vLLM forces PIECEWISE CUDA graphs when a schedule is set: every step pays for it."""
+        self.method = speculation.method if speculation else SpeculationMethod.NONE
+        self.adaptive = bool(
+            speculation
+            and speculation.adaptive_verification
+            and self.method in ADAPTIVE_VERIFICATION_METHODS
+        )
+        """enable_adaptive_verification (vLLM 0.30.0+ for the methods that do it): each step
+        verifies the number of its drafts that maximises expected tokens per second."""
+        self.estimator = physics.AcceptanceEstimator() if self.adaptive else None
+        """Adaptive verification's online acceptance estimate (None without it)."""
+        self.piecewise_graphs = self.schedule is not None and not self.adaptive
+        """vLLM forces PIECEWISE CUDA graphs when a schedule is set, on Model Runner V1: every
+        step pays for it. Adaptive verification runs on Model Runner V2 only, where a schedule
+        keeps the full graphs (_maybe_override_dynamic_sd_cudagraph_mode, 0.28.0 to 0.33.0)."""
         self.step_counts: Counter[tuple[int, int]] = Counter()
         """Engine steps by (batch size, k): the requests scheduled and the draft tokens each
         decoding request got (0: a plain decode step). Bounded by max_num_seqs x distinct k."""
+        self.verified_counts: Counter[tuple[int, int]] = Counter()
+        """Engine steps by (batch size, drafts verified per decoding request): k but under
+        adaptive verification, which may verify fewer than it drafted (0: none)."""
+        self._verified: int | None = None
+        """The drafts per decoding request the step under way verifies, set with its time."""
         self.target_layers = target.layers
-        self.method = speculation.method if speculation else SpeculationMethod.NONE
         draft_arch = (
             lookup_model(speculation.draft_model)
             if speculation and speculation.draft_model
@@ -291,12 +307,40 @@ class Engine:
         return self._k_by_batch[min(len(self.running), len(self._k_by_batch) - 1)]
 
     def _step_seconds(self) -> float:
+        """The step's duration; under adaptive verification it also decides what it verifies."""
         decoding = [r for r in self.running if r.prefilled]
         prefill = sum(r.context for r in self.running if not r.prefilled)
         batch = len(decoding)
         context = sum(r.context for r in decoding)
         k = self.step_k()
-        per_request = k + 1 if k else 1
+        verified = k
+        if self.estimator is not None and batch and k:
+            prefilling = len(self.running) - batch
+            verified = self._verification_budget(k, batch, prefill, context, prefilling)
+        self._verified = verified
+        return self._seconds(k, verified, batch, prefill, context)
+
+    def _verification_budget(
+        self, k: int, batch: int, prefill: int, context: int, prefilling: int
+    ) -> int:
+        """Adaptive verification: the drafts per decoding request, 0..k, that maximise expected
+        tokens per second, batch * E[1 + accepted] (+ one first token per prefilling request)
+        over the step's time, with the online acceptance estimate and the simulator's own step
+        time as the cost model. The drafter has proposed k whatever is verified; the smallest
+        count wins a tie. The same count for every request: one estimate covers them all."""
+        assert self.estimator is not None
+        alpha = self.estimator.value
+        best, best_rate = 0, -1.0
+        for verified in range(k + 1):
+            tokens = batch * physics.expected_tokens_per_step(alpha, verified) + prefilling
+            rate = tokens / self._seconds(k, verified, batch, prefill, context)
+            if rate > best_rate:
+                best, best_rate = verified, rate
+        return best
+
+    def _seconds(self, k: int, verified: int, batch: int, prefill: int, context: int) -> float:
+        """A step drafting k tokens per decoding request and verifying `verified` of them."""
+        per_request = verified + 1
         expansion = per_request if self.v0 else 1  # V0 scored each position as a sequence
         seconds = physics.STEP_OVERHEAD_S + self.target.step_seconds(
             self.hw,
@@ -327,7 +371,10 @@ class Engine:
         m, lab = self.metrics, self.metrics.labels
         accepted_counts = []
         k = self.step_k()
+        verified = k if self._verified is None else min(k, self._verified)
+        self._verified = None
         self.step_counts[len(self.running), k] += 1
+        self.verified_counts[len(self.running), verified] += 1
         for request in list(self.running):
             if not request.prefilled:
                 request.prefilled = True
@@ -342,9 +389,10 @@ class Engine:
             if k:
                 # Per-position acceptance is the draft's: alpha is fitted to the configured
                 # num_speculative_tokens, so a step with fewer positions keeps their odds.
+                # Drafts left unverified (adaptive verification) are not accepted.
                 rate = self.acceptance.rate(request.temperature, request.echo)
                 alpha = physics.per_token_alpha(rate, self.k)
-                accepted = physics.sample_accepted(alpha, k, self.rng)
+                accepted = physics.sample_accepted(alpha, verified, self.rng)
                 accepted_counts.append(accepted)
                 tokens = accepted + 1
             self._emit(request, tokens, now)
@@ -352,7 +400,13 @@ class Engine:
                 m.itl.labels(**lab).observe(step)
             if m.old_tpot is not None:
                 m.old_tpot.labels(**lab).observe(step / tokens)
+        # vLLM's counters count the drafts the scheduler scheduled (k per request), verified or
+        # not: the scheduler never learns what adaptive verification trimmed on the GPU.
         m.record_step(len(accepted_counts), k, accepted_counts)
+        if self.estimator is not None and verified and accepted_counts:
+            # Graded: the accepted drafts and the first rejected one, if within the verified.
+            graded = sum(a + (1 if a < verified else 0) for a in accepted_counts)
+            self.estimator.update(sum(accepted_counts), graded)
         self._preempt_if_full()
         self._publish_gauges()
 

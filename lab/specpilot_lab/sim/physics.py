@@ -46,6 +46,17 @@ graphs; 20 us per layer is a more modest 8% of a single Llama-3.1-8B stream on a
 layers: 0.64 ms on an 8 ms step), 9% for Llama-3.1-70B on 4 x H100, and less as batches grow,
 being a fixed launch cost per pass. Draft passes are left as they are (docs/simulator.md)."""
 
+ADAPTIVE_ACCEPTANCE_PRIOR = 0.7
+"""An assumption: the per-token acceptance adaptive verification (enable_adaptive_verification)
+assumes before the target has verified any draft. vLLM's OnlineAcceptanceEstimator has no prior
+rate: it starts from coefficients fitted across five models (slope 0.5, intercept -0.2 on the
+draft distribution's logit(max q)), which the simulator, having no draft logits, cannot apply."""
+ESTIMATOR_PRIOR_OBSERVATIONS = 50.0
+"""How many verified drafts the prior weighs as; vLLM damps each refit by n / (n + 50)."""
+ESTIMATOR_MEMORY_STEPS = 100.0
+"""What the estimate remembers: each step's observations lose weight by a factor e per this many
+steps. vLLM refits every 100 steps from the drafts verified since the last refit."""
+
 # Acceptance at temperature 0 for a same-family draft near the 1:8-1:12 sweet spot, and the
 # framework's temperature curve for such a pair (0.81, 0.71, 0.52, 0.38 at T = 0, 0.4, 0.8, 1.0).
 TEMPERATURE_CURVE = ((0.0, 1.0), (0.4, 0.877), (0.8, 0.642), (1.0, 0.469), (2.0, 0.2))
@@ -184,3 +195,31 @@ def sample_accepted(alpha: float, k: int, rng: random.Random) -> int:
     while accepted < k and rng.random() < alpha:
         accepted += 1
     return accepted
+
+
+class AcceptanceEstimator:
+    """Adaptive verification's online estimate of the per-token acceptance: the probability that
+    a verified draft is accepted when every draft before it was. It learns from what the target
+    verified, as vLLM's OnlineAcceptanceEstimator labels it: each request's accepted drafts
+    (accepted) and its first rejected one (observed, not accepted); drafts after a rejection or
+    not verified tell nothing. Exponentially weighted by step, starting from a prior that weighs
+    as ESTIMATOR_PRIOR_OBSERVATIONS drafts and fades like any other observation.
+
+    vLLM fits a logistic model of each draft's own confidence (logit(max q) of the draft
+    distribution, one intercept per position), so it ranks drafts request by request. The
+    simulator draws acceptance per request from one per-token probability and has no draft
+    logits: one rate for all positions and requests is what it can estimate."""
+
+    def __init__(self, prior: float = ADAPTIVE_ACCEPTANCE_PRIOR) -> None:
+        self.accepted = prior * ESTIMATOR_PRIOR_OBSERVATIONS
+        self.observed = ESTIMATOR_PRIOR_OBSERVATIONS
+        self._decay = math.exp(-1.0 / ESTIMATOR_MEMORY_STEPS)
+
+    @property
+    def value(self) -> float:
+        return self.accepted / self.observed
+
+    def update(self, accepted: int, observed: int) -> None:
+        """One step's verification: `accepted` drafts accepted out of `observed` graded."""
+        self.accepted = self.accepted * self._decay + accepted
+        self.observed = self.observed * self._decay + observed

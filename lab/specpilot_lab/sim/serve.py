@@ -36,6 +36,8 @@ def main(argv: Sequence[str]) -> int:
         return 2
     logging.basicConfig(level=logging.WARNING)
     schedule = f" by batch size {engine.schedule}" if engine.schedule else ""
+    if engine.adaptive:
+        schedule += ", adaptive verification"
     print(
         f"specpilot sim: {engine.config.served_model_name} as vLLM {engine.config.vllm_version} "
         f"on {engine.config.tensor_parallel_size} x {engine.config.gpu}, KV cache "

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from packaging.version import Version
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
 from specpilot.api.models import Quantization, SpeculationMethod
 from specpilot.vllm_versions import NEWEST_VERIFIED, Feature, supports
@@ -36,6 +36,9 @@ class Speculation(BaseModel):
     prompt_lookup_min: int | None = None
     schedule: list[tuple[int, int, int]] | None = None
     """num_speculative_tokens_per_batch_size (vLLM 0.24.0+), validated and sorted by start."""
+    adaptive_verification: bool = False
+    """enable_adaptive_verification (vLLM 0.28.0+), as given; what vLLM refuses never gets here.
+    The engine trims verification only for the methods whose drafter does it (not ngram)."""
 
 
 class ServerConfig(BaseModel):
@@ -212,6 +215,103 @@ def _schedule(data: Mapping[str, Any], version: Version) -> list[tuple[int, int,
     return validate_schedule(data[key])
 
 
+ADAPTIVE_VERIFICATION_KEY = "enable_adaptive_verification"
+ADAPTIVE_VERIFICATION_SINCE = Version("0.28.0")
+"""The first release whose SpeculativeConfig has enable_adaptive_verification (PR #47808)."""
+ADAPTIVE_VERIFICATION_ANY_DRAFTER = Version("0.30.0")
+"""Up to 0.29 only DSpark may set it; from 0.30.0 (PR #52228) any drafter Model Runner V2 runs."""
+MODEL_RUNNER_V2_REFUSES_UNTIL: dict[SpeculationMethod, Version | None] = {
+    SpeculationMethod.NGRAM: Version("0.32.0"),
+    SpeculationMethod.DRAFT_MODEL: Version("0.31.0"),
+    SpeculationMethod.SUFFIX: None,
+}
+"""Methods of the simulator that Model Runner V2 does not run, up to (not including) the release
+that added them (None: none up to 0.33.0). vLLM then picks Model Runner V1, which refuses adaptive
+verification. _get_v2_model_runner_unsupported_features in vllm/config/vllm.py: ngram, draft_model
+and suffix in 0.30.0; ngram and suffix in 0.31.0; suffix in 0.32.0 and 0.33.0."""
+ADAPTIVE_VERIFICATION_METHODS = frozenset(
+    {
+        SpeculationMethod.DRAFT_MODEL,
+        SpeculationMethod.EAGLE,
+        SpeculationMethod.EAGLE3,
+        SpeculationMethod.MTP,
+    }
+)
+"""The simulator's methods whose Model Runner V2 drafter trims verification (DraftModelSpeculator
+and its subclasses). vLLM accepts the key for ngram from 0.32.0, but its n-gram speculator has no
+adaptive verification: the flag silently does nothing there."""
+
+
+def _pydantic_error(model: str, text: str) -> SimArgsError:
+    """A check vLLM runs inside a pydantic dataclass (SpeculativeConfig's model validator,
+    VllmConfig.__post_init__): pydantic wraps the ValueError. The echo of the whole input
+    (input_value=ArgsKwargs(...)) is left out."""
+    return SimArgsError(
+        f"pydantic_core._pydantic_core.ValidationError: 1 validation error for {model}\n"
+        f"  Value error, {text} [type=value_error, input_value=ArgsKwargs(...), "
+        "input_type=ArgsKwargs]"
+    )
+
+
+def _adaptive_verification(data: Mapping[str, Any], version: Version) -> bool:
+    """enable_adaptive_verification as SpeculativeConfig takes it: an unknown keyword before
+    0.28.0 (extra fields are forbidden), a bool after, refused up to 0.29 for anything but DSpark
+    (which the simulator does not run) and, from 0.30.0, with use_local_argmax_reduction
+    (vllm/config/speculative.py)."""
+    if ADAPTIVE_VERIFICATION_KEY not in data:
+        return False
+    value = data[ADAPTIVE_VERIFICATION_KEY]
+    if version < ADAPTIVE_VERIFICATION_SINCE:
+        raise SimArgsError(
+            "pydantic_core._pydantic_core.ValidationError: 1 validation error for "
+            f"SpeculativeConfig\n{ADAPTIVE_VERIFICATION_KEY}\n  Unexpected keyword argument "
+            f"[type=unexpected_keyword_argument, input_value={value!r}, "
+            f"input_type={type(value).__name__}]"
+        )
+    enabled = TypeAdapter(bool).validate_python(value)  # pydantic's lax bool, as vLLM's field
+    if not enabled:
+        return False
+    if version < ADAPTIVE_VERIFICATION_ANY_DRAFTER:
+        raise _pydantic_error(
+            "SpeculativeConfig", "Adaptive verification only supported with DSpark"
+        )
+    if data.get("use_local_argmax_reduction"):
+        raise _pydantic_error(
+            "SpeculativeConfig",
+            "Adaptive verification estimates per-position acceptance from the draft logits, "
+            "which use_local_argmax_reduction never materializes. Disable one of them.",
+        )
+    return True
+
+
+def check_adaptive_verification(
+    speculation: Speculation | None, args: argparse.Namespace, version: Version
+) -> None:
+    """VllmConfig's checks of enable_adaptive_verification, in vLLM's order (0.30.0 to 0.33.0,
+    vllm/config/vllm.py): Model Runner V1, picked when V2 does not run the method, refuses it;
+    then _validate_adaptive_verification wants full CUDA graphs (--enforce-eager has none) and
+    no pipeline parallelism. Its LoRA check has no flag the simulator accepts."""
+    if speculation is None or not speculation.adaptive_verification:
+        return
+    if speculation.method in MODEL_RUNNER_V2_REFUSES_UNTIL:
+        until = MODEL_RUNNER_V2_REFUSES_UNTIL[speculation.method]
+        if until is None or version < until:
+            raise _pydantic_error(
+                "VllmConfig", "Model Runner V1 does not support: adaptive draft verification"
+            )
+    if args.enforce_eager:
+        raise _pydantic_error(
+            "VllmConfig",
+            "Adaptive verification requires full CUDA graphs. Use cudagraph mode FULL, "
+            "FULL_DECODE_ONLY, or FULL_AND_PIECEWISE, or disable adaptive verification.",
+        )
+    if args.pipeline_parallel_size > 1:
+        raise _pydantic_error(
+            "VllmConfig",
+            "Adaptive verification is not currently compatible with pipeline parallelism",
+        )
+
+
 def _speculation(args: argparse.Namespace, version: Version) -> Speculation | None:
     config = getattr(args, "speculative_config", None)
     if config:
@@ -232,6 +332,7 @@ def _speculation(args: argparse.Namespace, version: Version) -> Speculation | No
             prompt_lookup_max=data.get("prompt_lookup_max"),
             prompt_lookup_min=data.get("prompt_lookup_min"),
             schedule=_schedule(data, version),
+            adaptive_verification=_adaptive_verification(data, version),
         )
     draft = getattr(args, "speculative_model", None)
     if draft is None:
@@ -257,6 +358,8 @@ def parse_server_args(argv: Sequence[str], env: Mapping[str, str]) -> ServerConf
     """The server configuration for `vllm serve ARGV` in the emulated vLLM release."""
     version = _emulated_version(argv, env)
     args = _parser(version).parse_args(list(argv))
+    speculation = _speculation(args, version)
+    check_adaptive_verification(speculation, args, version)
     return ServerConfig(
         model=args.model,
         served_model_name=args.served_model_name or args.model,
@@ -271,7 +374,7 @@ def parse_server_args(argv: Sequence[str], env: Mapping[str, str]) -> ServerConf
         quantization=_quantization(args.quantization, args.model, env),
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
-        speculation=_speculation(args, version),
+        speculation=speculation,
         vllm_version=str(version),
         gpu=env.get("SPECPILOT_SIM_GPU") or DEFAULT_GPU,
     )
