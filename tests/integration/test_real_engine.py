@@ -341,7 +341,7 @@ class TestExactCopyDraft:
         # What a copy of the target must show at temperature 0 with 5 speculative tokens: every
         # draft token accepted, 1 + 5 tokens per step (fewer only at a request's last steps).
         assert values[Signal.ACCEPTANCE] == pytest.approx(1.0, abs=0.02)
-        assert 4.0 <= values[Signal.MEAN_ACCEPTED_LENGTH] <= 6.0
+        assert 4.0 <= values[Signal.MEAN_ACCEPTED_LENGTH] <= 6.0 + 1e-9  # a ratio of rates
         assert values[Signal.REPLICAS] == 1
         assert values[Signal.REQUESTS_PER_SECOND] > 0
         assert values[Signal.GENERATION_TOKENS_PER_SECOND] > values[Signal.REQUESTS_PER_SECOND]
