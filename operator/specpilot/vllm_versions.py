@@ -109,6 +109,25 @@ ADAPTIVE_VERIFICATION_METHODS: dict[str, Span] = {
 for them."""
 
 
+MODEL_RUNNER_V2_METHODS: dict[str, Span] = {
+    "eagle": _span("0.29.0"),
+    "eagle3": _span("0.29.0"),
+    "mtp": _span("0.29.0"),
+    "draft_model": _span("0.31.0"),
+    "ngram": _span("0.32.0"),
+}
+"""Methods for which vLLM picks Model Runner V2 by default on a GPU (VllmConfig.
+use_v2_model_runner: from 0.29.0, V2 unless the config uses something V2 lacks, such as these
+methods before the release given; suffix never; before 0.29.0 V2 only for a list of
+architectures, taken here to exclude the Llama family). On V2 a per-batch-size schedule keeps
+full CUDA graphs; on V1 vLLM drops them to PIECEWISE (docs/vllm-versions.md, section 4)."""
+
+
+def runs_model_runner_v2(version: Version, method: str) -> bool:
+    span = MODEL_RUNNER_V2_METHODS.get(method)
+    return span is not None and version in span
+
+
 def adaptive_verification_methods(version: Version) -> list[str]:
     return sorted(m for m, span in ADAPTIVE_VERIFICATION_METHODS.items() if version in span)
 

@@ -349,7 +349,9 @@ def test_with_a_schedule_the_schedule_caps_k_and_adaptive_verification_trims_wit
     assert engine.schedule == [(1, 8, 5), (9, 4096, 2)]
     # Model Runner V2 (which adaptive verification needs) keeps full CUDA graphs with a schedule.
     assert not engine.piecewise_graphs
-    assert build_engine(pair(num_speculative_tokens_per_batch_size=schedule), {}).piecewise_graphs
+    # Without it, draft_model runs on V1 in 0.30.0 (on V2 from 0.31.0)
+    v1 = {"SPECPILOT_SIM_VLLM_VERSION": "0.30.0"}
+    assert build_engine(pair(num_speculative_tokens_per_batch_size=schedule), v1).piecewise_graphs
     burst(engine, 64, 1.0)
     for (batch, k), _ in engine.step_counts.items():
         assert k == (5 if batch <= 8 else 2)

@@ -111,9 +111,14 @@ def test_a_step_with_fewer_tokens_than_configured_counts_only_those_positions() 
 
 
 def test_an_all_zero_schedule_never_drafts_and_pays_for_piecewise_graphs() -> None:
+    """On Model Runner V1 (eagle3 before 0.29.0) vLLM drops a scheduled engine's CUDA graphs to
+    PIECEWISE; from 0.29.0 eagle3 runs on V2, which keeps them full."""
     arrivals = [Arrival(0.0, 100, 100)]
-    off = build_engine([MODEL, "--max-model-len", "8192"], {})
-    zero = build_engine(argv(5, [[1, 256, 0]]), {})
+    v1 = {"SPECPILOT_SIM_VLLM_VERSION": "0.28.0"}
+    off = build_engine([MODEL, "--max-model-len", "8192"], v1)
+    zero = build_engine(argv(5, [[1, 256, 0]]), v1)
+    assert zero.piecewise_graphs
+    assert not build_engine(argv(5, [[1, 256, 0]]), {}).piecewise_graphs  # 0.33.0: V2
     (plain,) = off.simulate(arrivals)
     (scheduled,) = zero.simulate(list(arrivals))
     assert counter(zero, "spec_decode_num_drafts") == 0

@@ -746,19 +746,30 @@ def test_the_restart_is_priced_on_the_slo_latency() -> None:
     )
 
 
-def test_latency_above_the_engine_schedules_crossover_is_not_speculations() -> None:
-    """With k=0 from batch 16 in the engine, a latency loss at batch 20 would not go away with
-    speculation (the engine runs none there): it counts nothing. Below the crossover it counts,
-    and so does low acceptance anywhere."""
+def test_above_the_crossover_the_last_acceptance_stands_in_and_a_loss_counts() -> None:
+    """With k=0 from batch 16 the engine drafts nothing at batch 20, so the window has no
+    acceptance: the last one measured stands in (no hold), and a loss there still counts: k=0
+    removes the draft's passes, not its memory."""
+    scheduled = PolicyState(engine_schedule_from=16, last_acceptance=0.7)
+    worse = {"p99_tpot": 0.040, "baseline_p99_tpot": 0.029, "batch": 20}
+    decisions = run([worse] * 3, state=scheduled)
+    assert [d.action for d in decisions] == [Action.KEEP, Action.KEEP, Action.DISABLE]
+    assert "at acceptance 0.70" in decisions[-1].reason
+    # below the crossover the engine drafts: no acceptance in the window is a hold, as ever
+    below = run([{**worse, "batch": 12}], state=scheduled)
+    assert below[-1].action is Action.HOLD
+
+
+def test_queueing_above_the_crossover_still_counts_the_drafts_memory_is_held() -> None:
+    """k=0 removes the draft's passes, not its weights and KV cache: requests queueing past the
+    TTFT allowance above the crossover count, and turning speculation off gives the memory back."""
     scheduled = PolicyState(engine_schedule_from=16)
-    worse = {"acceptance": 0.7, "p99_tpot": 0.040, "baseline_p99_tpot": 0.029}
-    above = run([{**worse, "batch": 20}] * 4, state=scheduled)
-    assert [d.action for d in above] == [Action.KEEP] * 4
-    assert all(d.state.breaches == 0 for d in above)
-    assert "at batch 20 per replica the engine's schedule already runs k=0 (from batch 16)" in (
-        above[-1].reason
-    )
-    below = run([{**worse, "batch": 12}] * 3, state=scheduled)
-    assert below[-1].action is Action.DISABLE
-    collapsed = run([{"acceptance": 0.2, "batch": 20}] * 3, state=scheduled)
-    assert collapsed[-1].action is Action.DISABLE
+    queued = {
+        "acceptance": 0.7,
+        "p99_tpot": 0.040,
+        "baseline_p99_tpot": 0.029,
+        "p50_ttft": 0.400,
+        "baseline_p50_ttft": 0.100,
+        "batch": 20,
+    }
+    assert run([queued] * 3, state=scheduled)[-1].action is Action.DISABLE

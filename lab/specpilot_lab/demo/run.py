@@ -51,8 +51,10 @@ EXAMPLE = "llama-70b-int8-draft.yaml"
 """The resource the demo applies: manifests/examples/llama-70b-int8-draft.yaml, shipped with the lab
 (package data; a test keeps the two equal)."""
 NAMESPACE = "specpilot-demo"
-POLICY = {**FAST_POLICY, "controlReplicas": 1}
-"""The example's policy, sped up, with one control replica as the live baseline."""
+POLICY = {**FAST_POLICY, "controlReplicas": 1, "cooldown": "5m"}
+"""The example's policy, sped up, with one control replica as the live baseline; a 5-minute
+cooldown (the production default is 10), so after the first surge's change the act shows what
+the engine does alone."""
 PHASES = (
     ("low", 45.0, 4.0),
     ("surge", 75.0, 30.0),

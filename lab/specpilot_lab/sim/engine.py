@@ -21,7 +21,7 @@ from specpilot.api.models import SpeculationMethod, SpeculativeInferenceSpec
 from specpilot.catalog import GPU_TYPES, lookup_model
 from specpilot.findings import Severity
 from specpilot.planning.memory import MemoryPlan, ModelFootprint, plan
-from specpilot.vllm_versions import Feature, supports
+from specpilot.vllm_versions import Feature, runs_model_runner_v2, supports
 from specpilot_lab.sim import physics
 from specpilot_lab.sim.metrics import VLLMMetrics
 from specpilot_lab.sim.vllm_args import ADAPTIVE_VERIFICATION_METHODS, ServerConfig, SimArgsError
@@ -167,10 +167,13 @@ class Engine:
         verifies the number of its drafts that maximises expected tokens per second."""
         self.estimator = physics.AcceptanceEstimator() if self.adaptive else None
         """Adaptive verification's online acceptance estimate (None without it)."""
-        self.piecewise_graphs = self.schedule is not None and not self.adaptive
+        self.piecewise_graphs = self.schedule is not None and not (
+            self.adaptive or runs_model_runner_v2(Version(config.vllm_version), self.method.value)
+        )
         """vLLM forces PIECEWISE CUDA graphs when a schedule is set, on Model Runner V1: every
-        step pays for it. Adaptive verification runs on Model Runner V2 only, where a schedule
-        keeps the full graphs (_maybe_override_dynamic_sd_cudagraph_mode, 0.28.0 to 0.33.0)."""
+        step pays for it. On Model Runner V2 (the default for most methods from 0.29.0, and the
+        only runner adaptive verification runs on) a schedule keeps the full graphs
+        (_maybe_override_dynamic_sd_cudagraph_mode, 0.24.0 to 0.33.0)."""
         self.step_counts: Counter[tuple[int, int]] = Counter()
         """Engine steps by (batch size, k): the requests scheduled and the draft tokens each
         decoding request got (0: a plain decode step). Bounded by max_num_seqs x distinct k."""
@@ -275,11 +278,12 @@ class Engine:
             self._advance(step, clock)
         return requests
 
-    def _kv_used(self) -> int:
+    def kv_used(self) -> int:
+        """KV cache tokens the running requests hold (the usage gauge's numerator)."""
         return sum(r.context for r in self.running)
 
     def _admit(self, now: float) -> None:
-        used = self._kv_used()
+        used = self.kv_used()
         while (
             self.waiting
             and len(self.running) < self.config.max_num_seqs
@@ -296,7 +300,7 @@ class Engine:
         m = self.metrics
         m.running.labels(**m.labels).set(len(self.running))
         m.waiting.labels(**m.labels).set(len(self.waiting))
-        m.kv_usage.labels(**m.labels).set(min(1.0, self._kv_used() / max(1, self.capacity)))
+        m.kv_usage.labels(**m.labels).set(min(1.0, self.kv_used() / max(1, self.capacity)))
 
     def step_k(self) -> int:
         """This step's draft tokens per request: num_speculative_tokens, or with a schedule the
@@ -434,7 +438,7 @@ class Engine:
 
     def _preempt_if_full(self) -> None:
         """Out of KV blocks: the newest request goes back to waiting and recomputes later."""
-        while self.running and self._kv_used() > self.capacity:
+        while self.running and self.kv_used() > self.capacity:
             victim = self.running.pop()
             victim.prefilled = False
             self.metrics.record_preemption()

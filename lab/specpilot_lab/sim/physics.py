@@ -40,11 +40,12 @@ PIECEWISE_CUDA_GRAPH_S_PER_LAYER = 20e-6
 """An assumption, not a measurement: what the target's forward pass loses per layer when its
 CUDA graphs are PIECEWISE instead of FULL (attention runs outside the captured graphs, its
 kernels launched one by one). vLLM forces PIECEWISE when the speculative config carries
-num_speculative_tokens_per_batch_size (docs/vllm-versions.md section 4), so every step pays it,
-speculating or not. Issue 18 cites about 14% slower single-stream decoding without full CUDA
-graphs; 20 us per layer is a more modest 8% of a single Llama-3.1-8B stream on an H100 (32
-layers: 0.64 ms on an 8 ms step), 9% for Llama-3.1-70B on 4 x H100, and less as batches grow,
-being a fixed launch cost per pass. Draft passes are left as they are (docs/simulator.md)."""
+num_speculative_tokens_per_batch_size on Model Runner V1 (docs/vllm-versions.md section 4), so
+there every step pays it, speculating or not; Model Runner V2 keeps full graphs. Issue 18 cites
+about 14% slower single-stream decoding without full CUDA graphs; 20 us per layer is a more
+modest 8% of a single Llama-3.1-8B stream on an H100 (32 layers: 0.64 ms on an 8 ms step), 9%
+for Llama-3.1-70B on 4 x H100, and less as batches grow, being a fixed launch cost per pass.
+Draft passes are left as they are (docs/simulator.md)."""
 
 ADAPTIVE_ACCEPTANCE_PRIOR = 0.7
 """An assumption: the per-token acceptance adaptive verification (enable_adaptive_verification)

@@ -43,6 +43,7 @@ from specpilot.control.policy import (
     RestartCost,
     Signals,
     decide,
+    kv_headroom,
     latencies,
     seconds,
     within_ceiling,
@@ -159,6 +160,7 @@ def signals_for(
         baseline_batch=(
             live_running / live_replicas if live_running is not None and live_replicas else None
         ),
+        kv_cache_usage=server.get(Signal.KV_CACHE_USAGE),
         acceptance=server.get(Signal.ACCEPTANCE) if state.speculation_on else None,
         p50_tpot=server.get(Signal.TPOT_P50),
         p99_tpot=server.get(Signal.TPOT_P99),
@@ -388,8 +390,10 @@ def _in_engine_instead(
     learned: list[SpeedupBand],
     restart: RestartCost,
 ) -> PolicyDecision:
-    """A latency disable, where vLLM has the lever, turned into the in-engine schedule: the same
-    one restart sets k=0 from the provisional crossover instead of turning speculation off, so
+    """A latency disable while the server's KV cache has room (`policy.kv_headroom`: a loss
+    for memory is the draft's weights and cache, which k=0 keeps), where vLLM has the lever,
+    turned into the in-engine schedule: the same one restart sets k=0 from the provisional
+    crossover instead of turning speculation off, so
     the engine still speculates below it, and neither the fall of the load nor the next surge
     needs a restart. A loss below a running schedule's crossover lowers it the same way. Not on
     a ladder step, or when speculation loses at every batch (the restart-based rule's)."""
@@ -640,7 +644,7 @@ def check(
         decision = decision.model_copy(
             update={"state": decision.state.model_copy(update={"crossover_batch": crossover})}
         )
-        if latency:
+        if latency and kv_headroom(signals):
             decision = _in_engine_instead(decision, state, spec, result.version, learned, restart)
     decisions, decision_events = _recorded(status.decisions, decision, spec, now)
     events += decision_events

@@ -108,6 +108,8 @@ class Signals(BaseModel):
     """Requests running per replica (or QPS): what speculation's payoff depends on."""
     batch: float | None = None
     """Requests running per serving replica when read: the batch the engine schedules."""
+    kv_cache_usage: float | None = None
+    """The serving replicas' KV cache usage, 0-1: near 1, requests wait for memory."""
     baseline_batch: float | None = None
     """Requests running per control replica: the batch at this load without speculation (a
     losing speculating server batches more, its requests waiting longer)."""
@@ -148,6 +150,17 @@ def latencies(
             ("median TTFT", signals.p50_ttft, signals.baseline_p50_ttft, t.max_p50_ttft_regression)
         )
     return found
+
+
+KV_CACHE_FULL = 0.9
+"""KV cache usage from which a speculating server's loss is taken for lack of memory."""
+
+
+def kv_headroom(signals: Signals) -> bool:
+    """Whether the server's KV cache has room (a reading below KV_CACHE_FULL): then its loss is
+    the draft's passes, which k=0 removes; near full, requests wait for the memory the draft's
+    weights and cache take whatever k, and only turning speculation off gives it back."""
+    return signals.kv_cache_usage is not None and signals.kv_cache_usage < KV_CACHE_FULL
 
 
 class RestartCost(BaseModel):
@@ -229,6 +242,7 @@ def decide(
     (the behaviour before the cost rule, kept for callers that know nothing of the pods)."""
     if policy.mode is PolicyMode.OFF:
         return PolicyDecision(action=Action.KEEP, reason="policy mode is off", state=state)
+    signals = _with_acceptance_above_crossover(signals, state)
     problem = _unusable(signals, policy, now, state)
     if problem is not None:
         return PolicyDecision(action=Action.HOLD, reason=f"holding: {problem}", state=state)
@@ -288,6 +302,24 @@ def _unusable(
     if state.speculation_on and signals.acceptance is None:
         return "no acceptance rate yet (no speculative traffic in the window)"
     return None
+
+
+def _with_acceptance_above_crossover(signals: Signals, state: PolicyState) -> Signals:
+    """Above a running engine schedule's crossover the engine drafts nothing, so the window has
+    no acceptance: the last one measured stands in, and latency is still judged there. k=0
+    removes the draft's passes, not its weights, its KV cache or the graphs' cost: a loss there
+    counts like any other, and the cost rule decides whether turning speculation off pays."""
+    start, batch = state.engine_schedule_from, signals.batch
+    if (
+        signals.acceptance is not None
+        or not state.speculation_on
+        or start is None
+        or batch is None
+        or max(1, round(batch)) < start
+        or state.last_acceptance is None
+    ):
+        return signals
+    return signals.model_copy(update={"acceptance": state.last_acceptance})
 
 
 def cooldown_seconds(policy: PolicySpec, restart: RestartCost | None) -> float:
@@ -396,14 +428,6 @@ def _while_on(
             action=Action.KEEP, reason=f"speculation on: {settling}", state=state, warnings=warnings
         )
     breach = _breach(signals, policy)
-    off_in_engine = _off_in_engine(signals, state, policy)
-    if breach is not None and off_in_engine is not None:
-        return PolicyDecision(
-            action=Action.KEEP,
-            reason=f"speculation on, not counted: {breach}, but {off_in_engine}",
-            state=state,
-            warnings=warnings,
-        )
     if state.checkpoint_index > 0 and breach is not None:
         return _undo_step(signals, state, policy, now, restart, breach, warnings)
     quantization_drop = (
@@ -722,22 +746,6 @@ def _breach(signals: Signals, policy: PolicySpec) -> str | None:
                 f"{_fmt(baseline, 'ms')} (more than {allowed:.0%}) at {band}"
             )
     return None
-
-
-def _off_in_engine(signals: Signals, state: PolicyState, policy: PolicySpec) -> str | None:
-    """Why a latency reading is not speculation's doing, or None: the server's in-engine
-    schedule runs k=0 at its batch, so turning speculation off would change nothing there (a
-    restart for no gain). Low acceptance still counts: it is about the traffic, not the load."""
-    start, batch = state.engine_schedule_from, signals.batch
-    if start is None or batch is None or max(1, round(batch)) < start:
-        return None
-    assert signals.acceptance is not None
-    if acceptance_band(signals.acceptance, policy.thresholds) is AcceptanceBand.NET_NEGATIVE:
-        return None
-    return (
-        f"at batch {batch:.0f} per replica the engine's schedule already runs k=0 "
-        f"(from batch {start})"
-    )
 
 
 def _regression(value: float | None, baseline: float | None) -> float | None:
