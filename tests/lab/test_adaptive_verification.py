@@ -8,7 +8,6 @@ estimate and the simulator's own step time. docs/simulator.md describes the mode
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 
@@ -16,6 +15,7 @@ from specpilot_lab.sim import physics, serve
 from specpilot_lab.sim.engine import Arrival, Engine, Request
 from specpilot_lab.sim.serve import build_engine
 from specpilot_lab.sim.vllm_args import SimArgsError, parse_server_args
+from tests.lab.engine_runs import counter, poisson_arrivals, spec_decode_counters
 
 TARGET = "RedHatAI/Meta-Llama-3.1-70B-Instruct-quantized.w8a8"
 DRAFT = "meta-llama/Llama-3.1-8B-Instruct"
@@ -62,14 +62,6 @@ PLAIN = [TARGET, "--tensor-parallel-size", "2", "--max-model-len", "8192"]
 
 def release(version: str) -> dict[str, str]:
     return {"SPECPILOT_SIM_VLLM_VERSION": version}
-
-
-def counter(engine: Engine, name: str, **labels: str) -> float:
-    value = engine.metrics.registry.get_sample_value(
-        f"vllm:{name}_total", {**engine.metrics.labels, **labels}
-    )
-    assert value is not None, name
-    return value
 
 
 # --- what vLLM refuses, release by release -------------------------------------------------------
@@ -196,25 +188,9 @@ def test_the_server_does_not_start_when_vllm_would_not(capsys: pytest.CaptureFix
 def seeded_run(argv: list[str]) -> tuple[dict[str, float], float, float]:
     """Poisson arrivals at QPS 3 for the example pair, half of them at temperature 1."""
     engine = build_engine(argv, {"SPECPILOT_SIM_SEED": "11"})
-    rng = random.Random(5)
-    t, arrivals = 0.0, []
-    for _ in range(80):
-        t += rng.expovariate(3.0)
-        arrivals.append(
-            Arrival(t, rng.randint(100, 800), rng.randint(50, 300), rng.choice([0.0, 1.0]))
-        )
-    requests = engine.simulate(arrivals)
-    counters = {
-        name: counter(engine, name)
-        for name in (
-            "generation_tokens",
-            "spec_decode_num_drafts",
-            "spec_decode_num_draft_tokens",
-            "spec_decode_num_accepted_tokens",
-        )
-    }
+    requests = engine.simulate(poisson_arrivals(5, 80, 3.0, (100, 800), (50, 300), (0.0, 1.0)))
     return (
-        counters,
+        spec_decode_counters(engine),
         sum(r.finished_at or 0 for r in requests),
         sum(r.first_token_at or 0 for r in requests),
     )

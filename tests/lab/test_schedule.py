@@ -7,7 +7,6 @@ step that vLLM's spec-decode counters do not see. docs/simulator.md describes th
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 
@@ -15,6 +14,7 @@ from specpilot_lab.sim import physics, serve
 from specpilot_lab.sim.engine import Arrival, Engine, Request
 from specpilot_lab.sim.serve import build_engine
 from specpilot_lab.sim.vllm_args import SimArgsError
+from tests.lab.engine_runs import counter, poisson_arrivals, spec_decode_counters
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 EAGLE3 = "yuhuili/EAGLE3-LLaMA3.1-Instruct-8B"
@@ -26,14 +26,6 @@ def argv(k: int = 5, schedule: object = None, **extra: object) -> list[str]:
         config["num_speculative_tokens_per_batch_size"] = schedule
     config.update(extra)
     return [MODEL, "--max-model-len", "8192", "--speculative-config", json.dumps(config)]
-
-
-def counter(engine: Engine, name: str, **labels: str) -> float:
-    value = engine.metrics.registry.get_sample_value(
-        f"vllm:{name}_total", {**engine.metrics.labels, **labels}
-    )
-    assert value is not None, name
-    return value
 
 
 class Recording(Engine):
@@ -164,24 +156,8 @@ def test_releases_before_the_schedule_ignore_the_key() -> None:
 
 
 def run(engine: Engine) -> tuple[list[Request], dict[str, float]]:
-    rng = random.Random(3)
-    t, arrivals = 0.0, []
-    for _ in range(60):
-        t += rng.expovariate(4.0)
-        arrivals.append(
-            Arrival(t, rng.randint(50, 400), rng.randint(20, 200), rng.choice([0.0, 0.7]))
-        )
-    requests = engine.simulate(arrivals)
-    counters = {
-        name: counter(engine, name)
-        for name in (
-            "generation_tokens",
-            "spec_decode_num_drafts",
-            "spec_decode_num_draft_tokens",
-            "spec_decode_num_accepted_tokens",
-        )
-    }
-    return requests, counters
+    requests = engine.simulate(poisson_arrivals(3, 60, 4.0, (50, 400), (20, 200), (0.0, 0.7)))
+    return requests, spec_decode_counters(engine)
 
 
 def test_without_a_schedule_a_seeded_run_is_what_it_was() -> None:
