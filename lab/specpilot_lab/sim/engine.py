@@ -21,10 +21,15 @@ from specpilot.api.models import SpeculationMethod, SpeculativeInferenceSpec
 from specpilot.catalog import GPU_TYPES, lookup_model
 from specpilot.findings import Severity
 from specpilot.planning.memory import MemoryPlan, ModelFootprint, plan
-from specpilot.vllm_versions import Feature, runs_model_runner_v2, supports
+from specpilot.vllm_versions import (
+    Feature,
+    adaptive_verification_methods,
+    runs_model_runner_v2,
+    supports,
+)
 from specpilot_lab.sim import physics
 from specpilot_lab.sim.metrics import VLLMMetrics
-from specpilot_lab.sim.vllm_args import ADAPTIVE_VERIFICATION_METHODS, ServerConfig, SimArgsError
+from specpilot_lab.sim.vllm_args import ServerConfig, SimArgsError
 
 MAX_LAG_SECONDS = 1.0
 """How far behind its schedule (wall seconds) the engine catches up; beyond it, the machine cannot
@@ -158,17 +163,18 @@ class Engine:
         """num_speculative_tokens_per_batch_size (vLLM 0.24.0+), sorted ranges, or None."""
         self._k_by_batch = _dense_schedule(self.schedule, self.k, config.max_num_seqs)
         self.method = speculation.method if speculation else SpeculationMethod.NONE
+        version = Version(config.vllm_version)
         self.adaptive = bool(
             speculation
             and speculation.adaptive_verification
-            and self.method in ADAPTIVE_VERIFICATION_METHODS
+            and self.method.value in adaptive_verification_methods(version)
         )
         """enable_adaptive_verification (vLLM 0.30.0+ for the methods that do it): each step
         verifies the number of its drafts that maximises expected tokens per second."""
         self.estimator = physics.AcceptanceEstimator() if self.adaptive else None
         """Adaptive verification's online acceptance estimate (None without it)."""
-        self.piecewise_graphs = self.schedule is not None and not (
-            self.adaptive or runs_model_runner_v2(Version(config.vllm_version), self.method.value)
+        self.piecewise_graphs = self.schedule is not None and not runs_model_runner_v2(
+            version, self.method.value
         )
         """vLLM forces PIECEWISE CUDA graphs when a schedule is set, on Model Runner V1: every
         step pays for it. On Model Runner V2 (the default for most methods from 0.29.0, and the
@@ -194,7 +200,6 @@ class Engine:
         self.acceptance = physics.acceptance_model(
             self.method, target, draft_arch, config.quantization
         )
-        version = Version(config.vllm_version)
         self.v0 = supports(version, Feature.V0_ENGINE)
         self.metrics = VLLMMetrics(config.served_model_name, version, self.k)
         self.waiting: deque[Request] = deque()

@@ -18,7 +18,7 @@ from packaging.version import Version
 from pydantic import BaseModel, TypeAdapter
 
 from specpilot.api.models import Quantization, SpeculationMethod
-from specpilot.vllm_versions import NEWEST_VERIFIED, Feature, supports
+from specpilot.vllm_versions import NEWEST_VERIFIED, Feature, runs_model_runner_v2, supports
 
 DEFAULT_GPU = "H100-80GB"
 
@@ -218,28 +218,6 @@ def _schedule(data: Mapping[str, Any], version: Version) -> list[tuple[int, int,
 ADAPTIVE_VERIFICATION_KEY = "enable_adaptive_verification"
 ADAPTIVE_VERIFICATION_SINCE = Version("0.28.0")
 """The first release whose SpeculativeConfig has enable_adaptive_verification (PR #47808)."""
-ADAPTIVE_VERIFICATION_ANY_DRAFTER = Version("0.30.0")
-"""Up to 0.29 only DSpark may set it; from 0.30.0 (PR #52228) any drafter Model Runner V2 runs."""
-MODEL_RUNNER_V2_REFUSES_UNTIL: dict[SpeculationMethod, Version | None] = {
-    SpeculationMethod.NGRAM: Version("0.32.0"),
-    SpeculationMethod.DRAFT_MODEL: Version("0.31.0"),
-    SpeculationMethod.SUFFIX: None,
-}
-"""Methods of the simulator that Model Runner V2 does not run, up to (not including) the release
-that added them (None: none up to 0.33.0). vLLM then picks Model Runner V1, which refuses adaptive
-verification. _get_v2_model_runner_unsupported_features in vllm/config/vllm.py: ngram, draft_model
-and suffix in 0.30.0; ngram and suffix in 0.31.0; suffix in 0.32.0 and 0.33.0."""
-ADAPTIVE_VERIFICATION_METHODS = frozenset(
-    {
-        SpeculationMethod.DRAFT_MODEL,
-        SpeculationMethod.EAGLE,
-        SpeculationMethod.EAGLE3,
-        SpeculationMethod.MTP,
-    }
-)
-"""The simulator's methods whose Model Runner V2 drafter trims verification (DraftModelSpeculator
-and its subclasses). vLLM accepts the key for ngram from 0.32.0, but its n-gram speculator has no
-adaptive verification: the flag silently does nothing there."""
 
 
 def _pydantic_error(model: str, text: str) -> SimArgsError:
@@ -271,7 +249,7 @@ def _adaptive_verification(data: Mapping[str, Any], version: Version) -> bool:
     enabled = TypeAdapter(bool).validate_python(value)  # pydantic's lax bool, as vLLM's field
     if not enabled:
         return False
-    if version < ADAPTIVE_VERIFICATION_ANY_DRAFTER:
+    if not supports(version, Feature.ADAPTIVE_VERIFICATION):  # 0.28-0.29: DSpark only
         raise _pydantic_error(
             "SpeculativeConfig", "Adaptive verification only supported with DSpark"
         )
@@ -290,15 +268,15 @@ def check_adaptive_verification(
     """VllmConfig's checks of enable_adaptive_verification, in vLLM's order (0.30.0 to 0.33.0,
     vllm/config/vllm.py): Model Runner V1, picked when V2 does not run the method, refuses it;
     then _validate_adaptive_verification wants full CUDA graphs (--enforce-eager has none) and
-    no pipeline parallelism. Its LoRA check has no flag the simulator accepts."""
+    no pipeline parallelism. Its LoRA check has no flag the simulator accepts. Which methods
+    Model Runner V2 runs is vllm_versions.MODEL_RUNNER_V2_METHODS (ngram, draft_model and suffix
+    on V1 in 0.30.0; ngram and suffix in 0.31.0; suffix in 0.32.0 and 0.33.0)."""
     if speculation is None or not speculation.adaptive_verification:
         return
-    if speculation.method in MODEL_RUNNER_V2_REFUSES_UNTIL:
-        until = MODEL_RUNNER_V2_REFUSES_UNTIL[speculation.method]
-        if until is None or version < until:
-            raise _pydantic_error(
-                "VllmConfig", "Model Runner V1 does not support: adaptive draft verification"
-            )
+    if not runs_model_runner_v2(version, speculation.method.value):
+        raise _pydantic_error(
+            "VllmConfig", "Model Runner V1 does not support: adaptive draft verification"
+        )
     if args.enforce_eager:
         raise _pydantic_error(
             "VllmConfig",
