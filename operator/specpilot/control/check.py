@@ -342,7 +342,7 @@ def _engine_schedule(
     start = steps[1][0]
     if not enabling and curve.band_of(signals.batch)[0] >= start:
         return decision  # its own restart waits for a load below the crossover
-    bands = "; ".join(curve.describe(b) for b in sorted(learned, key=lambda b: b.min_batch))
+    bands = curve.describe_curve(learned)
     schedule = f"num_speculative_tokens_per_batch_size {[list(step) for step in steps]}"
     if enabling:
         reason = (
@@ -393,10 +393,10 @@ def _in_engine_instead(
     """A latency disable while the server's KV cache has room (`policy.kv_headroom`: a loss
     for memory is the draft's weights and cache, which k=0 keeps), where vLLM has the lever,
     turned into the in-engine schedule: the same one restart sets k=0 from the provisional
-    crossover instead of turning speculation off, so
-    the engine still speculates below it, and neither the fall of the load nor the next surge
-    needs a restart. A loss below a running schedule's crossover lowers it the same way. Not on
-    a ladder step, or when speculation loses at every batch (the restart-based rule's)."""
+    crossover instead of turning speculation off, so the engine still speculates below it, and
+    neither the fall of the load nor the next surge needs a restart. A loss below a running
+    schedule's crossover lowers it the same way. Not on a ladder step, or when speculation loses
+    at every batch (the restart-based rule's)."""
     speculation = spec.speculation
     start, running = decision.state.crossover_batch, state.engine_schedule_from
     if (
@@ -410,7 +410,7 @@ def _in_engine_instead(
         return decision
     k = speculation.effective_num_speculative_tokens
     steps = [list(step) for step in curve.steps_from(start, k)]
-    bands = "; ".join(curve.describe(b) for b in sorted(learned, key=lambda b: b.min_batch))
+    bands = curve.describe_curve(learned)
     lowered = f" (lowered from batch {running})" if running is not None else ""
     reason = (
         f"{decision.evidence}; instead of turning speculation off (a restart now and another "

@@ -71,6 +71,11 @@ def describe(band: SpeedupBand) -> str:
     )
 
 
+def describe_curve(curve: list[SpeedupBand]) -> str:
+    """Every band, lowest first, as the Events give them."""
+    return "; ".join(describe(b) for b in sorted(curve, key=lambda b: b.min_batch))
+
+
 def band_of(batch: float) -> tuple[int, int]:
     """The band a running batch per replica falls in (at least 1: a reading has requests)."""
     size = max(1, round(batch))
