@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from specpilot.api.admin import DEFAULT_MAX_CHANGES_PER_HOUR
 from specpilot.api.models import PolicyMode, PolicySpec, PolicyState, Slo, Thresholds
+from specpilot.control.curve import band_of
 from specpilot.findings import Finding, error, warning
 from specpilot.planning.startup import DEFAULT_STARTUP_S
 
@@ -315,7 +316,7 @@ def _with_acceptance_above_crossover(signals: Signals, state: PolicyState) -> Si
         or not state.speculation_on
         or start is None
         or batch is None
-        or max(1, round(batch)) < start
+        or band_of(batch)[0] < start
         or state.last_acceptance is None
     ):
         return signals
