@@ -668,9 +668,7 @@ class Loop:
                 ),
                 # vllm:kv_cache_usage_perc, averaged over the role's pods, as last scraped
                 Signal.KV_CACHE_USAGE: statistics.fmean(
-                    min(1.0, r.engine.kv_used() / max(1, r.engine.capacity))
-                    for r in self.replicas
-                    if r.role == role and r.up(t)
+                    r.engine.kv_usage() for r in self.replicas if r.role == role and r.up(t)
                 ),
             }
             if role == "server":

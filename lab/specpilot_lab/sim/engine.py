@@ -283,12 +283,16 @@ class Engine:
             self._advance(step, clock)
         return requests
 
-    def kv_used(self) -> int:
-        """KV cache tokens the running requests hold (the usage gauge's numerator)."""
+    def _kv_used(self) -> int:
+        """KV cache tokens the running requests hold."""
         return sum(r.context for r in self.running)
 
+    def kv_usage(self) -> float:
+        """vllm:kv_cache_usage_perc: the share of the KV cache the running requests hold."""
+        return min(1.0, self._kv_used() / max(1, self.capacity))
+
     def _admit(self, now: float) -> None:
-        used = self.kv_used()
+        used = self._kv_used()
         while (
             self.waiting
             and len(self.running) < self.config.max_num_seqs
@@ -305,7 +309,7 @@ class Engine:
         m = self.metrics
         m.running.labels(**m.labels).set(len(self.running))
         m.waiting.labels(**m.labels).set(len(self.waiting))
-        m.kv_usage.labels(**m.labels).set(min(1.0, self.kv_used() / max(1, self.capacity)))
+        m.kv_usage.labels(**m.labels).set(self.kv_usage())
 
     def step_k(self) -> int:
         """This step's draft tokens per request: num_speculative_tokens, or with a schedule the
@@ -443,7 +447,7 @@ class Engine:
 
     def _preempt_if_full(self) -> None:
         """Out of KV blocks: the newest request goes back to waiting and recomputes later."""
-        while self.running and self.kv_used() > self.capacity:
+        while self.running and self._kv_used() > self.capacity:
             victim = self.running.pop()
             victim.prefilled = False
             self.metrics.record_preemption()
