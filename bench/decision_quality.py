@@ -666,6 +666,9 @@ class Loop:
                 Signal.REQUESTS_RUNNING: float(
                     sum(len(r.engine.running) for r in self.replicas if r.role == role and r.up(t))
                 ),
+                Signal.REQUESTS_WAITING: float(
+                    sum(len(r.engine.waiting) for r in self.replicas if r.role == role and r.up(t))
+                ),
                 # vllm:kv_cache_usage_perc, averaged over the role's pods, as last scraped
                 Signal.KV_CACHE_USAGE: statistics.fmean(
                     r.engine.kv_usage() for r in self.replicas if r.role == role and r.up(t)

@@ -1072,3 +1072,25 @@ def test_a_latency_loss_gives_the_schedule_a_provisional_crossover() -> None:
         PolicyState.model_validate(paying["status"]["control"]),
         [SpeedupBand.model_validate(b) for b in paying["status"]["control"]["speedupCurve"]],
     )
+
+
+def test_a_full_cache_halving_the_batch_turns_speculation_off_where_latency_says_nothing() -> None:
+    """A saturated peak: the server's KV cache is full, requests wait, and it runs half the
+    control replica's batch with the same latencies. k=0 would keep the draft's memory, so the
+    restart-based rule turns speculation off; the warning says why first."""
+    doc = body(controlReplicas=1, cooldown="10m")
+    peak = at_batch(100, 1.0, baseline_batch=256)
+    peak["inference", "llama", "server"] |= {
+        Signal.KV_CACHE_USAGE: 0.98,
+        Signal.REQUESTS_WAITING: 400,
+    }
+    results = play(doc, [at_batch(2, 1.5)] * 3 + [peak] * 3, step=60)
+    warned = [e for r in results for e in r.events if e.reason == "DraftMemoryLimitsBatch"]
+    assert len(warned) == 1
+    assert "the server runs 100 requests per replica against the control replicas' 256" in (
+        warned[0].message
+    )
+    assert results[-1].action is Action.DISABLE
+    (event,) = [e for e in results[-1].events if e.reason == "SpeculationDisabled"]
+    assert "61% fewer for the draft's weights and KV cache" in event.message
+    assert "engineScheduleFrom" not in doc["status"]["control"]

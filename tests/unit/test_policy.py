@@ -773,3 +773,74 @@ def test_queueing_above_the_crossover_still_counts_the_drafts_memory_is_held() -
         "batch": 20,
     }
     assert run([queued] * 3, state=scheduled)[-1].action is Action.DISABLE
+
+
+def memory_bound(batch: float, **more: Any) -> dict[str, Any]:
+    """A saturated peak: both roles' latencies alike (they queue behind one router), the
+    server's KV cache full with requests waiting, the control replica at max_num_seqs."""
+    return {
+        "acceptance": 0.7,
+        "p99_tpot": 0.100,
+        "baseline_p99_tpot": 0.100,
+        "p50_ttft": 20.0,
+        "baseline_p50_ttft": 12.0,
+        "kv_cache_usage": 0.99,
+        "waiting": 300.0,
+        "batch": batch,
+        "baseline_batch": 256.0,
+        **more,
+    }
+
+
+def test_the_batch_the_drafts_memory_takes_counts_and_is_priced_alone() -> None:
+    """With the KV cache full and requests waiting, the server runs fewer requests than the
+    control replicas: that share is the loss, whatever the queue does to the latencies (here a
+    median TTFT 67% above, which would price the loss at 40%)."""
+    restart = RestartCost(startup_s=208, replicas_affected=1, source="startup 208s")
+    state, spec = PolicyState(), policy()
+    for i in range(3):
+        now = T0 + datetime.timedelta(seconds=30 * i)
+        decision = decide(signals(now, **memory_bound(180)), state, spec, now, restart=restart)
+        state = decision.state
+    assert decision.action is Action.KEEP
+    assert (
+        "KV cache 99% full with 300 request(s) waiting per replica: the server runs 180 "
+        "requests per replica against the control replicas' 256, 30% fewer for the draft's "
+        "weights and KV cache at acceptance 0.70 >= 0.65 for 3 checks" in decision.reason
+    )
+    assert (
+        "keeping loses 30% of 1 replica(s)' capacity (the batch the draft's memory takes) "
+        "over the 600s cooldown = 178 replica-seconds, not more than the restart's 208s"
+        in decision.reason
+    )
+    (warning,) = decision.warnings
+    assert warning.code == "DraftMemoryLimitsBatch"
+    assert "a smaller or quantized draft" in warning.message
+    # A draft that halves the batch is worth the restart; the memory is given back by turning
+    # speculation off (crossover load recorded: it comes back on once the load falls).
+    state = PolicyState()
+    for i in range(3):
+        now = T0 + datetime.timedelta(seconds=30 * i)
+        more = memory_bound(120, load=40)
+        decision = decide(signals(now, **more), state, spec, now, restart=restart)
+        state = decision.state
+    assert decision.action is Action.DISABLE
+    assert "keeping loses 53% of 1 replica(s)' capacity" in decision.reason
+    assert decision.state.crossover_load == 40
+
+
+@pytest.mark.parametrize(
+    "what",
+    [
+        {"kv_cache_usage": 0.85},  # room in the cache: a smaller batch is less demand
+        {"waiting": 0.0},  # nothing waits: nothing is turned away
+        {"batch": 240.0},  # 6% fewer: within a scrape's noise
+        {"baseline_batch": None},  # no control replicas to compare with
+    ],
+)
+def test_a_smaller_batch_is_no_memory_loss_without_a_full_cache_a_queue_and_a_margin(
+    what: dict[str, Any],
+) -> None:
+    decisions = run([memory_bound(180) | what] * 3)
+    assert [d.action for d in decisions] == [Action.KEEP] * 3
+    assert all(d.state.breaches == 0 and not d.warnings for d in decisions), decisions[-1]

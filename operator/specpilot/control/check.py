@@ -152,7 +152,7 @@ def signals_for(
     if baseline_p99 is None and _comparable(load, state.baseline_load):
         baseline_p50, baseline_p99 = state.baseline_p50_tpot, state.baseline_p99_tpot
         baseline_ttft, baseline_p99_ttft = state.baseline_p50_ttft, state.baseline_p99_ttft
-    running = server.get(Signal.REQUESTS_RUNNING)
+    running, waiting = server.get(Signal.REQUESTS_RUNNING), server.get(Signal.REQUESTS_WAITING)
     live_running, live_replicas = live.get(Signal.REQUESTS_RUNNING), live.get(Signal.REPLICAS)
     return Signals(
         sampled_at=sampled_at,
@@ -161,6 +161,7 @@ def signals_for(
             live_running / live_replicas if live_running is not None and live_replicas else None
         ),
         kv_cache_usage=server.get(Signal.KV_CACHE_USAGE),
+        waiting=waiting / replicas if waiting is not None and replicas else None,
         acceptance=server.get(Signal.ACCEPTANCE) if state.speculation_on else None,
         p50_tpot=server.get(Signal.TPOT_P50),
         p99_tpot=server.get(Signal.TPOT_P99),

@@ -111,6 +111,8 @@ class Signals(BaseModel):
     """Requests running per serving replica when read: the batch the engine schedules."""
     kv_cache_usage: float | None = None
     """The serving replicas' KV cache usage, 0-1: near 1, requests wait for memory."""
+    waiting: float | None = None
+    """Requests waiting per serving replica when read (queued for memory or a batch slot)."""
     baseline_batch: float | None = None
     """Requests running per control replica: the batch at this load without speculation (a
     losing speculating server batches more, its requests waiting longer)."""
@@ -162,6 +164,35 @@ def kv_headroom(signals: Signals) -> bool:
     the draft's passes, which k=0 removes; near full, requests wait for the memory the draft's
     weights and cache take whatever k, and only turning speculation off gives it back."""
     return signals.kv_cache_usage is not None and signals.kv_cache_usage < KV_CACHE_FULL
+
+
+MEMORY_LOSS_MARGIN = 0.10
+"""The batch a full KV cache leaves the server must be this much below the control replicas'
+before it counts: batches move by a few requests from one scrape to the next."""
+
+
+def memory_loss(signals: Signals) -> float | None:
+    """The share of the control replicas' batch a speculating server cannot run for lack of
+    memory, or None: its KV cache is full (KV_CACHE_FULL), requests wait on it, and it runs
+    at least MEMORY_LOSS_MARGIN fewer requests per replica than the control replicas. The
+    draft's weights and KV cache take that memory whatever k (the engine schedule's k=0
+    included), so the latency quantiles can miss it: near saturation both roles queue behind
+    the same router and saturate together, while the server serves fewer requests at a time."""
+    kv, waiting = signals.kv_cache_usage, signals.waiting
+    batch, control = signals.batch, signals.baseline_batch
+    if kv is None or kv < KV_CACHE_FULL or not waiting or not batch or not control:
+        return None
+    share = 1 - batch / control
+    return share if share >= MEMORY_LOSS_MARGIN else None
+
+
+def _memory_text(signals: Signals, share: float) -> str:
+    return (
+        f"KV cache {signals.kv_cache_usage:.0%} full with {signals.waiting:.0f} request(s) "
+        f"waiting per replica: the server runs {signals.batch:.0f} requests per replica "
+        f"against the control replicas' {signals.baseline_batch:.0f}, {share:.0%} fewer for "
+        "the draft's weights and KV cache"
+    )
 
 
 class RestartCost(BaseModel):
@@ -385,8 +416,16 @@ def _settling(
 def _loss_share(signals: Signals, policy: PolicySpec) -> tuple[float, str] | None:
     """The share of the serving replicas' capacity that keeping speculation loses, measured
     against the baseline: a request whose SLO latency (or median TTFT) is r times the
-    baseline's takes 1 - 1/r more GPU time than it would without. The larger of the two; None
-    without a baseline to measure against."""
+    baseline's takes 1 - 1/r more GPU time than it would without (the larger of the two); None
+    without a baseline to measure against. With the KV cache full and requests waiting, the
+    share of the control replicas' batch the server cannot run (`memory_loss`) alone: the
+    latencies then measure the queue, which grows with anything that slows the pool (a restart
+    in the middle of it most of all), not what the draft costs. In the decision benchmark's
+    day peak, the median TTFT put the loss at 42% where the batch said 25%; the restart it
+    justified lengthened the queue, P99 TTFT from 152 s to 298 s."""
+    memory = memory_loss(signals)
+    if memory is not None:
+        return memory, "the batch the draft's memory takes"
     found: list[tuple[float, str]] = []
     for what, value, baseline, _ in latencies(signals, policy):
         if value is not None and baseline and value > 0:
@@ -732,7 +771,9 @@ def _no_breach(
 
 def _breach(signals: Signals, policy: PolicySpec) -> str | None:
     """Why speculation is not paying, or None: acceptance in the net-negative band, or, in the
-    other bands, latency regressing against the baseline beyond what the thresholds allow."""
+    other bands, latency regressing against the baseline beyond what the thresholds allow, or
+    the draft's memory leaving the server a smaller batch than the control replicas'
+    (`memory_loss`)."""
     t = policy.thresholds
     acceptance = signals.acceptance
     assert acceptance is not None
@@ -746,6 +787,9 @@ def _breach(signals: Signals, policy: PolicySpec) -> str | None:
                 f"{what} {_fmt(value, 'ms')} is {regression:.0%} above the baseline's "
                 f"{_fmt(baseline, 'ms')} (more than {allowed:.0%}) at {band}"
             )
+    memory = memory_loss(signals)
+    if memory is not None:
+        return f"{_memory_text(signals, memory)} at {band}"
     return None
 
 
@@ -783,6 +827,17 @@ def _warnings(signals: Signals, state: PolicyState) -> list[PolicyWarning]:
                 code="AcceptanceDrift",
                 message=f"acceptance drift: {_fmt(signals.acceptance)} vs "
                 f"{_fmt(state.rollout_acceptance)} at rollout",
+            )
+        )
+    memory = memory_loss(signals)
+    if memory is not None:
+        warnings.append(
+            PolicyWarning(
+                code="DraftMemoryLimitsBatch",
+                message=f"{_memory_text(signals, memory)} (k=0 in the engine keeps them): a "
+                "smaller or quantized draft, or more GPU memory per replica, gives the batch "
+                "back; the control loop turns speculation off only once the loss outweighs a "
+                "restart",
             )
         )
     return warnings
