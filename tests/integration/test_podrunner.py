@@ -39,6 +39,7 @@ from specpilot_lab.sim.podrunner import (
     deployment_status,
     exit_code,
     gpu_resource,
+    log_tail,
     pod_gpus,
     pod_manifest,
     pod_status,
@@ -68,7 +69,7 @@ name = f"{env['SPECPILOT_POD_NAME']}.{os.getpid()}"
 (out / f"{name}.tmp").write_text(json.dumps({"argv": argv, "pid": os.getpid(), "env": env}))
 (out / f"{name}.tmp").replace(out / f"{name}.json")
 if (out / "crash").exists():
-    sys.exit(3)
+    sys.exit("standin: cannot load the weights")  # to stderr, exit 1
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -328,7 +329,10 @@ def test_crashing_replica_backs_off_and_deleted_deployment_stops(
     assert pod_conditions(crashing)["Ready"][:2] == ("False", "ContainersNotReady")
     assert container.restart_count >= 1
     terminated = container.last_state.terminated
-    assert (terminated.reason, terminated.exit_code) == ("Error", 3)  # the stand-in's exit
+    assert (terminated.reason, terminated.exit_code) == ("Error", 1)  # the stand-in's exit
+    # the rendered FallbackToLogsOnError: the end of the failed run's log is the message, which
+    # the operator quotes as the rollout's cause
+    assert terminated.message == "standin: cannot load the weights\n"
     # Kubernetes' rule: available >= replicas - maxUnavailable. The rendered strategy's
     # maxUnavailable 1 (no surge on GPUs) lets one replica count no available pod as enough, so
     # Available stays True; the operator judges readiness by availableReplicas instead.
@@ -718,3 +722,23 @@ def test_pod_objects_say_what_the_scheduler_and_the_kubelet_would() -> None:
         "containerStatuses": ready["containerStatuses"],
     }
     assert status_patch(loading, pending)["containerStatuses"] is None
+
+
+def test_a_failed_runs_termination_message_is_its_log_tail_cut_as_the_kubelet_cuts_it(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "pod.log"
+    earlier = b"--- start #0\nan earlier run's last words\n"
+    run = "".join(f"line {i}\n" for i in range(100)).encode()
+    log.write_bytes(earlier + b"--- start #1\n" + run)
+    since = len(earlier) + len(b"--- start #1\n")
+    tail = log_tail(log, since)
+    assert tail.splitlines() == [f"line {i}" for i in range(20, 100)]  # the last 80 lines
+    log.write_bytes(earlier + b"x" * 5000 + b"\nTraceback: out of memory\n")
+    tail = log_tail(log, len(earlier))
+    assert len(tail.encode()) == 2048  # or the last 2048 bytes, the smaller
+    assert tail.endswith("Traceback: out of memory\n")
+    assert log_tail(tmp_path / "missing.log", 0) == ""
+    exited = ContainerExit(1, "t1", "t2", message="Traceback: out of memory\n")
+    assert exited.as_terminated()["message"] == "Traceback: out of memory\n"
+    assert "message" not in ContainerExit(0, "t1", "t2").as_terminated()

@@ -147,6 +147,9 @@ class PodTemplate:
     """GPUs each pod asks for (the container's `*/gpu` resources); it runs once it has them."""
     startup_seconds: float = 0.0
     """Modelled seconds from scheduled to serving (weights load, CUDA graphs, engine start)."""
+    logs_on_error: bool = False
+    """The container's terminationMessagePolicy is FallbackToLogsOnError: a failed exit's
+    termination message is the tail of its log."""
 
 
 def pod_gpus(container: Mapping[str, Any]) -> int:
@@ -226,6 +229,7 @@ def pod_template(
         labels={str(k): str(v) for k, v in (template_meta.get("labels") or {}).items()},
         gpus=pod_gpus(container),
         startup_seconds=0.0 if load_gb_per_s is None else startup_seconds(args, env, load_gb_per_s),
+        logs_on_error=container.get("terminationMessagePolicy") == "FallbackToLogsOnError",
     )
 
 
@@ -555,14 +559,35 @@ class ContainerExit:
     reason: str = ""
     """Empty: `Completed` for exit 0, else `Error` (what the kubelet says of any other exit that
     is not an OOM kill; the runner sets no memory limit, so it never reports OOMKilled)."""
+    message: str = ""
+    """The termination message: with FallbackToLogsOnError, the tail of a failed run's log."""
 
     def as_terminated(self) -> dict[str, Any]:
-        return {
+        terminated = {
             "exitCode": self.code,
             "reason": self.reason or ("Completed" if self.code == 0 else "Error"),
             "startedAt": self.started_at,
             "finishedAt": self.finished_at,
         }
+        return terminated | ({"message": self.message} if self.message else {})
+
+
+TERMINATION_LOG_LINES = 80
+TERMINATION_LOG_BYTES = 2048
+"""The kubelet's FallbackToLogsOnError takes the last 80 lines or 2048 bytes, the smaller."""
+
+
+def log_tail(path: Path, since: int) -> str:
+    """The termination message FallbackToLogsOnError makes of a failed run: the end of what the
+    run wrote to its log (from byte `since`), as the kubelet cuts it."""
+    try:
+        with path.open("rb") as log:
+            log.seek(since)
+            written = log.read()
+    except OSError:
+        return ""
+    lines = written.splitlines(keepends=True)[-TERMINATION_LOG_LINES:]
+    return b"".join(lines)[-TERMINATION_LOG_BYTES:].decode(errors="replace")
 
 
 def exit_code(returncode: int) -> int:
@@ -719,6 +744,8 @@ class _Pod:
     command: list[str]
     env: dict[str, str]
     log_path: Path
+    log_start: int = 0
+    """Where the current run's output begins in the log (its termination message's start)."""
     process: subprocess.Popen[bytes] | None = None
     ready: bool = False
     probe_failures: int = 0
@@ -1127,6 +1154,7 @@ class PodRunner:
         with pod.log_path.open("ab") as log:
             log.write(f"--- {_now()} start #{pod.restarts}: {shlex.join(pod.command)}\n".encode())
             log.flush()
+            pod.log_start = log.tell()
             try:
                 pod.process = subprocess.Popen(
                     pod.command,
@@ -1171,7 +1199,13 @@ class PodRunner:
             pod.backoff_until = now + pod.backoff
             pod.restart_at = now + pod.backoff + pod.template.startup_seconds * self.startup_scale
             pod.exits += 1
-            pod.last_exit = ContainerExit(exit_code(code), pod.container_started or _now(), _now())
+            failed = code != 0 and pod.template.logs_on_error
+            pod.last_exit = ContainerExit(
+                exit_code(code),
+                pod.container_started or _now(),
+                _now(),
+                message=log_tail(pod.log_path, pod.log_start) if failed else "",
+            )
             pod.container_started = None
             logger.warning(
                 "pod runner: pod %s/%s exited with code %s; restarting in %.0fs (log: %s)",
