@@ -833,7 +833,7 @@ def test_the_batch_the_drafts_memory_takes_counts_and_is_priced_alone() -> None:
     "what",
     [
         {"kv_cache_usage": 0.85},  # room in the cache: a smaller batch is less demand
-        {"waiting": 0.0},  # nothing waits: nothing is turned away
+        {"waiting": 0.5},  # less than a request waiting per replica: nothing is turned away
         {"batch": 240.0},  # 6% fewer: within a scrape's noise
         {"baseline_batch": None},  # no control replicas to compare with
     ],

@@ -173,14 +173,17 @@ before it counts: batches move by a few requests from one scrape to the next."""
 
 def memory_loss(signals: Signals) -> float | None:
     """The share of the control replicas' batch a speculating server cannot run for lack of
-    memory, or None: its KV cache is full (KV_CACHE_FULL), requests wait on it, and it runs
-    at least MEMORY_LOSS_MARGIN fewer requests per replica than the control replicas. The
-    draft's weights and KV cache take that memory whatever k (the engine schedule's k=0
-    included), so the latency quantiles can miss it: near saturation both roles queue behind
-    the same router and saturate together, while the server serves fewer requests at a time."""
+    memory, or None: its KV cache is full (KV_CACHE_FULL), a request or more waits per
+    replica, and it runs at least MEMORY_LOSS_MARGIN fewer requests per replica than the
+    control replicas. The draft's weights and KV cache take that memory whatever k (the engine
+    schedule's k=0 included), so the latency quantiles can miss it: near saturation both roles
+    queue behind the same router and saturate together, while the server serves fewer
+    requests at a time."""
     kv, waiting = signals.kv_cache_usage, signals.waiting
     batch, control = signals.batch, signals.baseline_batch
-    if kv is None or kv < KV_CACHE_FULL or not waiting or not batch or not control:
+    if kv is None or kv < KV_CACHE_FULL or waiting is None or waiting < 1:
+        return None
+    if not batch or not control:
         return None
     share = 1 - batch / control
     return share if share >= MEMORY_LOSS_MARGIN else None
