@@ -21,6 +21,7 @@ from specpilot.api.admin import AdminPolicy
 from specpilot.api.models import (
     Checkpoint,
     Condition,
+    DecisionRecord,
     EffectiveConfiguration,
     PlanSummary,
     PolicyMode,
@@ -267,6 +268,8 @@ ROLLED_OUT = "RolledOut"
 """True once every pod of the applied Deployments runs the applied configuration and is Ready
 (its lastTransitionTime says since when); False while a rollout replaces old pods, or is stuck."""
 ROLLOUT_HOLDING_REASONS = ("RolloutInProgress", "RolloutStuck")
+REVERT_ACTION = "revert-rollout"
+"""The decision record of the control loop returning a stuck rollout's pods to what ran."""
 """RolledOut reasons under which old-configuration pods may still serve: the control loop holds."""
 
 
@@ -440,10 +443,15 @@ def _rolled_out_condition(state: Rollout, generation: int | None) -> Condition:
 
 
 def rollout_events(
-    before: list[Condition], after: list[Condition], now: datetime.datetime
+    before: list[Condition],
+    after: list[Condition],
+    now: datetime.datetime,
+    last_decision: DecisionRecord | None = None,
 ) -> list[Event]:
     """RolloutComplete (Normal) when a replacement's new pods are all Ready, with how long it
-    took since the rollout began; RolloutStuck (Warning) when one stops progressing."""
+    took since the rollout began, and, when the control loop reverted a stuck rollout since
+    (`last_decision`), that what is back in effect is the configuration that ran before it;
+    RolloutStuck (Warning) when one stops progressing."""
     prior = next((c for c in before if c.type == ROLLED_OUT), None)
     current = next((c for c in after if c.type == ROLLED_OUT), None)
     if current is None or (prior is not None and prior.reason == current.reason):
@@ -458,9 +466,19 @@ def rollout_events(
     if prior.last_transition_time is not None:
         seconds = (now - prior.last_transition_time).total_seconds()
         took = f" {seconds:.0f}s (since {prior.last_transition_time:%Y-%m-%dT%H:%M:%SZ})"
-    message = f"the new configuration is in effect: {current.message}; the rollout took{took}"
-    if not took:
-        message = f"the new configuration is in effect: {current.message}"
+    since = prior.last_transition_time
+    reverted = (
+        last_decision is not None
+        and last_decision.action == REVERT_ACTION
+        and (since is None or last_decision.time >= since)
+    )
+    what = (
+        "the configuration that ran before the stuck rollout is back in effect (reverted "
+        f"{last_decision.time:%Y-%m-%dT%H:%M:%SZ})"
+        if reverted and last_decision is not None
+        else "the new configuration is in effect"
+    )
+    message = f"{what}: {current.message}" + (f"; the rollout took{took}" if took else "")
     return [Event(type="Normal", reason="RolloutComplete", message=message[:MAX_MESSAGE])]
 
 
@@ -507,7 +525,8 @@ def status_after_apply(
         decisions=previous.decisions,
     )
     events = transition_events(previous.conditions, conditions)
-    events += rollout_events(previous.conditions, conditions, whole_seconds(now))
+    last_decision = previous.decisions[-1] if previous.decisions else None
+    events += rollout_events(previous.conditions, conditions, whole_seconds(now), last_decision)
     return status.model_dump(by_alias=True, exclude_none=True, mode="json"), events
 
 

@@ -287,6 +287,30 @@ def test_a_replacement_posts_rollout_complete_with_its_duration_and_stuck_as_a_w
     ]
 
 
+def test_a_rollout_completing_after_a_revert_says_what_ran_before_is_back() -> None:
+    doc = body()
+    wanted = reconcile.desired(doc)
+    deadline = {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}
+    done = ready_deployment(wanted.objects[0])
+    stuck = {**done, "status": {**done["status"], "conditions": [deadline]}}
+    status, _ = reconcile.status_after_apply(doc, wanted, Observed(deployments=[stuck]), NOW)
+    assert conditions(status)["RolledOut"]["reason"] == "RolloutStuck"
+    # the control loop reverts after the rollout became stuck; then the old pods are all Ready
+    revert = {"time": "2026-01-01T00:01:00Z", "action": reconcile.REVERT_ACTION, "reason": "x"}
+    doc["status"] = {**status, "decisions": [revert]}
+    _, events = reconcile.status_after_apply(doc, wanted, Observed(deployments=[done]), LATER)
+    (complete,) = [e for e in events if e.reason == "RolloutComplete"]
+    assert complete.message.startswith(
+        "the configuration that ran before the stuck rollout is back in effect (reverted "
+        "2026-01-01T00:01:00Z): "
+    )
+    # a stuck rollout that completes by itself (GPUs freed), after an older revert, is new
+    doc["status"] = {**status, "decisions": [{**revert, "time": "2025-12-31T23:00:00Z"}]}
+    _, events = reconcile.status_after_apply(doc, wanted, Observed(deployments=[done]), LATER)
+    (complete,) = [e for e in events if e.reason == "RolloutComplete"]
+    assert complete.message.startswith("the new configuration is in effect: ")
+
+
 def test_the_first_pods_of_a_resource_are_no_replacement() -> None:
     doc = body()
     wanted = reconcile.desired(doc)

@@ -54,6 +54,7 @@ from specpilot.planning.checkpoint import Checkpoints
 from specpilot.planning.memory import MemoryPlan
 from specpilot.planning.rollout import expected_startup
 from specpilot.reconcile import (
+    REVERT_ACTION,
     ROLLED_OUT,
     ROLLOUT_HOLDING_REASONS,
     Event,
@@ -500,7 +501,6 @@ def rollout_hold(
     )
 
 
-REVERT_ACTION = "revert-rollout"
 _REVERSALS: dict[str, Callable[[PolicyState], dict[str, Any]]] = {
     Action.DISABLE.value: lambda s: {"speculation_on": True},
     Action.ENABLE.value: lambda s: {"speculation_on": False},
