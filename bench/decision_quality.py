@@ -652,7 +652,7 @@ class Loop:
         """What the operator's PromQL answers at `t` over the rate window, per role."""
         answer = {}
         for role in ("server", "baseline"):
-            up = sum(1 for r in self.replicas if r.role == role and r.up(t))
+            up = [r for r in self.replicas if r.role == role and r.up(t)]
             if not up:
                 continue  # no pod of the role serves: no series
             done = self.finished[role]
@@ -668,18 +668,12 @@ class Loop:
                 Signal.TTFT_P50: histogram_quantile(0.5, ttfts, TTFT_BUCKETS),
                 Signal.TTFT_P99: histogram_quantile(0.99, ttfts, TTFT_BUCKETS),
                 Signal.REQUESTS_PER_SECOND: (len(done) - lo) / WINDOW_S,
-                Signal.REPLICAS: float(up),
-                # vllm:num_requests_running summed over the role's pods, as last scraped
-                Signal.REQUESTS_RUNNING: float(
-                    sum(len(r.engine.running) for r in self.replicas if r.role == role and r.up(t))
-                ),
-                Signal.REQUESTS_WAITING: float(
-                    sum(len(r.engine.waiting) for r in self.replicas if r.role == role and r.up(t))
-                ),
-                # vllm:kv_cache_usage_perc, averaged over the role's pods, as last scraped
-                Signal.KV_CACHE_USAGE: statistics.fmean(
-                    r.engine.kv_usage() for r in self.replicas if r.role == role and r.up(t)
-                ),
+                Signal.REPLICAS: float(len(up)),
+                # vllm:num_requests_running and _waiting summed over the role's pods, as last
+                # scraped; vllm:kv_cache_usage_perc averaged over them
+                Signal.REQUESTS_RUNNING: float(sum(len(r.engine.running) for r in up)),
+                Signal.REQUESTS_WAITING: float(sum(len(r.engine.waiting) for r in up)),
+                Signal.KV_CACHE_USAGE: statistics.fmean(r.engine.kv_usage() for r in up),
             }
             if role == "server":
                 back = w - WINDOW_S // INTERVAL_S

@@ -268,9 +268,9 @@ ROLLED_OUT = "RolledOut"
 """True once every pod of the applied Deployments runs the applied configuration and is Ready
 (its lastTransitionTime says since when); False while a rollout replaces old pods, or is stuck."""
 ROLLOUT_HOLDING_REASONS = ("RolloutInProgress", "RolloutStuck")
+"""RolledOut reasons under which old-configuration pods may still serve: the control loop holds."""
 REVERT_ACTION = "revert-rollout"
 """The decision record of the control loop returning a stuck rollout's pods to what ran."""
-"""RolledOut reasons under which old-configuration pods may still serve: the control loop holds."""
 
 
 class Rollout(BaseModel):
@@ -462,23 +462,21 @@ def rollout_events(
         return []
     if prior.reason not in ROLLOUT_HOLDING_REASONS:
         return []  # the first pods of a new resource: nothing was replaced
-    took = ""
-    if prior.last_transition_time is not None:
-        seconds = (now - prior.last_transition_time).total_seconds()
-        took = f" {seconds:.0f}s (since {prior.last_transition_time:%Y-%m-%dT%H:%M:%SZ})"
     since = prior.last_transition_time
-    reverted = (
+    what = "the new configuration is in effect"
+    if (
         last_decision is not None
         and last_decision.action == REVERT_ACTION
         and (since is None or last_decision.time >= since)
-    )
-    what = (
-        "the configuration that ran before the stuck rollout is back in effect (reverted "
-        f"{last_decision.time:%Y-%m-%dT%H:%M:%SZ})"
-        if reverted and last_decision is not None
-        else "the new configuration is in effect"
-    )
-    message = f"{what}: {current.message}" + (f"; the rollout took{took}" if took else "")
+    ):
+        what = (
+            "the configuration that ran before the stuck rollout is back in effect (reverted "
+            f"{last_decision.time:%Y-%m-%dT%H:%M:%SZ})"
+        )
+    message = f"{what}: {current.message}"
+    if since is not None:
+        took = (now - since).total_seconds()
+        message += f"; the rollout took {took:.0f}s (since {since:%Y-%m-%dT%H:%M:%SZ})"
     return [Event(type="Normal", reason="RolloutComplete", message=message[:MAX_MESSAGE])]
 
 
